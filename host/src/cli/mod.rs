@@ -1,0 +1,94 @@
+//! The command line: one file per command, `///` comments double as `--help`.
+
+mod bench;
+mod plugin;
+mod serve;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{PluginSettings, parse_bytes, parse_duration};
+use crate::runtime::{Allocator, Limits, RuntimeOptions};
+
+/// wasaga runs business services written as WebAssembly components, and gives each
+/// one versioned storage, exactly-once invocations and sagas with compensations.
+///
+/// Start a server over a directory of plugins with `wasaga serve`; check one plugin
+/// file with `wasaga plugin check`.
+#[derive(Debug, Parser)]
+#[command(name = "wasaga", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Log filter, e.g. `info`, `debug`, `wasaga=debug,wasaga::plugin=warn`.
+    #[arg(long, global = true, env = "WASAGA_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Serve(serve::ServeArgs),
+    /// Work with plugin files (check one before you deploy it).
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    Bench(bench::BenchArgs),
+}
+
+impl Cli {
+    /// Runs the command. Errors carry their causes; `main` prints the chain.
+    pub fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        init_logging(&self.log)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            match self.command {
+                Command::Serve(args) => serve::run(args).await,
+                Command::Plugin(command) => plugin::run(command).await,
+                Command::Bench(args) => bench::run(args).await,
+            }
+        })
+    }
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("invalid --log filter `{filter}`: {e}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    Ok(())
+}
+
+/// Limits and engine settings shared by every command that runs plugins.
+#[derive(Debug, Args)]
+struct RuntimeArgs {
+    /// Wall-clock time a plugin call may take before it is stopped (e.g. 500ms, 5s).
+    /// A plugin's `<name>.toml` beside its `.wasm` may set its own `deadline`.
+    #[arg(long, env = "WASAGA_DEADLINE", default_value = "5s", value_parser = parse_duration)]
+    deadline: std::time::Duration,
+
+    /// Linear memory one plugin instance may use (e.g. 64MiB). A plugin's
+    /// `<name>.toml` may set its own `memory`.
+    #[arg(long, env = "WASAGA_MEMORY_LIMIT", default_value = "64MiB", value_parser = parse_bytes)]
+    memory_limit: u64,
+
+    /// How instances get memory: `pooling` reuses pre-reserved slots (fastest);
+    /// `on-demand` maps fresh memory per call.
+    #[arg(long, env = "WASAGA_ALLOCATOR", value_enum, default_value_t = Allocator::Pooling)]
+    allocator: Allocator,
+
+    /// How many plugin calls may run at once (the size of the instance pool).
+    #[arg(long, env = "WASAGA_MAX_CONCURRENT_CALLS", default_value_t = 256)]
+    max_concurrent_calls: u32,
+}
+
+impl RuntimeArgs {
+    fn options(&self) -> RuntimeOptions {
+        RuntimeOptions {
+            allocator: self.allocator,
+            max_concurrent_calls: self.max_concurrent_calls,
+            ..RuntimeOptions::default()
+        }
+    }
+
+    fn settings(&self) -> PluginSettings {
+        PluginSettings { defaults: Limits { deadline: self.deadline, memory_bytes: self.memory_limit } }
+    }
+}

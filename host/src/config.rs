@@ -1,0 +1,135 @@
+//! Settings that come from flags and files: per-plugin limits, and the parsers for
+//! the durations (`250ms`, `5s`, `2m`) and sizes (`64MiB`, `512KiB`) they use.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::runtime::Limits;
+
+/// Limits for plugins: defaults from the command line, overridden per plugin by a
+/// `<name>.toml` file beside `<name>.wasm`:
+///
+/// ```toml
+/// deadline = "2s"     # wall-clock time per call
+/// memory = "32MiB"    # linear memory per instance
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PluginSettings {
+    pub defaults: Limits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    deadline: Option<String>,
+    memory: Option<String>,
+}
+
+impl PluginSettings {
+    /// The limits for the plugin in `wasm_file`: the defaults, with what its sidecar
+    /// `.toml` sets. A sidecar that does not parse is an error (never silently ignored).
+    pub fn limits_for(&self, wasm_file: &Path) -> anyhow::Result<Limits> {
+        let sidecar = wasm_file.with_extension("toml");
+        let text = match std::fs::read_to_string(&sidecar) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self.defaults),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", sidecar.display())),
+        };
+        let file: LimitsFile = toml::from_str(&text).with_context(|| format!("in {}", sidecar.display()))?;
+        let mut limits = self.defaults;
+        if let Some(deadline) = &file.deadline {
+            limits.deadline =
+                parse_duration(deadline).with_context(|| format!("`deadline` in {}", sidecar.display()))?;
+        }
+        if let Some(memory) = &file.memory {
+            limits.memory_bytes =
+                parse_bytes(memory).with_context(|| format!("`memory` in {}", sidecar.display()))?;
+        }
+        Ok(limits)
+    }
+}
+
+/// Parses `250ms`, `5s`, `1.5s`, `2m`. A positive amount and a unit are required.
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let (number, unit) = split_number(text);
+    let value: f64 =
+        number.parse().map_err(|_| anyhow::anyhow!("`{text}` is not a duration like 250ms, 5s or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" | "min" => value * 60.0,
+        "" => anyhow::bail!("`{text}` needs a unit: ms, s or m"),
+        other => anyhow::bail!("unknown unit `{other}` in `{text}`: use ms, s or m"),
+    };
+    anyhow::ensure!(seconds > 0.0 && seconds.is_finite(), "`{text}` must be more than zero");
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses `65536`, `512KiB`, `64MiB`, `1GiB` (also `KB`/`MB`/`GB`, as powers of 1024).
+pub fn parse_bytes(text: &str) -> anyhow::Result<u64> {
+    let (number, unit) = split_number(text);
+    let value: u64 = number.parse().map_err(|_| anyhow::anyhow!("`{text}` is not a size like 64MiB"))?;
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => anyhow::bail!("unknown unit in `{text}`: use KiB, MiB or GiB"),
+    };
+    let bytes = value.checked_mul(scale).ok_or_else(|| anyhow::anyhow!("`{text}` is too large"))?;
+    anyhow::ensure!(bytes > 0, "`{text}` must be more than zero");
+    Ok(bytes)
+}
+
+fn split_number(text: &str) -> (&str, &str) {
+    let text = text.trim();
+    let end = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    (&text[..end], text[end..].trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        for bad in ["5", "s", "0s", "-1s", "5h", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("65536").unwrap(), 65536);
+        assert_eq!(parse_bytes("512KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1 GiB").unwrap(), 1 << 30);
+        for bad in ["", "0", "12XB", "MiB", "99999999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn a_sidecar_overrides_the_defaults_and_a_bad_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = PluginSettings::default();
+        let wasm = dir.path().join("svc.wasm");
+        assert_eq!(settings.limits_for(&wasm).unwrap(), Limits::default(), "no sidecar: defaults");
+
+        std::fs::write(dir.path().join("svc.toml"), "deadline = \"200ms\"\n").unwrap();
+        let limits = settings.limits_for(&wasm).unwrap();
+        assert_eq!(limits.deadline, Duration::from_millis(200));
+        assert_eq!(limits.memory_bytes, Limits::default().memory_bytes);
+
+        std::fs::write(dir.path().join("svc.toml"), "memroy = \"1MiB\"\n").unwrap();
+        let err = format!("{:#}", settings.limits_for(&wasm).unwrap_err());
+        assert!(err.contains("svc.toml") && err.contains("memroy"), "{err}");
+    }
+}

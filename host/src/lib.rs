@@ -1,0 +1,22 @@
+//! wasaga: a host for business services written as WebAssembly components.
+//!
+//! Where things live:
+//!
+//! - [`service`]: the plugin contract in the host's types (manifest, invocation, failure).
+//! - [`runtime`]: wasmtime: the engine, the sandbox and its limits, loading and
+//!   validating plugins, the registry of the versions that serve. The only module
+//!   that sees wasmtime or generated types.
+//! - [`store`]: versioned records: the backend trait, the per-invocation transaction
+//!   (read set, buffered writes), the in-memory backend.
+//! - [`http`]: the axum API and its problem+json errors.
+//! - [`config`]: per-plugin limits and the duration/size parsers.
+//! - [`cli`]: the `wasaga` command line, one file per command.
+//! - [`guests`]: paths of the guest components built with this crate.
+
+pub mod cli;
+pub mod config;
+pub mod guests;
+pub mod http;
+pub mod runtime;
+pub mod service;
+pub mod store;

@@ -1,0 +1,68 @@
+//! The bindings generated from `wit/`, and the conversions between them and the host's
+//! own types. Nothing outside `runtime/` names a generated type.
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../wit",
+    // Every import may trap: a store import used outside `handle`, or a backend
+    // failure, ends the call rather than lying to the plugin.
+    imports: { default: trappable },
+    exports: { default: async },
+});
+
+use crate::service;
+use crate::store;
+
+pub(crate) use exports::wasaga::plugin::service as guest;
+pub(crate) use wasaga::plugin::{events, log, store as wit_store, types};
+
+impl From<guest::Manifest> for service::Manifest {
+    fn from(m: guest::Manifest) -> Self {
+        service::Manifest {
+            name: m.name,
+            operations: m
+                .operations
+                .into_iter()
+                .map(|op| service::OperationInfo {
+                    name: op.name,
+                    compensated_by: op.compensated_by,
+                    description: op.description,
+                })
+                .collect(),
+            subscriptions: m.subscriptions,
+        }
+    }
+}
+
+impl From<service::Invocation> for guest::Invocation {
+    fn from(call: service::Invocation) -> Self {
+        guest::Invocation {
+            operation: call.operation,
+            input: call.input,
+            idempotency_key: call.idempotency_key,
+            correlation_id: call.correlation_id,
+            attempt: call.attempt,
+        }
+    }
+}
+
+impl From<types::Failure> for service::Failure {
+    fn from(failure: types::Failure) -> Self {
+        match failure {
+            types::Failure::Rejected(reason) => service::Failure::Rejected(reason),
+            types::Failure::Transient(reason) => service::Failure::Transient(reason),
+        }
+    }
+}
+
+impl From<store::Entry> for wit_store::Entry {
+    fn from(e: store::Entry) -> Self {
+        wit_store::Entry { value: e.value, version: e.version }
+    }
+}
+
+impl From<store::Conflict> for wit_store::Conflict {
+    fn from(c: store::Conflict) -> Self {
+        wit_store::Conflict { key: c.key, expected: c.expected, actual: c.actual }
+    }
+}

@@ -1,0 +1,150 @@
+//! The plugin contract in the host's own types: what a service says about itself
+//! (its [`Manifest`]), what it is asked ([`Invocation`]) and how it refuses
+//! ([`Failure`]). These mirror `wit/service.wit`; `runtime::bindings` converts.
+
+use serde::Serialize;
+
+/// One operation a service offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OperationInfo {
+    pub name: String,
+    /// The operation that undoes this one, if any.
+    pub compensated_by: Option<String>,
+    pub description: String,
+}
+
+/// What a service says about itself when it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Manifest {
+    pub name: String,
+    pub operations: Vec<OperationInfo>,
+    /// Events the service subscribes to: (topic, operation).
+    pub subscriptions: Vec<(String, String)>,
+}
+
+impl Manifest {
+    /// The operation called `name`, if the service has one.
+    pub fn operation(&self, name: &str) -> Option<&OperationInfo> {
+        self.operations.iter().find(|op| op.name == name)
+    }
+
+    /// Checks what the host relies on: a valid service name, unique operation names,
+    /// compensations and subscriptions that name operations of this service.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_service_name(&self.name)?;
+        for (i, op) in self.operations.iter().enumerate() {
+            if op.name.is_empty() {
+                return Err("an operation has an empty name".into());
+            }
+            if self.operations[..i].iter().any(|other| other.name == op.name) {
+                return Err(format!("operation `{}` is declared twice", op.name));
+            }
+        }
+        for op in &self.operations {
+            if let Some(undo) = &op.compensated_by
+                && self.operation(undo).is_none()
+            {
+                return Err(format!(
+                    "operation `{}` is compensated by `{undo}`, which the service does not declare",
+                    op.name
+                ));
+            }
+        }
+        for (topic, operation) in &self.subscriptions {
+            if self.operation(operation).is_none() {
+                return Err(format!(
+                    "subscription to `{topic}` names operation `{operation}`, which the service does not declare"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Service names appear in URLs, file names and idempotency keys, so they are kept
+/// plain: 1 to 64 of lowercase ASCII letters, digits and `-`, starting with a letter.
+pub fn validate_service_name(name: &str) -> Result<(), String> {
+    let plain = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if plain {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid service name (1 to 64 of a-z, 0-9 and `-`, starting with a letter)"
+        ))
+    }
+}
+
+/// One call of one operation of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub operation: String,
+    pub input: Vec<u8>,
+    pub idempotency_key: String,
+    /// The saga or event chain this call belongs to.
+    pub correlation_id: Option<String>,
+    /// 1 on the first run; higher on re-runs.
+    pub attempt: u32,
+}
+
+/// How a plugin refuses an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// A business refusal: final, stored and replayed, compensated in a saga.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// A temporary problem: not stored, retried.
+    #[error("transient: {0}")]
+    Transient(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(name: &str, undo: Option<&str>) -> OperationInfo {
+        OperationInfo { name: name.into(), compensated_by: undo.map(Into::into), description: String::new() }
+    }
+
+    fn manifest(ops: Vec<OperationInfo>, subs: Vec<(&str, &str)>) -> Manifest {
+        Manifest {
+            name: "inventory".into(),
+            operations: ops,
+            subscriptions: subs.into_iter().map(|(t, o)| (t.into(), o.into())).collect(),
+        }
+    }
+
+    #[test]
+    fn a_consistent_manifest_is_accepted() {
+        let m = manifest(
+            vec![op("reserve", Some("release")), op("release", None)],
+            vec![("order-placed", "reserve")],
+        );
+        assert_eq!(m.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_compensation_the_service_lacks_is_refused() {
+        let err = manifest(vec![op("reserve", Some("release"))], vec![]).validate().unwrap_err();
+        assert!(err.contains("compensated by `release`"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_operations_and_dangling_subscriptions_are_refused() {
+        let twice = manifest(vec![op("a", None), op("a", None)], vec![]).validate().unwrap_err();
+        assert!(twice.contains("`a` is declared twice"), "{twice}");
+        let dangling = manifest(vec![op("a", None)], vec![("t", "b")]).validate().unwrap_err();
+        assert!(dangling.contains("names operation `b`"), "{dangling}");
+    }
+
+    #[test]
+    fn service_names_are_plain() {
+        for good in ["inventory", "a", "order-2"] {
+            assert_eq!(validate_service_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "Inventory", "2fast", "a/b", "a b", &"x".repeat(65)] {
+            assert!(validate_service_name(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Versioned records: the storage contract behind the plugins' `store` imports.
+//!
+//! - [`RecordStore`] is what a storage backend implements: consistent read snapshots
+//!   per service, and an atomic, validated [`RecordStore::commit`].
+//! - [`Transaction`] is one invocation's view: it reads from a snapshot, records every
+//!   version it read (the read set), buffers writes, and produces the [`ChangeSet`]
+//!   that the backend validates and applies at commit.
+//! - [`MemoryStore`] is an in-memory backend with the same semantics, for tests and
+//!   for running plugins without a data directory.
+//!
+//! Versions are per key and never go back: a record starts at version 1, every write
+//! adds 1, and a delete leaves a tombstone, so a record created again continues from
+//! the deleted version and an old version number can never match again.
+
+mod memory;
+mod transaction;
+
+pub use memory::MemoryStore;
+pub use transaction::{ChangeSet, Transaction, TxLimits, Write};
+
+/// A stored record as plugins and clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    /// 1 when created, +1 per write.
+    pub version: u64,
+}
+
+/// A record's state at some moment, tombstones included: the unit of the read set.
+///
+/// `version` 0 means the key never existed; a deleted record keeps its last version
+/// with `value: None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub value: Option<Vec<u8>>,
+    pub version: u64,
+}
+
+impl Slot {
+    /// A key that was never written.
+    pub const EMPTY: Slot = Slot { value: None, version: 0 };
+
+    /// The record, if it exists.
+    pub fn entry(&self) -> Option<Entry> {
+        self.value.as_ref().map(|value| Entry { value: value.clone(), version: self.version })
+    }
+
+    /// The version a plugin or client sees: `None` when the record does not exist.
+    pub fn visible_version(&self) -> Option<u64> {
+        self.value.as_ref().map(|_| self.version)
+    }
+}
+
+/// A version check that did not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("version conflict on `{key}`: expected {}, found {}", show(.expected), show(.actual))]
+pub struct Conflict {
+    pub key: String,
+    /// `None`: expected absent.
+    pub expected: Option<u64>,
+    /// `None`: absent.
+    pub actual: Option<u64>,
+}
+
+fn show(version: &Option<u64>) -> String {
+    version.map_or_else(|| "absent".to_owned(), |v| format!("version {v}"))
+}
+
+/// Why a store operation or a commit did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// An expected version did not match. Retryable by re-reading.
+    #[error(transparent)]
+    Conflict(#[from] Conflict),
+    /// The request is wrong (bad key, value too large, too many writes). Final.
+    #[error("{0}")]
+    Invalid(String),
+    /// The backend failed (I/O, corruption). Nothing was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A consistent, read-only view of one service's records.
+pub trait Snapshot: Send {
+    /// The slot at `key` (tombstones included; [`Slot::EMPTY`] if never written).
+    fn get(&mut self, key: &str) -> Result<Slot, StoreError>;
+
+    /// Existing records whose key starts with `prefix` and sorts after `start_after`,
+    /// in key order, at most `limit`.
+    fn scan(
+        &mut self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Entry)>, StoreError>;
+}
+
+/// A storage backend for versioned records.
+pub trait RecordStore: Send + Sync + 'static {
+    /// A snapshot of `service`'s records as of now.
+    fn snapshot(&self, service: &str) -> Result<Box<dyn Snapshot>, StoreError>;
+
+    /// Atomically validate `changes` against the current records and apply them: every
+    /// read must still be at the version read, every write's version check must hold.
+    /// On any mismatch nothing is written and the first conflict is returned.
+    fn commit(&self, service: &str, changes: &ChangeSet) -> Result<(), StoreError>;
+}

@@ -1,0 +1,91 @@
+//! The `wasaga` command line, run as a real process.
+
+use std::process::Output;
+
+use crate::support::{guest, wasaga};
+
+fn check(file: &std::path::Path, extra: &[&str]) -> Output {
+    wasaga().args(["plugin", "check"]).arg(file).args(extra).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A valid plugin: exit 0, and the service, digest and operations are printed.
+#[test]
+fn plugin_check_prints_the_manifest_of_a_valid_plugin() {
+    let out = check(&guest("echo"), &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(stdout.contains("service       echo"), "{stdout}");
+    assert!(stdout.contains("digest        sha256:"), "{stdout}");
+    assert!(stdout.contains("  set: Writes one record"), "{stdout}");
+
+    let out = check(&guest("echo"), &["--json"]);
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["service"], "echo");
+    assert_eq!(json["manifest"]["operations"][0]["name"], "echo");
+}
+
+/// Every kind of bad file: exit 1, and stderr says what is wrong with it.
+#[test]
+fn plugin_check_refuses_bad_files_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let text_file = dir.path().join("notes.wasm");
+    std::fs::write(&text_file, "not wasm at all").unwrap();
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let cases = [
+        (text_file.clone(), "not a WebAssembly file"),
+        (core, "a core WebAssembly module, not a component: build the plugin for the wasm32-wasip2 target"),
+        (
+            guest("stranger"),
+            "not a plugin of the wasaga:plugin/plugin world: it does not export `wasaga:plugin/service@0.1.0` (it exports: greet)",
+        ),
+        (dir.path().join("missing.wasm"), "No such file"),
+    ];
+    for (file, expected) in cases {
+        let out = check(&file, &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", file.display());
+        assert!(stderr.contains(expected), "{}: expected {expected:?} in {stderr:?}", file.display());
+        assert!(stderr.contains(&*file.to_string_lossy()), "the message names the file: {stderr}");
+    }
+}
+
+/// A plugin whose `<name>.toml` limits file is wrong is refused, naming the file and key.
+#[test]
+fn plugin_check_reports_a_bad_limits_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = dir.path().join("echo.wasm");
+    std::fs::copy(guest("echo"), &wasm).unwrap();
+    std::fs::write(dir.path().join("echo.toml"), "deadline = \"soon\"\n").unwrap();
+    let out = check(&wasm, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("`deadline` in") && stderr.contains("echo.toml") && stderr.contains("`soon`"),
+        "{stderr}"
+    );
+}
+
+/// `--help` names the commands and explains the flags, with their environment variables.
+#[test]
+fn help_teaches_the_commands_and_flags() {
+    let out = wasaga().arg("--help").output().unwrap();
+    let help = text(&out.stdout);
+    assert!(out.status.success());
+    for needle in ["serve", "plugin", "bench", "exactly-once invocations"] {
+        assert!(help.contains(needle), "`{needle}` missing from --help:\n{help}");
+    }
+    let out = wasaga().args(["serve", "--help"]).output().unwrap();
+    let help = text(&out.stdout);
+    for needle in ["--plugins", "WASAGA_PLUGINS", "--deadline", "--memory-limit", "port 0"] {
+        assert!(help.contains(needle), "`{needle}` missing from serve --help:\n{help}");
+    }
+    let out = wasaga().args(["serve", "--plugins", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a missing required flag is a usage error");
+    assert!(text(&out.stderr).contains("--data"), "{}", text(&out.stderr));
+}

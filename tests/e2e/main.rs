@@ -1,0 +1,7 @@
+//! End-to-end tests: the real runtime with real wasm components built from plugins/,
+//! and the real `wasaga` binary over HTTP on loopback. See tests/README.md.
+
+mod cli;
+mod runtime;
+mod serve;
+mod support;

@@ -1,0 +1,208 @@
+//! The runtime with real components: describe and handle, the store imports, and the
+//! sandbox against plugins that misbehave on purpose.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wasaga::runtime::{CallError, Limits, LoadError};
+use wasaga::service::Failure;
+use wasaga::store::{MemoryStore, RecordStore, Transaction, TxLimits};
+
+use crate::support::{call, guest, load, runtime};
+
+fn tx(store: &MemoryStore, service: &str) -> Transaction {
+    Transaction::new(store.snapshot(service).unwrap(), TxLimits::default())
+}
+
+/// `describe` runs at load: the manifest, the digest of the bytes and the size are kept.
+#[tokio::test]
+async fn echo_is_described_at_load() {
+    let plugin = load(&runtime(), "echo", Limits::default()).await;
+    assert_eq!(plugin.service(), "echo");
+    let ops: Vec<&str> = plugin.manifest().operations.iter().map(|o| o.name.as_str()).collect();
+    assert!(ops.contains(&"echo") && ops.contains(&"set") && ops.contains(&"scan"), "{ops:?}");
+    let bytes = std::fs::read(guest("echo")).unwrap();
+    assert_eq!(plugin.size(), bytes.len());
+    assert_eq!(plugin.digest(), wasaga::runtime::PluginDigest::of(&bytes));
+    assert!(plugin.digest().to_string().starts_with("sha256:"));
+}
+
+/// `handle` returns the plugin's output, and failures come back as the plugin chose them.
+#[tokio::test]
+async fn echo_handles_calls_and_reports_failures() {
+    let plugin = load(&runtime(), "echo", Limits::default()).await;
+    let store = MemoryStore::new();
+    let out = plugin.invoke(call("echo", "hello, wasm"), tx(&store, "echo")).await.unwrap();
+    assert_eq!(out.result.unwrap(), b"hello, wasm");
+
+    let out = plugin
+        .invoke(call("fail", r#"{"kind":"rejected","reason":"out of stock"}"#), tx(&store, "echo"))
+        .await
+        .unwrap();
+    assert_eq!(out.result, Err(Failure::Rejected("out of stock".into())));
+    let out = plugin
+        .invoke(call("fail", r#"{"kind":"transient","reason":"try later"}"#), tx(&store, "echo"))
+        .await
+        .unwrap();
+    assert_eq!(out.result, Err(Failure::Transient("try later".into())));
+
+    let err = plugin.invoke(call("nope", ""), tx(&store, "echo")).await.unwrap_err();
+    assert_eq!(err.to_string(), "service `echo` has no operation `nope`");
+}
+
+/// The store imports reach the transaction: writes are buffered in the call's change set,
+/// become visible to the next call only once committed, and compare-and-set conflicts
+/// are reported to the plugin.
+#[tokio::test]
+async fn echo_reads_and_writes_versioned_records() {
+    let plugin = load(&runtime(), "echo", Limits::default()).await;
+    let store = MemoryStore::new();
+    let run = async |op: &str, input: Value| {
+        let out = plugin.invoke(call(op, &input.to_string()), tx(&store, "echo")).await.unwrap();
+        (out.result.map(|bytes| serde_json::from_slice::<Value>(&bytes).unwrap()), out.changes)
+    };
+
+    let (result, changes) = run("set", json!({"key": "greeting", "value": "hi"})).await;
+    assert_eq!(result.unwrap(), json!({"key": "greeting", "version": 1}));
+    assert_eq!(changes.writes.len(), 1);
+    let (result, _) = run("get", json!({"key": "greeting"})).await;
+    assert_eq!(result.unwrap()["value"], Value::Null, "not committed, not visible");
+
+    store.commit("echo", &changes).unwrap();
+    let (result, changes) = run("get", json!({"key": "greeting"})).await;
+    assert_eq!(result.unwrap(), json!({"key": "greeting", "value": "hi", "version": 1}));
+    assert_eq!(changes.reads, vec![("greeting".to_string(), 1)], "the read is in the read set");
+
+    let (result, _) = run("put", json!({"key": "greeting", "value": "yo", "expected": 7})).await;
+    assert_eq!(
+        result.unwrap_err(),
+        Failure::Rejected("conflict on `greeting`: expected Some(7), found Some(1)".into())
+    );
+    let (result, changes) = run("put", json!({"key": "greeting", "value": "yo", "expected": 1})).await;
+    assert_eq!(result.unwrap()["version"], 2);
+    store.commit("echo", &changes).unwrap();
+
+    for key in ["list/a", "list/b", "list/c"] {
+        let (_, changes) = run("set", json!({"key": key, "value": key})).await;
+        store.commit("echo", &changes).unwrap();
+    }
+    let (result, _) = run("scan", json!({"prefix": "list/", "start_after": "list/a", "limit": 5})).await;
+    let keys: Vec<Value> = result.unwrap().as_array().unwrap().iter().map(|r| r["key"].clone()).collect();
+    assert_eq!(keys, [json!("list/b"), json!("list/c")]);
+
+    let (result, changes) = run("publish", json!({"topic": "greeted", "payload": {"n": 1}})).await;
+    result.unwrap();
+    assert_eq!(changes.events, vec![("greeted".to_string(), br#"{"n":1}"#.to_vec())]);
+}
+
+/// A panicking plugin: the error names the plugin and carries the panic message, and
+/// the next call to the same plugin works (every call has a fresh instance).
+#[tokio::test]
+async fn a_trap_is_a_clean_error_and_the_next_call_succeeds() {
+    let plugin = load(&runtime(), "trap", Limits::default()).await;
+    let store = MemoryStore::new();
+    let err = plugin.invoke(call("panic", "the answer was 41"), tx(&store, "trap")).await.unwrap_err();
+    eprintln!("trap error: {err}");
+    let CallError::Trap { service, message } = &err else { panic!("expected a trap, got {err:?}") };
+    assert_eq!(service, "trap");
+    assert!(message.contains("the answer was 41"), "panic message missing: {message}");
+    assert!(err.to_string().starts_with("plugin `trap` trapped: "), "{err}");
+
+    let out = plugin.invoke(call("ok", ""), tx(&store, "trap")).await.unwrap();
+    assert_eq!(out.result.unwrap(), b"ok");
+}
+
+/// An endless loop is stopped at its deadline (and not long after), and meanwhile other
+/// plugins keep answering on the same runtime, even with more spinners than threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_plugin_hits_its_deadline_while_others_keep_answering() {
+    let runtime = runtime();
+    let deadline = Duration::from_millis(300);
+    let spin = Arc::new(load(&runtime, "spin", Limits { deadline, ..Limits::default() }).await);
+    let echo = load(&runtime, "echo", Limits::default()).await;
+    let store = MemoryStore::new();
+
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let (spin, tx) = (spin.clone(), tx(&store, "spin"));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                (spin.invoke(call("forever", ""), tx).await, started.elapsed())
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    while spinners.iter().any(|s| !s.is_finished()) {
+        let out = echo.invoke(call("echo", "still here"), tx(&store, "echo")).await.unwrap();
+        assert_eq!(out.result.unwrap(), b"still here");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(answered >= 3, "echo answered only {answered} times while spin ran");
+    for spinner in spinners {
+        let (result, took) = spinner.await.unwrap();
+        assert_eq!(result.unwrap_err(), CallError::Deadline { service: "spin".into(), limit: deadline });
+        assert!(took >= deadline, "stopped before the deadline: {took:?}");
+        assert!(took < deadline * 10, "stopped far too late: {took:?}");
+    }
+    let out = spin.invoke(call("ok", ""), tx(&store, "spin")).await.unwrap();
+    assert_eq!(out.result.unwrap(), b"ok", "the plugin still serves after a deadline");
+}
+
+/// Unbounded allocation stops at the memory cap with an error that says so.
+#[tokio::test]
+async fn a_memory_hog_hits_its_memory_limit() {
+    let limit = 16 << 20;
+    let plugin = load(&runtime(), "hog", Limits { memory_bytes: limit, ..Limits::default() }).await;
+    let store = MemoryStore::new();
+    let err = plugin.invoke(call("grow", ""), tx(&store, "hog")).await.unwrap_err();
+    assert_eq!(err, CallError::MemoryLimit { service: "hog".into(), limit });
+    assert_eq!(err.to_string(), "plugin `hog` went over its memory limit of 16777216 bytes");
+    let out = plugin.invoke(call("ok", ""), tx(&store, "hog")).await.unwrap();
+    assert_eq!(out.result.unwrap(), b"ok");
+}
+
+/// Files, environment, arguments, sockets, name lookups: every attempt is denied, and
+/// a server listening on loopback sees no connection.
+#[tokio::test]
+async fn every_escape_attempt_is_denied() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let plugin = load(&runtime(), "escape", Limits::default()).await;
+    let store = MemoryStore::new();
+    let input = format!(r#"{{"port":{port}}}"#);
+    let out = plugin.invoke(call("attempt", &input), tx(&store, "escape")).await.unwrap();
+    let accepted = listener.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the plugin reached the loopback server: {accepted:?}"
+    );
+    let report: serde_json::Map<String, Value> = serde_json::from_slice(&out.result.unwrap()).unwrap();
+    eprintln!("escape report: {report:#?}");
+    assert!(report.len() >= 12, "the plugin reported fewer attempts than it makes: {report:?}");
+    for (attempt, outcome) in &report {
+        let outcome = outcome.as_str().unwrap();
+        assert!(outcome.starts_with("denied: "), "`{attempt}` was not denied: {outcome}");
+    }
+}
+
+/// Files that are not plugins are refused with the reason.
+#[tokio::test]
+async fn files_that_are_not_plugins_are_refused_with_the_reason() {
+    let runtime = runtime();
+    let load = async |bytes: Vec<u8>| runtime.load("bad", bytes, Limits::default()).await.unwrap_err();
+
+    assert!(matches!(load(b"hello, I am text".to_vec()).await, LoadError::NotWasm));
+    let core = b"\0asm\x01\0\0\0".to_vec();
+    assert!(matches!(load(core).await, LoadError::CoreModule));
+    let mut truncated = std::fs::read(guest("echo")).unwrap();
+    truncated.truncate(truncated.len() / 2);
+    assert!(matches!(load(truncated).await, LoadError::Invalid(_)));
+
+    let stranger = load(std::fs::read(guest("stranger")).unwrap()).await;
+    let message = stranger.to_string();
+    assert!(matches!(stranger, LoadError::WrongWorld(_)), "{stranger:?}");
+    assert!(message.contains("wasaga:plugin/service@0.1.0") && message.contains("greet"), "{message}");
+}

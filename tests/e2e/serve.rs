@@ -1,0 +1,55 @@
+//! `wasaga serve` as a real process, over real HTTP on loopback.
+
+use crate::support::{Server, plugins_dir};
+
+/// The server loads the good plugins, reports the bad file, and answers on loopback.
+#[tokio::test]
+async fn serve_lists_plugins_and_refused_files() {
+    let dir = plugins_dir(&["echo", "trap"]);
+    std::fs::write(dir.path().join("broken.wasm"), "garbage").unwrap();
+    let server = Server::start(dir.path());
+    let client = Server::client();
+
+    let health = client.get(format!("{}/healthz", server.url)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok\n");
+
+    let list: serde_json::Value =
+        client.get(format!("{}/v1/plugins", server.url)).send().await.unwrap().json().await.unwrap();
+    let services: Vec<&str> =
+        list["plugins"].as_array().unwrap().iter().map(|p| p["service"].as_str().unwrap()).collect();
+    assert_eq!(services, ["echo", "trap"]);
+    let echo = &list["plugins"][0];
+    let digest = wasaga::runtime::PluginDigest::of(&std::fs::read(dir.path().join("echo.wasm")).unwrap());
+    assert_eq!(echo["digest"], digest.to_string());
+    assert_eq!(echo["memory_limit_bytes"], 64 << 20);
+    let refused = list["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0]["file"].as_str().unwrap().ends_with("broken.wasm"));
+    assert!(refused[0]["error"].as_str().unwrap().contains("not a WebAssembly file"), "{refused:?}");
+}
+
+/// Unknown paths answer 404 as problem+json.
+#[tokio::test]
+async fn unknown_routes_are_problem_json_404() {
+    let dir = plugins_dir(&[]);
+    let server = Server::start(dir.path());
+    let response = Server::client().get(format!("{}/v2/nothing", server.url)).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(problem["status"], 404);
+    assert_eq!(problem["detail"], "no route for /v2/nothing");
+}
+
+/// SIGTERM stops the server cleanly (exit 0).
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let dir = plugins_dir(&["echo"]);
+    let mut server = Server::start(dir.path());
+    let status =
+        std::process::Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
