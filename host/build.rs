@@ -19,8 +19,10 @@ use std::process::Command;
 const TARGET: &str = "wasm32-wasip2";
 
 /// The guest crates whose components the host and its tests use, by folder.
-const GUESTS: &[(&str, &[&str])] =
-    &[("services", &["echo"]), ("fixtures", &["trap", "spin", "hog", "escape", "stranger"])];
+const GUESTS: &[(&str, &[&str])] = &[
+    ("services", &["echo", "inventory", "payment", "profile"]),
+    ("fixtures", &["trap", "spin", "hog", "escape", "stranger"]),
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));

@@ -52,17 +52,19 @@ impl PluginSettings {
     }
 }
 
-/// Parses `250ms`, `5s`, `1.5s`, `2m`. A positive amount and a unit are required.
+/// Parses `250ms`, `5s`, `1.5s`, `2m`, `24h`. A positive amount and a unit are required.
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let (number, unit) = split_number(text);
-    let value: f64 =
-        number.parse().map_err(|_| anyhow::anyhow!("`{text}` is not a duration like 250ms, 5s or 2m"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{text}` is not a duration like 250ms, 5s, 2m or 24h"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,
         "m" | "min" => value * 60.0,
-        "" => anyhow::bail!("`{text}` needs a unit: ms, s or m"),
-        other => anyhow::bail!("unknown unit `{other}` in `{text}`: use ms, s or m"),
+        "h" => value * 3600.0,
+        "" => anyhow::bail!("`{text}` needs a unit: ms, s, m or h"),
+        other => anyhow::bail!("unknown unit `{other}` in `{text}`: use ms, s, m or h"),
     };
     anyhow::ensure!(seconds > 0.0 && seconds.is_finite(), "`{text}` must be more than zero");
     Ok(Duration::from_secs_f64(seconds))
@@ -100,7 +102,8 @@ mod tests {
         assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        for bad in ["5", "s", "0s", "-1s", "5h", "abc"] {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        for bad in ["5", "s", "0s", "-1s", "5d", "abc"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -8,15 +8,19 @@
 //!   that sees wasmtime or generated types.
 //! - [`store`]: versioned records: the backend trait, the per-invocation transaction
 //!   (read set, buffered writes), the in-memory backend.
+//! - [`invoke`]: one idempotent, optimistic invocation: replay, claim, run, commit, re-run.
 //! - [`http`]: the axum API and its problem+json errors.
+//! - [`clock`]: wall-clock time as stored (unix ms).
 //! - [`config`]: per-plugin limits and the duration/size parsers.
 //! - [`cli`]: the `wasaga` command line, one file per command.
 //! - [`guests`]: paths of the guest components built with this crate.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod guests;
 pub mod http;
+pub mod invoke;
 pub mod runtime;
 pub mod service;
 pub mod store;

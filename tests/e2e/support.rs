@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use wasaga::runtime::{Limits, Plugin, Runtime, RuntimeOptions};
+use wasaga::http::{AppState, router};
+use wasaga::invoke::{InvokeOptions, Invoker};
+use wasaga::runtime::{Limits, Plugin, Registry, Runtime, RuntimeOptions};
 use wasaga::service::Invocation;
+use wasaga::store::MemoryStore;
 
 /// The `wasaga` binary built for these tests.
 pub fn wasaga() -> Command {
@@ -53,17 +56,35 @@ pub fn plugins_dir(names: &[&str]) -> tempfile::TempDir {
 pub struct Server {
     pub child: Child,
     pub url: String,
-    pub _data: tempfile::TempDir,
+    _data: Option<tempfile::TempDir>,
+    _plugins: Option<tempfile::TempDir>,
 }
 
 impl Server {
+    /// A server over `plugins` with a fresh data directory.
     pub fn start(plugins: &Path) -> Server {
         let data = tempfile::tempdir().unwrap();
+        let mut server = Server::start_in(plugins, data.path(), &[]);
+        server._data = Some(data);
+        server
+    }
+
+    /// A server over its own copies of the named guests, with a fresh data directory.
+    pub fn with_plugins(names: &[&str]) -> Server {
+        let plugins = plugins_dir(names);
+        let mut server = Server::start(plugins.path());
+        server._plugins = Some(plugins);
+        server
+    }
+
+    /// A server over `plugins` and the data directory `data`, with extra flags.
+    pub fn start_in(plugins: &Path, data: &Path, args: &[&str]) -> Server {
         let mut child = wasaga()
             .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
             .arg(plugins)
             .arg("--data")
-            .arg(data.path())
+            .arg(data)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -75,17 +96,71 @@ impl Server {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from wasaga serve: {line:?}"))
             .to_owned();
-        Server { child, url, _data: data }
+        Server { child, url, _data: None, _plugins: None }
     }
 
     pub fn client() -> reqwest::Client {
-        reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap()
+    }
+
+    /// `POST /v1/services/{service}/{operation}` with an idempotency key.
+    pub fn invoke(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        key: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::RequestBuilder {
+        client
+            .post(format!("{}/v1/services/{path}", self.url))
+            .header("Idempotency-Key", key)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+    }
+
+    /// The value of a record, or None when it does not exist.
+    pub async fn record(
+        &self,
+        client: &reqwest::Client,
+        service: &str,
+        key: &str,
+    ) -> Option<serde_json::Value> {
+        let response =
+            client.get(format!("{}/v1/services/{service}/records/{key}", self.url)).send().await.unwrap();
+        match response.status().as_u16() {
+            200 => Some(response.json().await.unwrap()),
+            404 => None,
+            other => panic!("GET record {key}: {other} {}", response.text().await.unwrap()),
+        }
+    }
+
+    /// Kills the process at once (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// The API in this process, over real HTTP on a free loopback port, with the given
+/// plugins and options on the in-memory store. Returns the base URL.
+pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions) -> String {
+    let registry = Registry::new(runtime());
+    for plugin in plugins {
+        registry.insert(plugin);
+    }
+    let invoker = Invoker::new(registry, std::sync::Arc::new(MemoryStore::new()), options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(AppState { invoker })).await });
+    url
 }

@@ -2,13 +2,17 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 
 use super::RuntimeArgs;
+use crate::config::parse_duration;
 use crate::http::{AppState, router};
+use crate::invoke::{InvokeOptions, Invoker};
 use crate::runtime::{Registry, Runtime};
+use crate::store::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Serve the plugins of a directory over HTTP.
 ///
@@ -22,9 +26,25 @@ pub struct ServeArgs {
     #[arg(long, env = "WASAGA_PLUGINS")]
     plugins: PathBuf,
 
-    /// Directory for wasaga's data (created if missing).
+    /// Directory for wasaga's data: the SQLite database `wasaga.db` (created if
+    /// missing). One wasaga process at a time may use it.
     #[arg(long, env = "WASAGA_DATA")]
     data: PathBuf,
+
+    /// When a commit counts as done: `full` waits for the disk (fsync) before
+    /// answering; `normal` is faster, and a power loss may lose the last commits.
+    #[arg(long, env = "WASAGA_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
+    synchronous: Synchronous,
+
+    /// The most invocations committed in one SQLite transaction (group commit);
+    /// 1 commits each invocation on its own.
+    #[arg(long, env = "WASAGA_MAX_BATCH", default_value_t = 256)]
+    max_batch: usize,
+
+    /// How long the outcome of an idempotent request is kept and replayed for its key
+    /// (e.g. 24h, 30m).
+    #[arg(long, env = "WASAGA_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    idempotency_retention: std::time::Duration,
 
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "WASAGA_LISTEN", default_value = "127.0.0.1:8080")]
@@ -35,8 +55,15 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
-    std::fs::create_dir_all(&args.data)
-        .with_context(|| format!("creating the data directory {}", args.data.display()))?;
+    let store_options = SqliteOptions {
+        synchronous: args.synchronous,
+        max_batch: args.max_batch,
+        ..SqliteOptions::default()
+    };
+    let store = Arc::new(
+        SqliteStore::open(&args.data, store_options)
+            .with_context(|| format!("opening the data directory {}", args.data.display()))?,
+    );
     let runtime = Runtime::new(args.runtime.options())?;
     let registry = Registry::new(runtime);
     registry
@@ -49,11 +76,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("listening on http://{addr}");
-    tracing::info!(%addr, plugins = registry.plugins().len(), refused = registry.refused().len(), "serving");
+    tracing::info!(%addr, plugins = registry.plugins().len(), data = %args.data.display(), refused = registry.refused().len(), "serving");
 
-    axum::serve(listener, router(AppState { registry })).with_graceful_shutdown(shutdown_signal()).await?;
+    let options = InvokeOptions { retention: args.idempotency_retention, ..InvokeOptions::default() };
+    let invoker = Invoker::new(registry, store.clone(), options);
+    tokio::spawn(purge_expired(store));
+    axum::serve(listener, router(AppState { invoker })).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Deletes expired idempotency records once a minute, through the writer (so off
+/// the request path, and batched with the commits).
+async fn purge_expired(store: Arc<SqliteStore>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        match store.purge_expired(crate::clock::now_ms()).await {
+            Ok(0) => {}
+            Ok(purged) => tracing::info!(purged, "expired idempotency records deleted"),
+            Err(e) => tracing::warn!("purging expired idempotency records failed: {e}"),
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

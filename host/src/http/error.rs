@@ -1,15 +1,18 @@
 //! The one error type of the API, rendered as RFC 9457 problem+json.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// An error answer: a status, a short title, and a detail written for the client.
 /// Internal causes are logged, never sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub detail: String,
+    /// Extra response headers (`Retry-After`, `ETag`, ...). A Vec, not a HeaderMap,
+    /// to keep the error small on the happy path's `Result`s.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Serialize)]
@@ -23,7 +26,15 @@ struct Problem<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        ApiError { status, detail: detail.into() }
+        ApiError { status, detail: detail.into(), headers: Vec::new() }
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: HeaderName, value: impl ToString) -> Self {
+        if let Ok(value) = HeaderValue::from_str(&value.to_string()) {
+            self.headers.push((name, value));
+        }
+        self
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -45,9 +56,9 @@ impl IntoResponse for ApiError {
         };
         let body = serde_json::to_vec(&problem).expect("a problem always serialises");
         let mut response = (self.status, body).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        let headers = response.headers_mut();
+        headers.extend(self.headers);
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         response
     }
 }

@@ -1,29 +1,45 @@
 //! The HTTP API (axum). [`router`] builds it over an [`AppState`], so tests can drive
-//! it in-process as well as over a real socket. Errors are RFC 9457 problem+json
-//! ([`ApiError`]).
+//! it in-process as well as over a real socket. Every error is RFC 9457
+//! problem+json ([`ApiError`]).
 
 mod error;
 mod plugins;
+mod records;
+mod services;
 
 use axum::Router;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 
 pub use error::ApiError;
+pub use services::{DIGEST, REPLAYED, RETENTION};
 
-use crate::runtime::Registry;
+use crate::invoke::Invoker;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub registry: Registry,
+    pub invoker: Invoker,
 }
+
+/// The largest request body accepted (an input or a record value, plus room).
+pub const MAX_BODY_BYTES: usize = (1 << 20) + 1024;
 
 /// All routes of the API.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/plugins", get(plugins::list))
+        .route("/v1/services/{service}/{operation}", post(services::invoke))
+        .route(
+            "/v1/services/{service}/records/{*key}",
+            get(records::get).put(records::put).delete(records::delete),
+        )
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -34,4 +50,23 @@ async fn healthz() -> &'static str {
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+/// A request body that must be one JSON value (inputs and record values are JSON by
+/// convention, and plugins parse them; refusing bad JSON here gives the client the
+/// position of the mistake instead of a plugin's confusion).
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    let body = body.map_err(|rejection| {
+        let status = rejection.status();
+        let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("the body is larger than the limit of {MAX_BODY_BYTES} bytes")
+        } else {
+            rejection.body_text()
+        };
+        ApiError::new(status, detail)
+    })?;
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(ApiError::bad_request(format!("the body is not valid JSON: {e}")));
+    }
+    Ok(body)
 }

@@ -46,6 +46,6 @@ impl From<&Plugin> for PluginView {
 }
 
 pub async fn list(State(state): State<AppState>) -> Json<PluginList> {
-    let plugins = state.registry.plugins().iter().map(|p| PluginView::from(&**p)).collect();
-    Json(PluginList { plugins, refused: state.registry.refused() })
+    let plugins = state.invoker.registry().plugins().iter().map(|p| PluginView::from(&**p)).collect();
+    Json(PluginList { plugins, refused: state.invoker.registry().refused() })
 }

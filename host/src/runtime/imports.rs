@@ -22,7 +22,7 @@ fn refusal(error: StoreError) -> wasmtime::Result<wit_store::StoreError> {
     match error {
         StoreError::Conflict(c) => Ok(wit_store::StoreError::Conflict(c.into())),
         StoreError::Invalid(message) => Ok(wit_store::StoreError::Invalid(message)),
-        unavailable @ StoreError::Unavailable(_) => Err(unavailable.into()),
+        failed @ (StoreError::Unavailable(_) | StoreError::Duplicate(_)) => Err(failed.into()),
     }
 }
 

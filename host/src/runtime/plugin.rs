@@ -246,7 +246,10 @@ impl Plugin {
             if started.elapsed() >= limit {
                 Err(DeadlineExceeded.into())
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // tokio's yield_now lets the scheduler poll its timers and sockets
+                // before this task runs again; a plain wake-up would starve them on a
+                // thread that only runs spinning plugins.
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
             }
         });
         // The timeout is the backstop for time spent outside wasm (a plugin blocked in

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use super::{ChangeSet, Conflict, Entry, RecordStore, Slot, Snapshot, StoreError};
+use super::{
+    ChangeSet, Commit, CommitFuture, Conflict, Entry, RecordStore, Slot, Snapshot, StoreError, StoredOutcome,
+};
 
 type Records = Arc<BTreeMap<String, Slot>>;
 
@@ -14,7 +16,13 @@ type Records = Arc<BTreeMap<String, Slot>>;
 pub struct MemoryStore {
     // A std mutex: it is held only to clone an Arc or to apply one commit, never
     // across an await.
-    services: Arc<Mutex<HashMap<String, Records>>>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    records: HashMap<String, Records>,
+    outcomes: HashMap<(String, String), StoredOutcome>,
 }
 
 impl MemoryStore {
@@ -53,29 +61,57 @@ impl Snapshot for MemorySnapshot {
 
 impl RecordStore for MemoryStore {
     fn snapshot(&self, service: &str) -> Result<Box<dyn Snapshot>, StoreError> {
-        let services = self.services.lock().expect("store mutex poisoned");
-        let records = services.get(service).cloned().unwrap_or_default();
+        let state = self.state.lock().expect("store mutex poisoned");
+        let records = state.records.get(service).cloned().unwrap_or_default();
         Ok(Box::new(MemorySnapshot(records)))
     }
 
-    fn commit(&self, service: &str, changes: &ChangeSet) -> Result<(), StoreError> {
-        let mut services = self.services.lock().expect("store mutex poisoned");
-        let records = services.entry(service.to_owned()).or_default();
-        for (key, read) in &changes.reads {
-            let current = records.get(key).unwrap_or(&Slot::EMPTY);
-            if current.version != *read {
-                // `expected` is the version read, tombstones included: enough to say
-                // what changed underneath.
-                let expected = (*read > 0).then_some(*read);
-                return Err(Conflict { key: key.clone(), expected, actual: current.visible_version() }.into());
+    fn commit(&self, commit: Commit) -> CommitFuture {
+        let result = self.apply(&commit);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn outcome(&self, service: &str, key: &str, now: i64) -> Result<Option<StoredOutcome>, StoreError> {
+        let state = self.state.lock().expect("store mutex poisoned");
+        let stored = state.outcomes.get(&(service.to_owned(), key.to_owned()));
+        Ok(stored.filter(|o| o.expires_at > now).cloned())
+    }
+}
+
+impl MemoryStore {
+    fn apply(&self, commit: &Commit) -> Result<(), StoreError> {
+        let mut state = self.state.lock().expect("store mutex poisoned");
+        let State { records, outcomes } = &mut *state;
+        if let Some(outcome) = &commit.outcome {
+            let id = (commit.service.clone(), outcome.key.clone());
+            if outcomes.get(&id).is_some_and(|o| o.expires_at > outcome.created_at) {
+                return Err(StoreError::Duplicate(outcome.key.clone()));
             }
         }
+        let records = records.entry(commit.service.clone()).or_default();
+        validate(records, &commit.changes)?;
         let records = Arc::make_mut(records);
-        for write in &changes.writes {
+        for write in &commit.changes.writes {
             records.insert(write.key.clone(), Slot { value: write.value.clone(), version: write.version });
+        }
+        if let Some(outcome) = &commit.outcome {
+            outcomes.insert((commit.service.clone(), outcome.key.clone()), outcome.clone());
         }
         Ok(())
     }
+}
+
+fn validate(records: &BTreeMap<String, Slot>, changes: &ChangeSet) -> Result<(), StoreError> {
+    for (key, read) in &changes.reads {
+        let current = records.get(key).unwrap_or(&Slot::EMPTY);
+        if current.version != *read {
+            // `expected` is the version read, tombstones included: enough to say
+            // what changed underneath.
+            let expected = (*read > 0).then_some(*read);
+            return Err(Conflict { key: key.clone(), expected, actual: current.visible_version() }.into());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -88,7 +124,12 @@ mod tests {
     }
 
     fn commit(store: &MemoryStore, tx: Transaction) -> Result<(), StoreError> {
-        store.commit("svc", &tx.into_changes())
+        store.apply(&Commit {
+            service: "svc".into(),
+            changes: tx.into_changes(),
+            correlation_id: None,
+            outcome: None,
+        })
     }
 
     #[test]
@@ -96,11 +137,11 @@ mod tests {
         let store = MemoryStore::new();
         let mut t = tx(&store);
         assert_eq!(t.set("k", b"a".to_vec()), Ok(1));
-        assert_eq!(t.set("k", b"b".to_vec()), Ok(2), "a second write in one transaction");
+        assert_eq!(t.set("k", b"b".to_vec()), Ok(1), "versions count commits, not calls");
         commit(&store, t).unwrap();
         let mut t = tx(&store);
-        assert_eq!(t.get("k").unwrap(), Some(Entry { value: b"b".to_vec(), version: 2 }));
-        assert_eq!(t.set("k", b"c".to_vec()), Ok(3));
+        assert_eq!(t.get("k").unwrap(), Some(Entry { value: b"b".to_vec(), version: 1 }));
+        assert_eq!(t.set("k", b"c".to_vec()), Ok(2));
     }
 
     #[test]
@@ -125,6 +166,8 @@ mod tests {
         assert_eq!(t.put("k", b"a".to_vec(), None), Ok(1), "create if absent");
         let err = t.put("k", b"b".to_vec(), None).unwrap_err();
         assert_eq!(err, StoreError::Conflict(Conflict { key: "k".into(), expected: None, actual: Some(1) }));
+        commit(&store, t).unwrap();
+        let mut t = tx(&store);
         assert_eq!(t.put("k", b"b".to_vec(), Some(1)), Ok(2));
         let err = t.delete("k", Some(1)).unwrap_err();
         assert!(matches!(err, StoreError::Conflict(Conflict { actual: Some(2), .. })), "{err:?}");

@@ -5,17 +5,24 @@
 //! - [`Transaction`] is one invocation's view: it reads from a snapshot, records every
 //!   version it read (the read set), buffers writes, and produces the [`ChangeSet`]
 //!   that the backend validates and applies at commit.
+//! - [`SqliteStore`] is the durable backend: WAL, one writer thread that group-commits
+//!   (`sqlite/writer.rs`), pooled read snapshots, migrations (`sqlite/schema.rs`).
 //! - [`MemoryStore`] is an in-memory backend with the same semantics, for tests and
-//!   for running plugins without a data directory.
+//!   benchmarks of the runtime alone.
 //!
 //! Versions are per key and never go back: a record starts at version 1, every write
 //! adds 1, and a delete leaves a tombstone, so a record created again continues from
 //! the deleted version and an old version number can never match again.
 
 mod memory;
+mod sqlite;
 mod transaction;
 
+use std::future::Future;
+use std::pin::Pin;
+
 pub use memory::MemoryStore;
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use transaction::{ChangeSet, Transaction, TxLimits, Write};
 
 /// A stored record as plugins and clients see it.
@@ -78,6 +85,9 @@ pub enum StoreError {
     /// The backend failed (I/O, corruption). Nothing was written.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// An unexpired outcome is already stored for this idempotency key.
+    #[error("an outcome is already stored for idempotency key `{0}`")]
+    Duplicate(String),
 }
 
 /// A consistent, read-only view of one service's records.
@@ -95,13 +105,50 @@ pub trait Snapshot: Send {
     ) -> Result<Vec<(String, Entry)>, StoreError>;
 }
 
-/// A storage backend for versioned records.
+/// The stored outcome of one idempotent invocation: replayed to every retry of its key
+/// until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOutcome {
+    pub service: String,
+    pub key: String,
+    /// sha256 of the operation and the input: a retry must carry the same request.
+    pub fingerprint: [u8; 32],
+    pub operation: String,
+    /// `Ok(output)` or `Err(rejection reason)`.
+    pub result: Result<Vec<u8>, String>,
+    /// The digest of the plugin version that produced it.
+    pub digest: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds; from then on the key may be used again.
+    pub expires_at: i64,
+}
+
+/// One atomic unit for the commit pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    pub service: String,
+    pub changes: ChangeSet,
+    /// The correlation id stored with the events.
+    pub correlation_id: Option<String>,
+    /// The idempotency record to store with the changes, if this is an invocation.
+    pub outcome: Option<StoredOutcome>,
+}
+
+/// Resolves when a commit is durable (or refused).
+pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
+
+/// A storage backend for versioned records and idempotency records.
 pub trait RecordStore: Send + Sync + 'static {
     /// A snapshot of `service`'s records as of now.
     fn snapshot(&self, service: &str) -> Result<Box<dyn Snapshot>, StoreError>;
 
-    /// Atomically validate `changes` against the current records and apply them: every
-    /// read must still be at the version read, every write's version check must hold.
-    /// On any mismatch nothing is written and the first conflict is returned.
-    fn commit(&self, service: &str, changes: &ChangeSet) -> Result<(), StoreError>;
+    /// Atomically validate and apply `commit`: every read must still be at the version
+    /// read, every write's version check must hold, and the idempotency record (if any)
+    /// must not exist unexpired. On any mismatch nothing is written: the first conflict
+    /// is returned, or [`StoreError::Duplicate`].
+    fn commit(&self, commit: Commit) -> CommitFuture;
+
+    /// The unexpired stored outcome of (`service`, `key`), if any.
+    fn outcome(&self, service: &str, key: &str, now: i64) -> Result<Option<StoredOutcome>, StoreError>;
 }

@@ -103,7 +103,8 @@ impl Transaction {
             Self::expect(key, &current, Some(v))?;
         }
         if current.value.is_some() {
-            self.buffer(key, Slot { value: None, version: current.version + 1 })?;
+            let version = self.next_version(key);
+            self.buffer(key, Slot { value: None, version })?;
         }
         Ok(())
     }
@@ -187,9 +188,15 @@ impl Transaction {
         if let Some(expected) = expected {
             Self::expect(key, &current, expected)?;
         }
-        let version = current.version + 1;
+        let version = self.next_version(key);
         self.buffer(key, Slot { value, version })?;
         Ok(version)
+    }
+
+    /// A commit moves a record up by exactly one version, however many times the
+    /// invocation wrote it: the version counts committed changes.
+    fn next_version(&self, key: &str) -> u64 {
+        self.reads.get(key).copied().unwrap_or(0) + 1
     }
 
     fn expect(key: &str, current: &Slot, expected: Option<u64>) -> Result<(), StoreError> {

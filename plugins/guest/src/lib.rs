@@ -27,3 +27,51 @@ impl OperationInfo {
         OperationInfo { name: name.into(), compensated_by: None, description: description.into() }
     }
 }
+
+/// JSON helpers for services whose inputs, outputs and records are JSON (the
+/// convention of the wasaga API).
+pub mod json {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use super::Failure;
+    use super::wasaga::plugin::store;
+
+    /// Parses the input; a malformed input is a rejection that says what is wrong.
+    pub fn input<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+        serde_json::from_slice(bytes).map_err(|e| Failure::Rejected(format!("invalid input: {e}")))
+    }
+
+    /// Serialises an output.
+    pub fn output<T: Serialize>(value: &T) -> Result<Vec<u8>, Failure> {
+        serde_json::to_vec(value).map_err(|e| Failure::Rejected(format!("cannot encode the output: {e}")))
+    }
+
+    /// Reads and parses the record at `key`, with its version.
+    pub fn get<T: DeserializeOwned>(key: &str) -> Result<Option<(T, u64)>, Failure> {
+        match store::get(key) {
+            None => Ok(None),
+            Some(entry) => {
+                serde_json::from_slice(&entry.value).map(|value| Some((value, entry.version))).map_err(|e| {
+                    Failure::Rejected(format!("record `{key}` is not what this service wrote: {e}"))
+                })
+            }
+        }
+    }
+
+    /// Writes `value` at `key` (based on what this invocation read).
+    pub fn set<T: Serialize>(key: &str, value: &T) -> Result<u64, Failure> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Failure::Rejected(format!("cannot encode `{key}`: {e}")))?;
+        store::set(key, &bytes).map_err(store_failure)
+    }
+
+    /// A refused store operation, as a failure: a conflict is transient (the host
+    /// runs the invocation again), an invalid request is a rejection.
+    pub fn store_failure(error: store::StoreError) -> Failure {
+        match error {
+            store::StoreError::Conflict(c) => Failure::Transient(format!("version conflict on `{}`", c.key)),
+            store::StoreError::Invalid(message) => Failure::Rejected(message),
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `GET`/`PUT`/`DELETE /v1/services/{service}/records/{key}`: versioned records over
+//! HTTP, with the version as the `ETag` and conditional writes.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState, json_body};
+use crate::store::{ChangeSet, Commit, Slot, StoreError, Write};
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path((service, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let slot = read(&state, &service, &key)?;
+    let Some(entry) = slot.entry() else {
+        return Err(ApiError::not_found(format!("service `{service}` has no record `{key}`")));
+    };
+    let headers = [
+        (header::ETAG, etag(entry.version)),
+        (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+    ];
+    Ok((StatusCode::OK, headers, entry.value).into_response())
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    Path((service, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let precondition = precondition(&headers, true)?;
+    let value = json_body(body)?;
+    let (version, created) = write(&state, &service, &key, Some(value.to_vec()), precondition).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, [(header::ETAG, etag(version))]).into_response())
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path((service, key)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let precondition = precondition(&headers, false)?;
+    write(&state, &service, &key, None, precondition).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// What the client says it is writing over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Precondition {
+    /// `If-Match: "v"`: the record must be at version v.
+    Version(u64),
+    /// `If-None-Match: *`: the record must not exist.
+    Absent,
+}
+
+fn precondition(headers: &HeaderMap, may_create: bool) -> Result<Precondition, ApiError> {
+    if let Some(value) = headers.get(header::IF_MATCH) {
+        let text = value.to_str().unwrap_or_default().trim();
+        let text = text.strip_prefix("W/").unwrap_or(text);
+        let version = text.trim_matches('"').parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "If-Match must be one version as returned in ETag, e.g. \"3\" (got {text})"
+            ))
+        })?;
+        return Ok(Precondition::Version(version));
+    }
+    if may_create && headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == b"*") {
+        return Ok(Precondition::Absent);
+    }
+    let how = if may_create {
+        "If-Match: \"<version>\" to replace, or If-None-Match: * to create"
+    } else {
+        "If-Match: \"<version>\""
+    };
+    Err(ApiError::new(
+        StatusCode::PRECONDITION_REQUIRED,
+        format!("a write must say what it replaces, so that no update is lost: send {how}"),
+    ))
+}
+
+fn read(state: &AppState, service: &str, key: &str) -> Result<Slot, ApiError> {
+    known_service(state, service)?;
+    let mut snapshot = state.invoker.store().snapshot(service).map_err(store_error)?;
+    snapshot.get(key).map_err(store_error)
+}
+
+/// Writes (or deletes, with `None`) under the precondition; returns the new version and
+/// whether the record was created.
+async fn write(
+    state: &AppState,
+    service: &str,
+    key: &str,
+    value: Option<Vec<u8>>,
+    precondition: Precondition,
+) -> Result<(u64, bool), ApiError> {
+    let limits = state.invoker.options().tx_limits;
+    if key.len() > limits.max_key_bytes {
+        return Err(ApiError::bad_request(format!("a key must be at most {} bytes", limits.max_key_bytes)));
+    }
+    if let Some(value) = &value
+        && value.len() > limits.max_value_bytes
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a value may be at most {} bytes", limits.max_value_bytes),
+        ));
+    }
+    let current = read(state, service, key)?;
+    let holds = match precondition {
+        Precondition::Version(v) => current.visible_version() == Some(v),
+        Precondition::Absent => current.value.is_none(),
+    };
+    if !holds {
+        return Err(precondition_failed(service, key, current.visible_version()));
+    }
+    if value.is_none() && current.value.is_none() {
+        return Ok((current.version, false));
+    }
+    let version = current.version + 1;
+    let changes = ChangeSet {
+        reads: vec![(key.to_owned(), current.version)],
+        writes: vec![Write { key: key.to_owned(), value, version }],
+        events: vec![],
+    };
+    let commit = Commit { service: service.to_owned(), changes, correlation_id: None, outcome: None };
+    match state.invoker.store().commit(commit).await {
+        Ok(()) => Ok((version, current.value.is_none())),
+        // Changed between the check and the commit: the precondition no longer holds.
+        Err(StoreError::Conflict(conflict)) => Err(precondition_failed(service, key, conflict.actual)),
+        Err(error) => Err(store_error(error)),
+    }
+}
+
+fn precondition_failed(service: &str, key: &str, actual: Option<u64>) -> ApiError {
+    let (detail, tag) = match actual {
+        Some(v) => (format!("record `{key}` of `{service}` is at version {v}"), Some(etag(v))),
+        None => (format!("record `{key}` of `{service}` does not exist"), None),
+    };
+    let error = ApiError::new(StatusCode::PRECONDITION_FAILED, detail);
+    match tag {
+        Some(tag) => error.with_header(header::ETAG, tag.to_str().unwrap_or_default()),
+        None => error,
+    }
+}
+
+fn known_service(state: &AppState, service: &str) -> Result<(), ApiError> {
+    match state.invoker.registry().get(service) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!("no service `{service}` is loaded"))),
+    }
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are a valid header")
+}
+
+fn store_error(error: StoreError) -> ApiError {
+    tracing::error!("record access failed: {error}");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_header(header::RETRY_AFTER, 1)
+}

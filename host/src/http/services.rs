@@ -1,0 +1,107 @@
+//! `POST /v1/services/{service}/{operation}`: one idempotent invocation.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState, json_body};
+use crate::invoke::{InvokeError, Invoked, Request};
+use crate::runtime::CallError;
+use crate::store::StoreError;
+
+/// `true` on a response that is the stored outcome of an earlier request.
+pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// How long (seconds) an outcome is kept and replayed for its key.
+pub const RETENTION: HeaderName = HeaderName::from_static("idempotency-retention");
+/// The plugin version that produced the outcome.
+pub const DIGEST: HeaderName = HeaderName::from_static("wasaga-plugin-digest");
+const KEY: &str = "idempotency-key";
+const CORRELATION: &str = "correlation-id";
+
+pub async fn invoke(
+    State(state): State<AppState>,
+    Path((service, operation)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let correlation_id = match headers.get(CORRELATION) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::bad_request("the Correlation-Id header must be visible ASCII"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let input = json_body(body)?;
+    let request = Request { service, operation, input: input.to_vec(), key, correlation_id };
+    let retention = state.invoker.options().retention.as_secs();
+    let invoked = state.invoker.invoke(request).await.map_err(|e| error(e, retention))?;
+    Ok(answer(invoked, retention))
+}
+
+fn answer(invoked: Invoked, retention: u64) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(REPLAYED, HeaderValue::from_static(if invoked.replayed { "true" } else { "false" }));
+    headers.insert(RETENTION, HeaderValue::from(retention));
+    if let Ok(digest) = HeaderValue::from_str(&invoked.digest) {
+        headers.insert(DIGEST, digest);
+    }
+    match invoked.result {
+        Ok(output) => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            (StatusCode::OK, headers, output).into_response()
+        }
+        Err(reason) => {
+            let mut error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, reason);
+            error.headers = headers.into_iter().filter_map(|(name, value)| Some((name?, value))).collect();
+            error.into_response()
+        }
+    }
+}
+
+/// The `Idempotency-Key` header: required, 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers.get(KEY).ok_or_else(|| {
+        ApiError::bad_request(
+            "the Idempotency-Key header is required: one unique key per request, retried unchanged",
+        )
+    })?;
+    let key = value.to_str().unwrap_or_default();
+    let visible = !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic());
+    if !visible || key.len() > 255 {
+        return Err(ApiError::bad_request(format!(
+            "the Idempotency-Key header must be 1 to 255 visible ASCII characters (got {} bytes)",
+            value.len()
+        )));
+    }
+    Ok(key.to_owned())
+}
+
+fn error(error: InvokeError, retention: u64) -> ApiError {
+    let status = match &error {
+        InvokeError::UnknownService(_) | InvokeError::UnknownOperation { .. } => StatusCode::NOT_FOUND,
+        InvokeError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        InvokeError::InFlight { .. } | InvokeError::Conflict { .. } => StatusCode::CONFLICT,
+        InvokeError::Transient { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        InvokeError::Call(CallError::UnknownOperation { .. }) => StatusCode::NOT_FOUND,
+        InvokeError::Call(CallError::Deadline { .. }) => StatusCode::GATEWAY_TIMEOUT,
+        InvokeError::Call(CallError::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+        InvokeError::Call(CallError::Trap { .. } | CallError::MemoryLimit { .. }) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        InvokeError::Store(StoreError::Invalid(_)) => StatusCode::BAD_REQUEST,
+        InvokeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    if let InvokeError::Store(store) = &error {
+        tracing::error!("invocation failed in the store: {store}");
+    }
+    let api = ApiError::new(status, error.to_string()).with_header(RETENTION, retention);
+    match status {
+        StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE => api.with_header(header::RETRY_AFTER, 1),
+        _ => api,
+    }
+}

@@ -1,0 +1,322 @@
+//! One idempotent, optimistic invocation of one plugin operation.
+//!
+//! 1. A stored outcome for (service, key) is replayed; a stored outcome of a different
+//!    request (operation + input) refuses the key.
+//! 2. The key is claimed in this process, so that one key runs once at a time; a
+//!    duplicate that arrives meanwhile waits for the first and gets its outcome.
+//! 3. The plugin runs on a fresh snapshot; its reads, writes, events and outcome are
+//!    committed together. When a read changed underneath, nothing is written and the
+//!    plugin runs again (bounded, with jittered backoff).
+//!
+//! `ok` and `rejected` outcomes are stored and replayed until they expire; a
+//! rejection's writes and events are discarded (a refusal changes nothing). Transient
+//! failures, traps and limit overruns store nothing: the key may be retried.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::clock::now_ms;
+use crate::runtime::{CallError, Registry};
+use crate::service::{Failure, Invocation};
+use crate::store::{
+    ChangeSet, Commit, Conflict, RecordStore, StoreError, StoredOutcome, Transaction, TxLimits,
+};
+
+/// Settings of the invocation path.
+#[derive(Debug, Clone, Copy)]
+pub struct InvokeOptions {
+    /// How long an outcome is kept and replayed.
+    pub retention: Duration,
+    /// How many times one invocation may run before a conflict is final.
+    pub max_runs: u32,
+    /// How long a duplicate waits for the first call of its key before giving up (409).
+    pub in_flight_wait: Duration,
+    pub tx_limits: TxLimits,
+}
+
+impl Default for InvokeOptions {
+    fn default() -> Self {
+        InvokeOptions {
+            retention: Duration::from_secs(24 * 3600),
+            max_runs: 20,
+            in_flight_wait: Duration::from_secs(10),
+            tx_limits: TxLimits::default(),
+        }
+    }
+}
+
+/// A request to run one operation.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub service: String,
+    pub operation: String,
+    pub input: Vec<u8>,
+    pub key: String,
+    pub correlation_id: Option<String>,
+}
+
+/// What an invocation answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invoked {
+    /// The output, or the rejection reason.
+    pub result: Result<Vec<u8>, String>,
+    /// True when this is the stored outcome of an earlier call.
+    pub replayed: bool,
+    /// The plugin version that produced the outcome.
+    pub digest: String,
+    /// Unix ms after which the key is forgotten.
+    pub expires_at: i64,
+    /// How many times the plugin ran for this call (0 for a replay).
+    pub runs: u32,
+}
+
+/// Why there is no outcome. Nothing was stored: the same key may be retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvokeError {
+    #[error("no service `{0}` is loaded")]
+    UnknownService(String),
+    #[error("service `{service}` has no operation `{operation}`")]
+    UnknownOperation { service: String, operation: String },
+    #[error(
+        "idempotency key `{key}` was already used for a different request ({operation} with other input); \
+         use a new key for a new request"
+    )]
+    KeyReused { key: String, operation: String },
+    #[error("a request with idempotency key `{key}` is still running; retry later")]
+    InFlight { key: String },
+    #[error("gave up after {runs} runs: the records kept changing underneath ({conflict})")]
+    Conflict { runs: u32, conflict: Conflict },
+    #[error("service `{service}` failed temporarily: {reason}")]
+    Transient { service: String, reason: String },
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs invocations. Cheap to clone.
+#[derive(Clone)]
+pub struct Invoker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    store: Arc<dyn RecordStore>,
+    options: InvokeOptions,
+    /// Keys running in this process; a watcher learns when the key is released.
+    running: Mutex<HashMap<(String, String), watch::Receiver<()>>>,
+}
+
+impl std::fmt::Debug for Invoker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invoker").field("options", &self.inner.options).finish_non_exhaustive()
+    }
+}
+
+impl Invoker {
+    pub fn new(registry: Registry, store: Arc<dyn RecordStore>, options: InvokeOptions) -> Self {
+        Invoker { inner: Arc::new(Inner { registry, store, options, running: Mutex::default() }) }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn store(&self) -> &Arc<dyn RecordStore> {
+        &self.inner.store
+    }
+
+    pub fn options(&self) -> &InvokeOptions {
+        &self.inner.options
+    }
+
+    /// Runs `request` at most once in effect per (service, key).
+    pub async fn invoke(&self, request: Request) -> Result<Invoked, InvokeError> {
+        let plugin = self
+            .inner
+            .registry
+            .get(&request.service)
+            .ok_or_else(|| InvokeError::UnknownService(request.service.clone()))?;
+        if plugin.manifest().operation(&request.operation).is_none() {
+            return Err(InvokeError::UnknownOperation {
+                service: request.service.clone(),
+                operation: request.operation.clone(),
+            });
+        }
+        let fingerprint = fingerprint(&request.operation, &request.input);
+        let give_up_waiting = Instant::now() + self.inner.options.in_flight_wait;
+        let _claim = loop {
+            if let Some(stored) = self.replay(&request, &fingerprint)? {
+                return Ok(stored);
+            }
+            match self.claim(&request) {
+                Ok(claim) => {
+                    // The first call may have finished between the look-up and the claim.
+                    if let Some(stored) = self.replay(&request, &fingerprint)? {
+                        return Ok(stored);
+                    }
+                    break claim;
+                }
+                Err(mut released) => {
+                    let wait = give_up_waiting.saturating_duration_since(Instant::now());
+                    if tokio::time::timeout(wait, released.changed()).await.is_err() {
+                        return Err(InvokeError::InFlight { key: request.key.clone() });
+                    }
+                }
+            }
+        };
+
+        let options = &self.inner.options;
+        let mut last_conflict = None;
+        for run in 1..=options.max_runs {
+            let tx = Transaction::new(self.inner.store.snapshot(&request.service)?, options.tx_limits);
+            let call = Invocation {
+                operation: request.operation.clone(),
+                input: request.input.clone(),
+                idempotency_key: request.key.clone(),
+                correlation_id: request.correlation_id.clone(),
+                attempt: run,
+            };
+            let outcome = plugin.invoke(call, tx).await?;
+            let (result, changes) = match outcome.result {
+                Ok(output) => (Ok(output), outcome.changes),
+                // A rejection commits no writes or events, but its reads are still
+                // validated: a refusal based on stale data is not stored.
+                Err(Failure::Rejected(reason)) => {
+                    (Err(reason), ChangeSet { reads: outcome.changes.reads, ..ChangeSet::default() })
+                }
+                Err(Failure::Transient(reason)) => {
+                    return Err(InvokeError::Transient { service: request.service.clone(), reason });
+                }
+            };
+            let now = now_ms();
+            let stored = StoredOutcome {
+                service: request.service.clone(),
+                key: request.key.clone(),
+                fingerprint,
+                operation: request.operation.clone(),
+                result: result.clone(),
+                digest: plugin.digest().to_string(),
+                created_at: now,
+                expires_at: now + options.retention.as_millis() as i64,
+            };
+            let commit = Commit {
+                service: request.service.clone(),
+                changes,
+                correlation_id: request.correlation_id.clone(),
+                outcome: Some(stored.clone()),
+            };
+            match self.inner.store.commit(commit).await {
+                Ok(()) => {
+                    return Ok(Invoked {
+                        result,
+                        replayed: false,
+                        digest: stored.digest,
+                        expires_at: stored.expires_at,
+                        runs: run,
+                    });
+                }
+                Err(StoreError::Conflict(conflict)) => {
+                    last_conflict = Some(conflict);
+                    tokio::time::sleep(backoff(run)).await;
+                }
+                // Another process committed this key first: its outcome stands.
+                Err(StoreError::Duplicate(_)) => {
+                    return self.replay(&request, &fingerprint)?.ok_or_else(|| {
+                        StoreError::Unavailable("a stored outcome vanished while being read".into()).into()
+                    });
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(InvokeError::Conflict {
+            runs: options.max_runs,
+            conflict: last_conflict.expect("a conflict ended every run"),
+        })
+    }
+
+    /// The stored outcome of this request's key, if any.
+    fn replay(&self, request: &Request, fingerprint: &[u8; 32]) -> Result<Option<Invoked>, InvokeError> {
+        let Some(stored) = self.inner.store.outcome(&request.service, &request.key, now_ms())? else {
+            return Ok(None);
+        };
+        if &stored.fingerprint != fingerprint {
+            return Err(InvokeError::KeyReused { key: request.key.clone(), operation: stored.operation });
+        }
+        Ok(Some(Invoked {
+            result: stored.result,
+            replayed: true,
+            digest: stored.digest,
+            expires_at: stored.expires_at,
+            runs: 0,
+        }))
+    }
+
+    /// Claims the request's key in this process, or returns a watcher of the claim
+    /// that holds it.
+    fn claim(&self, request: &Request) -> Result<Claim, watch::Receiver<()>> {
+        let id = (request.service.clone(), request.key.clone());
+        let mut running = self.inner.running.lock().expect("running-keys mutex poisoned");
+        if let Some(released) = running.get(&id) {
+            return Err(released.clone());
+        }
+        let (release, released) = watch::channel(());
+        running.insert(id.clone(), released);
+        Ok(Claim { invoker: self.inner.clone(), id, _release: release })
+    }
+}
+
+/// A key this process is running. Dropping it frees the key and wakes its waiters.
+struct Claim {
+    invoker: Arc<Inner>,
+    id: (String, String),
+    _release: watch::Sender<()>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Remove the entry before the sender is dropped, so that a woken waiter finds
+        // the key free.
+        self.invoker.running.lock().expect("running-keys mutex poisoned").remove(&self.id);
+    }
+}
+
+/// The request's identity for key reuse: sha256 of the operation and the input.
+pub fn fingerprint(operation: &str, input: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(operation.as_bytes());
+    hash.update([0]);
+    hash.update(input);
+    hash.finalize().into()
+}
+
+/// Exponential backoff with full jitter: up to 1 ms, 2 ms, 4 ms, ... capped at 50 ms.
+fn backoff(run: u32) -> Duration {
+    let ceiling = Duration::from_millis(1u64 << run.min(6)).min(Duration::from_millis(50));
+    ceiling.mul_f64(rand::rng().random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_separate_operation_from_input() {
+        assert_ne!(fingerprint("ab", b"c"), fingerprint("a", b"bc"));
+        assert_eq!(fingerprint("a", b"x"), fingerprint("a", b"x"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for run in 1..30 {
+            let ceiling = Duration::from_millis(1u64 << run.min(6)).min(Duration::from_millis(50));
+            assert!(backoff(run) <= ceiling);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The database schema, as an append-only list of migrations keyed on
+//! `PRAGMA user_version`. Never edit a migration that has shipped: add one.
+
+use rusqlite::Connection;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: versioned records, idempotency records, the outbox.
+    "
+    -- One row per record ever written. A delete keeps the row with value NULL (a
+    -- tombstone), so that versions never go back.
+    CREATE TABLE records (
+        service TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        value   BLOB,
+        version INTEGER NOT NULL,
+        PRIMARY KEY (service, key)
+    ) WITHOUT ROWID;
+
+    -- The stored outcome of each idempotent invocation, until it expires.
+    CREATE TABLE invocations (
+        service     TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        fingerprint BLOB NOT NULL,
+        operation   TEXT NOT NULL,
+        ok          INTEGER NOT NULL,   -- 1: output holds the output; 0: the rejection reason
+        output      BLOB NOT NULL,
+        digest      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,   -- unix ms
+        expires_at  INTEGER NOT NULL,   -- unix ms
+        PRIMARY KEY (service, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX invocations_by_expiry ON invocations (expires_at);
+
+    -- Events published by committed invocations, in commit order.
+    CREATE TABLE outbox (
+        id             INTEGER PRIMARY KEY,
+        service        TEXT NOT NULL,
+        topic          TEXT NOT NULL,
+        payload        BLOB NOT NULL,
+        correlation_id TEXT,
+        created_at     INTEGER NOT NULL
+    );
+    ",
+];
+
+/// Brings the schema up to date, in one transaction per migration. A database from a
+/// newer wasaga is refused rather than misread.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let current = current as usize;
+    if current > MIGRATIONS.len() {
+        return Ok(Err(format!(
+            "the database is at schema version {current}, newer than this wasaga knows ({}); \
+             use a newer wasaga",
+            MIGRATIONS.len()
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (version + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_a_newer_schema_is_refused() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap().unwrap();
+        migrate(&mut conn).unwrap().unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        let err = migrate(&mut conn).unwrap().unwrap_err();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+}

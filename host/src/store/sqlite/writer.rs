@@ -1,0 +1,230 @@
+//! The single writer: one thread owns the write connection and commits what the
+//! invocations send it, in batches (group commit).
+//!
+//! Each batch is one SQLite transaction, so one fsync, whatever its size; each commit
+//! inside it runs in its own savepoint, so a conflict in one rolls back only that one.
+//! Batches form by themselves: while one batch is being written and synced, new
+//! commits queue, and the next batch takes all of them (up to `max_batch`). Replies
+//! are sent only after the transaction is durable.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::unavailable;
+use crate::store::{Commit, Conflict, StoreError, Write};
+
+pub(super) enum Job {
+    Commit(Box<Commit>, oneshot::Sender<Result<(), StoreError>>),
+    /// Delete idempotency records that expired before the given unix ms.
+    Purge(i64, oneshot::Sender<Result<usize, StoreError>>),
+}
+
+/// Starts the writer thread; it ends when every sender is dropped.
+pub(super) fn spawn(conn: Connection, max_batch: usize) -> mpsc::Sender<Job> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("wasaga-writer".into())
+        .spawn(move || run(conn, receiver, max_batch.max(1)))
+        .expect("failed to start the writer thread");
+    sender
+}
+
+fn run(mut conn: Connection, receiver: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Ok(job) = receiver.recv() {
+        batch.push(job);
+        while batch.len() < max_batch {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        write_batch(&mut conn, &mut batch);
+    }
+}
+
+enum Reply {
+    Commit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Purge(oneshot::Sender<Result<usize, StoreError>>, Result<usize, StoreError>),
+}
+
+fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return fail_all(batch.drain(..), &unavailable(e)),
+    };
+    let mut replies = Vec::with_capacity(batch.len());
+    for job in batch.drain(..) {
+        match job {
+            Job::Commit(commit, reply) => {
+                let result = in_savepoint(&tx, |conn| apply(conn, &commit));
+                replies.push(Reply::Commit(reply, result));
+            }
+            Job::Purge(now, reply) => {
+                let result =
+                    tx.execute("DELETE FROM invocations WHERE expires_at <= ?1", [now]).map_err(unavailable);
+                replies.push(Reply::Purge(reply, result));
+            }
+        }
+    }
+    let durable = tx.commit().map_err(unavailable);
+    for reply in replies {
+        // A receiver that went away (the caller was cancelled) needs no answer.
+        match reply {
+            Reply::Commit(reply, result) => {
+                let _ = reply.send(durable.clone().and(result));
+            }
+            Reply::Purge(reply, result) => {
+                let _ = reply.send(durable.clone().and(result));
+            }
+        }
+    }
+}
+
+fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
+    for job in jobs {
+        match job {
+            Job::Commit(_, reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Job::Purge(_, reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Runs `f` in a savepoint: kept if it succeeds, rolled back if not.
+fn in_savepoint(
+    tx: &rusqlite::Transaction<'_>,
+    f: impl FnOnce(&Connection) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    tx.execute_batch("SAVEPOINT one_commit").map_err(unavailable)?;
+    match f(tx) {
+        Ok(()) => tx.execute_batch("RELEASE one_commit").map_err(unavailable),
+        Err(error) => {
+            tx.execute_batch("ROLLBACK TO one_commit; RELEASE one_commit").map_err(unavailable)?;
+            Err(error)
+        }
+    }
+}
+
+/// Validates and applies one commit.
+fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
+    let service = &commit.service;
+    let changes = &commit.changes;
+    let mut writes: HashMap<&str, &Write> = changes.writes.iter().map(|w| (w.key.as_str(), w)).collect();
+    for (key, read) in &changes.reads {
+        match writes.remove(key.as_str()) {
+            Some(write) => write_versioned(conn, service, write, *read)?,
+            None => check_version(conn, service, key, *read)?,
+        }
+    }
+    // A transaction always reads what it writes; a write without a read is based on
+    // the version just below it.
+    for write in writes.into_values() {
+        write_versioned(conn, service, write, write.version - 1)?;
+    }
+    if !changes.events.is_empty() {
+        let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO outbox (service, topic, payload, correlation_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(unavailable)?;
+        for (topic, payload) in &changes.events {
+            insert
+                .execute(params![service, topic, payload, commit.correlation_id, created_at])
+                .map_err(unavailable)?;
+        }
+    }
+    if let Some(outcome) = &commit.outcome {
+        let (ok, output) = match &outcome.result {
+            Ok(output) => (true, output.as_slice()),
+            Err(reason) => (false, reason.as_bytes()),
+        };
+        // An expired record of the same key may be replaced; an unexpired one may not.
+        let stored = conn
+            .prepare_cached(
+                "INSERT INTO invocations
+                     (service, key, fingerprint, operation, ok, output, digest, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (service, key) DO UPDATE SET
+                     fingerprint = excluded.fingerprint, operation = excluded.operation,
+                     ok = excluded.ok, output = excluded.output, digest = excluded.digest,
+                     created_at = excluded.created_at, expires_at = excluded.expires_at
+                 WHERE invocations.expires_at <= excluded.created_at",
+            )
+            .map_err(unavailable)?
+            .execute(params![
+                service,
+                outcome.key,
+                outcome.fingerprint,
+                outcome.operation,
+                ok,
+                output,
+                outcome.digest,
+                outcome.created_at,
+                outcome.expires_at
+            ])
+            .map_err(unavailable)?;
+        if stored == 0 {
+            return Err(StoreError::Duplicate(outcome.key.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Writes `write` only if the record is still at version `read` (0: never written).
+/// This and [`check_version`] are the only places where versions are compared.
+fn write_versioned(conn: &Connection, service: &str, write: &Write, read: u64) -> Result<(), StoreError> {
+    let changed = if read == 0 {
+        conn.prepare_cached(
+            "INSERT INTO records (service, key, value, version) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (service, key) DO NOTHING",
+        )
+        .map_err(unavailable)?
+        .execute(params![service, write.key, write.value, write.version as i64])
+    } else {
+        conn.prepare_cached(
+            "UPDATE records SET value = ?3, version = ?4
+             WHERE service = ?1 AND key = ?2 AND version = ?5",
+        )
+        .map_err(unavailable)?
+        .execute(params![service, write.key, write.value, write.version as i64, read as i64])
+    }
+    .map_err(unavailable)?;
+    if changed == 1 { Ok(()) } else { Err(conflict(conn, service, &write.key, read)) }
+}
+
+/// Checks that a record read but not written is still at version `read`.
+fn check_version(conn: &Connection, service: &str, key: &str, read: u64) -> Result<(), StoreError> {
+    let current = current_version(conn, service, key)?;
+    if current.0 == read { Ok(()) } else { Err(conflict(conn, service, key, read)) }
+}
+
+/// (version, exists) of a record now; (0, false) if never written.
+fn current_version(conn: &Connection, service: &str, key: &str) -> Result<(u64, bool), StoreError> {
+    conn.prepare_cached("SELECT version, value IS NOT NULL FROM records WHERE service = ?1 AND key = ?2")
+        .map_err(unavailable)?
+        .query_row(params![service, key], |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)))
+        .optional()
+        .map_err(unavailable)
+        .map(|found| found.unwrap_or((0, false)))
+}
+
+fn conflict(conn: &Connection, service: &str, key: &str, read: u64) -> StoreError {
+    match current_version(conn, service, key) {
+        Ok((version, exists)) => Conflict {
+            key: key.to_owned(),
+            expected: (read > 0).then_some(read),
+            actual: exists.then_some(version),
+        }
+        .into(),
+        Err(error) => error,
+    }
+}

@@ -1,0 +1,128 @@
+//! `inventory`: stock per SKU and reservations per order (DESIGN Appendix A).
+//!
+//! Records: `stock/<sku>` → `{available, reserved}`; `reservation/<order>` →
+//! `{sku, qty, released}`.
+//! - `restock {sku, qty}` → `{sku, available}`
+//! - `reserve {sku, qty, order}` → `{sku, order, qty}`; rejected `insufficient stock`
+//! - `release {order}` → `{order, released}` (0 if nothing was held)
+//!
+//! Reserving the same order twice holds the stock once; releasing twice gives it back
+//! once. Stock never goes negative: a reservation reads the stock it changes, so two
+//! that race are serialised by the host's version check.
+
+use serde::{Deserialize, Serialize};
+use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Stock {
+    available: u64,
+    reserved: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Reservation {
+    sku: String,
+    qty: u64,
+    /// Kept after a release, so that a late duplicate cannot hold the stock again and
+    /// the record tells what happened.
+    #[serde(default)]
+    released: bool,
+}
+
+#[derive(Deserialize)]
+struct Restock {
+    sku: String,
+    qty: u64,
+}
+
+#[derive(Deserialize)]
+struct Reserve {
+    sku: String,
+    qty: u64,
+    order: String,
+}
+
+#[derive(Deserialize)]
+struct Release {
+    order: String,
+}
+
+struct Inventory;
+
+impl Guest for Inventory {
+    fn describe() -> Manifest {
+        Manifest {
+            name: "inventory".into(),
+            operations: vec![
+                OperationInfo::new("restock", "Adds stock of a SKU."),
+                OperationInfo {
+                    name: "reserve".into(),
+                    compensated_by: Some("release".into()),
+                    description: "Holds stock of a SKU for an order.".into(),
+                },
+                OperationInfo::new("release", "Gives an order's held stock back."),
+            ],
+            subscriptions: vec![],
+        }
+    }
+
+    fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
+        match call.operation.as_str() {
+            "restock" => restock(json::input(&call.input)?),
+            "reserve" => reserve(json::input(&call.input)?),
+            "release" => release(json::input(&call.input)?),
+            other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
+        }
+    }
+}
+
+fn stock_key(sku: &str) -> String {
+    format!("stock/{sku}")
+}
+
+fn restock(input: Restock) -> Result<Vec<u8>, Failure> {
+    let key = stock_key(&input.sku);
+    let (mut stock, _) = json::get::<Stock>(&key)?.unwrap_or_default();
+    stock.available += input.qty;
+    json::set(&key, &stock)?;
+    json::output(&serde_json::json!({"sku": input.sku, "available": stock.available}))
+}
+
+fn reserve(input: Reserve) -> Result<Vec<u8>, Failure> {
+    let held = format!("reservation/{}", input.order);
+    if let Some((existing, _)) = json::get::<Reservation>(&held)? {
+        if existing.released {
+            return Err(Failure::Rejected(format!("order `{}` was already released", input.order)));
+        }
+        return json::output(
+            &serde_json::json!({"sku": existing.sku, "order": input.order, "qty": existing.qty}),
+        );
+    }
+    let key = stock_key(&input.sku);
+    let (mut stock, _) = json::get::<Stock>(&key)?.unwrap_or_default();
+    if input.qty == 0 || stock.available < input.qty {
+        return Err(Failure::Rejected("insufficient stock".into()));
+    }
+    stock.available -= input.qty;
+    stock.reserved += input.qty;
+    json::set(&key, &stock)?;
+    json::set(&held, &Reservation { sku: input.sku.clone(), qty: input.qty, released: false })?;
+    json::output(&serde_json::json!({"sku": input.sku, "order": input.order, "qty": input.qty}))
+}
+
+fn release(input: Release) -> Result<Vec<u8>, Failure> {
+    let held = format!("reservation/{}", input.order);
+    let Some((mut reservation, _)) = json::get::<Reservation>(&held)?.filter(|(r, _)| !r.released) else {
+        return json::output(&serde_json::json!({"order": input.order, "released": 0}));
+    };
+    let key = stock_key(&reservation.sku);
+    let (mut stock, _) = json::get::<Stock>(&key)?.unwrap_or_default();
+    stock.available += reservation.qty;
+    stock.reserved = stock.reserved.saturating_sub(reservation.qty);
+    json::set(&key, &stock)?;
+    reservation.released = true;
+    json::set(&held, &reservation)?;
+    json::output(&serde_json::json!({"order": input.order, "released": reservation.qty}))
+}
+
+wasaga_guest::export!(Inventory with_types_in wasaga_guest);

@@ -1,0 +1,128 @@
+//! `payment`: customer accounts and charges per order (DESIGN Appendix A).
+//!
+//! Records: `account/<customer>` → `{balance}`; `charge/<order>` →
+//! `{customer, amount, refunded}`. Money is in integer cents.
+//! - `open-account {customer, balance}` → `{customer, balance}`
+//! - `charge {customer, amount, order}` → `{order, charged}`; rejected
+//!   `declined: insufficient funds`
+//! - `refund {order}` → `{order, refunded}` (0 if there was no charge)
+//!
+//! An order is charged at most once and refunded at most once, whatever the keys.
+
+use serde::{Deserialize, Serialize};
+use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Account {
+    balance: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Charge {
+    customer: String,
+    amount: i64,
+    refunded: bool,
+}
+
+#[derive(Deserialize)]
+struct OpenAccount {
+    customer: String,
+    balance: i64,
+}
+
+#[derive(Deserialize)]
+struct ChargeInput {
+    customer: String,
+    amount: i64,
+    order: String,
+}
+
+#[derive(Deserialize)]
+struct Refund {
+    order: String,
+}
+
+struct Payment;
+
+impl Guest for Payment {
+    fn describe() -> Manifest {
+        Manifest {
+            name: "payment".into(),
+            operations: vec![
+                OperationInfo::new("open-account", "Opens a customer account with a balance."),
+                OperationInfo {
+                    name: "charge".into(),
+                    compensated_by: Some("refund".into()),
+                    description: "Charges a customer for an order.".into(),
+                },
+                OperationInfo::new("refund", "Refunds an order's charge."),
+            ],
+            subscriptions: vec![],
+        }
+    }
+
+    fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
+        match call.operation.as_str() {
+            "open-account" => open_account(json::input(&call.input)?),
+            "charge" => charge(json::input(&call.input)?),
+            "refund" => refund(json::input(&call.input)?),
+            other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
+        }
+    }
+}
+
+fn account_key(customer: &str) -> String {
+    format!("account/{customer}")
+}
+
+fn open_account(input: OpenAccount) -> Result<Vec<u8>, Failure> {
+    if input.balance < 0 {
+        return Err(Failure::Rejected("an opening balance cannot be negative".into()));
+    }
+    let key = account_key(&input.customer);
+    if json::get::<Account>(&key)?.is_some() {
+        return Err(Failure::Rejected(format!("customer `{}` already has an account", input.customer)));
+    }
+    json::set(&key, &Account { balance: input.balance })?;
+    json::output(&serde_json::json!({"customer": input.customer, "balance": input.balance}))
+}
+
+fn charge(input: ChargeInput) -> Result<Vec<u8>, Failure> {
+    let charge_key = format!("charge/{}", input.order);
+    if let Some((existing, _)) = json::get::<Charge>(&charge_key)? {
+        if existing.refunded {
+            return Err(Failure::Rejected(format!("order `{}` was already refunded", input.order)));
+        }
+        return json::output(&serde_json::json!({"order": input.order, "charged": existing.amount}));
+    }
+    if input.amount <= 0 {
+        return Err(Failure::Rejected("the amount must be positive".into()));
+    }
+    let key = account_key(&input.customer);
+    let Some((mut account, _)) = json::get::<Account>(&key)? else {
+        return Err(Failure::Rejected(format!("declined: customer `{}` has no account", input.customer)));
+    };
+    if account.balance < input.amount {
+        return Err(Failure::Rejected("declined: insufficient funds".into()));
+    }
+    account.balance -= input.amount;
+    json::set(&key, &account)?;
+    json::set(&charge_key, &Charge { customer: input.customer, amount: input.amount, refunded: false })?;
+    json::output(&serde_json::json!({"order": input.order, "charged": input.amount}))
+}
+
+fn refund(input: Refund) -> Result<Vec<u8>, Failure> {
+    let charge_key = format!("charge/{}", input.order);
+    let Some((mut charge, _)) = json::get::<Charge>(&charge_key)?.filter(|(c, _)| !c.refunded) else {
+        return json::output(&serde_json::json!({"order": input.order, "refunded": 0}));
+    };
+    let key = account_key(&charge.customer);
+    let (mut account, _) = json::get::<Account>(&key)?.unwrap_or((Account { balance: 0 }, 0));
+    account.balance += charge.amount;
+    json::set(&key, &account)?;
+    charge.refunded = true;
+    json::set(&charge_key, &charge)?;
+    json::output(&serde_json::json!({"order": input.order, "refunded": charge.amount}))
+}
+
+wasaga_guest::export!(Payment with_types_in wasaga_guest);

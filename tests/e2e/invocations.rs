@@ -1,0 +1,290 @@
+//! Versioned records and idempotent invocations over real HTTP, against a real
+//! `wasaga serve` with its SQLite file and real plugins: the article's failure modes.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use std::time::Duration;
+
+use wasaga::invoke::InvokeOptions;
+use wasaga::runtime::Limits;
+
+use crate::support::{Server, load, runtime, serve_in_process};
+
+fn server() -> Server {
+    Server::with_plugins(&["echo", "inventory", "payment", "profile"])
+}
+
+/// Lost update, through the API: two clients read version 1 and both write with
+/// `If-Match: "1"`. One succeeds, the other gets 412 with the current version, and the
+/// record holds the winner's value.
+#[tokio::test]
+async fn two_writers_from_one_version_one_gets_412_and_nothing_is_lost() {
+    let server = server();
+    let client = Server::client();
+    let url = format!("{}/v1/services/echo/records/doc/1", server.url);
+    let created =
+        client.put(&url).header("If-None-Match", "*").body(r#"{"by":"nobody"}"#).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    assert_eq!(created.headers()["etag"], "\"1\"");
+
+    let read = client.get(&url).send().await.unwrap();
+    assert_eq!(read.headers()["etag"], "\"1\"");
+    let write = |by: &'static str| {
+        client.put(&url).header("If-Match", "\"1\"").body(json!({ "by": by }).to_string()).send()
+    };
+    let (a, b) = tokio::join!(write("a"), write("b"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 412]);
+    let (winner, loser) = if a.status() == 200 { ("a", b) } else { ("b", a) };
+    assert_eq!(loser.headers()["etag"], "\"2\"", "the 412 tells the current version");
+    assert_eq!(loser.headers()["content-type"], "application/problem+json");
+
+    let now = client.get(&url).send().await.unwrap();
+    assert_eq!(now.headers()["etag"], "\"2\"");
+    assert_eq!(now.json::<Value>().await.unwrap(), json!({ "by": winner }));
+}
+
+/// Writes must say what they replace (428 otherwise); deletes take a version too; a
+/// record created again after a delete never reuses a version.
+#[tokio::test]
+async fn record_writes_need_preconditions_and_versions_never_go_back() {
+    let server = server();
+    let client = Server::client();
+    let url = format!("{}/v1/services/echo/records/k", server.url);
+    let bare = client.put(&url).body("1").send().await.unwrap();
+    assert_eq!(bare.status(), 428);
+    assert!(bare.text().await.unwrap().contains("If-None-Match: *"));
+    assert_eq!(client.put(&url).header("If-None-Match", "*").body("1").send().await.unwrap().status(), 201);
+    let again = client.put(&url).header("If-None-Match", "*").body("2").send().await.unwrap();
+    assert_eq!(again.status(), 412, "create-only on an existing record");
+    assert_eq!(client.put(&url).header("If-Match", "\"1\"").body("2").send().await.unwrap().status(), 200);
+    assert_eq!(client.delete(&url).send().await.unwrap().status(), 428);
+    assert_eq!(client.delete(&url).header("If-Match", "\"1\"").send().await.unwrap().status(), 412);
+    assert_eq!(client.delete(&url).header("If-Match", "\"2\"").send().await.unwrap().status(), 204);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 404);
+    let recreated = client.put(&url).header("If-None-Match", "*").body("3").send().await.unwrap();
+    assert_eq!(recreated.headers()["etag"], "\"4\"", "create 1, update 2, delete 3, create 4");
+    let stale = client.put(&url).header("If-Match", "\"1\"").body("5").send().await.unwrap();
+    assert_eq!(stale.status(), 412, "an old version never matches again");
+    let bad = client.put(&url).header("If-Match", "\"4\"").body("{oops").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+/// Lost update, through plugins: 50 concurrent read-modify-writes of one profile, each
+/// setting its own field. The host re-runs the ones that conflict: all 50 fields stay.
+#[tokio::test]
+async fn concurrent_read_modify_writes_lose_no_field() {
+    let server = server();
+    let client = Server::client();
+    let updates = (0..50).map(|i| {
+        let body = json!({"user": "ada", "fields": { format!("field{i:02}"): i }});
+        server.invoke(&client, "profile/update", &format!("update-{i}"), &body).send()
+    });
+    for response in join_all(updates).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+    let profile = server.record(&client, "profile", "profile/ada").await.unwrap();
+    let fields: BTreeSet<&String> = profile.as_object().unwrap().keys().collect();
+    assert_eq!(fields.len(), 50, "lost fields: {profile}");
+}
+
+/// Oversell: 200 concurrent reservations of 1 unit against a stock of 50. Exactly 50
+/// succeed, 150 are refused, and the stock ends at 0 available, 50 reserved.
+#[tokio::test]
+async fn concurrent_reservations_never_oversell() {
+    let server = server();
+    let client = Server::client();
+    let restock = server.invoke(&client, "inventory/restock", "restock", &json!({"sku": "lamp", "qty": 50}));
+    assert_eq!(restock.send().await.unwrap().status(), 200);
+    let reservations = (0..200).map(|i| {
+        let body = json!({"sku": "lamp", "qty": 1, "order": format!("order-{i}")});
+        server.invoke(&client, "inventory/reserve", &format!("reserve-{i}"), &body).send()
+    });
+    let (mut reserved, mut refused) = (0, 0);
+    for response in join_all(reservations).await {
+        let response = response.unwrap();
+        match response.status().as_u16() {
+            200 => reserved += 1,
+            422 => {
+                let problem: Value = response.json().await.unwrap();
+                assert_eq!(problem["detail"], "insufficient stock");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.text().await.unwrap()),
+        }
+    }
+    assert_eq!((reserved, refused), (50, 150));
+    let stock = server.record(&client, "inventory", "stock/lamp").await.unwrap();
+    assert_eq!(stock, json!({"available": 0, "reserved": 50}));
+}
+
+/// Duplicate delivery: one charge with one key, sent 100 times at once and then 10 times
+/// one by one: one effect, identical bodies, every repeat marked as replayed. The same
+/// key with another body is refused (422).
+#[tokio::test]
+async fn one_key_sent_many_times_charges_once() {
+    let server = server();
+    let client = Server::client();
+    let open = json!({"customer": "bob", "balance": 10_000});
+    assert_eq!(
+        server.invoke(&client, "payment/open-account", "open-bob", &open).send().await.unwrap().status(),
+        200
+    );
+
+    let charge = json!({"customer": "bob", "amount": 2_500, "order": "o-1"});
+    let burst = (0..100).map(|_| server.invoke(&client, "payment/charge", "charge-o-1", &charge).send());
+    let mut bodies = BTreeSet::new();
+    let mut fresh = 0;
+    for response in join_all(burst).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["idempotency-retention"], "86400");
+        if response.headers()["idempotent-replayed"] == "false" {
+            fresh += 1;
+        }
+        bodies.insert(response.text().await.unwrap());
+    }
+    for _ in 0..10 {
+        let response = server.invoke(&client, "payment/charge", "charge-o-1", &charge).send().await.unwrap();
+        assert_eq!(response.headers()["idempotent-replayed"], "true");
+        bodies.insert(response.text().await.unwrap());
+    }
+    assert_eq!(fresh, 1, "exactly one request ran");
+    assert_eq!(bodies.len(), 1, "every answer is the same: {bodies:?}");
+    assert_eq!(server.record(&client, "payment", "account/bob").await.unwrap(), json!({"balance": 7_500}));
+
+    let other = json!({"customer": "bob", "amount": 9_999, "order": "o-1"});
+    let reused = server.invoke(&client, "payment/charge", "charge-o-1", &other).send().await.unwrap();
+    assert_eq!(reused.status(), 422);
+    let problem: Value = reused.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("already used for a different request"),
+        "{problem}"
+    );
+    assert_eq!(server.record(&client, "payment", "account/bob").await.unwrap(), json!({"balance": 7_500}));
+}
+
+/// A business rejection is 422 with the reason, stored and replayed like a success,
+/// and changes nothing.
+#[tokio::test]
+async fn a_rejection_is_stored_and_replayed() {
+    let server = server();
+    let client = Server::client();
+    let open = json!({"customer": "poor", "balance": 100});
+    server.invoke(&client, "payment/open-account", "open-poor", &open).send().await.unwrap();
+    let charge = json!({"customer": "poor", "amount": 500, "order": "o-9"});
+    for replayed in ["false", "true"] {
+        let response = server.invoke(&client, "payment/charge", "charge-o-9", &charge).send().await.unwrap();
+        assert_eq!(response.status(), 422);
+        assert_eq!(response.headers()["idempotent-replayed"], replayed);
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["detail"], "declined: insufficient funds");
+    }
+    assert_eq!(server.record(&client, "payment", "account/poor").await.unwrap(), json!({"balance": 100}));
+    assert_eq!(server.record(&client, "payment", "charge/o-9").await, None);
+}
+
+/// Bad requests get a precise problem+json and change nothing.
+#[tokio::test]
+async fn bad_requests_get_precise_errors() {
+    let server = server();
+    // A fresh client per request: the server closes a connection whose body it refused
+    // to read (413), and a pooled client would reuse it.
+    let post = |path: &str| Server::client().post(format!("{}/v1/services/{path}", server.url));
+    let cases = [
+        (post("echo/echo").body("{}"), 400, "Idempotency-Key header is required"),
+        (
+            post("echo/echo").header("Idempotency-Key", "k".repeat(256)).body("{}"),
+            400,
+            "1 to 255 visible ASCII",
+        ),
+        (post("echo/echo").header("Idempotency-Key", "a b").body("{}"), 400, "1 to 255 visible ASCII"),
+        (
+            post("echo/echo").header("Idempotency-Key", "k1").body("{\"a\": }"),
+            400,
+            "not valid JSON: expected value at line 1 column 7",
+        ),
+        (
+            post("nobody/echo").header("Idempotency-Key", "k2").body("{}"),
+            404,
+            "no service `nobody` is loaded",
+        ),
+        (
+            post("echo/fly").header("Idempotency-Key", "k3").body("{}"),
+            404,
+            "service `echo` has no operation `fly`",
+        ),
+        (
+            post("echo/echo").header("Idempotency-Key", "k4").body(vec![b' '; 2 << 20]),
+            413,
+            "larger than the limit",
+        ),
+        (
+            post("inventory/reserve").header("Idempotency-Key", "k5").body("{\"sku\": 1}"),
+            422,
+            "invalid input",
+        ),
+    ];
+    for (request, status, detail) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let problem: Value = response.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().contains(detail), "expected {detail:?} in {problem}");
+        assert_eq!(problem["status"], status);
+    }
+    let missing =
+        Server::client().get(format!("{}/v1/services/echo/records/none", server.url)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+/// A duplicate of a request that is still running waits for it; when it runs longer
+/// than the wait, the duplicate gets 409 with Retry-After, and the first request is not
+/// disturbed. (On a single-threaded runtime, where the spinning plugin shares the only
+/// thread with the server's timers.)
+#[tokio::test]
+async fn a_duplicate_of_a_running_request_gets_409() {
+    let spin =
+        load(&runtime(), "spin", Limits { deadline: Duration::from_secs(2), ..Limits::default() }).await;
+    let options = InvokeOptions { in_flight_wait: Duration::from_millis(200), ..InvokeOptions::default() };
+    let url = serve_in_process(vec![spin], options).await;
+    let client = Server::client();
+    let send = || {
+        client
+            .post(format!("{url}/v1/services/spin/forever"))
+            .header("Idempotency-Key", "slow")
+            .body("{}")
+            .send()
+    };
+    let first = tokio::spawn(send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = send().await.unwrap();
+    let (status, retry_after) = (second.status(), second.headers().get("retry-after").cloned());
+    let problem: Value = second.json().await.unwrap();
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(retry_after.unwrap(), "1");
+    assert_eq!(problem["detail"], "a request with idempotency key `slow` is still running; retry later");
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 504, "the first ends at its deadline");
+    let problem: Value = first.json().await.unwrap();
+    assert_eq!(problem["detail"], "plugin `spin` ran past its deadline of 2000ms");
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outputs.push(task.await.unwrap());
+    }
+    outputs
+}
