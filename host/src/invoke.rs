@@ -6,7 +6,8 @@
 //!    duplicate that arrives meanwhile waits for the first and gets its outcome.
 //! 3. The plugin runs on a fresh snapshot; its reads, writes, events and outcome are
 //!    committed together. When a read changed underneath, nothing is written and the
-//!    plugin runs again (bounded, with jittered backoff).
+//!    plugin runs again (bounded, with jittered backoff). After a few conflicts the
+//!    run becomes exclusive for its service, so that a hot record cannot starve it.
 //!
 //! `ok` and `rejected` outcomes are stored and replayed until they expire; a
 //! rejection's writes and events are discarded (a refusal changes nothing). Transient
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{RwLock, watch};
 
 use crate::clock::now_ms;
 use crate::runtime::{CallError, Registry};
@@ -111,7 +112,14 @@ struct Inner {
     options: InvokeOptions,
     /// Keys running in this process; a watcher learns when the key is released.
     running: Mutex<HashMap<(String, String), watch::Receiver<()>>>,
+    /// Per service: optimistic runs share it, escalated runs take it alone.
+    turns: Mutex<HashMap<String, Arc<RwLock<()>>>>,
 }
+
+/// Runs that conflict this many times run again alone for their service. Under heavy
+/// contention on one record (16 clients reserving one SKU), optimistic re-runs alone
+/// starved an unlucky invocation past 20 runs; an exclusive run always gets through.
+const OPTIMISTIC_RUNS: u32 = 3;
 
 impl std::fmt::Debug for Invoker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -121,7 +129,15 @@ impl std::fmt::Debug for Invoker {
 
 impl Invoker {
     pub fn new(registry: Registry, store: Arc<dyn RecordStore>, options: InvokeOptions) -> Self {
-        Invoker { inner: Arc::new(Inner { registry, store, options, running: Mutex::default() }) }
+        Invoker {
+            inner: Arc::new(Inner {
+                registry,
+                store,
+                options,
+                running: Mutex::default(),
+                turns: Mutex::default(),
+            }),
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -173,8 +189,15 @@ impl Invoker {
         };
 
         let options = &self.inner.options;
+        let turns = self.turns(&request.service);
         let mut last_conflict = None;
         for run in 1..=options.max_runs {
+            // Held until the end of the run (commit included).
+            let (_shared, _exclusive) = if run <= OPTIMISTIC_RUNS {
+                (Some(turns.read().await), None)
+            } else {
+                (None, Some(turns.write().await))
+            };
             let tx = Transaction::new(self.inner.store.snapshot(&request.service)?, options.tx_limits);
             let call = Invocation {
                 operation: request.operation.clone(),
@@ -239,6 +262,11 @@ impl Invoker {
             runs: options.max_runs,
             conflict: last_conflict.expect("a conflict ended every run"),
         })
+    }
+
+    fn turns(&self, service: &str) -> Arc<RwLock<()>> {
+        let mut turns = self.inner.turns.lock().expect("turns mutex poisoned");
+        turns.entry(service.to_owned()).or_default().clone()
     }
 
     /// The stored outcome of this request's key, if any.

@@ -2,6 +2,7 @@
 //! and the real `wasaga` binary over HTTP on loopback. See tests/README.md.
 
 mod cli;
+mod crash;
 mod invocations;
 mod runtime;
 mod serve;

@@ -31,7 +31,9 @@ enum Command {
     /// Work with plugin files (check one before you deploy it).
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
-    Bench(bench::BenchArgs),
+    /// Measure wasaga on this machine (reports figures; see docs/benchmarks.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 impl Cli {
@@ -43,7 +45,7 @@ impl Cli {
             match self.command {
                 Command::Serve(args) => serve::run(args).await,
                 Command::Plugin(command) => plugin::run(command).await,
-                Command::Bench(args) => bench::run(args).await,
+                Command::Bench(command) => bench::run(command).await,
             }
         })
     }

@@ -71,6 +71,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         .await
         .with_context(|| format!("reading the plugins directory {}", args.plugins.display()))?;
 
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -81,7 +82,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let options = InvokeOptions { retention: args.idempotency_retention, ..InvokeOptions::default() };
     let invoker = Invoker::new(registry, store.clone(), options);
     tokio::spawn(purge_expired(store));
-    axum::serve(listener, router(AppState { invoker })).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, router(AppState { invoker })).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
 }
@@ -100,21 +101,16 @@ async fn purge_expired(store: Arc<SqliteStore>) {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed here, before the server
+/// says it is listening, so that a signal sent right after cannot kill it uncleanly.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
 }

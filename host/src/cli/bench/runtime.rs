@@ -1,4 +1,4 @@
-//! `wasaga bench`: the project's own benchmarks, reporting figures (never pass/fail).
+//! `wasaga bench runtime`: one plugin call through the runtime alone.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,19 +6,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::{Args as ClapArgs, ValueEnum};
 
 use crate::runtime::{Allocator, Limits, Plugin, Runtime, RuntimeOptions};
 use crate::service::Invocation;
 use crate::store::{MemoryStore, RecordStore, Transaction, TxLimits};
+
+use super::{micros, percentile};
 
 /// Measure one plugin invocation through the runtime, with a fresh store per call.
 ///
 /// Loads the `echo` plugin and calls its `echo` operation (instantiate, one call,
 /// drop) again and again, on the in-memory store; prints median, p99 and mean
 /// latency and calls per second for each allocator.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
+#[derive(Debug, ClapArgs)]
+pub struct Args {
     /// The plugin to call (default: the `echo` plugin built with this binary).
     #[arg(long)]
     plugin: Option<PathBuf>,
@@ -53,7 +55,7 @@ enum BenchAllocator {
     OnDemand,
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let file = args.plugin.clone().unwrap_or_else(|| crate::guests::path("echo"));
     let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let allocators = match args.allocator {
@@ -96,7 +98,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 async fn measure(
     plugin: &Arc<Plugin>,
     store: &MemoryStore,
-    args: &BenchArgs,
+    args: &Args,
     calls: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     let workers = args.concurrency.max(1);
@@ -129,15 +131,4 @@ async fn measure(
         all.extend(task.await??);
     }
     Ok(all)
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn micros(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
