@@ -22,10 +22,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{RwLock, watch};
 
 use crate::clock::now_ms;
-use crate::runtime::{CallError, Registry};
+use crate::runtime::{CallError, Plugin, Registry};
 use crate::service::{Failure, Invocation};
 use crate::store::{
-    ChangeSet, Commit, Conflict, RecordStore, StoreError, StoredOutcome, Transaction, TxLimits,
+    ChangeSet, Commit, Conflict, RecordStore, SagaChange, StoreError, StoredOutcome, Transaction, TxLimits,
 };
 
 /// Settings of the invocation path.
@@ -59,7 +59,29 @@ pub struct Request {
     pub input: Vec<u8>,
     pub key: String,
     pub correlation_id: Option<String>,
+    /// The attempt number the plugin sees on the first run (a saga step's retries
+    /// count up from here); re-runs after a conflict add to it.
+    pub attempt: u32,
 }
+
+impl Request {
+    /// A request of one first attempt.
+    pub fn new(service: &str, operation: &str, input: Vec<u8>, key: String) -> Self {
+        Request {
+            service: service.into(),
+            operation: operation.into(),
+            input,
+            key,
+            correlation_id: None,
+            attempt: 1,
+        }
+    }
+}
+
+/// Something to commit together with an invocation's outcome: given the outcome (the
+/// output, or the rejection reason) and the plugin's digest, the saga transition it
+/// causes.
+pub type Attach = Arc<dyn Fn(&Result<Vec<u8>, String>, &str) -> Option<SagaChange> + Send + Sync>;
 
 /// What an invocation answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +176,13 @@ impl Invoker {
 
     /// Runs `request` at most once in effect per (service, key).
     pub async fn invoke(&self, request: Request) -> Result<Invoked, InvokeError> {
+        self.invoke_with(request, Arc::new(|_, _| None)).await
+    }
+
+    /// Like [`Invoker::invoke`], and commits what `attach` returns in the same
+    /// transaction as the outcome. A replayed outcome commits nothing: the caller sees
+    /// `replayed` and commits its own change.
+    pub async fn invoke_with(&self, request: Request, attach: Attach) -> Result<Invoked, InvokeError> {
         let plugin = self
             .inner
             .registry
@@ -167,7 +196,7 @@ impl Invoker {
         }
         let fingerprint = fingerprint(&request.operation, &request.input);
         let give_up_waiting = Instant::now() + self.inner.options.in_flight_wait;
-        let _claim = loop {
+        let claim = loop {
             if let Some(stored) = self.replay(&request, &fingerprint)? {
                 return Ok(stored);
             }
@@ -188,63 +217,39 @@ impl Invoker {
             }
         };
 
+        // Once claimed, the invocation runs to its end in a task of its own: a client
+        // that goes away must not leave a commit in flight with its key released (a
+        // duplicate would then run beside it).
+        let invoker = self.clone();
+        tokio::spawn(async move { invoker.run_claimed(plugin, request, fingerprint, attach, claim).await })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+
+    /// Runs, commits, and re-runs on conflict, while `_claim` holds the key.
+    async fn run_claimed(
+        &self,
+        plugin: Arc<Plugin>,
+        request: Request,
+        fingerprint: [u8; 32],
+        attach: Attach,
+        _claim: Claim,
+    ) -> Result<Invoked, InvokeError> {
         let options = &self.inner.options;
         let turns = self.turns(&request.service);
         let mut last_conflict = None;
         for run in 1..=options.max_runs {
-            // Held until the end of the run (commit included).
-            let (_shared, _exclusive) = if run <= OPTIMISTIC_RUNS {
-                (Some(turns.read().await), None)
-            } else {
-                (None, Some(turns.write().await))
+            let outcome = {
+                // Held for the run and its commit, released before any backoff.
+                let (_shared, _exclusive) = if run <= OPTIMISTIC_RUNS {
+                    (Some(turns.read().await), None)
+                } else {
+                    (None, Some(turns.write().await))
+                };
+                self.run_once(&plugin, &request, fingerprint, &attach, run).await?
             };
-            let tx = Transaction::new(self.inner.store.snapshot(&request.service)?, options.tx_limits);
-            let call = Invocation {
-                operation: request.operation.clone(),
-                input: request.input.clone(),
-                idempotency_key: request.key.clone(),
-                correlation_id: request.correlation_id.clone(),
-                attempt: run,
-            };
-            let outcome = plugin.invoke(call, tx).await?;
-            let (result, changes) = match outcome.result {
-                Ok(output) => (Ok(output), outcome.changes),
-                // A rejection commits no writes or events, but its reads are still
-                // validated: a refusal based on stale data is not stored.
-                Err(Failure::Rejected(reason)) => {
-                    (Err(reason), ChangeSet { reads: outcome.changes.reads, ..ChangeSet::default() })
-                }
-                Err(Failure::Transient(reason)) => {
-                    return Err(InvokeError::Transient { service: request.service.clone(), reason });
-                }
-            };
-            let now = now_ms();
-            let stored = StoredOutcome {
-                service: request.service.clone(),
-                key: request.key.clone(),
-                fingerprint,
-                operation: request.operation.clone(),
-                result: result.clone(),
-                digest: plugin.digest().to_string(),
-                created_at: now,
-                expires_at: now + options.retention.as_millis() as i64,
-            };
-            let commit = Commit {
-                service: request.service.clone(),
-                changes,
-                correlation_id: request.correlation_id.clone(),
-                outcome: Some(stored.clone()),
-            };
-            match self.inner.store.commit(commit).await {
-                Ok(()) => {
-                    return Ok(Invoked {
-                        result,
-                        replayed: false,
-                        digest: stored.digest,
-                        expires_at: stored.expires_at,
-                        runs: run,
-                    });
-                }
+            match outcome {
+                Ok(invoked) => return Ok(invoked),
                 Err(StoreError::Conflict(conflict)) => {
                     last_conflict = Some(conflict);
                     tokio::time::sleep(backoff(run)).await;
@@ -262,6 +267,72 @@ impl Invoker {
             runs: options.max_runs,
             conflict: last_conflict.expect("a conflict ended every run"),
         })
+    }
+
+    /// One run of the plugin and its commit. The inner error is the commit's.
+    async fn run_once(
+        &self,
+        plugin: &Plugin,
+        request: &Request,
+        fingerprint: [u8; 32],
+        attach: &Attach,
+        run: u32,
+    ) -> Result<Result<Invoked, StoreError>, InvokeError> {
+        let options = &self.inner.options;
+        let tx = Transaction::new(self.inner.store.snapshot(&request.service)?, options.tx_limits);
+        let call = Invocation {
+            operation: request.operation.clone(),
+            input: request.input.clone(),
+            idempotency_key: request.key.clone(),
+            correlation_id: request.correlation_id.clone(),
+            attempt: request.attempt + run - 1,
+        };
+        let outcome = plugin.invoke(call, tx).await?;
+        let (result, changes) = match outcome.result {
+            Ok(output) => (Ok(output), outcome.changes),
+            // A rejection commits no writes or events, but its reads are still
+            // validated: a refusal based on stale data is not stored.
+            Err(Failure::Rejected(reason)) => {
+                (Err(reason), ChangeSet { reads: outcome.changes.reads, ..ChangeSet::default() })
+            }
+            Err(Failure::Transient(reason)) => {
+                return Err(InvokeError::Transient { service: request.service.clone(), reason });
+            }
+        };
+        let now = now_ms();
+        let stored = StoredOutcome {
+            service: request.service.clone(),
+            key: request.key.clone(),
+            fingerprint,
+            operation: request.operation.clone(),
+            result: result.clone(),
+            digest: plugin.digest().to_string(),
+            created_at: now,
+            expires_at: now + options.retention.as_millis() as i64,
+        };
+        let commit = Commit {
+            service: request.service.clone(),
+            changes,
+            correlation_id: request.correlation_id.clone(),
+            saga: attach(&result, &stored.digest),
+            outcome: Some(stored.clone()),
+        };
+        Ok(self.inner.store.commit(commit).await.map(|()| Invoked {
+            result,
+            replayed: false,
+            digest: stored.digest,
+            expires_at: stored.expires_at,
+            runs: run,
+        }))
+    }
+
+    /// Commits a change that is not an invocation (a record written over HTTP, a saga
+    /// transition) in its service's shared turn, so that an escalated invocation
+    /// really runs alone.
+    pub async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let turns = self.turns(&commit.service);
+        let _shared = turns.read().await;
+        self.inner.store.commit(commit).await
     }
 
     fn turns(&self, service: &str) -> Arc<RwLock<()>> {
@@ -324,7 +395,7 @@ pub fn fingerprint(operation: &str, input: &[u8]) -> [u8; 32] {
     hash.finalize().into()
 }
 
-/// Exponential backoff with full jitter: up to 1 ms, 2 ms, 4 ms, ... capped at 50 ms.
+/// Exponential backoff with full jitter: up to 2 ms, 4 ms, 8 ms, ... capped at 50 ms.
 fn backoff(run: u32) -> Duration {
     let ceiling = Duration::from_millis(1u64 << run.min(6)).min(Duration::from_millis(50));
     ceiling.mul_f64(rand::rng().random::<f64>())

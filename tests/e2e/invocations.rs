@@ -72,6 +72,15 @@ async fn record_writes_need_preconditions_and_versions_never_go_back() {
     assert_eq!(stale.status(), 412, "an old version never matches again");
     let bad = client.put(&url).header("If-Match", "\"4\"").body("{oops").send().await.unwrap();
     assert_eq!(bad.status(), 400);
+    let weak = client.put(&url).header("If-Match", "W/\"4\"").body("6").send().await.unwrap();
+    assert_eq!(weak.status(), 412, "If-Match compares strongly: a weak tag never matches");
+    let listed = client.put(&url).header("If-Match", "\"1\", \"4\"").body("6").send().await.unwrap();
+    assert_eq!(listed.status(), 200, "any version of the list");
+    let any = client.put(&url).header("If-Match", "*").body("7").send().await.unwrap();
+    assert_eq!((any.status().as_u16(), any.headers()["etag"].to_str().unwrap()), (200, "\"6\""));
+    let wrong_method = client.post(&url).body("1").send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["content-type"], "application/problem+json");
 }
 
 /// Lost update, through plugins: 50 concurrent read-modify-writes of one profile, each

@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
             get(records::get).put(records::put).delete(records::delete),
         )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -46,6 +47,10 @@ pub fn router(state: AppState) -> Router {
 /// Liveness: the process answers.
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -31,8 +31,8 @@ pub async fn put(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let precondition = precondition(&headers, true)?;
     let value = json_body(body)?;
+    let precondition = precondition(&headers, true)?;
     let (version, created) = write(&state, &service, &key, Some(value.to_vec()), precondition).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, [(header::ETAG, etag(version))]).into_response())
@@ -49,24 +49,52 @@ pub async fn delete(
 }
 
 /// What the client says it is writing over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Precondition {
-    /// `If-Match: "v"`: the record must be at version v.
-    Version(u64),
+    /// `If-Match`: the record must exist and be at one of these versions (`*`: any).
+    Versions(Option<Vec<u64>>),
     /// `If-None-Match: *`: the record must not exist.
     Absent,
 }
 
+impl Precondition {
+    fn holds(&self, current: &Slot) -> bool {
+        match (self, current.visible_version()) {
+            (Precondition::Versions(None), actual) => actual.is_some(),
+            (Precondition::Versions(Some(versions)), Some(actual)) => versions.contains(&actual),
+            (Precondition::Versions(Some(_)), None) => false,
+            (Precondition::Absent, actual) => actual.is_none(),
+        }
+    }
+}
+
+/// Reads `If-Match` (RFC 9110: `*` or a list of entity tags, compared strongly, so a
+/// weak tag `W/"3"` never matches) or, where creating is allowed, `If-None-Match: *`.
 fn precondition(headers: &HeaderMap, may_create: bool) -> Result<Precondition, ApiError> {
     if let Some(value) = headers.get(header::IF_MATCH) {
-        let text = value.to_str().unwrap_or_default().trim();
-        let text = text.strip_prefix("W/").unwrap_or(text);
-        let version = text.trim_matches('"').parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "If-Match must be one version as returned in ETag, e.g. \"3\" (got {text})"
-            ))
-        })?;
-        return Ok(Precondition::Version(version));
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::bad_request("If-Match must be visible ASCII, e.g. \"3\""))?
+            .trim();
+        if text == "*" {
+            return Ok(Precondition::Versions(None));
+        }
+        let mut versions = Vec::new();
+        for tag in text.split(',').map(str::trim) {
+            if tag.starts_with("W/") {
+                continue;
+            }
+            let version = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse().ok());
+            match version {
+                Some(version) => versions.push(version),
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "If-Match takes versions as returned in ETag, e.g. \"3\" (got {tag})"
+                    )));
+                }
+            }
+        }
+        return Ok(Precondition::Versions(Some(versions)));
     }
     if may_create && headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == b"*") {
         return Ok(Precondition::Absent);
@@ -110,11 +138,7 @@ async fn write(
         ));
     }
     let current = read(state, service, key)?;
-    let holds = match precondition {
-        Precondition::Version(v) => current.visible_version() == Some(v),
-        Precondition::Absent => current.value.is_none(),
-    };
-    if !holds {
+    if !precondition.holds(&current) {
         return Err(precondition_failed(service, key, current.visible_version()));
     }
     if value.is_none() && current.value.is_none() {
@@ -126,8 +150,8 @@ async fn write(
         writes: vec![Write { key: key.to_owned(), value, version }],
         events: vec![],
     };
-    let commit = Commit { service: service.to_owned(), changes, correlation_id: None, outcome: None };
-    match state.invoker.store().commit(commit).await {
+    let commit = Commit { service: service.to_owned(), changes, correlation_id: None, outcome: None, saga: None };
+    match state.invoker.commit(commit).await {
         Ok(()) => Ok((version, current.value.is_none())),
         // Changed between the check and the commit: the precondition no longer holds.
         Err(StoreError::Conflict(conflict)) => Err(precondition_failed(service, key, conflict.actual)),

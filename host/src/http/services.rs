@@ -37,7 +37,7 @@ pub async fn invoke(
         None => None,
     };
     let input = json_body(body)?;
-    let request = Request { service, operation, input: input.to_vec(), key, correlation_id };
+    let request = Request { correlation_id, ..Request::new(&service, &operation, input.to_vec(), key) };
     let retention = state.invoker.options().retention.as_secs();
     let invoked = state.invoker.invoke(request).await.map_err(|e| error(e, retention))?;
     Ok(answer(invoked, retention))
@@ -89,7 +89,9 @@ fn error(error: InvokeError, retention: u64) -> ApiError {
         InvokeError::Transient { .. } => StatusCode::SERVICE_UNAVAILABLE,
         InvokeError::Call(CallError::UnknownOperation { .. }) => StatusCode::NOT_FOUND,
         InvokeError::Call(CallError::Deadline { .. }) => StatusCode::GATEWAY_TIMEOUT,
-        InvokeError::Call(CallError::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+        InvokeError::Call(CallError::Busy { .. } | CallError::StoreUnavailable { .. }) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         InvokeError::Call(CallError::Trap { .. } | CallError::MemoryLimit { .. }) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

@@ -13,8 +13,8 @@ wasmtime::component::bindgen!({
 use crate::service;
 use crate::store;
 
-pub(crate) use exports::wasaga::plugin::service as guest;
-pub(crate) use wasaga::plugin::{events, log, store as wit_store, types};
+pub(crate) use self::exports::wasaga::plugin::service as guest;
+pub(crate) use self::wasaga::plugin::{events, log, store as wit_store, types};
 
 impl From<guest::Manifest> for service::Manifest {
     fn from(m: guest::Manifest) -> Self {

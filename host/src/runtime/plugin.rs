@@ -77,6 +77,8 @@ pub enum CallError {
     MemoryLimit { service: String, limit: u64 },
     #[error("plugin `{service}` could not start: {message}")]
     Busy { service: String, message: String },
+    #[error("the store failed while plugin `{service}` ran: {message}")]
+    StoreUnavailable { service: String, message: String },
 }
 
 /// What a completed call returned, and the changes to commit if it succeeded.
@@ -276,6 +278,9 @@ impl Plugin {
         }
         if error.downcast_ref::<MemoryLimitExceeded>().is_some() || store.data().limiter.exceeded {
             return CallError::MemoryLimit { service, limit: self.limits.memory_bytes };
+        }
+        if let Some(store) = error.downcast_ref::<crate::store::StoreError>() {
+            return CallError::StoreUnavailable { service, message: store.to_string() };
         }
         let pool_exhausted = error.chain().any(|cause| {
             let text = cause.to_string();

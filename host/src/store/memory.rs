@@ -80,6 +80,9 @@ impl RecordStore for MemoryStore {
 
 impl MemoryStore {
     fn apply(&self, commit: &Commit) -> Result<(), StoreError> {
+        if commit.saga.is_some() {
+            return Err(StoreError::Invalid("sagas need the durable (SQLite) store".into()));
+        }
         let mut state = self.state.lock().expect("store mutex poisoned");
         let State { records, outcomes } = &mut *state;
         if let Some(outcome) = &commit.outcome {
@@ -129,6 +132,7 @@ mod tests {
             changes: tx.into_changes(),
             correlation_id: None,
             outcome: None,
+            saga: None,
         })
     }
 

@@ -124,6 +124,34 @@ pub struct StoredOutcome {
     pub expires_at: i64,
 }
 
+/// A saga as stored: its definition's name, its input, and its state machine's state
+/// (JSON), versioned so that only the driver that read a version may write the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaRow {
+    pub id: String,
+    pub name: String,
+    /// `running`, `compensating`, `completed`, `compensated` or `stuck`.
+    pub status: String,
+    pub input: Vec<u8>,
+    pub state: String,
+    pub version: u64,
+    /// The `Idempotency-Key` that started it, and the sha256 of its input.
+    pub key: String,
+    pub fingerprint: [u8; 32],
+    /// Unix ms.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A change to a saga, committed together with the step invocation that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaChange {
+    /// A new saga; refused with [`StoreError::Duplicate`] if its (name, key) exists.
+    Create(SagaRow),
+    /// The next state of a saga at `version` (it becomes `version + 1`).
+    Update { id: String, version: u64, status: String, state: String, at: i64 },
+}
+
 /// One atomic unit for the commit pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Commit {
@@ -133,6 +161,8 @@ pub struct Commit {
     pub correlation_id: Option<String>,
     /// The idempotency record to store with the changes, if this is an invocation.
     pub outcome: Option<StoredOutcome>,
+    /// The saga transition this commit carries, if any.
+    pub saga: Option<SagaChange>,
 }
 
 /// Resolves when a commit is durable (or refused).

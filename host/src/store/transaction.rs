@@ -123,19 +123,21 @@ impl Transaction {
         let buffered: Vec<(&String, &Slot)> = self.writes.iter().filter(|(k, _)| in_range(k)).collect();
         // Buffered deletes can hide at most `buffered.len()` stored rows.
         let stored = self.snapshot.scan(prefix, start_after, limit + buffered.len())?;
-        let mut merged: BTreeMap<String, Entry> = stored
-            .into_iter()
-            .inspect(|(key, entry)| {
-                self.reads.entry(key.clone()).or_insert(entry.version);
-            })
-            .collect();
+        let mut merged: BTreeMap<String, Entry> = stored.into_iter().collect();
         for (key, slot) in buffered {
             match slot.entry() {
                 Some(entry) => merged.insert(key.clone(), entry),
                 None => merged.remove(key),
             };
         }
-        Ok(merged.into_iter().take(limit).collect())
+        let rows: Vec<(String, Entry)> = merged.into_iter().take(limit).collect();
+        // Only what is returned joins the read set (a buffered key is there already).
+        for (key, entry) in &rows {
+            if !self.writes.contains_key(key) {
+                self.reads.entry(key.clone()).or_insert(entry.version);
+            }
+        }
+        Ok(rows)
     }
 
     /// Adds an event to the outbox of this transaction.

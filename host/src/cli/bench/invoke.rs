@@ -154,13 +154,7 @@ async fn measure(invoker: &Invoker, clients: usize, skus: u64, length: Duration)
 }
 
 fn request(operation: &str, input: String, key: String) -> Request {
-    Request {
-        service: "inventory".into(),
-        operation: operation.into(),
-        input: input.into_bytes(),
-        key,
-        correlation_id: None,
-    }
+    Request::new("inventory", operation, input.into_bytes(), key)
 }
 
 /// CPU time of this process so far (user + system), from /proc.

@@ -20,7 +20,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::{Commit, CommitFuture, Entry, RecordStore, Slot, Snapshot, StoreError, StoredOutcome};
+use super::{Commit, CommitFuture, Entry, RecordStore, SagaRow, Slot, Snapshot, StoreError, StoredOutcome};
 
 /// SQLite's `synchronous` setting for commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -109,6 +109,77 @@ impl SqliteStore {
         let (reply, answer) = oneshot::channel();
         self.send(writer::Job::Purge(now, reply))?;
         answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// The saga with this id.
+    pub fn saga(&self, id: &str) -> Result<Option<SagaRow>, StoreError> {
+        self.read_sagas("WHERE id = ?1", params![id]).map(|mut rows| rows.pop())
+    }
+
+    /// The saga started with this idempotency key.
+    pub fn saga_by_key(&self, name: &str, key: &str) -> Result<Option<SagaRow>, StoreError> {
+        self.read_sagas("WHERE name = ?1 AND key = ?2", params![name, key]).map(|mut rows| rows.pop())
+    }
+
+    /// Sagas in id order (ids sort by creation time), optionally of one status, after
+    /// the id `after`, at most `limit`.
+    pub fn sagas(&self, status: Option<&str>, after: Option<&str>, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
+        let after = after.unwrap_or("");
+        match status {
+            Some(status) => self.read_sagas(
+                "WHERE status = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                params![status, after, limit as i64],
+            ),
+            None => self.read_sagas("WHERE id > ?1 ORDER BY id LIMIT ?2", params![after, limit as i64]),
+        }
+    }
+
+    /// Sagas that are neither finished nor stuck: the ones to resume after a restart.
+    pub fn unfinished_sagas(&self) -> Result<Vec<SagaRow>, StoreError> {
+        self.read_sagas("WHERE status IN ('running', 'compensating') ORDER BY id", params![])
+    }
+
+    /// How many sagas are in each status.
+    pub fn saga_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.readers.take()?;
+        let counts = conn
+            .prepare_cached("SELECT status, count(*) FROM sagas GROUP BY status ORDER BY status")
+            .and_then(|mut q| {
+                q.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?.collect()
+            })
+            .map_err(unavailable);
+        self.readers.put(conn);
+        counts
+    }
+
+    fn read_sagas(&self, filter: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<SagaRow>, StoreError> {
+        let conn = self.readers.take()?;
+        let sql = format!(
+            "SELECT id, name, status, input, state, version, key, fingerprint, created_at, updated_at
+             FROM sagas {filter}"
+        );
+        let rows = conn
+            .prepare_cached(&sql)
+            .and_then(|mut q| {
+                q.query_map(params, |row| {
+                    Ok(SagaRow {
+                        id: row.get(0)?,
+                        name: row.get(1)?,
+                        status: row.get(2)?,
+                        input: row.get(3)?,
+                        state: row.get(4)?,
+                        version: row.get::<_, i64>(5)? as u64,
+                        key: row.get(6)?,
+                        fingerprint: row.get(7)?,
+                        created_at: row.get(8)?,
+                        updated_at: row.get(9)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(unavailable);
+        self.readers.put(conn);
+        rows
     }
 
     fn send(&self, job: writer::Job) -> Result<(), StoreError> {
@@ -340,7 +411,7 @@ mod tests {
     }
 
     fn commit_of(changes: ChangeSet, outcome: Option<StoredOutcome>) -> Commit {
-        Commit { service: "svc".into(), changes, correlation_id: None, outcome }
+        Commit { service: "svc".into(), changes, correlation_id: None, outcome, saga: None }
     }
 
     fn outcome(key: &str, created_at: i64, expires_at: i64) -> StoredOutcome {

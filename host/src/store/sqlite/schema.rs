@@ -42,6 +42,24 @@ const MIGRATIONS: &[&str] = &[
         created_at     INTEGER NOT NULL
     );
     ",
+    // 2: sagas.
+    "
+    -- One row per saga; `state` is the state machine's JSON, `version` guards it.
+    CREATE TABLE sagas (
+        id          TEXT PRIMARY KEY,
+        name        TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        input       BLOB NOT NULL,
+        state       TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        key         TEXT NOT NULL,
+        fingerprint BLOB NOT NULL,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX sagas_by_key ON sagas (name, key);
+    CREATE INDEX sagas_by_status ON sagas (status, id);
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a

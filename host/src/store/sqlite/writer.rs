@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::unavailable;
-use crate::store::{Commit, Conflict, StoreError, Write};
+use crate::store::{Commit, Conflict, SagaChange, StoreError, Write};
 
 pub(super) enum Job {
     Commit(Box<Commit>, oneshot::Sender<Result<(), StoreError>>),
@@ -57,17 +57,45 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
         Err(e) => return fail_all(batch.drain(..), &unavailable(e)),
     };
     let mut replies = Vec::with_capacity(batch.len());
-    for job in batch.drain(..) {
-        match job {
-            Job::Commit(commit, reply) => {
-                let result = in_savepoint(&tx, |conn| apply(conn, &commit));
-                replies.push(Reply::Commit(reply, result));
-            }
+    let mut jobs = batch.drain(..);
+    for job in jobs.by_ref() {
+        let fatal = match job {
+            Job::Commit(commit, reply) => match in_savepoint(&tx, |conn| apply(conn, &commit)) {
+                Ok(result) => {
+                    replies.push(Reply::Commit(reply, result));
+                    None
+                }
+                Err(fatal) => Some((Job::Commit(commit, reply), fatal)),
+            },
             Job::Purge(now, reply) => {
                 let result =
                     tx.execute("DELETE FROM invocations WHERE expires_at <= ?1", [now]).map_err(unavailable);
                 replies.push(Reply::Purge(reply, result));
+                None
             }
+        };
+        // A savepoint that could not be rolled back, or a transaction SQLite ended by
+        // itself (disk full, I/O error): nothing of this batch can be trusted. Roll it
+        // all back and fail every job, so that no caller is told "not stored" about a
+        // commit that is on disk, or the reverse.
+        let fatal = match fatal {
+            Some((job, error)) => Some((Some(job), error)),
+            None if tx.is_autocommit() => Some((None, lost_transaction())),
+            None => None,
+        };
+        if let Some((job, error)) = fatal {
+            drop(tx);
+            for reply in replies {
+                match reply {
+                    Reply::Commit(reply, _) => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    Reply::Purge(reply, _) => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+            return fail_all(job.into_iter().chain(jobs), &error);
         }
     }
     let durable = tx.commit().map_err(unavailable);
@@ -84,6 +112,10 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
     }
 }
 
+fn lost_transaction() -> StoreError {
+    StoreError::Unavailable("SQLite ended the batch's transaction (disk full or I/O error)".into())
+}
+
 fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
     for job in jobs {
         match job {
@@ -97,17 +129,18 @@ fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
     }
 }
 
-/// Runs `f` in a savepoint: kept if it succeeds, rolled back if not.
+/// Runs `f` in a savepoint: kept if it succeeds, rolled back if not. The outer error
+/// means the savepoint itself failed, and the whole batch must be abandoned.
 fn in_savepoint(
     tx: &rusqlite::Transaction<'_>,
     f: impl FnOnce(&Connection) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
+) -> Result<Result<(), StoreError>, StoreError> {
     tx.execute_batch("SAVEPOINT one_commit").map_err(unavailable)?;
     match f(tx) {
-        Ok(()) => tx.execute_batch("RELEASE one_commit").map_err(unavailable),
+        Ok(()) => tx.execute_batch("RELEASE one_commit").map_err(unavailable).map(Ok),
         Err(error) => {
             tx.execute_batch("ROLLBACK TO one_commit; RELEASE one_commit").map_err(unavailable)?;
-            Err(error)
+            Ok(Err(error))
         }
     }
 }
@@ -116,32 +149,8 @@ fn in_savepoint(
 fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     let service = &commit.service;
     let changes = &commit.changes;
-    let mut writes: HashMap<&str, &Write> = changes.writes.iter().map(|w| (w.key.as_str(), w)).collect();
-    for (key, read) in &changes.reads {
-        match writes.remove(key.as_str()) {
-            Some(write) => write_versioned(conn, service, write, *read)?,
-            None => check_version(conn, service, key, *read)?,
-        }
-    }
-    // A transaction always reads what it writes; a write without a read is based on
-    // the version just below it.
-    for write in writes.into_values() {
-        write_versioned(conn, service, write, write.version - 1)?;
-    }
-    if !changes.events.is_empty() {
-        let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
-        let mut insert = conn
-            .prepare_cached(
-                "INSERT INTO outbox (service, topic, payload, correlation_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .map_err(unavailable)?;
-        for (topic, payload) in &changes.events {
-            insert
-                .execute(params![service, topic, payload, commit.correlation_id, created_at])
-                .map_err(unavailable)?;
-        }
-    }
+    // The idempotency record first: a duplicate of a committed invocation is told
+    // `Duplicate` (and replays) rather than a conflict on the records it changed.
     if let Some(outcome) = &commit.outcome {
         let (ok, output) = match &outcome.result {
             Ok(output) => (true, output.as_slice()),
@@ -174,6 +183,89 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
             .map_err(unavailable)?;
         if stored == 0 {
             return Err(StoreError::Duplicate(outcome.key.clone()));
+        }
+    }
+    let mut writes: HashMap<&str, &Write> = changes.writes.iter().map(|w| (w.key.as_str(), w)).collect();
+    for (key, read) in &changes.reads {
+        match writes.remove(key.as_str()) {
+            Some(write) => write_versioned(conn, service, write, *read)?,
+            None => check_version(conn, service, key, *read)?,
+        }
+    }
+    // A transaction always reads what it writes; a write without a read is based on
+    // the version just below it.
+    for write in writes.into_values() {
+        write_versioned(conn, service, write, write.version - 1)?;
+    }
+    if let Some(saga) = &commit.saga {
+        apply_saga(conn, saga)?;
+    }
+    if !changes.events.is_empty() {
+        let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
+        let mut insert = conn
+            .prepare_cached(
+                "INSERT INTO outbox (service, topic, payload, correlation_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(unavailable)?;
+        for (topic, payload) in &changes.events {
+            insert
+                .execute(params![service, topic, payload, commit.correlation_id, created_at])
+                .map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_saga(conn: &Connection, change: &SagaChange) -> Result<(), StoreError> {
+    match change {
+        SagaChange::Create(row) => {
+            let created = conn
+                .prepare_cached(
+                    "INSERT INTO sagas
+                         (id, name, status, input, state, version, key, fingerprint, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT DO NOTHING",
+                )
+                .map_err(unavailable)?
+                .execute(params![
+                    row.id,
+                    row.name,
+                    row.status,
+                    row.input,
+                    row.state,
+                    row.version as i64,
+                    row.key,
+                    row.fingerprint,
+                    row.created_at,
+                    row.updated_at
+                ])
+                .map_err(unavailable)?;
+            if created == 0 {
+                return Err(StoreError::Duplicate(row.key.clone()));
+            }
+        }
+        SagaChange::Update { id, version, status, state, at } => {
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE sagas SET status = ?3, state = ?4, version = ?2 + 1, updated_at = ?5
+                     WHERE id = ?1 AND version = ?2",
+                )
+                .map_err(unavailable)?
+                .execute(params![id, *version as i64, status, state, at])
+                .map_err(unavailable)?;
+            if updated == 0 {
+                let actual: Option<i64> = conn
+                    .query_row("SELECT version FROM sagas WHERE id = ?1", [id], |row| row.get(0))
+                    .optional()
+                    .map_err(unavailable)?;
+                return Err(Conflict {
+                    key: format!("saga {id}"),
+                    expected: Some(*version),
+                    actual: actual.map(|v| v as u64),
+                }
+                .into());
+            }
         }
     }
     Ok(())

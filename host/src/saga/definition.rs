@@ -1,0 +1,277 @@
+//! Saga definitions: TOML files, checked against the services that are loaded.
+//!
+//! ```toml
+//! name = "place-order"
+//! [[step]]
+//! name = "reserve-stock"
+//! service = "inventory"
+//! action = "reserve"
+//! compensation = "release"
+//! retry = { max_attempts = 5, initial_backoff = "100ms", max_backoff = "5s" }
+//! ```
+//!
+//! The pivot is the first step without a compensation. Steps before it are
+//! compensable; steps after it must have no compensation and are retried until they
+//! succeed (their retry policy then only bounds the backoff).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::parse_duration;
+use crate::service::Manifest;
+
+/// How a step is retried after a transient failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all (the first included) before a compensable step counts as failed,
+    /// or a compensation as stuck.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The longest wait before attempt `attempt + 1`: exponential from the initial
+    /// backoff, capped. The driver waits a random time up to it (full jitter).
+    pub fn backoff_ceiling(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// One step of a saga.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepDef {
+    pub name: String,
+    pub service: String,
+    pub action: String,
+    pub compensation: Option<String>,
+    pub retry: RetryPolicy,
+}
+
+/// A validated saga definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaDef {
+    pub name: String,
+    pub steps: Vec<StepDef>,
+    /// Index of the pivot: the first step without a compensation (`steps.len()` if
+    /// every step has one).
+    pub pivot: usize,
+    /// The file it came from.
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SagaFile {
+    name: String,
+    #[serde(default)]
+    step: Vec<StepFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    name: String,
+    service: String,
+    action: String,
+    compensation: Option<String>,
+    retry: Option<RetryFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    max_attempts: Option<u32>,
+    initial_backoff: Option<String>,
+    max_backoff: Option<String>,
+}
+
+/// Why a definition is refused: the file, the step (if one) and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {problem}", file.display(), step.as_ref().map(|s| format!(", step `{s}`")).unwrap_or_default())]
+pub struct DefinitionError {
+    pub file: PathBuf,
+    pub step: Option<String>,
+    pub problem: String,
+}
+
+impl SagaDef {
+    /// Parses and checks one definition. `manifest` finds a loaded service's manifest.
+    pub fn parse<'m>(
+        file: &Path,
+        text: &str,
+        manifest: impl Fn(&str) -> Option<&'m Manifest>,
+    ) -> Result<SagaDef, DefinitionError> {
+        let error = |step: Option<&str>, problem: String| DefinitionError {
+            file: file.to_owned(),
+            step: step.map(Into::into),
+            problem,
+        };
+        let parsed: SagaFile = toml::from_str(text).map_err(|e| error(None, e.to_string()))?;
+        crate::service::validate_service_name(&parsed.name)
+            .map_err(|_| error(None, format!("`{}` is not a valid saga name (a-z, 0-9, `-`)", parsed.name)))?;
+        if parsed.step.is_empty() {
+            return Err(error(None, "a saga needs at least one [[step]]".into()));
+        }
+        let mut names = HashSet::new();
+        let mut steps = Vec::new();
+        let mut pivot = None;
+        for (i, step) in parsed.step.into_iter().enumerate() {
+            let at = Some(step.name.as_str());
+            if !names.insert(step.name.clone()) {
+                return Err(error(at, "a step of this name comes earlier; step names must be unique".into()));
+            }
+            let Some(manifest) = manifest(&step.service) else {
+                return Err(error(at, format!("no service `{}` is loaded", step.service)));
+            };
+            let operations = |name: &str| manifest.operation(name).is_some();
+            if !operations(&step.action) {
+                return Err(error(at, format!("service `{}` has no operation `{}`", step.service, step.action)));
+            }
+            match (&step.compensation, pivot) {
+                (Some(undo), None) if !operations(undo) => {
+                    return Err(error(
+                        at,
+                        format!("service `{}` has no operation `{undo}` (the compensation)", step.service),
+                    ));
+                }
+                (Some(_), Some(pivot_index)) => {
+                    let pivot_name: &StepDef = &steps[pivot_index];
+                    return Err(error(
+                        at,
+                        format!(
+                            "a compensable step after the pivot `{}`: steps after the first step \
+                             without a compensation only go forward and cannot have one",
+                            pivot_name.name
+                        ),
+                    ));
+                }
+                (None, None) => pivot = Some(i),
+                _ => {}
+            }
+            let retry = parse_retry(step.retry).map_err(|problem| error(at, problem))?;
+            steps.push(StepDef {
+                name: step.name,
+                service: step.service,
+                action: step.action,
+                compensation: step.compensation,
+                retry,
+            });
+        }
+        let pivot = pivot.unwrap_or(steps.len());
+        Ok(SagaDef { name: parsed.name, steps, pivot, source: file.to_owned() })
+    }
+
+    /// Whether a step can be undone (it comes before the pivot).
+    pub fn compensable(&self, step: usize) -> bool {
+        step < self.pivot
+    }
+}
+
+fn parse_retry(retry: Option<RetryFile>) -> Result<RetryPolicy, String> {
+    let mut policy = RetryPolicy::default();
+    let Some(retry) = retry else { return Ok(policy) };
+    if let Some(max) = retry.max_attempts {
+        if max == 0 {
+            return Err("retry.max_attempts must be at least 1".into());
+        }
+        policy.max_attempts = max;
+    }
+    if let Some(text) = &retry.initial_backoff {
+        policy.initial_backoff = parse_duration(text).map_err(|e| format!("retry.initial_backoff: {e}"))?;
+    }
+    if let Some(text) = &retry.max_backoff {
+        policy.max_backoff = parse_duration(text).map_err(|e| format!("retry.max_backoff: {e}"))?;
+    }
+    if policy.max_backoff < policy.initial_backoff {
+        return Err("retry.max_backoff is shorter than retry.initial_backoff".into());
+    }
+    Ok(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::OperationInfo;
+
+    fn manifests() -> Vec<Manifest> {
+        let m = |name: &str, ops: &[&str]| Manifest {
+            name: name.into(),
+            operations: ops
+                .iter()
+                .map(|op| OperationInfo { name: (*op).into(), compensated_by: None, description: String::new() })
+                .collect(),
+            subscriptions: vec![],
+        };
+        vec![m("inventory", &["reserve", "release"]), m("order", &["create", "cancel", "complete"])]
+    }
+
+    fn parse(text: &str) -> Result<SagaDef, DefinitionError> {
+        let manifests = manifests();
+        SagaDef::parse(Path::new("sagas/s.toml"), text, |name| manifests.iter().find(|m| m.name == name))
+    }
+
+    const GOOD: &str = r#"
+        name = "s"
+        [[step]]
+        name = "create"
+        service = "order"
+        action = "create"
+        compensation = "cancel"
+        [[step]]
+        name = "reserve"
+        service = "inventory"
+        action = "reserve"
+        compensation = "release"
+        retry = { max_attempts = 5, initial_backoff = "10ms", max_backoff = "1s" }
+        [[step]]
+        name = "complete"
+        service = "order"
+        action = "complete"
+    "#;
+
+    #[test]
+    fn a_good_definition_finds_its_pivot_and_policies() {
+        let def = parse(GOOD).unwrap();
+        assert_eq!(def.pivot, 2);
+        assert!(def.compensable(1) && !def.compensable(2));
+        assert_eq!(def.steps[1].retry.max_attempts, 5);
+        assert_eq!(def.steps[1].retry.backoff_ceiling(1), Duration::from_millis(10));
+        assert_eq!(def.steps[1].retry.backoff_ceiling(3), Duration::from_millis(40));
+        assert_eq!(def.steps[1].retry.backoff_ceiling(30), Duration::from_secs(1));
+        assert_eq!(def.steps[0].retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn each_broken_rule_is_named_with_file_and_step() {
+        let cases = [
+            (GOOD.replace("action = \"reserve\"", "action = \"hold\""), "step `reserve`: service `inventory` has no operation `hold`"),
+            (GOOD.replace("service = \"inventory\"", "service = \"stock\""), "step `reserve`: no service `stock` is loaded"),
+            (GOOD.replace("compensation = \"release\"", "compensation = \"unhold\""), "step `reserve`: service `inventory` has no operation `unhold` (the compensation)"),
+            (GOOD.replace("name = \"complete\"", "name = \"create\""), "step `create`: a step of this name comes earlier"),
+            (format!("{GOOD}\n[[step]]\nname = \"late\"\nservice = \"order\"\naction = \"cancel\"\ncompensation = \"create\"\n"), "step `late`: a compensable step after the pivot `complete`"),
+            (GOOD.replace("max_attempts = 5", "max_attempts = 0"), "step `reserve`: retry.max_attempts must be at least 1"),
+            ("name = \"s\"\n".to_string(), "needs at least one [[step]]"),
+            (GOOD.replace("action = \"create\"", "acton = \"create\""), "unknown field `acton`"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with("sagas/s.toml"), "{err}");
+            assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+        }
+    }
+}

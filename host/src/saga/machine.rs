@@ -1,0 +1,528 @@
+//! The saga as a pure state machine: `apply(definition, state, event) -> actions`.
+//!
+//! No I/O and no clock: events carry their time, and a delay is returned as the
+//! ceiling of its backoff (the driver adds jitter and sleeps). Every transition is
+//! unit-tested below; `driver.rs` performs the actions and persists each new state
+//! in the same commit as the step invocation that caused it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::definition::SagaDef;
+
+/// Where a saga is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    /// Going forward.
+    Running,
+    /// A step failed; undoing the completed steps in reverse order.
+    Compensating,
+    /// Every step succeeded.
+    Completed,
+    /// Failed and cleanly undone.
+    Compensated,
+    /// Cannot go on by itself: a compensation kept failing, or a step after the pivot
+    /// was refused. An operator's retry resumes it.
+    Stuck,
+}
+
+impl SagaStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Running => "running",
+            SagaStatus::Compensating => "compensating",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensated => "compensated",
+            SagaStatus::Stuck => "stuck",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SagaStatus> {
+        [Self::Running, Self::Compensating, Self::Completed, Self::Compensated, Self::Stuck]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+
+    /// Completed or compensated: nothing will ever happen to it again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SagaStatus::Completed | SagaStatus::Compensated)
+    }
+}
+
+/// Where one step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Done,
+    /// Refused, or out of attempts: the reason the saga compensates.
+    Failed,
+    Compensating,
+    Compensated,
+    /// Its compensation is out of attempts (the saga is stuck).
+    CompensationFailed,
+}
+
+/// One step's record: what the saga view shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub status: StepStatus,
+    /// Forward attempts so far.
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub output: Option<Value>,
+    pub last_error: Option<String>,
+    /// The plugin version that ran the last successful call.
+    pub digest: Option<String>,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub compensated_at: Option<i64>,
+}
+
+impl StepState {
+    fn new() -> Self {
+        StepState {
+            status: StepStatus::Pending,
+            attempts: 0,
+            compensation_attempts: 0,
+            output: None,
+            last_error: None,
+            digest: None,
+            started_at: None,
+            finished_at: None,
+            compensated_at: None,
+        }
+    }
+}
+
+/// A saga's whole state, persisted as JSON after every transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaState {
+    pub status: SagaStatus,
+    pub steps: Vec<StepState>,
+    /// Why the saga compensates (or is stuck).
+    pub reason: Option<String>,
+    /// Operator retries so far; part of the keys of calls made after a retry, so that a
+    /// stored refusal is not just replayed.
+    pub round: u32,
+}
+
+impl SagaState {
+    pub fn new(def: &SagaDef) -> Self {
+        SagaState {
+            status: SagaStatus::Running,
+            steps: vec![StepState::new(); def.steps.len()],
+            reason: None,
+            round: 0,
+        }
+    }
+}
+
+/// Which way a call goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Do,
+    Undo,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Started { at: i64 },
+    Succeeded { step: usize, output: Value, digest: String, at: i64 },
+    /// A forward call failed: refused (`transient: false`) or temporarily.
+    Failed { step: usize, reason: String, transient: bool, at: i64 },
+    Compensated { step: usize, digest: String, at: i64 },
+    CompensationFailed { step: usize, reason: String, at: i64 },
+    /// An operator asked a stuck saga to go on.
+    RetryRequested { at: i64 },
+}
+
+/// What the driver must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Call the step (or its compensation) after waiting up to `delay` (jittered).
+    Invoke { step: usize, direction: Direction, attempt: u32, delay: Duration },
+    /// The saga reached `status` (terminal or stuck) and waits for nothing.
+    Finished(SagaStatus),
+}
+
+/// Applies `event` to `state`, returning what to do next.
+pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> {
+    match event {
+        Event::Started { at } => start_step(state, 0, at, Duration::ZERO),
+        Event::Succeeded { step, output, digest, at } => {
+            let s = &mut state.steps[step];
+            s.status = StepStatus::Done;
+            s.output = Some(output);
+            s.digest = Some(digest);
+            s.last_error = None;
+            s.finished_at = Some(at);
+            if step + 1 == def.steps.len() {
+                state.status = SagaStatus::Completed;
+                vec![Action::Finished(SagaStatus::Completed)]
+            } else {
+                start_step(state, step + 1, at, Duration::ZERO)
+            }
+        }
+        Event::Failed { step, reason, transient, at } => {
+            let policy = def.steps[step].retry;
+            let attempts = state.steps[step].attempts;
+            state.steps[step].last_error = Some(reason.clone());
+            if !def.compensable(step) {
+                // After the pivot the saga only goes forward.
+                if transient {
+                    return retry_step(state, step, policy.backoff_ceiling(attempts));
+                }
+                state.status = SagaStatus::Stuck;
+                state.reason = Some(format!("step `{}` was refused after the pivot: {reason}", def.steps[step].name));
+                state.steps[step].status = StepStatus::Failed;
+                state.steps[step].finished_at = Some(at);
+                return vec![Action::Finished(SagaStatus::Stuck)];
+            }
+            if transient && attempts < policy.max_attempts {
+                return retry_step(state, step, policy.backoff_ceiling(attempts));
+            }
+            state.steps[step].status = StepStatus::Failed;
+            state.steps[step].finished_at = Some(at);
+            state.status = SagaStatus::Compensating;
+            state.reason = Some(if transient {
+                format!("step `{}` failed {attempts} times: {reason}", def.steps[step].name)
+            } else {
+                format!("step `{}` was refused: {reason}", def.steps[step].name)
+            });
+            compensate_below(state, step)
+        }
+        Event::Compensated { step, digest, at } => {
+            let s = &mut state.steps[step];
+            s.status = StepStatus::Compensated;
+            s.digest = Some(digest);
+            s.last_error = None;
+            s.compensated_at = Some(at);
+            compensate_below(state, step)
+        }
+        Event::CompensationFailed { step, reason, at } => {
+            let policy = def.steps[step].retry;
+            let s = &mut state.steps[step];
+            s.last_error = Some(reason.clone());
+            if s.compensation_attempts < policy.max_attempts {
+                let delay = policy.backoff_ceiling(s.compensation_attempts);
+                s.compensation_attempts += 1;
+                return vec![Action::Invoke {
+                    step,
+                    direction: Direction::Undo,
+                    attempt: s.compensation_attempts,
+                    delay,
+                }];
+            }
+            s.status = StepStatus::CompensationFailed;
+            s.finished_at = Some(at);
+            state.status = SagaStatus::Stuck;
+            state.reason = Some(format!(
+                "the compensation of step `{}` failed {} times: {reason}",
+                def.steps[step].name, s.compensation_attempts
+            ));
+            vec![Action::Finished(SagaStatus::Stuck)]
+        }
+        Event::RetryRequested { at: _ } => {
+            if state.status != SagaStatus::Stuck {
+                return vec![];
+            }
+            state.round += 1;
+            if let Some(step) = state.steps.iter().position(|s| s.status == StepStatus::CompensationFailed) {
+                state.status = SagaStatus::Compensating;
+                let s = &mut state.steps[step];
+                s.status = StepStatus::Compensating;
+                s.compensation_attempts += 1;
+                return vec![Action::Invoke {
+                    step,
+                    direction: Direction::Undo,
+                    attempt: s.compensation_attempts,
+                    delay: Duration::ZERO,
+                }];
+            }
+            if let Some(step) = state.steps.iter().position(|s| s.status == StepStatus::Failed) {
+                state.status = SagaStatus::Running;
+                state.reason = None;
+                return retry_step(state, step, Duration::ZERO);
+            }
+            vec![]
+        }
+    }
+}
+
+/// The actions that continue a saga loaded from storage (after a restart): the call
+/// that was in progress is made again, with the same key.
+pub fn resume(state: &SagaState) -> Vec<Action> {
+    let in_progress = |status: StepStatus| state.steps.iter().position(|s| s.status == status);
+    match state.status {
+        SagaStatus::Running => match in_progress(StepStatus::Running) {
+            Some(step) => vec![Action::Invoke {
+                step,
+                direction: Direction::Do,
+                attempt: state.steps[step].attempts,
+                delay: Duration::ZERO,
+            }],
+            None => vec![],
+        },
+        SagaStatus::Compensating => match in_progress(StepStatus::Compensating) {
+            Some(step) => vec![Action::Invoke {
+                step,
+                direction: Direction::Undo,
+                attempt: state.steps[step].compensation_attempts,
+                delay: Duration::ZERO,
+            }],
+            None => vec![],
+        },
+        status => vec![Action::Finished(status)],
+    }
+}
+
+fn start_step(state: &mut SagaState, step: usize, at: i64, delay: Duration) -> Vec<Action> {
+    let s = &mut state.steps[step];
+    s.status = StepStatus::Running;
+    s.attempts = 1;
+    s.started_at = Some(at);
+    vec![Action::Invoke { step, direction: Direction::Do, attempt: 1, delay }]
+}
+
+fn retry_step(state: &mut SagaState, step: usize, delay: Duration) -> Vec<Action> {
+    let s = &mut state.steps[step];
+    s.status = StepStatus::Running;
+    s.attempts += 1;
+    vec![Action::Invoke { step, direction: Direction::Do, attempt: s.attempts, delay }]
+}
+
+/// Starts undoing the highest completed step below `step`; when none is left, the
+/// saga is compensated.
+fn compensate_below(state: &mut SagaState, step: usize) -> Vec<Action> {
+    match (0..step).rev().find(|&i| state.steps[i].status == StepStatus::Done) {
+        Some(i) => {
+            let s = &mut state.steps[i];
+            s.status = StepStatus::Compensating;
+            s.compensation_attempts += 1;
+            vec![Action::Invoke {
+                step: i,
+                direction: Direction::Undo,
+                attempt: s.compensation_attempts,
+                delay: Duration::ZERO,
+            }]
+        }
+        None => {
+            state.status = SagaStatus::Compensated;
+            vec![Action::Finished(SagaStatus::Compensated)]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::saga::definition::{RetryPolicy, StepDef};
+
+    /// a (undo: a-undo) → b (undo: b-undo) → pivot → c (forward only)
+    fn def() -> SagaDef {
+        let step = |name: &str, undo: Option<&str>| StepDef {
+            name: name.into(),
+            service: "svc".into(),
+            action: name.into(),
+            compensation: undo.map(Into::into),
+            retry: RetryPolicy {
+                max_attempts: 3,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(1),
+            },
+        };
+        SagaDef {
+            name: "s".into(),
+            steps: vec![step("a", Some("a-undo")), step("b", Some("b-undo")), step("c", None)],
+            pivot: 2,
+            source: PathBuf::from("s.toml"),
+        }
+    }
+
+    fn invoke(step: usize, direction: Direction, attempt: u32, delay_ms: u64) -> Vec<Action> {
+        vec![Action::Invoke { step, direction, attempt, delay: Duration::from_millis(delay_ms) }]
+    }
+
+    fn ok(step: usize) -> Event {
+        Event::Succeeded { step, output: json!({"step": step}), digest: "d".into(), at: 10 }
+    }
+
+    fn fail(step: usize, transient: bool) -> Event {
+        Event::Failed { step, reason: "no".into(), transient, at: 20 }
+    }
+
+    fn undone(step: usize) -> Event {
+        Event::Compensated { step, digest: "d".into(), at: 30 }
+    }
+
+    fn undo_failed(step: usize) -> Event {
+        Event::CompensationFailed { step, reason: "still no".into(), at: 40 }
+    }
+
+    /// Runs `events` from a fresh state; returns the state and the last actions.
+    fn run(events: Vec<Event>) -> (SagaState, Vec<Action>) {
+        let def = def();
+        let mut state = SagaState::new(&def);
+        let mut actions = apply(&def, &mut state, Event::Started { at: 0 });
+        for event in events {
+            actions = apply(&def, &mut state, event);
+        }
+        (state, actions)
+    }
+
+    #[test]
+    fn starting_runs_the_first_step() {
+        let (state, actions) = run(vec![]);
+        assert_eq!(actions, invoke(0, Direction::Do, 1, 0));
+        assert_eq!(state.steps[0].status, StepStatus::Running);
+        assert_eq!(state.steps[0].started_at, Some(0));
+    }
+
+    #[test]
+    fn every_step_succeeding_completes_the_saga() {
+        let (state, actions) = run(vec![ok(0), ok(1), ok(2)]);
+        assert_eq!(actions, vec![Action::Finished(SagaStatus::Completed)]);
+        assert_eq!(state.status, SagaStatus::Completed);
+        assert!(state.steps.iter().all(|s| s.status == StepStatus::Done));
+        assert_eq!(state.steps[1].output, Some(json!({"step": 1})));
+    }
+
+    #[test]
+    fn a_success_starts_the_next_step() {
+        let (state, actions) = run(vec![ok(0)]);
+        assert_eq!(actions, invoke(1, Direction::Do, 1, 0));
+        assert_eq!(state.steps[0].status, StepStatus::Done);
+        assert_eq!(state.steps[0].finished_at, Some(10));
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_with_growing_backoff() {
+        let (state, actions) = run(vec![ok(0), fail(1, true)]);
+        assert_eq!(actions, invoke(1, Direction::Do, 2, 100));
+        assert_eq!(state.steps[1].last_error.as_deref(), Some("no"));
+        let (_, actions) = run(vec![ok(0), fail(1, true), fail(1, true)]);
+        assert_eq!(actions, invoke(1, Direction::Do, 3, 200));
+    }
+
+    #[test]
+    fn exhausted_retries_compensate_in_reverse_order() {
+        let (state, actions) = run(vec![ok(0), fail(1, true), fail(1, true), fail(1, true)]);
+        assert_eq!(actions, invoke(0, Direction::Undo, 1, 0), "b failed, so only a is undone");
+        assert_eq!(state.status, SagaStatus::Compensating);
+        assert_eq!(state.steps[1].status, StepStatus::Failed);
+        assert_eq!(state.reason.as_deref(), Some("step `b` failed 3 times: no"));
+    }
+
+    #[test]
+    fn a_refusal_compensates_at_once() {
+        let (state, actions) = run(vec![ok(0), fail(1, false)]);
+        assert_eq!(actions, invoke(0, Direction::Undo, 1, 0));
+        assert_eq!(state.reason.as_deref(), Some("step `b` was refused: no"));
+    }
+
+    #[test]
+    fn compensations_run_down_to_the_first_step_then_the_saga_is_compensated() {
+        // A saga whose three steps are all compensable, so that the third can be refused.
+        let mut def = def();
+        def.steps[2].compensation = Some("c-undo".into());
+        def.pivot = 3;
+        let mut state = SagaState::new(&def);
+        apply(&def, &mut state, Event::Started { at: 0 });
+        apply(&def, &mut state, ok(0));
+        apply(&def, &mut state, ok(1));
+        assert_eq!(apply(&def, &mut state, fail(2, false)), invoke(1, Direction::Undo, 1, 0));
+        assert_eq!(apply(&def, &mut state, undone(1)), invoke(0, Direction::Undo, 1, 0));
+        assert_eq!(apply(&def, &mut state, undone(0)), vec![Action::Finished(SagaStatus::Compensated)]);
+        assert_eq!(state.status, SagaStatus::Compensated);
+        assert_eq!(state.steps[1].status, StepStatus::Compensated);
+        assert_eq!(state.steps[1].compensated_at, Some(30));
+        assert_eq!(state.steps[2].status, StepStatus::Failed, "the refused step is not undone");
+    }
+
+    #[test]
+    fn a_failure_of_the_first_step_compensates_nothing() {
+        let (state, actions) = run(vec![fail(0, false)]);
+        assert_eq!(actions, vec![Action::Finished(SagaStatus::Compensated)]);
+        assert_eq!(state.status, SagaStatus::Compensated);
+    }
+
+    #[test]
+    fn after_the_pivot_transient_failures_are_retried_forever() {
+        let mut events = vec![ok(0), ok(1)];
+        events.extend((0..50).map(|_| fail(2, true)));
+        let (state, actions) = run(events);
+        assert_eq!(actions, invoke(2, Direction::Do, 52, 1000), "backoff capped at max_backoff");
+        assert_eq!(state.status, SagaStatus::Running);
+    }
+
+    #[test]
+    fn a_refusal_after_the_pivot_makes_the_saga_stuck_and_a_retry_runs_it_again() {
+        let (mut state, actions) = run(vec![ok(0), ok(1), fail(2, false)]);
+        assert_eq!(actions, vec![Action::Finished(SagaStatus::Stuck)]);
+        assert_eq!(state.status, SagaStatus::Stuck);
+        assert_eq!(state.steps[0].status, StepStatus::Done, "nothing is undone after the pivot");
+        let actions = apply(&def(), &mut state, Event::RetryRequested { at: 50 });
+        assert_eq!(actions, invoke(2, Direction::Do, 2, 0));
+        assert_eq!((state.status, state.round), (SagaStatus::Running, 1));
+    }
+
+    #[test]
+    fn a_compensation_that_keeps_failing_makes_the_saga_stuck() {
+        let (state, actions) = run(vec![ok(0), fail(1, false), undo_failed(0)]);
+        assert_eq!(actions, invoke(0, Direction::Undo, 2, 100));
+        assert_eq!(state.status, SagaStatus::Compensating);
+        let (state, actions) = run(vec![ok(0), fail(1, false), undo_failed(0), undo_failed(0), undo_failed(0)]);
+        assert_eq!(actions, vec![Action::Finished(SagaStatus::Stuck)]);
+        assert_eq!(state.status, SagaStatus::Stuck);
+        assert_eq!(state.steps[0].status, StepStatus::CompensationFailed);
+        assert_eq!(state.reason.as_deref(), Some("the compensation of step `a` failed 3 times: still no"));
+    }
+
+    #[test]
+    fn a_retry_resumes_a_stuck_compensation_and_can_finish_it() {
+        let def = def();
+        let (mut state, _) = run(vec![ok(0), fail(1, false), undo_failed(0), undo_failed(0), undo_failed(0)]);
+        let actions = apply(&def, &mut state, Event::RetryRequested { at: 50 });
+        assert_eq!(actions, invoke(0, Direction::Undo, 4, 0), "attempts go on counting");
+        assert_eq!((state.status, state.round), (SagaStatus::Compensating, 1));
+        let actions = apply(&def, &mut state, undone(0));
+        assert_eq!(actions, vec![Action::Finished(SagaStatus::Compensated)]);
+    }
+
+    #[test]
+    fn a_retry_of_a_saga_that_is_not_stuck_does_nothing() {
+        let def = def();
+        let (mut state, _) = run(vec![ok(0)]);
+        let before = state.clone();
+        assert_eq!(apply(&def, &mut state, Event::RetryRequested { at: 50 }), vec![]);
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn resume_repeats_the_call_in_progress() {
+        let (state, _) = run(vec![ok(0), fail(1, true)]);
+        assert_eq!(resume(&state), invoke(1, Direction::Do, 2, 0));
+        let (state, _) = run(vec![ok(0), fail(1, false)]);
+        assert_eq!(resume(&state), invoke(0, Direction::Undo, 1, 0));
+        let (state, _) = run(vec![ok(0), ok(1), ok(2)]);
+        assert_eq!(resume(&state), vec![Action::Finished(SagaStatus::Completed)]);
+    }
+
+    #[test]
+    fn the_state_round_trips_through_json() {
+        let (state, _) = run(vec![ok(0), fail(1, false)]);
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(serde_json::from_str::<SagaState>(&json).unwrap(), state);
+    }
+}
