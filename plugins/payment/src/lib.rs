@@ -8,6 +8,11 @@
 //! - `refund {order}` → `{order, refunded}` (0 if there was no charge)
 //!
 //! An order is charged at most once and refunded at most once, whatever the keys.
+//!
+//! Failure injection, driven by the input (no hidden switches):
+//! `payment_transient_failures: N` makes `charge` fail transiently on its first N
+//! attempts (the host's `attempt` counter), `refund_transient_failures: N` the same for
+//! `refund`, as a flaky card processor would.
 
 use serde::{Deserialize, Serialize};
 use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
@@ -35,11 +40,24 @@ struct ChargeInput {
     customer: String,
     amount: i64,
     order: String,
+    #[serde(default)]
+    payment_transient_failures: u32,
 }
 
 #[derive(Deserialize)]
 struct Refund {
     order: String,
+    #[serde(default)]
+    refund_transient_failures: u32,
+}
+
+fn flaky(attempt: u32, planned: u32) -> Result<(), Failure> {
+    if attempt <= planned {
+        return Err(Failure::Transient(format!(
+            "card processor unavailable (attempt {attempt} of {planned} planned failures)"
+        )));
+    }
+    Ok(())
 }
 
 struct Payment;
@@ -64,8 +82,16 @@ impl Guest for Payment {
     fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
         match call.operation.as_str() {
             "open-account" => open_account(json::input(&call.input)?),
-            "charge" => charge(json::input(&call.input)?),
-            "refund" => refund(json::input(&call.input)?),
+            "charge" => {
+                let input: ChargeInput = json::input(&call.input)?;
+                flaky(call.attempt, input.payment_transient_failures)?;
+                charge(input)
+            }
+            "refund" => {
+                let input: Refund = json::input(&call.input)?;
+                flaky(call.attempt, input.refund_transient_failures)?;
+                refund(input)
+            }
             other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
         }
     }

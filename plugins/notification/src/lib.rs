@@ -1,0 +1,58 @@
+//! `notification`: order confirmations (DESIGN Appendix A).
+//!
+//! Records: `sent/<order>` → `{count}`: how many confirmations went out, so that a
+//! test can prove each order was notified exactly once.
+//! - `send-confirmation {order, customer?}` → `{order, sent: true}`
+//!
+//! Failure injection, driven by the input (no hidden switches): with
+//! `notification_transient_failures: N`, the call fails transiently on its first N
+//! attempts (the host's `attempt` counter), as a flaky mail server would.
+
+use serde::{Deserialize, Serialize};
+use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Sent {
+    count: u64,
+}
+
+#[derive(Deserialize)]
+struct Send {
+    order: String,
+    #[serde(default)]
+    notification_transient_failures: u32,
+}
+
+struct Notification;
+
+impl Guest for Notification {
+    fn describe() -> Manifest {
+        Manifest {
+            name: "notification".into(),
+            operations: vec![OperationInfo::new("send-confirmation", "Sends an order confirmation.")],
+            subscriptions: vec![],
+        }
+    }
+
+    fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
+        match call.operation.as_str() {
+            "send-confirmation" => {
+                let input: Send = json::input(&call.input)?;
+                if call.attempt <= input.notification_transient_failures {
+                    return Err(Failure::Transient(format!(
+                        "mail server unavailable (attempt {} of {} planned failures)",
+                        call.attempt, input.notification_transient_failures
+                    )));
+                }
+                let key = format!("sent/{}", input.order);
+                let (mut sent, _) = json::get::<Sent>(&key)?.unwrap_or_default();
+                sent.count += 1;
+                json::set(&key, &sent)?;
+                json::output(&serde_json::json!({"order": input.order, "sent": true}))
+            }
+            other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
+        }
+    }
+}
+
+wasaga_guest::export!(Notification with_types_in wasaga_guest);
