@@ -84,7 +84,8 @@ fn precondition(headers: &HeaderMap, may_create: bool) -> Result<Precondition, A
             if tag.starts_with("W/") {
                 continue;
             }
-            let version = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse().ok());
+            let version =
+                tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse().ok());
             match version {
                 Some(version) => versions.push(version),
                 None => {
@@ -150,7 +151,8 @@ async fn write(
         writes: vec![Write { key: key.to_owned(), value, version }],
         events: vec![],
     };
-    let commit = Commit { service: service.to_owned(), changes, correlation_id: None, outcome: None, saga: None };
+    let commit =
+        Commit { service: service.to_owned(), changes, correlation_id: None, outcome: None, saga: None };
     match state.invoker.commit(commit).await {
         Ok(()) => Ok((version, current.value.is_none())),
         // Changed between the check and the commit: the precondition no longer holds.

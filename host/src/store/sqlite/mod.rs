@@ -123,7 +123,12 @@ impl SqliteStore {
 
     /// Sagas in id order (ids sort by creation time), optionally of one status, after
     /// the id `after`, at most `limit`.
-    pub fn sagas(&self, status: Option<&str>, after: Option<&str>, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
+    pub fn sagas(
+        &self,
+        status: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SagaRow>, StoreError> {
         let after = after.unwrap_or("");
         match status {
             Some(status) => self.read_sagas(
