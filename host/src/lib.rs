@@ -9,6 +9,7 @@
 //! - [`store`]: versioned records: the backend trait, the per-invocation transaction
 //!   (read set, buffered writes), the in-memory backend.
 //! - [`invoke`]: one idempotent, optimistic invocation: replay, claim, run, commit, re-run.
+//! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
 //! - [`http`]: the axum API and its problem+json errors.
 //! - [`clock`]: wall-clock time as stored (unix ms).
 //! - [`config`]: per-plugin limits and the duration/size parsers.
@@ -22,5 +23,6 @@ pub mod guests;
 pub mod http;
 pub mod invoke;
 pub mod runtime;
+pub mod saga;
 pub mod service;
 pub mod store;

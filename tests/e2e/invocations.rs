@@ -261,7 +261,8 @@ async fn a_duplicate_of_a_running_request_gets_409() {
     let spin =
         load(&runtime(), "spin", Limits { deadline: Duration::from_secs(2), ..Limits::default() }).await;
     let options = InvokeOptions { in_flight_wait: Duration::from_millis(200), ..InvokeOptions::default() };
-    let url = serve_in_process(vec![spin], options).await;
+    let data = tempfile::tempdir().unwrap();
+    let url = serve_in_process(vec![spin], options, data.path()).await;
     let client = Server::client();
     let send = || {
         client

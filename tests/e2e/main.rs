@@ -5,5 +5,6 @@ mod cli;
 mod crash;
 mod invocations;
 mod runtime;
+mod sagas;
 mod serve;
 mod support;

@@ -3,13 +3,16 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
+use wasaga::clock::SystemClock;
 use wasaga::http::{AppState, router};
 use wasaga::invoke::{InvokeOptions, Invoker};
 use wasaga::runtime::{Limits, Plugin, Registry, Runtime, RuntimeOptions};
+use wasaga::saga::SagaEngine;
 use wasaga::service::Invocation;
-use wasaga::store::MemoryStore;
+use wasaga::store::{SqliteOptions, SqliteStore};
 
 /// The `wasaga` binary built for these tests.
 pub fn wasaga() -> Command {
@@ -17,6 +20,9 @@ pub fn wasaga() -> Command {
     command.env("WASAGA_LOG", "warn");
     command
 }
+
+/// The saga definitions of the demo.
+pub const SAGAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/sagas");
 
 /// A built guest component, e.g. `echo`.
 pub fn guest(name: &str) -> PathBuf {
@@ -74,6 +80,19 @@ impl Server {
         let plugins = plugins_dir(names);
         let mut server = Server::start(plugins.path());
         server._plugins = Some(plugins);
+        server
+    }
+
+    /// A server over the demo's services and its saga definitions, with a fresh data
+    /// directory and the extra flags.
+    pub fn with_sagas(args: &[&str]) -> Server {
+        let plugins = plugins_dir(&["inventory", "payment", "order", "notification"]);
+        let data = tempfile::tempdir().unwrap();
+        let mut all = vec!["--sagas", SAGAS];
+        all.extend_from_slice(args);
+        let mut server = Server::start_in(plugins.path(), data.path(), &all);
+        server._plugins = Some(plugins);
+        server._data = Some(data);
         server
     }
 
@@ -153,14 +172,16 @@ impl Drop for Server {
 
 /// The API in this process, over real HTTP on a free loopback port, with the given
 /// plugins and options on the in-memory store. Returns the base URL.
-pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions) -> String {
+pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions, data: &Path) -> String {
     let registry = Registry::new(runtime());
     for plugin in plugins {
         registry.insert(plugin);
     }
-    let invoker = Invoker::new(registry, std::sync::Arc::new(MemoryStore::new()), options);
+    let store = Arc::new(SqliteStore::open(data, SqliteOptions::default()).unwrap());
+    let invoker = Invoker::new(registry, store.clone(), options);
+    let sagas = SagaEngine::new(invoker.clone(), store, Arc::new(SystemClock), 16);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(AppState { invoker })).await });
+    tokio::spawn(async move { axum::serve(listener, router(AppState { invoker, sagas })).await });
     url
 }

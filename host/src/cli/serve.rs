@@ -8,10 +8,12 @@ use anyhow::Context;
 use clap::Args;
 
 use super::RuntimeArgs;
+use crate::clock::SystemClock;
 use crate::config::parse_duration;
 use crate::http::{AppState, router};
 use crate::invoke::{InvokeOptions, Invoker};
 use crate::runtime::{Registry, Runtime};
+use crate::saga::SagaEngine;
 use crate::store::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Serve the plugins of a directory over HTTP.
@@ -25,6 +27,14 @@ pub struct ServeArgs {
     /// Directory of plugin components (`<name>.wasm`, optional `<name>.toml` limits).
     #[arg(long, env = "WASAGA_PLUGINS")]
     plugins: PathBuf,
+
+    /// Directory of saga definitions (`<name>.toml`), checked against the plugins.
+    #[arg(long, env = "WASAGA_SAGAS")]
+    sagas: Option<PathBuf>,
+
+    /// How many sagas are driven at once; more wait their turn.
+    #[arg(long, env = "WASAGA_MAX_RUNNING_SAGAS", default_value_t = 256)]
+    max_running_sagas: usize,
 
     /// Directory for wasaga's data: the SQLite database `wasaga.db` (created if
     /// missing). One wasaga process at a time may use it.
@@ -81,8 +91,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
 
     let options = InvokeOptions { retention: args.idempotency_retention, ..InvokeOptions::default() };
     let invoker = Invoker::new(registry, store.clone(), options);
+    let sagas =
+        SagaEngine::new(invoker.clone(), store.clone(), Arc::new(SystemClock), args.max_running_sagas);
+    if let Some(dir) = &args.sagas {
+        sagas
+            .load_definitions(dir)
+            .with_context(|| format!("reading the sagas directory {}", dir.display()))?;
+    }
+    let resumed = sagas.resume_all().context("resuming unfinished sagas")?;
+    if resumed > 0 {
+        tracing::info!(resumed, "unfinished sagas resumed");
+    }
     tokio::spawn(purge_expired(store));
-    axum::serve(listener, router(AppState { invoker })).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, router(AppState { invoker, sagas })).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
 }

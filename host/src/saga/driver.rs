@@ -1,0 +1,219 @@
+//! The driver: performs a saga's actions. Each step call is one idempotent invocation
+//! whose outcome and the saga's next state are committed together; a call that
+//! produced no outcome (transient failure, trap, deadline) commits the next state
+//! alone. One driver runs a saga at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{Map, Value};
+use tracing::Instrument;
+
+use super::definition::SagaDef;
+use super::machine::{Action, Direction, Event, SagaState, SagaStatus, apply};
+use super::{EngineInner, SagaId};
+use crate::invoke::{InvokeError, Request};
+use crate::store::{Commit, SagaChange, StoreError};
+
+/// Everything the driver keeps between actions.
+pub(super) struct Run {
+    pub def: Arc<SagaDef>,
+    pub id: SagaId,
+    pub input: Map<String, Value>,
+    pub state: SagaState,
+    /// The stored version of `state`.
+    pub version: u64,
+}
+
+/// Drives the saga until it finishes, gets stuck, or the store fails for good.
+pub(super) async fn drive(engine: Arc<EngineInner>, mut run: Run, mut actions: Vec<Action>) {
+    while let Some(action) = actions.pop() {
+        actions = match action {
+            Action::Finished(status) => {
+                finished(&engine, &run, status);
+                Vec::new()
+            }
+            Action::Invoke { step, direction, attempt, delay } => {
+                if !delay.is_zero() {
+                    // Full jitter: sagas that failed together do not retry together.
+                    let wait = delay.mul_f64(rand::rng().random::<f64>());
+                    engine.clock.sleep(wait).await;
+                }
+                match call(&engine, &mut run, step, direction, attempt).await {
+                    Ok(next) => next,
+                    Err(error) => {
+                        tracing::error!(saga = %run.id, "saga driver stopped: {error}; it resumes at the next start");
+                        Vec::new()
+                    }
+                }
+            }
+        };
+    }
+}
+
+/// Makes one step call and commits the transition it causes; returns the next actions.
+async fn call(
+    engine: &Arc<EngineInner>,
+    run: &mut Run,
+    step: usize,
+    direction: Direction,
+    attempt: u32,
+) -> Result<Vec<Action>, StoreError> {
+    let def = run.def.clone();
+    let step_def = &def.steps[step];
+    let (operation, label) = match direction {
+        Direction::Do => (step_def.action.as_str(), "do"),
+        Direction::Undo => {
+            (step_def.compensation.as_deref().expect("only compensable steps are undone"), "undo")
+        }
+    };
+    let mut key = format!("saga/{}/{}/{label}", run.id, step_def.name);
+    if run.state.round > 0 {
+        key.push_str(&format!("/retry-{}", run.state.round));
+    }
+    let input = step_input(run, direction);
+    let mut request = Request::new(&step_def.service, operation, input, key);
+    request.correlation_id = Some(run.id.to_string());
+    request.attempt = attempt;
+
+    let span =
+        tracing::info_span!("saga step", saga = %run.id, step = %step_def.name, direction = label, attempt);
+    async move { call_until_answered(engine, run, &def, request, step, direction).await }
+        .instrument(span)
+        .await
+}
+
+/// Calls until the call has an answer (anything but a store failure), and commits the
+/// transition.
+async fn call_until_answered(
+    engine: &Arc<EngineInner>,
+    run: &mut Run,
+    def: &Arc<SagaDef>,
+    request: Request,
+    step: usize,
+    direction: Direction,
+) -> Result<Vec<Action>, StoreError> {
+    loop {
+        let at = engine.clock.now_ms();
+        let (base, version, id) = (run.state.clone(), run.version, run.id.clone());
+        let def_for_attach = def.clone();
+        let attach = Arc::new(move |result: &Result<Vec<u8>, String>, digest: &str| {
+            let mut next = base.clone();
+            apply(&def_for_attach, &mut next, outcome_event(step, direction, result, digest, at));
+            Some(update(&id, version, &next, at))
+        });
+        let event = match engine.invoker.invoke_with(request.clone(), attach).await {
+            Ok(invoked) => {
+                let event = outcome_event(step, direction, &invoked.result, &invoked.digest, at);
+                let actions = apply(def, &mut run.state, event);
+                if invoked.replayed {
+                    // The outcome was stored before (by a run that crashed before its
+                    // transition, or another process); commit the transition now.
+                    commit(engine, update(&run.id, run.version, &run.state, at)).await?;
+                }
+                run.version += 1;
+                return Ok(actions);
+            }
+            Err(InvokeError::Store(error)) => {
+                // Not the step's fault: wait and make the same call again.
+                tracing::warn!("the store failed during a saga step ({error}); trying again in 1 s");
+                engine.clock.sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                match direction {
+                    Direction::Do => Event::Failed { step, reason, transient: true, at },
+                    Direction::Undo => Event::CompensationFailed { step, reason, at },
+                }
+            }
+        };
+        tracing::warn!("saga step failed: {event:?}");
+        let actions = apply(def, &mut run.state, event);
+        commit(engine, update(&run.id, run.version, &run.state, at)).await?;
+        run.version += 1;
+        return Ok(actions);
+    }
+}
+
+/// The event an outcome means.
+fn outcome_event(
+    step: usize,
+    direction: Direction,
+    result: &Result<Vec<u8>, String>,
+    digest: &str,
+    at: i64,
+) -> Event {
+    match (direction, result) {
+        (Direction::Do, Ok(output)) => Event::Succeeded {
+            step,
+            output: serde_json::from_slice(output)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(output).into_owned())),
+            digest: digest.to_owned(),
+            at,
+        },
+        (Direction::Do, Err(reason)) => Event::Failed { step, reason: reason.clone(), transient: false, at },
+        (Direction::Undo, Ok(_)) => Event::Compensated { step, digest: digest.to_owned(), at },
+        (Direction::Undo, Err(reason)) => Event::CompensationFailed { step, reason: reason.clone(), at },
+    }
+}
+
+/// A step's input: the saga's input, with `saga_id`, `steps` (the outputs of the
+/// completed steps, by name) and, for a compensation, `reason`.
+fn step_input(run: &Run, direction: Direction) -> Vec<u8> {
+    let mut input = run.input.clone();
+    input.insert("saga_id".into(), Value::String(run.id.to_string()));
+    let outputs: Map<String, Value> = run
+        .def
+        .steps
+        .iter()
+        .zip(&run.state.steps)
+        .filter_map(|(def, state)| Some((def.name.clone(), state.output.clone()?)))
+        .collect();
+    input.insert("steps".into(), Value::Object(outputs));
+    if direction == Direction::Undo
+        && let Some(reason) = &run.state.reason
+    {
+        input.insert("reason".into(), Value::String(reason.clone()));
+    }
+    serde_json::to_vec(&input).expect("JSON values serialise")
+}
+
+pub(super) fn update(id: &SagaId, version: u64, state: &SagaState, at: i64) -> SagaChange {
+    SagaChange::Update {
+        id: id.to_string(),
+        version,
+        status: state.status.as_str().into(),
+        state: serde_json::to_string(state).expect("the saga state serialises"),
+        at,
+    }
+}
+
+pub(super) async fn commit(engine: &EngineInner, change: SagaChange) -> Result<(), StoreError> {
+    let commit = Commit {
+        service: String::new(),
+        changes: Default::default(),
+        correlation_id: None,
+        outcome: None,
+        saga: Some(change),
+    };
+    engine.invoker.commit(commit).await
+}
+
+fn finished(engine: &EngineInner, run: &Run, status: SagaStatus) {
+    match status {
+        SagaStatus::Stuck => tracing::error!(
+            saga = %run.id,
+            name = %run.def.name,
+            reason = run.state.reason.as_deref().unwrap_or(""),
+            "ALERT: saga is stuck and needs an operator (POST /v1/sagas/{}/retry once the cause is fixed)",
+            run.id
+        ),
+        SagaStatus::Compensated => tracing::info!(
+            saga = %run.id, reason = run.state.reason.as_deref().unwrap_or(""), "saga compensated"
+        ),
+        _ => tracing::info!(saga = %run.id, status = status.as_str(), "saga finished"),
+    }
+    engine.notify(&run.id);
+}

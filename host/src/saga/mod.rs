@@ -1,0 +1,346 @@
+//! Sagas: multi-service operations declared as steps with compensations.
+//!
+//! - `definition.rs`: the TOML definitions and their checks against the services.
+//! - `machine.rs`: the pure state machine, `apply(state, event) -> actions`.
+//! - `driver.rs`: performs the actions, one driver per saga, each transition committed
+//!   with the step invocation that caused it.
+//! - [`SagaEngine`] (here): starts sagas, resumes the unfinished ones after a restart,
+//!   answers queries, waits for outcomes, and retries stuck sagas.
+
+pub mod definition;
+mod driver;
+pub mod machine;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Semaphore, watch};
+
+pub use definition::{DefinitionError, RetryPolicy, SagaDef, StepDef};
+pub use machine::{SagaState, SagaStatus, StepState, StepStatus};
+
+use crate::clock::Clock;
+use crate::invoke::Invoker;
+use crate::store::{Commit, SagaChange, SagaRow, SqliteStore, StoreError};
+use driver::Run;
+use machine::{Event, apply, resume};
+
+/// A saga's id: a UUID v7, so that ids sort by creation time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SagaId(String);
+
+impl SagaId {
+    fn new() -> Self {
+        SagaId(uuid::Uuid::now_v7().to_string())
+    }
+}
+
+impl fmt::Display for SagaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a saga request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SagaError {
+    #[error("no saga definition `{0}` is loaded")]
+    UnknownDefinition(String),
+    #[error("no saga `{0}`")]
+    NotFound(String),
+    #[error("a saga's input must be a JSON object")]
+    InputNotObject,
+    #[error(
+        "idempotency key `{key}` already started saga {id} with a different input; use a new key for a new saga"
+    )]
+    KeyReused { key: String, id: String },
+    #[error("saga {id} is {status}, not stuck: only a stuck saga can be retried")]
+    NotStuck { id: String, status: String },
+    #[error("the saga definition of saga {id} (`{name}`) is no longer loaded")]
+    DefinitionGone { id: String, name: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A saga as stored, with its state decoded.
+#[derive(Debug, Clone)]
+pub struct SagaRecord {
+    pub row: SagaRow,
+    pub state: SagaState,
+    pub def: Option<Arc<SagaDef>>,
+}
+
+/// Runs sagas. Cheap to clone.
+#[derive(Clone)]
+pub struct SagaEngine {
+    inner: Arc<EngineInner>,
+}
+
+impl fmt::Debug for SagaEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaEngine").finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct EngineInner {
+    invoker: Invoker,
+    store: Arc<SqliteStore>,
+    clock: Arc<dyn Clock>,
+    definitions: RwLock<HashMap<String, Arc<SagaDef>>>,
+    /// Sagas with a driver in this process: one driver per saga.
+    running: Mutex<HashSet<SagaId>>,
+    /// Woken when a saga finishes or gets stuck.
+    waiters: Mutex<HashMap<SagaId, watch::Sender<()>>>,
+    /// Bounds the drivers running at once.
+    permits: Arc<Semaphore>,
+}
+
+impl EngineInner {
+    fn notify(&self, id: &SagaId) {
+        if let Some(waiters) = self.waiters.lock().expect("waiters mutex poisoned").remove(id) {
+            let _ = waiters.send(());
+        }
+    }
+}
+
+impl SagaEngine {
+    /// `max_running`: how many sagas are driven at once; more wait their turn.
+    pub fn new(invoker: Invoker, store: Arc<SqliteStore>, clock: Arc<dyn Clock>, max_running: usize) -> Self {
+        SagaEngine {
+            inner: Arc::new(EngineInner {
+                invoker,
+                store,
+                clock,
+                definitions: RwLock::default(),
+                running: Mutex::default(),
+                waiters: Mutex::default(),
+                permits: Arc::new(Semaphore::new(max_running.max(1))),
+            }),
+        }
+    }
+
+    /// Loads every `*.toml` of `dir`, checked against the loaded services. Good
+    /// definitions replace those of the same name; each bad one is returned (and
+    /// logged) and refused.
+    pub fn load_definitions(&self, dir: &Path) -> std::io::Result<Vec<DefinitionError>> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .collect();
+        files.sort();
+        let plugins = self.inner.invoker.registry().plugins();
+        let manifest = |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
+        let mut refused = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file)?;
+            match SagaDef::parse(&file, &text, manifest) {
+                Ok(def) => {
+                    tracing::info!(saga = %def.name, file = %file.display(), steps = def.steps.len(), "saga definition loaded");
+                    self.add_definition(def);
+                }
+                Err(error) => {
+                    tracing::error!("saga definition refused: {error}");
+                    refused.push(error);
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    pub fn add_definition(&self, def: SagaDef) {
+        self.inner
+            .definitions
+            .write()
+            .expect("definitions lock poisoned")
+            .insert(def.name.clone(), Arc::new(def));
+    }
+
+    pub fn definition(&self, name: &str) -> Option<Arc<SagaDef>> {
+        self.inner.definitions.read().expect("definitions lock poisoned").get(name).cloned()
+    }
+
+    pub fn definitions(&self) -> Vec<Arc<SagaDef>> {
+        let mut defs: Vec<_> =
+            self.inner.definitions.read().expect("definitions lock poisoned").values().cloned().collect();
+        defs.sort_by(|a, b| a.name.cmp(&b.name));
+        defs
+    }
+
+    /// Starts saga `name` with `input`, once per idempotency key: the same key gives
+    /// the same saga (`false`: it existed already).
+    pub async fn start(&self, name: &str, key: &str, input: Value) -> Result<(SagaRecord, bool), SagaError> {
+        let def = self.definition(name).ok_or_else(|| SagaError::UnknownDefinition(name.into()))?;
+        let Value::Object(input) = input else { return Err(SagaError::InputNotObject) };
+        let bytes = serde_json::to_vec(&input).expect("JSON values serialise");
+        let fingerprint: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some(existing) = self.existing(name, key, &fingerprint)? {
+            return Ok((existing, false));
+        }
+        let id = SagaId::new();
+        let at = self.inner.clock.now_ms();
+        let mut state = SagaState::new(&def);
+        let actions = apply(&def, &mut state, Event::Started { at });
+        let row = SagaRow {
+            id: id.to_string(),
+            name: name.into(),
+            status: state.status.as_str().into(),
+            input: bytes,
+            state: serde_json::to_string(&state).expect("the saga state serialises"),
+            version: 1,
+            key: key.into(),
+            fingerprint,
+            created_at: at,
+            updated_at: at,
+        };
+        let commit = Commit {
+            service: String::new(),
+            changes: Default::default(),
+            correlation_id: None,
+            outcome: None,
+            saga: Some(SagaChange::Create(row.clone())),
+        };
+        match self.inner.invoker.commit(commit).await {
+            Ok(()) => {}
+            // The same key raced us and won: that saga is the one.
+            Err(StoreError::Duplicate(_)) => {
+                let existing = self.existing(name, key, &fingerprint)?;
+                return existing.map(|e| (e, false)).ok_or_else(|| SagaError::NotFound(key.into()));
+            }
+            Err(error) => return Err(error.into()),
+        }
+        tracing::info!(saga = %id, name, "saga started");
+        let run = Run { def: def.clone(), id, input, state: state.clone(), version: 1 };
+        self.spawn(run, actions);
+        Ok((SagaRecord { row, state, def: Some(def) }, true))
+    }
+
+    fn existing(
+        &self,
+        name: &str,
+        key: &str,
+        fingerprint: &[u8; 32],
+    ) -> Result<Option<SagaRecord>, SagaError> {
+        let Some(row) = self.inner.store.saga_by_key(name, key)? else { return Ok(None) };
+        if &row.fingerprint != fingerprint {
+            return Err(SagaError::KeyReused { key: key.into(), id: row.id });
+        }
+        Ok(Some(self.decode(row)?))
+    }
+
+    /// The saga with this id.
+    pub fn get(&self, id: &str) -> Result<SagaRecord, SagaError> {
+        let row = self.inner.store.saga(id)?.ok_or_else(|| SagaError::NotFound(id.into()))?;
+        self.decode(row)
+    }
+
+    /// Sagas in creation order, of one status if given, after the id `after`.
+    pub fn list(
+        &self,
+        status: Option<SagaStatus>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SagaRecord>, SagaError> {
+        let rows = self.inner.store.sagas(status.map(SagaStatus::as_str), after, limit)?;
+        rows.into_iter().map(|row| self.decode(row)).collect()
+    }
+
+    /// How many sagas are in each status.
+    pub fn counts(&self) -> Result<Vec<(String, u64)>, SagaError> {
+        Ok(self.inner.store.saga_counts()?)
+    }
+
+    /// Resumes a stuck saga.
+    pub async fn retry(&self, id: &str) -> Result<SagaRecord, SagaError> {
+        let record = self.get(id)?;
+        if record.state.status != SagaStatus::Stuck {
+            return Err(SagaError::NotStuck { id: id.into(), status: record.row.status });
+        }
+        let def = record
+            .def
+            .clone()
+            .ok_or_else(|| SagaError::DefinitionGone { id: id.into(), name: record.row.name.clone() })?;
+        let mut state = record.state.clone();
+        let at = self.inner.clock.now_ms();
+        let actions = apply(&def, &mut state, Event::RetryRequested { at });
+        let saga_id = SagaId(record.row.id.clone());
+        driver::commit(&self.inner, driver::update(&saga_id, record.row.version, &state, at)).await?;
+        tracing::info!(saga = %saga_id, "stuck saga retried by an operator");
+        let input = input_object(&record.row.input);
+        self.spawn(Run { def, id: saga_id, input, state, version: record.row.version + 1 }, actions);
+        self.get(id)
+    }
+
+    /// Waits until the saga is finished or stuck, or `timeout` passes; returns it.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<SagaRecord, SagaError> {
+        let until = Instant::now() + timeout;
+        let saga_id = SagaId(id.to_owned());
+        loop {
+            let mut woken = {
+                let mut waiters = self.inner.waiters.lock().expect("waiters mutex poisoned");
+                waiters.entry(saga_id.clone()).or_insert_with(|| watch::channel(()).0).subscribe()
+            };
+            let record = self.get(id)?;
+            let settled = record.state.status.is_terminal() || record.state.status == SagaStatus::Stuck;
+            let left = until.saturating_duration_since(Instant::now());
+            if settled || left.is_zero() {
+                return Ok(record);
+            }
+            let _ = tokio::time::timeout(left, woken.changed()).await;
+        }
+    }
+
+    /// Starts a driver for every saga that is running or compensating (after a
+    /// restart); returns how many.
+    pub fn resume_all(&self) -> Result<usize, SagaError> {
+        let rows = self.inner.store.unfinished_sagas()?;
+        let mut resumed = 0;
+        for row in rows {
+            let record = self.decode(row)?;
+            let Some(def) = record.def else {
+                tracing::error!(saga = %record.row.id, name = %record.row.name, "cannot resume: its definition is not loaded");
+                continue;
+            };
+            let actions = resume(&record.state);
+            let run = Run {
+                def,
+                id: SagaId(record.row.id.clone()),
+                input: input_object(&record.row.input),
+                state: record.state,
+                version: record.row.version,
+            };
+            self.spawn(run, actions);
+            resumed += 1;
+        }
+        Ok(resumed)
+    }
+
+    fn spawn(&self, run: Run, actions: Vec<machine::Action>) {
+        if !self.inner.running.lock().expect("running mutex poisoned").insert(run.id.clone()) {
+            return;
+        }
+        let engine = self.inner.clone();
+        tokio::spawn(async move {
+            let _permit =
+                engine.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let id = run.id.clone();
+            driver::drive(engine.clone(), run, actions).await;
+            engine.running.lock().expect("running mutex poisoned").remove(&id);
+        });
+    }
+
+    fn decode(&self, row: SagaRow) -> Result<SagaRecord, SagaError> {
+        let state: SagaState = serde_json::from_str(&row.state)
+            .map_err(|e| StoreError::Unavailable(format!("saga {} has an unreadable state: {e}", row.id)))?;
+        let def = self.definition(&row.name);
+        Ok(SagaRecord { row, state, def })
+    }
+}
+
+fn input_object(bytes: &[u8]) -> Map<String, Value> {
+    serde_json::from_slice(bytes).unwrap_or_default()
+}

@@ -1,0 +1,236 @@
+//! The `place-order` saga through a real `wasaga serve`, its SQLite file and the demo's
+//! services: completed, compensated, retried, stuck and resumed.
+
+use serde_json::{Value, json};
+
+use crate::support::Server;
+
+/// Stock, an account with enough money, and one too poor.
+async fn seed(server: &Server, client: &reqwest::Client) {
+    let calls = [
+        ("inventory/restock", "restock-lamp", json!({"sku": "lamp", "qty": 10})),
+        ("payment/open-account", "open-ada", json!({"customer": "ada", "balance": 10_000})),
+        ("payment/open-account", "open-poor", json!({"customer": "poor", "balance": 100})),
+    ];
+    for (path, key, body) in calls {
+        let response = server.invoke(client, path, key, &body).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}: {}", response.text().await.unwrap());
+    }
+}
+
+fn order(order: &str, customer: &str, extra: Value) -> Value {
+    let mut input = json!({"order": order, "customer": customer, "sku": "lamp", "qty": 2, "amount": 2_500});
+    input.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    input
+}
+
+/// Starts `place-order` and waits (up to 20 s) for it to finish or get stuck.
+async fn place(server: &Server, client: &reqwest::Client, key: &str, input: &Value) -> (u16, Value) {
+    let response = client
+        .post(format!("{}/v1/sagas/place-order?wait=20s", server.url))
+        .header("Idempotency-Key", key)
+        .json(input)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+fn step<'a>(saga: &'a Value, name: &str) -> &'a Value {
+    saga["steps"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()
+}
+
+/// Every step succeeds: the order is completed, the stock held, the customer charged
+/// and notified once; every step shows its attempts, output, digest and timings.
+#[tokio::test]
+async fn a_good_order_completes() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let (status, saga) = place(&server, &client, "order-1", &order("o-1", "ada", json!({}))).await;
+    assert_eq!(status, 200, "{saga}");
+    assert_eq!(saga["status"], "completed");
+    for name in ["create-order", "reserve-stock", "charge", "complete-order", "send-confirmation"] {
+        let s = step(&saga, name);
+        assert_eq!((s["status"].as_str(), s["attempts"].as_u64()), (Some("done"), Some(1)), "{name}: {s}");
+        assert!(s["digest"].as_str().unwrap().starts_with("sha256:"));
+        assert!(s["duration_ms"].as_i64().unwrap() >= 0);
+    }
+    assert_eq!(step(&saga, "charge")["output"], json!({"order": "o-1", "charged": 2_500}));
+
+    let record = |service: &'static str, key: &'static str| server.record(&client, service, key);
+    assert_eq!(record("order", "order/o-1").await.unwrap()["status"], "completed");
+    assert_eq!(record("inventory", "stock/lamp").await.unwrap(), json!({"available": 8, "reserved": 2}));
+    assert_eq!(record("payment", "account/ada").await.unwrap(), json!({"balance": 7_500}));
+    assert_eq!(record("notification", "sent/o-1").await.unwrap(), json!({"count": 1}));
+}
+
+/// The payment is declined: the stock is released, the order cancelled with the
+/// reason, and the saga ends compensated.
+#[tokio::test]
+async fn a_declined_payment_is_compensated() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let (status, saga) = place(&server, &client, "order-2", &order("o-2", "poor", json!({}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(saga["status"], "compensated", "{saga}");
+    assert_eq!(saga["reason"], "step `charge` was refused: declined: insufficient funds");
+    assert_eq!(step(&saga, "charge")["status"], "failed");
+    assert_eq!(step(&saga, "reserve-stock")["status"], "compensated");
+    assert_eq!(step(&saga, "create-order")["status"], "compensated");
+    assert_eq!(step(&saga, "complete-order")["status"], "pending");
+
+    let cancelled = server.record(&client, "order", "order/o-2").await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["reason"], "step `charge` was refused: declined: insufficient funds");
+    assert_eq!(
+        server.record(&client, "inventory", "stock/lamp").await.unwrap(),
+        json!({"available": 10, "reserved": 0})
+    );
+    assert_eq!(server.record(&client, "payment", "account/poor").await.unwrap(), json!({"balance": 100}));
+    assert_eq!(server.record(&client, "notification", "sent/o-2").await, None);
+}
+
+/// The card processor fails twice, then accepts: the charge is retried and the order
+/// completes, charged once.
+#[tokio::test]
+async fn a_transient_payment_failure_is_retried() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let input = order("o-3", "ada", json!({"payment_transient_failures": 2}));
+    let (_, saga) = place(&server, &client, "order-3", &input).await;
+    assert_eq!(saga["status"], "completed", "{saga}");
+    assert_eq!(step(&saga, "charge")["attempts"], 3);
+    assert_eq!(server.record(&client, "payment", "account/ada").await.unwrap(), json!({"balance": 7_500}));
+}
+
+/// After the pivot the saga only goes forward: a notification that fails 4 times (more
+/// than the step's 3 attempts) is retried until it is sent, once.
+#[tokio::test]
+async fn a_failing_notification_after_the_pivot_is_retried_until_sent() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let input = order("o-4", "ada", json!({"notification_transient_failures": 4}));
+    let (_, saga) = place(&server, &client, "order-4", &input).await;
+    assert_eq!(saga["status"], "completed", "{saga}");
+    assert_eq!(step(&saga, "send-confirmation")["attempts"], 5);
+    assert_eq!(server.record(&client, "notification", "sent/o-4").await.unwrap(), json!({"count": 1}));
+    assert_eq!(server.record(&client, "order", "order/o-4").await.unwrap()["status"], "completed");
+}
+
+/// A compensation that keeps failing makes the saga stuck: it is listed, a retry of a
+/// saga that is not stuck is refused, and once the cause is gone the operator's retry
+/// finishes the compensation, releasing the stock once.
+#[tokio::test]
+async fn a_stuck_compensation_is_listed_and_a_retry_finishes_it() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    // release fails on its first 3 attempts; the step allows 3: stuck.
+    let input = order("o-5", "poor", json!({"release_transient_failures": 3}));
+    let (_, saga) = place(&server, &client, "order-5", &input).await;
+    assert_eq!(saga["status"], "stuck", "{saga}");
+    assert_eq!(step(&saga, "reserve-stock")["status"], "compensation_failed");
+    assert_eq!(step(&saga, "reserve-stock")["compensation_attempts"], 3);
+    assert!(
+        saga["reason"].as_str().unwrap().contains("the compensation of step `reserve-stock` failed 3 times")
+    );
+    assert_eq!(
+        server.record(&client, "inventory", "stock/lamp").await.unwrap(),
+        json!({"available": 8, "reserved": 2})
+    );
+
+    let stuck: Value = client
+        .get(format!("{}/v1/sagas?status=stuck", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&Value> = stuck["sagas"].as_array().unwrap().iter().map(|s| &s["id"]).collect();
+    assert_eq!(ids, [&saga["id"]]);
+
+    let id = saga["id"].as_str().unwrap();
+    let retried = client.post(format!("{}/v1/sagas/{id}/retry", server.url)).send().await.unwrap();
+    assert_eq!(retried.status(), 202);
+    let done = wait_settled(&server, &client, id).await;
+    assert_eq!(done["status"], "compensated", "{done}");
+    assert_eq!(step(&done, "reserve-stock")["compensation_attempts"], 4);
+    assert_eq!(
+        server.record(&client, "inventory", "stock/lamp").await.unwrap(),
+        json!({"available": 10, "reserved": 0})
+    );
+    assert_eq!(server.record(&client, "order", "order/o-5").await.unwrap()["status"], "cancelled");
+
+    let again = client.post(format!("{}/v1/sagas/{id}/retry", server.url)).send().await.unwrap();
+    assert_eq!(again.status(), 409);
+}
+
+/// The same key starts the same saga once; the key with another input is refused;
+/// bad requests get precise errors.
+#[tokio::test]
+async fn starting_is_idempotent_and_bad_requests_are_refused() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let input = order("o-6", "ada", json!({}));
+    let start = || {
+        client
+            .post(format!("{}/v1/sagas/place-order", server.url))
+            .header("Idempotency-Key", "order-6")
+            .json(&input)
+    };
+    let first = start().send().await.unwrap();
+    assert_eq!(first.status(), 202);
+    let location = first.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(first.headers()["idempotent-replayed"], "false");
+    let second = start().send().await.unwrap();
+    assert_eq!(second.headers()["location"].to_str().unwrap(), location, "the same saga");
+    assert_eq!(second.headers()["idempotent-replayed"], "true");
+    let id = location.trim_start_matches("/v1/sagas/").to_owned();
+    let done = wait_settled(&server, &client, &id).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(server.record(&client, "payment", "account/ada").await.unwrap(), json!({"balance": 7_500}));
+
+    let post = |path: &str| client.post(format!("{}/v1/sagas/{path}", server.url));
+    let cases = [
+        (
+            post("place-order").header("Idempotency-Key", "order-6").json(&order("o-7", "ada", json!({}))),
+            422,
+            "already started saga",
+        ),
+        (post("place-order").json(&input), 400, "Idempotency-Key header is required"),
+        (
+            post("place-order").header("Idempotency-Key", "k").json(&json!([1, 2])),
+            400,
+            "must be a JSON object",
+        ),
+        (post("ship-it").header("Idempotency-Key", "k").json(&input), 404, "no saga definition `ship-it`"),
+        (client.get(format!("{}/v1/sagas/nope", server.url)), 404, "no saga `nope`"),
+        (client.get(format!("{}/v1/sagas?status=lost", server.url)), 400, "unknown status `lost`"),
+    ];
+    for (request, status, detail) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        let problem: Value = response.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().contains(detail), "expected {detail:?} in {problem}");
+    }
+}
+
+/// Polls the saga until it is finished or stuck (at most 20 s).
+async fn wait_settled(server: &Server, client: &reqwest::Client, id: &str) -> Value {
+    for _ in 0..400 {
+        let saga: Value =
+            client.get(format!("{}/v1/sagas/{id}", server.url)).send().await.unwrap().json().await.unwrap();
+        if ["completed", "compensated", "stuck"].contains(&saga["status"].as_str().unwrap()) {
+            return saga;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("saga {id} did not settle");
+}
