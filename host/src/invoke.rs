@@ -1,9 +1,9 @@
 //! One idempotent, optimistic invocation of one plugin operation.
 //!
-//! 1. A stored outcome for (service, key) is replayed; a stored outcome of a different
-//!    request (operation + input) refuses the key.
-//! 2. The key is claimed in this process, so that one key runs once at a time; a
+//! 1. The key is claimed in this process, so that one key runs once at a time; a
 //!    duplicate that arrives meanwhile waits for the first and gets its outcome.
+//! 2. A stored outcome for (service, key) is replayed; a stored outcome of a different
+//!    request (operation + input) refuses the key.
 //! 3. The plugin runs on a fresh snapshot; its reads, writes, events and outcome are
 //!    committed together. When a read changed underneath, nothing is written and the
 //!    plugin runs again (bounded, with jittered backoff). After a few conflicts the
@@ -197,17 +197,8 @@ impl Invoker {
         let fingerprint = fingerprint(&request.operation, &request.input);
         let give_up_waiting = Instant::now() + self.inner.options.in_flight_wait;
         let claim = loop {
-            if let Some(stored) = self.replay(&request, &fingerprint)? {
-                return Ok(stored);
-            }
             match self.claim(&request) {
-                Ok(claim) => {
-                    // The first call may have finished between the look-up and the claim.
-                    if let Some(stored) = self.replay(&request, &fingerprint)? {
-                        return Ok(stored);
-                    }
-                    break claim;
-                }
+                Ok(claim) => break claim,
                 Err(mut released) => {
                     let wait = give_up_waiting.saturating_duration_since(Instant::now());
                     if tokio::time::timeout(wait, released.changed()).await.is_err() {
@@ -216,6 +207,11 @@ impl Invoker {
                 }
             }
         };
+        // Looked up while the key is claimed, so that no other call of this key can
+        // commit between the look-up and the run.
+        if let Some(stored) = self.replay(&request, &fingerprint)? {
+            return Ok(stored);
+        }
 
         // Once claimed, the invocation runs to its end in a task of its own: a client
         // that goes away must not leave a commit in flight with its key released (a

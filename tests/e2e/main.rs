@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod invocations;
 mod runtime;
+mod saga_crash;
 mod sagas;
 mod serve;
 mod support;

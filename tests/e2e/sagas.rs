@@ -222,6 +222,47 @@ async fn starting_is_idempotent_and_bad_requests_are_refused() {
     }
 }
 
+/// The `wasaga saga` commands drive a running server: start (and wait), list, show,
+/// and a refused retry with its reason and exit code 1.
+#[tokio::test]
+async fn the_saga_commands_drive_a_running_server() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let url = server.url.clone();
+    let run = move |args: Vec<String>| {
+        let url = url.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                crate::support::wasaga().arg("saga").args(&args).arg("--server").arg(&url).output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let input = order("o-8", "ada", json!({})).to_string();
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let out =
+        run(args(&["start", "place-order", "--input", &input, "--key", "cli-8", "--wait", "20s"])).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let saga: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(saga["status"], "completed");
+    let id = saga["id"].as_str().unwrap().to_owned();
+
+    let out = run(args(&["list", "--status", "completed"])).await;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains(&id) && listed.contains("place-order"), "{listed}");
+
+    let out = run(args(&["show", &id])).await;
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["steps"].as_array().unwrap().len(), 5);
+
+    let out = run(args(&["retry", &id])).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is completed, not stuck") && stderr.contains("409"), "{stderr}");
+}
+
 /// Polls the saga until it is finished or stuck (at most 20 s).
 async fn wait_settled(server: &Server, client: &reqwest::Client, id: &str) -> Value {
     for _ in 0..400 {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod plugin;
+mod saga;
 mod serve;
 
 use clap::{Args, Parser, Subcommand};
@@ -31,6 +32,9 @@ enum Command {
     /// Work with plugin files (check one before you deploy it).
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Start, show, list and retry sagas on a running server.
+    #[command(subcommand)]
+    Saga(saga::SagaCommand),
     /// Measure wasaga on this machine (reports figures; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -46,6 +50,7 @@ impl Cli {
                 Command::Serve(args) => serve::run(args).await,
                 Command::Plugin(command) => plugin::run(command).await,
                 Command::Bench(command) => bench::run(command).await,
+                Command::Saga(command) => saga::run(command).await,
             }
         })
     }

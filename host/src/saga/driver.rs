@@ -129,7 +129,13 @@ async fn call_until_answered(
                 }
             }
         };
-        tracing::warn!("saga step failed: {event:?}");
+        tracing::info!(
+            "saga step failed, no outcome stored: {}",
+            match &event {
+                Event::Failed { reason, .. } | Event::CompensationFailed { reason, .. } => reason.as_str(),
+                _ => "",
+            }
+        );
         let actions = apply(def, &mut run.state, event);
         commit(engine, update(&run.id, run.version, &run.state, at)).await?;
         run.version += 1;
@@ -213,7 +219,7 @@ fn finished(engine: &EngineInner, run: &Run, status: SagaStatus) {
         SagaStatus::Compensated => tracing::info!(
             saga = %run.id, reason = run.state.reason.as_deref().unwrap_or(""), "saga compensated"
         ),
-        _ => tracing::info!(saga = %run.id, status = status.as_str(), "saga finished"),
+        _ => tracing::debug!(saga = %run.id, status = status.as_str(), "saga finished"),
     }
     engine.notify(&run.id);
 }

@@ -213,7 +213,7 @@ impl SagaEngine {
             }
             Err(error) => return Err(error.into()),
         }
-        tracing::info!(saga = %id, name, "saga started");
+        tracing::debug!(saga = %id, name, "saga started");
         let run = Run { def: def.clone(), id, input, state: state.clone(), version: 1 };
         self.spawn(run, actions);
         Ok((SagaRecord { row, state, def: Some(def) }, true))

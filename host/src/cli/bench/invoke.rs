@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Args as ClapArgs;
 use rand::Rng;
 
-use super::{millis, percentile};
+use super::{cpu_time, millis, percentile};
 use crate::invoke::{InvokeOptions, Invoker, Request};
 use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
 use crate::store::{SqliteOptions, SqliteStore, Synchronous};
@@ -155,15 +155,4 @@ async fn measure(invoker: &Invoker, clients: usize, skus: u64, length: Duration)
 
 fn request(operation: &str, input: String, key: String) -> Request {
     Request::new("inventory", operation, input.into_bytes(), key)
-}
-
-/// CPU time of this process so far (user + system), from /proc.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which is in parentheses): utime is the 12th and
-    // stime the 13th of those, in clock ticks (100 per second on Linux).
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-    Duration::from_millis(ticks * 10)
 }

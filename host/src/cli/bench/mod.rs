@@ -3,6 +3,7 @@
 
 mod invoke;
 mod runtime;
+mod sagas;
 
 use std::time::Duration;
 
@@ -12,12 +13,14 @@ use clap::Subcommand;
 pub enum BenchCommand {
     Runtime(runtime::Args),
     Invoke(invoke::Args),
+    Sagas(sagas::Args),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
     match command {
         BenchCommand::Runtime(args) => runtime::run(args).await,
         BenchCommand::Invoke(args) => invoke::run(args).await,
+        BenchCommand::Sagas(args) => sagas::run(args).await,
     }
 }
 
@@ -35,4 +38,15 @@ fn micros(d: Duration) -> String {
 
 fn millis(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// CPU time of this process so far (user + system), from /proc.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th and
+    // stime the 13th of those, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    Duration::from_millis(ticks * 10)
 }
