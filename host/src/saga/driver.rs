@@ -31,7 +31,7 @@ pub(super) async fn drive(engine: Arc<EngineInner>, mut run: Run, mut actions: V
     while let Some(action) = actions.pop() {
         actions = match action {
             Action::Finished(status) => {
-                finished(&engine, &run, status);
+                log_finished(&run, status);
                 Vec::new()
             }
             Action::Invoke { step, direction, attempt, delay } => {
@@ -207,7 +207,7 @@ pub(super) async fn commit(engine: &EngineInner, change: SagaChange) -> Result<(
     engine.invoker.commit(commit).await
 }
 
-fn finished(engine: &EngineInner, run: &Run, status: SagaStatus) {
+fn log_finished(run: &Run, status: SagaStatus) {
     match status {
         SagaStatus::Stuck => tracing::error!(
             saga = %run.id,
@@ -221,5 +221,4 @@ fn finished(engine: &EngineInner, run: &Run, status: SagaStatus) {
         ),
         _ => tracing::debug!(saga = %run.id, status = status.as_str(), "saga finished"),
     }
-    engine.notify(&run.id);
 }

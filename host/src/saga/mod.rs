@@ -329,7 +329,10 @@ impl SagaEngine {
                 engine.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
             let id = run.id.clone();
             driver::drive(engine.clone(), run, actions).await;
+            // Free the saga before waking its waiters: a retry they make at once must
+            // find no driver, and start one.
             engine.running.lock().expect("running mutex poisoned").remove(&id);
+            engine.notify(&id);
         });
     }
 

@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     // 2: sagas.
     "
     -- One row per saga; `state` is the state machine's JSON, `version` guards it.
+    -- A rowid table: its rows (a KiB or two of state) are too large for WITHOUT ROWID.
     CREATE TABLE sagas (
         id          TEXT PRIMARY KEY,
         name        TEXT NOT NULL,
@@ -56,7 +57,7 @@ const MIGRATIONS: &[&str] = &[
         fingerprint BLOB NOT NULL,
         created_at  INTEGER NOT NULL,
         updated_at  INTEGER NOT NULL
-    ) WITHOUT ROWID;
+    );
     CREATE UNIQUE INDEX sagas_by_key ON sagas (name, key);
     CREATE INDEX sagas_by_status ON sagas (status, id);
     ",
