@@ -21,7 +21,7 @@ const TARGET: &str = "wasm32-wasip2";
 /// The guest crates whose components the host and its tests use, by folder.
 const GUESTS: &[(&str, &[&str])] = &[
     ("services", &["echo", "inventory", "payment", "profile", "order", "notification"]),
-    ("fixtures", &["trap", "spin", "hog", "escape", "stranger"]),
+    ("fixtures", &["trap", "spin", "hog", "escape", "stranger", "hello-v1", "hello-v2", "old-inventory"]),
 ];
 
 fn main() {
@@ -82,7 +82,9 @@ fn main() {
         let folder = target_dir.join(folder);
         std::fs::create_dir_all(&folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
         for name in *names {
-            copy_if_changed(&built.join(format!("{name}.wasm")), &folder.join(format!("{name}.wasm")));
+            // cargo names a cdylib after its crate, with `-` turned into `_`.
+            let artifact = built.join(format!("{}.wasm", name.replace('-', "_")));
+            copy_if_changed(&artifact, &folder.join(format!("{name}.wasm")));
         }
     }
     println!("cargo:rustc-env=WASAGA_GUEST_DIR={}", target_dir.display());

@@ -10,6 +10,7 @@
 //!   (read set, buffered writes), the in-memory backend.
 //! - [`invoke`]: one idempotent, optimistic invocation: replay, claim, run, commit, re-run.
 //! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
+//! - [`lifecycle`]: hot reload, uploads and removals of plugins, checked against the sagas.
 //! - [`http`]: the axum API and its problem+json errors.
 //! - [`clock`]: wall-clock time as stored (unix ms).
 //! - [`config`]: per-plugin limits and the duration/size parsers.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod guests;
 pub mod http;
 pub mod invoke;
+pub mod lifecycle;
 pub mod runtime;
 pub mod saga;
 pub mod service;

@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod invocations;
+mod reload;
 mod runtime;
 mod saga_crash;
 mod sagas;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use wasaga::clock::SystemClock;
 use wasaga::http::{AppState, router};
 use wasaga::invoke::{InvokeOptions, Invoker};
+use wasaga::lifecycle::PluginManager;
 use wasaga::runtime::{Limits, Plugin, Registry, Runtime, RuntimeOptions};
 use wasaga::saga::SagaEngine;
 use wasaga::service::Invocation;
@@ -180,8 +181,10 @@ pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions, data
     let store = Arc::new(SqliteStore::open(data, SqliteOptions::default()).unwrap());
     let invoker = Invoker::new(registry, store.clone(), options);
     let sagas = SagaEngine::new(invoker.clone(), store, Arc::new(SystemClock), 16);
+    let plugins = PluginManager::new(invoker.registry().clone(), sagas.clone(), Default::default(), data);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(AppState { invoker, sagas })).await });
+    let state = AppState { invoker, sagas, plugins, admin_token: None };
+    tokio::spawn(async move { axum::serve(listener, router(state)).await });
     url
 }

@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Serve(serve::ServeArgs),
-    /// Work with plugin files (check one before you deploy it).
+    /// Work with plugins: check a file, push it to a running server, list what serves.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Start, show, list and retry sagas on a running server.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::RuntimeArgs;
@@ -11,6 +12,40 @@ use crate::runtime::{Registry, Runtime};
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
     Check(CheckArgs),
+    Push(PushArgs),
+    List(ListArgs),
+}
+
+/// Upload a plugin to a running server, which swaps it in without dropping a call.
+///
+/// The server checks it first (a component of the wasaga:plugin world, of this
+/// service, keeping every operation its sagas use); if anything is wrong it says why
+/// and the version serving stays. Needs the server's admin token.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The `.wasm` file.
+    file: PathBuf,
+
+    /// The service it replaces (or adds).
+    #[arg(long)]
+    service: String,
+
+    /// The server's admin token.
+    #[arg(long, env = "WASAGA_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+
+    /// The wasaga server's base URL.
+    #[arg(long, env = "WASAGA_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+}
+
+/// List the plugins a running server serves: service, digest, size, when loaded,
+/// how many versions it replaced; and the files it refused.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The wasaga server's base URL.
+    #[arg(long, env = "WASAGA_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
 }
 
 /// Check that a file is a valid wasaga plugin, and print its manifest.
@@ -35,7 +70,55 @@ pub struct CheckArgs {
 pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginCommand::Check(args) => check(args).await,
+        PluginCommand::Push(args) => push(args).await,
+        PluginCommand::List(args) => list(args).await,
     }
+}
+
+async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let wasm = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let response = reqwest::Client::new()
+        .put(format!("{}/v1/plugins/{}", args.server, args.service))
+        .bearer_auth(&args.token)
+        .body(wasm)
+        .send()
+        .await
+        .context("the server did not answer")?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.context("the server's answer is not JSON")?;
+    if !status.is_success() {
+        eprintln!("{}: refused: {} ({status})", args.file.display(), body["detail"].as_str().unwrap_or(""));
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "{} now serves {}",
+        body["service"].as_str().unwrap_or(""),
+        body["digest"].as_str().unwrap_or("")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let response =
+        reqwest::get(format!("{}/v1/plugins", args.server)).await.context("the server did not answer")?;
+    let body: serde_json::Value = response.json().await.context("the server's answer is not JSON")?;
+    for plugin in body["plugins"].as_array().into_iter().flatten() {
+        println!(
+            "{:<14} {}  {:>8} bytes  {} earlier versions",
+            plugin["service"].as_str().unwrap_or(""),
+            plugin["digest"].as_str().unwrap_or(""),
+            plugin["size"],
+            plugin["previous"].as_array().map_or(0, Vec::len),
+        );
+    }
+    for refused in body["refused"].as_array().into_iter().flatten() {
+        println!(
+            "refused {}: {}",
+            refused["file"].as_str().unwrap_or(""),
+            refused["error"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {

@@ -12,6 +12,7 @@ use crate::clock::SystemClock;
 use crate::config::parse_duration;
 use crate::http::{AppState, router};
 use crate::invoke::{InvokeOptions, Invoker};
+use crate::lifecycle::PluginManager;
 use crate::runtime::{Registry, Runtime};
 use crate::saga::SagaEngine;
 use crate::store::{SqliteOptions, SqliteStore, Synchronous};
@@ -20,8 +21,9 @@ use crate::store::{SqliteOptions, SqliteStore, Synchronous};
 ///
 /// Every `*.wasm` in the plugins directory is compiled, checked against the
 /// wasaga:plugin world and described; a file that fails is reported (log and
-/// `GET /v1/plugins`) and the others still serve. Prints `listening on http://ADDR`
-/// on stdout once ready.
+/// `GET /v1/plugins`) and the others still serve. While serving, a changed, added or
+/// removed file is reloaded without dropping a call, and so is an upload through the
+/// admin API. Prints `listening on http://ADDR` on stdout once ready.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Directory of plugin components (`<name>.wasm`, optional `<name>.toml` limits).
@@ -35,6 +37,16 @@ pub struct ServeArgs {
     /// How many sagas are driven at once; more wait their turn.
     #[arg(long, env = "WASAGA_MAX_RUNNING_SAGAS", default_value_t = 256)]
     max_running_sagas: usize,
+
+    /// Do not watch the plugins directory (by default a changed, added or removed
+    /// `.wasm` is reloaded while serving).
+    #[arg(long)]
+    no_watch: bool,
+
+    /// The token of the admin API (uploading and removing plugins), sent as
+    /// `Authorization: Bearer <token>`. Without it the admin API is off.
+    #[arg(long, env = "WASAGA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 
     /// Directory for wasaga's data: the SQLite database `wasaga.db` (created if
     /// missing). One wasaga process at a time may use it.
@@ -74,36 +86,46 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         SqliteStore::open(&args.data, store_options)
             .with_context(|| format!("opening the data directory {}", args.data.display()))?,
     );
-    let runtime = Runtime::new(args.runtime.options())?;
-    let registry = Registry::new(runtime);
-    registry
-        .load_dir(&args.plugins, &args.runtime.settings())
+    let registry = Registry::new(Runtime::new(args.runtime.options())?);
+    let options = InvokeOptions { retention: args.idempotency_retention, ..InvokeOptions::default() };
+    let invoker = Invoker::new(registry.clone(), store.clone(), options);
+    let sagas =
+        SagaEngine::new(invoker.clone(), store.clone(), Arc::new(SystemClock), args.max_running_sagas);
+    let plugins = PluginManager::new(registry.clone(), sagas.clone(), args.runtime.settings(), &args.data);
+    plugins
+        .load(&args.plugins)
         .await
         .with_context(|| format!("reading the plugins directory {}", args.plugins.display()))?;
+    if let Some(dir) = &args.sagas {
+        sagas
+            .load_definitions(dir)
+            .with_context(|| format!("reading the sagas directory {}", dir.display()))?;
+    }
+    if !args.no_watch {
+        plugins
+            .watch(&args.plugins)
+            .with_context(|| format!("watching the plugins directory {}", args.plugins.display()))?;
+    }
 
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    println!("listening on http://{addr}");
-    tracing::info!(%addr, plugins = registry.plugins().len(), data = %args.data.display(), refused = registry.refused().len(), "serving");
-
-    let options = InvokeOptions { retention: args.idempotency_retention, ..InvokeOptions::default() };
-    let invoker = Invoker::new(registry, store.clone(), options);
-    let sagas =
-        SagaEngine::new(invoker.clone(), store.clone(), Arc::new(SystemClock), args.max_running_sagas);
-    if let Some(dir) = &args.sagas {
-        sagas
-            .load_definitions(dir)
-            .with_context(|| format!("reading the sagas directory {}", dir.display()))?;
-    }
     let resumed = sagas.resume_all().context("resuming unfinished sagas")?;
-    if resumed > 0 {
-        tracing::info!(resumed, "unfinished sagas resumed");
-    }
+    println!("listening on http://{addr}");
+    tracing::info!(
+        %addr,
+        plugins = registry.plugins().len(),
+        refused = registry.refused().len(),
+        resumed,
+        data = %args.data.display(),
+        "serving"
+    );
     tokio::spawn(purge_expired(store));
-    axum::serve(listener, router(AppState { invoker, sagas })).with_graceful_shutdown(shutdown).await?;
+    let admin_token = args.admin_token.filter(|t| !t.is_empty()).map(Arc::from);
+    let state = AppState { invoker, sagas, plugins, admin_token };
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
 }

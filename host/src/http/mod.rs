@@ -20,6 +20,7 @@ pub use sagas::{SagaList, SagaView, StepView};
 pub use services::{DIGEST, REPLAYED, RETENTION};
 
 use crate::invoke::Invoker;
+use crate::lifecycle::PluginManager;
 use crate::saga::SagaEngine;
 
 /// What every handler shares. Cheap to clone.
@@ -27,6 +28,9 @@ use crate::saga::SagaEngine;
 pub struct AppState {
     pub invoker: Invoker,
     pub sagas: SagaEngine,
+    pub plugins: PluginManager,
+    /// The token of the admin API (`PUT`/`DELETE /v1/plugins/...`); `None` turns it off.
+    pub admin_token: Option<std::sync::Arc<str>>,
 }
 
 /// The largest request body accepted (an input or a record value, plus room).
@@ -37,6 +41,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/plugins", get(plugins::list))
+        .route(
+            "/v1/plugins/{service}",
+            axum::routing::put(plugins::upload)
+                .delete(plugins::remove)
+                .layer(DefaultBodyLimit::max(plugins::MAX_UPLOAD_BYTES)),
+        )
         .route("/v1/services/{service}/{operation}", post(services::invoke))
         .route(
             "/v1/services/{service}/records/{*key}",

@@ -1,19 +1,30 @@
-//! `GET /v1/plugins`: what serves each service, and which files were refused.
+//! `/v1/plugins`: what serves each service (and what served before), which files were
+//! refused; uploads and removals behind the admin token.
 
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::AppState;
-use crate::runtime::{Plugin, Refusal};
+use super::{ApiError, AppState};
+use crate::lifecycle::ChangeError;
+use crate::runtime::{LoadError, Plugin, Refusal, Registry};
 use crate::service::OperationInfo;
+
+/// The largest component accepted by upload.
+pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Serialize)]
 pub struct PluginList {
     pub plugins: Vec<PluginView>,
     pub refused: Vec<Refusal>,
+    /// Versions replaced since start-up, all services together.
+    pub reloads: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -21,31 +32,146 @@ pub struct PluginView {
     pub service: String,
     pub digest: String,
     pub size: usize,
-    /// Seconds since the Unix epoch.
+    /// Unix ms.
     pub loaded_at: u64,
     pub deadline_ms: u128,
     pub memory_limit_bytes: u64,
     pub operations: Vec<OperationInfo>,
     pub subscriptions: Vec<(String, String)>,
+    /// The versions it replaced, newest first.
+    pub previous: Vec<PastView>,
 }
 
-impl From<&Plugin> for PluginView {
-    fn from(plugin: &Plugin) -> Self {
+#[derive(Debug, Serialize)]
+pub struct PastView {
+    pub digest: String,
+    pub loaded_at: u64,
+    pub replaced_at: u64,
+}
+
+fn ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl PluginView {
+    fn new(plugin: &Plugin, registry: &Registry) -> Self {
         let limits = plugin.limits();
         PluginView {
             service: plugin.service().to_owned(),
             digest: plugin.digest().to_string(),
             size: plugin.size(),
-            loaded_at: plugin.loaded_at().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            loaded_at: ms(plugin.loaded_at()),
             deadline_ms: limits.deadline.as_millis(),
             memory_limit_bytes: limits.memory_bytes,
             operations: plugin.manifest().operations.clone(),
             subscriptions: plugin.manifest().subscriptions.clone(),
+            previous: registry
+                .history(plugin.service())
+                .into_iter()
+                .map(|p| PastView {
+                    digest: p.digest.to_string(),
+                    loaded_at: ms(p.loaded_at),
+                    replaced_at: ms(p.replaced_at),
+                })
+                .collect(),
         }
     }
 }
 
 pub async fn list(State(state): State<AppState>) -> Json<PluginList> {
-    let plugins = state.invoker.registry().plugins().iter().map(|p| PluginView::from(&**p)).collect();
-    Json(PluginList { plugins, refused: state.invoker.registry().refused() })
+    let registry = state.invoker.registry();
+    let plugins = registry.plugins().iter().map(|p| PluginView::new(p, registry)).collect();
+    Json(PluginList { plugins, refused: registry.refused(), reloads: registry.reloads() })
+}
+
+/// `PUT /v1/plugins/{service}`: the body is the component. 201 for a new service, 200
+/// for a replaced one; the old version keeps serving if anything is wrong.
+pub async fn upload(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    crate::service::validate_service_name(&service).map_err(ApiError::bad_request)?;
+    let wasm = body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, format!("a plugin may be at most {MAX_UPLOAD_BYTES} bytes"))
+        } else {
+            ApiError::new(status, rejection.body_text())
+        }
+    })?;
+    let (plugin, created) = state.plugins.upload(&service, wasm.to_vec()).await.map_err(change_error)?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(PluginView::new(&plugin, state.invoker.registry()))).into_response())
+}
+
+/// `DELETE /v1/plugins/{service}`: 204, or 409 naming what still needs it.
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers)?;
+    state.plugins.remove(&service).await.map_err(change_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `Authorization: Bearer <admin token>`: 401 without it, 403 when it is wrong or
+/// when the server has no admin token (the admin API is then off).
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the admin API is off: start the server with --admin-token (or WASAGA_ADMIN_TOKEN)",
+        ));
+    };
+    let Some(given) =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()?.strip_prefix("Bearer "))
+    else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "send Authorization: Bearer <admin token>")
+            .with_header(header::WWW_AUTHENTICATE, "Bearer"));
+    };
+    if !constant_time_eq(given.trim().as_bytes(), expected.as_bytes()) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "the admin token is wrong"));
+    }
+    Ok(())
+}
+
+/// Compares without stopping at the first difference, so that the time taken says
+/// nothing about how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = a.len() ^ b.len();
+    for (i, byte) in a.iter().enumerate() {
+        difference |= usize::from(byte ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    difference == 0
+}
+
+fn change_error(error: ChangeError) -> ApiError {
+    let status = match &error {
+        ChangeError::Load(LoadError::NotWasm | LoadError::CoreModule | LoadError::Invalid(_)) => {
+            StatusCode::BAD_REQUEST
+        }
+        ChangeError::Load(_) | ChangeError::WrongService { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ChangeError::BreaksSaga(_) | ChangeError::InUse { .. } => StatusCode::CONFLICT,
+        ChangeError::Unknown(_) => StatusCode::NOT_FOUND,
+        ChangeError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn tokens_compare_by_every_byte() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secret-and-more", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(!constant_time_eq(b"s", b""));
+    }
 }

@@ -21,7 +21,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use plugin::{CallError, LoadError, Outcome, Plugin, PluginDigest};
-pub use registry::{Refusal, Registry};
+pub use registry::{PastVersion, Refusal, Registry, is_plugin_file};
 pub use sandbox::Limits;
 
 use sandbox::CallState;

@@ -1,21 +1,36 @@
-//! The registry: which plugin version serves each service, and which files were
-//! refused and why.
+//! The registry: which plugin version serves each service, the versions it replaced,
+//! and which files were refused and why.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
-use super::{Limits, LoadError, Plugin, Runtime};
+use super::{Limits, LoadError, Plugin, PluginDigest, Runtime};
 use crate::config::PluginSettings;
 
-/// A plugin file that could not be loaded, and why.
+/// A plugin file or upload that could not be loaded, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Refusal {
+    /// The file, or `upload:<service>`.
     pub file: PathBuf,
     pub error: String,
+    /// Unix ms.
+    pub at: i64,
 }
 
-/// The plugins that serve, by service name. Cheap to clone; swaps are atomic per
+/// A version that served before the current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastVersion {
+    pub digest: PluginDigest,
+    pub loaded_at: SystemTime,
+    pub replaced_at: SystemTime,
+}
+
+/// How many replaced versions are remembered per service.
+const HISTORY: usize = 10;
+
+/// The plugins that serve, by service name. Cheap to clone; a swap is atomic per
 /// service, and a call holds its own `Arc<Plugin>`, so it finishes on the version it
 /// started with.
 #[derive(Debug, Clone)]
@@ -27,7 +42,12 @@ pub struct Registry {
 #[derive(Debug, Default)]
 struct Inner {
     services: BTreeMap<String, Arc<Plugin>>,
-    refused: Vec<Refusal>,
+    history: BTreeMap<String, Vec<PastVersion>>,
+    /// The latest refusal of each file (cleared when the file loads).
+    refused: BTreeMap<PathBuf, Refusal>,
+    /// Which file serves which service, for removals seen by the watcher.
+    files: BTreeMap<PathBuf, String>,
+    reloads: u64,
 }
 
 impl Registry {
@@ -49,15 +69,70 @@ impl Registry {
         self.read().services.values().cloned().collect()
     }
 
-    /// Files refused by the last directory load.
+    /// The versions `service` had before, newest first.
+    pub fn history(&self, service: &str) -> Vec<PastVersion> {
+        self.read().history.get(service).cloned().unwrap_or_default()
+    }
+
+    /// Files and uploads refused, and why.
     pub fn refused(&self) -> Vec<Refusal> {
-        self.read().refused.clone()
+        self.read().refused.values().cloned().collect()
+    }
+
+    /// How many times a service's version was replaced since start-up.
+    pub fn reloads(&self) -> u64 {
+        self.read().reloads
+    }
+
+    /// The service that `file` serves, if it loaded.
+    pub fn service_of(&self, file: &Path) -> Option<String> {
+        self.read().files.get(file).cloned()
     }
 
     /// Makes `plugin` serve its service; returns the version it replaces.
     pub fn insert(&self, plugin: Plugin) -> Option<Arc<Plugin>> {
+        self.swap(plugin, None)
+    }
+
+    /// Like [`Registry::insert`], remembering that `source` (a file or `upload:<name>`)
+    /// now serves the service and clearing its refusal.
+    pub fn swap(&self, plugin: Plugin, source: Option<&Path>) -> Option<Arc<Plugin>> {
         let service = plugin.service().to_owned();
-        self.inner.write().expect("registry lock poisoned").services.insert(service, Arc::new(plugin))
+        let mut inner = self.write();
+        if let Some(source) = source {
+            inner.refused.remove(source);
+            inner.files.retain(|_, s| *s != service);
+            inner.files.insert(source.to_owned(), service.clone());
+        }
+        let previous = inner.services.insert(service.clone(), Arc::new(plugin));
+        if let Some(previous) = &previous {
+            inner.reloads += 1;
+            let history = inner.history.entry(service).or_default();
+            history.insert(
+                0,
+                PastVersion {
+                    digest: previous.digest(),
+                    loaded_at: previous.loaded_at(),
+                    replaced_at: SystemTime::now(),
+                },
+            );
+            history.truncate(HISTORY);
+        }
+        previous
+    }
+
+    /// Stops serving `service`; returns the version that served it.
+    pub fn remove(&self, service: &str) -> Option<Arc<Plugin>> {
+        let mut inner = self.write();
+        inner.files.retain(|_, s| s != service);
+        inner.services.remove(service)
+    }
+
+    /// Records that `source` was refused (the version serving, if any, stays).
+    pub fn refuse(&self, source: &Path, error: String) {
+        tracing::error!(file = %source.display(), "plugin refused: {error}");
+        let refusal = Refusal { file: source.to_owned(), error, at: crate::clock::now_ms() };
+        self.write().refused.insert(source.to_owned(), refusal);
     }
 
     /// Loads every `*.wasm` in `dir` (in name order). A file that fails is recorded in
@@ -66,22 +141,25 @@ impl Registry {
     pub async fn load_dir(&self, dir: &Path, settings: &PluginSettings) -> std::io::Result<()> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+            .filter(|path| is_plugin_file(path))
             .collect();
         files.sort();
-        let mut refused = Vec::new();
-        let mut loaded: BTreeMap<String, PathBuf> = BTreeMap::new();
         for file in files {
             match self.load_file(&file, settings).await {
                 Ok(plugin) => {
-                    if let Some(first) = loaded.get(plugin.service()) {
+                    let taken = self
+                        .read()
+                        .files
+                        .iter()
+                        .find(|(f, s)| **s == plugin.service() && **f != file)
+                        .map(|(f, _)| f.clone());
+                    if let Some(first) = taken {
                         let error = format!(
                             "service `{}` is already served by {}",
                             plugin.service(),
                             first.display()
                         );
-                        tracing::error!(file = %file.display(), "plugin refused: {error}");
-                        refused.push(Refusal { file, error });
+                        self.refuse(&file, error);
                         continue;
                     }
                     tracing::info!(
@@ -90,17 +168,11 @@ impl Registry {
                         file = %file.display(),
                         "plugin loaded"
                     );
-                    loaded.insert(plugin.service().to_owned(), file);
-                    self.insert(plugin);
+                    self.swap(plugin, Some(&file));
                 }
-                Err(error) => {
-                    let error = format!("{error:#}");
-                    tracing::error!(file = %file.display(), "plugin refused: {error}");
-                    refused.push(Refusal { file, error });
-                }
+                Err(error) => self.refuse(&file, format!("{error:#}")),
             }
         }
-        self.inner.write().expect("registry lock poisoned").refused = refused;
         Ok(())
     }
 
@@ -117,4 +189,14 @@ impl Registry {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().expect("registry lock poisoned")
     }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().expect("registry lock poisoned")
+    }
+}
+
+/// A `*.wasm` file (not a hidden or temporary one).
+pub fn is_plugin_file(path: &Path) -> bool {
+    let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    !hidden && path.extension().is_some_and(|ext| ext == "wasm")
 }

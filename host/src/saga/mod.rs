@@ -294,6 +294,20 @@ impl SagaEngine {
         }
     }
 
+    /// Ids of the sagas not yet finished (running, compensating or stuck) whose
+    /// definition uses `service`.
+    pub fn unfinished_using(&self, service: &str) -> Result<Vec<String>, SagaError> {
+        let mut rows = self.inner.store.unfinished_sagas()?;
+        rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck.as_str()), None, 10_000)?);
+        Ok(rows
+            .into_iter()
+            .filter(|row| {
+                self.definition(&row.name).is_some_and(|d| d.steps.iter().any(|s| s.service == service))
+            })
+            .map(|row| row.id)
+            .collect())
+    }
+
     /// Starts a driver for every saga that is running or compensating (after a
     /// restart); returns how many.
     pub fn resume_all(&self) -> Result<usize, SagaError> {

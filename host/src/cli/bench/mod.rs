@@ -2,6 +2,7 @@
 //! when a figure moves.
 
 mod invoke;
+mod reload;
 mod runtime;
 mod sagas;
 
@@ -14,6 +15,7 @@ pub enum BenchCommand {
     Runtime(runtime::Args),
     Invoke(invoke::Args),
     Sagas(sagas::Args),
+    Reload(reload::Args),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
@@ -21,6 +23,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<std::process::ExitCode
         BenchCommand::Runtime(args) => runtime::run(args).await,
         BenchCommand::Invoke(args) => invoke::run(args).await,
         BenchCommand::Sagas(args) => sagas::run(args).await,
+        BenchCommand::Reload(args) => reload::run(args).await,
     }
 }
 

@@ -1,0 +1,265 @@
+//! The plugin lifecycle: loading at start-up, hot reload from the plugins directory,
+//! uploads and removals through the admin API, and the checks that keep the saga
+//! definitions working across all of them.
+//!
+//! A new version is compiled and validated off the request path and then swapped in
+//! atomically (`Registry::swap`); calls in flight keep the `Arc<Plugin>` they started
+//! with. A version that fails any check is refused, and the one serving stays.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::time::Instant;
+
+use crate::config::PluginSettings;
+use crate::runtime::{LoadError, Plugin, Registry, is_plugin_file};
+use crate::saga::SagaEngine;
+use crate::service::Manifest;
+
+/// Changes to one file closer together than this are one change: an editor or a `cp`
+/// writes a file in several steps, and a half-written file must not be loaded.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Why a plugin change was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("the file holds service `{found}`, not `{expected}`")]
+    WrongService { expected: String, found: String },
+    #[error("{0}")]
+    BreaksSaga(String),
+    #[error("no service `{0}` is loaded")]
+    Unknown(String),
+    #[error("service `{service}` is still needed by {users}")]
+    InUse { service: String, users: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Manages the plugin versions. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PluginManager {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    sagas: SagaEngine,
+    settings: PluginSettings,
+    /// Where uploads are kept, so that a restart serves the same versions.
+    uploads: PathBuf,
+}
+
+impl PluginManager {
+    /// `data_dir/plugins` keeps the uploads.
+    pub fn new(registry: Registry, sagas: SagaEngine, settings: PluginSettings, data_dir: &Path) -> Self {
+        let uploads = data_dir.join("plugins");
+        PluginManager { inner: Arc::new(Inner { registry, sagas, settings, uploads }) }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Loads the plugins directory, then the uploads kept from earlier runs (an upload
+    /// is newer than the file it replaced).
+    pub async fn load(&self, plugins_dir: &Path) -> std::io::Result<()> {
+        self.inner.registry.load_dir(plugins_dir, &self.inner.settings).await?;
+        std::fs::create_dir_all(&self.inner.uploads)?;
+        let mut uploads: Vec<PathBuf> = std::fs::read_dir(&self.inner.uploads)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_plugin_file(p))
+            .collect();
+        uploads.sort();
+        for file in uploads {
+            match self.inner.registry.load_file(&file, &self.inner.settings).await {
+                Ok(plugin) => {
+                    tracing::info!(service = plugin.service(), digest = %plugin.digest(), "uploaded plugin loaded");
+                    self.inner.registry.swap(plugin, Some(&file));
+                }
+                Err(error) => self.inner.registry.refuse(&file, format!("{error:#}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces (or adds) `service` with an uploaded component, and keeps it under the
+    /// data directory. Returns the new version and whether the service is new.
+    pub async fn upload(&self, service: &str, wasm: Vec<u8>) -> Result<(Arc<Plugin>, bool), ChangeError> {
+        let plugin =
+            self.inner.registry.runtime().load(service, wasm.clone(), self.inner.settings.defaults).await?;
+        if plugin.service() != service {
+            return Err(ChangeError::WrongService {
+                expected: service.into(),
+                found: plugin.service().into(),
+            });
+        }
+        self.check_sagas(plugin.manifest()).map_err(ChangeError::BreaksSaga)?;
+        let file = self.inner.uploads.join(format!("{service}.wasm"));
+        write_atomically(&file, &wasm).map_err(|e| ChangeError::Io(format!("keeping the upload: {e}")))?;
+        let digest = plugin.digest();
+        let previous = self.inner.registry.swap(plugin, Some(&file));
+        tracing::info!(
+            service,
+            %digest,
+            previous = previous.as_ref().map(|p| p.digest().to_string()).unwrap_or_default(),
+            "plugin uploaded and serving"
+        );
+        let current = self.inner.registry.get(service).expect("just inserted");
+        Ok((current, previous.is_none()))
+    }
+
+    /// Stops serving `service`, unless a saga definition or an unfinished saga needs it.
+    pub async fn remove(&self, service: &str) -> Result<(), ChangeError> {
+        if self.inner.registry.get(service).is_none() {
+            return Err(ChangeError::Unknown(service.into()));
+        }
+        self.check_unused(service)?;
+        let upload = self.inner.uploads.join(format!("{service}.wasm"));
+        if upload.exists() {
+            std::fs::remove_file(&upload)
+                .map_err(|e| ChangeError::Io(format!("removing the upload: {e}")))?;
+        }
+        self.inner.registry.remove(service);
+        tracing::info!(service, "plugin removed");
+        Ok(())
+    }
+
+    /// Applies a change of `file` in the plugins directory: load it (if it is there and
+    /// differs from the version serving), or remove its service (if it is gone).
+    pub async fn reload_file(&self, file: &Path) {
+        let registry = &self.inner.registry;
+        if !file.exists() {
+            let Some(service) = registry.service_of(file) else { return };
+            match self.check_unused(&service) {
+                Ok(()) => {
+                    registry.remove(&service);
+                    tracing::info!(service, file = %file.display(), "plugin file removed: service no longer served");
+                }
+                Err(error) => {
+                    registry.refuse(file, format!("the file was removed but {error}; it keeps serving"))
+                }
+            }
+            return;
+        }
+        let plugin = match registry.load_file(file, &self.inner.settings).await {
+            Ok(plugin) => plugin,
+            Err(error) => return registry.refuse(file, format!("{error:#}; the version serving stays")),
+        };
+        let current = registry.get(plugin.service());
+        if current.as_ref().is_some_and(|c| c.digest() == plugin.digest() && c.limits() == plugin.limits()) {
+            return;
+        }
+        if let Err(error) = self.check_sagas(plugin.manifest()) {
+            return registry.refuse(file, format!("{error}; the version serving stays"));
+        }
+        let (service, digest) = (plugin.service().to_owned(), plugin.digest());
+        registry.swap(plugin, Some(file));
+        tracing::info!(
+            service,
+            %digest,
+            previous = current.map(|p| p.digest().to_string()).unwrap_or_default(),
+            "plugin reloaded"
+        );
+    }
+
+    /// Watches `dir` and applies each change to a `.wasm` (or its `.toml` limits), a
+    /// short while after the last event for that file.
+    pub fn watch(&self, dir: &Path) -> notify::Result<()> {
+        let (events, mut changes) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                for path in event.paths {
+                    let _ = events.send(path);
+                }
+            }
+        })?;
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let _watcher = watcher;
+            let mut due: HashMap<PathBuf, Instant> = HashMap::new();
+            loop {
+                let next = due.values().min().copied();
+                tokio::select! {
+                    changed = changes.recv() => match changed {
+                        Some(path) => {
+                            let wasm = if path.extension().is_some_and(|e| e == "toml") { path.with_extension("wasm") } else { path };
+                            if is_plugin_file(&wasm) {
+                                due.insert(wasm, Instant::now() + DEBOUNCE);
+                            }
+                        }
+                        None => break,
+                    },
+                    () = sleep_until(next) => {
+                        let now = Instant::now();
+                        let ready: Vec<PathBuf> = due.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
+                        for path in ready {
+                            due.remove(&path);
+                            manager.reload_file(&path).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Every saga step that uses this service must find its action and compensation.
+    fn check_sagas(&self, manifest: &Manifest) -> Result<(), String> {
+        for def in self.inner.sagas.definitions() {
+            for step in def.steps.iter().filter(|s| s.service == manifest.name) {
+                for operation in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
+                    if manifest.operation(operation).is_none() {
+                        return Err(format!(
+                            "saga `{}` step `{}` needs operation `{operation}` of `{}`, which this version does not have",
+                            def.name, step.name, manifest.name
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A service that a saga definition or an unfinished saga uses cannot go.
+    fn check_unused(&self, service: &str) -> Result<(), ChangeError> {
+        let mut users: Vec<String> = self
+            .inner
+            .sagas
+            .definitions()
+            .iter()
+            .filter(|def| def.steps.iter().any(|s| s.service == service))
+            .map(|def| format!("saga definition `{}`", def.name))
+            .collect();
+        let unfinished =
+            self.inner.sagas.unfinished_using(service).map_err(|e| ChangeError::Io(e.to_string()))?;
+        users.extend(unfinished.iter().map(|id| format!("unfinished saga {id}")));
+        if users.is_empty() {
+            Ok(())
+        } else {
+            Err(ChangeError::InUse { service: service.into(), users: users.join(", ") })
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes through a temporary file and a rename, so that a crash never leaves half a
+/// component where a restart would load it.
+fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = file.with_extension("wasm.part");
+    std::fs::write(&temporary, bytes)?;
+    std::fs::File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, file)
+}

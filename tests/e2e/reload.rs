@@ -1,0 +1,320 @@
+//! Hot reload and plugin management through a real `wasaga serve`: replacing a
+//! service under load without a failed call, through file changes and uploads;
+//! refusing broken or incompatible versions; the admin token; removals.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, guest, plugins_dir};
+
+const TOKEN: &str = "s3cret-admin-token";
+const SWAPS: usize = 20;
+const CLIENTS: usize = 32;
+
+/// What the clients saw while the plugin was being replaced.
+#[derive(Default)]
+struct Load {
+    versions: std::sync::Mutex<BTreeSet<String>>,
+    failures: std::sync::Mutex<Vec<String>>,
+    calls: AtomicU64,
+}
+
+/// 32 clients invoke `hello.greet` until `stop`.
+fn start_load(url: &str, stop: &Arc<AtomicBool>, load: &Arc<Load>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..CLIENTS)
+        .map(|worker| {
+            let (url, stop, load) = (url.to_owned(), stop.clone(), load.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let sent = client
+                        .post(format!("{url}/v1/services/hello/greet"))
+                        .header("Idempotency-Key", format!("greet-{worker}-{n}"))
+                        .body("{}")
+                        .send()
+                        .await;
+                    load.calls.fetch_add(1, Ordering::Relaxed);
+                    match sent {
+                        Ok(response) if response.status() == 200 => {
+                            let text = response.text().await.unwrap();
+                            load.versions.lock().unwrap().insert(text);
+                        }
+                        Ok(response) => {
+                            let failure =
+                                format!("{}: {}", response.status(), response.text().await.unwrap());
+                            load.failures.lock().unwrap().push(failure);
+                        }
+                        Err(error) => load.failures.lock().unwrap().push(error.to_string()),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Waits until `hello` answers with `version` (at most 10 s).
+async fn wait_for_version(server: &Server, client: &reqwest::Client, version: u32, probe: &mut u64) {
+    for _ in 0..1000 {
+        *probe += 1;
+        let response =
+            server.invoke(client, "hello/greet", &format!("probe-{probe}"), &json!({})).send().await.unwrap();
+        if response.text().await.unwrap() == format!("{{\"version\":{version}}}") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("version {version} never served");
+}
+
+async fn swap_under_load(server: &Server, swap: impl AsyncFn(usize) -> ()) {
+    let client = Server::client();
+    let (stop, load) = (Arc::new(AtomicBool::new(false)), Arc::new(Load::default()));
+    let clients = start_load(&server.url, &stop, &load);
+    let mut probe = 0;
+    for i in 0..SWAPS {
+        swap(i).await;
+        wait_for_version(server, &client, if i % 2 == 0 { 2 } else { 1 }, &mut probe).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failures = std::mem::take(&mut *load.failures.lock().unwrap());
+    assert!(
+        failures.is_empty(),
+        "{} of {} calls failed, e.g. {:?}",
+        failures.len(),
+        load.calls.load(Ordering::Relaxed),
+        &failures[..failures.len().min(3)]
+    );
+    let versions = std::mem::take(&mut *load.versions.lock().unwrap());
+    let allowed: BTreeSet<String> = ["{\"version\":1}", "{\"version\":2}"].map(String::from).into();
+    assert!(versions.is_subset(&allowed), "answers from elsewhere: {versions:?}");
+    assert_eq!(versions.len(), 2, "both versions answered");
+    // The last swap installed version 1: only it answers now.
+    for n in 0..20 {
+        let response =
+            server.invoke(&client, "hello/greet", &format!("after-{n}"), &json!({})).send().await.unwrap();
+        assert_eq!(response.text().await.unwrap(), "{\"version\":1}");
+    }
+    let list: Value =
+        client.get(format!("{}/v1/plugins", server.url)).send().await.unwrap().json().await.unwrap();
+    let hello = list["plugins"].as_array().unwrap().iter().find(|p| p["service"] == "hello").unwrap();
+    assert!(hello["previous"].as_array().unwrap().len() >= 2, "{hello}");
+    eprintln!("{} calls while hello was replaced {SWAPS} times", load.calls.load(Ordering::Relaxed));
+}
+
+/// Replacing the file 20 times, alternating two versions, under 32 clients: no call
+/// fails, every answer comes from one of the two, and after the last change only the
+/// new version answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_file_under_load_fails_no_call() {
+    let plugins = plugins_dir(&[]);
+    std::fs::copy(guest("hello-v1"), plugins.path().join("hello.wasm")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_in(plugins.path(), data.path(), &[]);
+    let dir = plugins.path().to_owned();
+    swap_under_load(&server, async |i| {
+        let version = if i % 2 == 0 { "hello-v2" } else { "hello-v1" };
+        // As a deploy would: write beside it, then rename over it.
+        let part = dir.join(".hello.wasm.part");
+        std::fs::copy(guest(version), &part).unwrap();
+        std::fs::rename(&part, dir.join("hello.wasm")).unwrap();
+    })
+    .await;
+}
+
+/// The same through the upload API; and a restart serves the last upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploading_under_load_fails_no_call_and_survives_a_restart() {
+    let plugins = plugins_dir(&[]);
+    std::fs::copy(guest("hello-v1"), plugins.path().join("hello.wasm")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(plugins.path(), data.path(), &["--admin-token", TOKEN]);
+    let client = Server::client();
+    let url = server.url.clone();
+    swap_under_load(&server, async |i| {
+        let version = if i % 2 == 0 { "hello-v2" } else { "hello-v1" };
+        let response =
+            upload(&client, &url, "hello", Some(TOKEN), std::fs::read(guest(version)).unwrap()).await;
+        assert_eq!(response.0, 200, "{}", response.1);
+    })
+    .await;
+    let last = upload(&client, &url, "hello", Some(TOKEN), std::fs::read(guest("hello-v2")).unwrap()).await;
+    assert_eq!(last.0, 200);
+    server.kill();
+    let server = Server::start_in(plugins.path(), data.path(), &["--admin-token", TOKEN]);
+    let after = server.invoke(&client, "hello/greet", "after-restart", &json!({})).send().await.unwrap();
+    assert_eq!(after.text().await.unwrap(), "{\"version\":2}", "the upload outlives a restart");
+}
+
+async fn upload(
+    client: &reqwest::Client,
+    url: &str,
+    service: &str,
+    token: Option<&str>,
+    wasm: Vec<u8>,
+) -> (u16, Value) {
+    let mut request = client.put(format!("{url}/v1/plugins/{service}")).body(wasm);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn digest_of(client: &reqwest::Client, url: &str, service: &str) -> Value {
+    let list: Value = client.get(format!("{url}/v1/plugins")).send().await.unwrap().json().await.unwrap();
+    list["plugins"].as_array().unwrap().iter().find(|p| p["service"] == service).unwrap()["digest"].clone()
+}
+
+/// Broken uploads are refused with the reason and the old version still answers:
+/// not wasm, another world, another service, an operation a saga uses gone. A missing
+/// or wrong token changes nothing.
+#[tokio::test]
+async fn bad_uploads_and_tokens_change_nothing() {
+    let server = Server::with_sagas(&["--admin-token", TOKEN]);
+    let client = Server::client();
+    let url = server.url.clone();
+    let before = digest_of(&client, &url, "inventory").await;
+    let read = |name: &str| std::fs::read(guest(name)).unwrap();
+    let cases = [
+        (Some(TOKEN), b"not wasm".to_vec(), 400, "not a WebAssembly file"),
+        (Some(TOKEN), read("stranger"), 422, "not a plugin of the wasaga:plugin/plugin world"),
+        (Some(TOKEN), read("payment"), 422, "the file holds service `payment`, not `inventory`"),
+        (
+            Some(TOKEN),
+            read("old-inventory"),
+            409,
+            "saga `place-order` step `reserve-stock` needs operation `release` of `inventory`",
+        ),
+        (None, read("inventory"), 401, "Authorization: Bearer"),
+        (Some("guess"), read("inventory"), 403, "the admin token is wrong"),
+    ];
+    for (token, wasm, status, detail) in cases {
+        let (got, problem) = upload(&client, &url, "inventory", token, wasm).await;
+        assert_eq!(got, status, "{problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(detail), "expected {detail:?} in {problem}");
+        assert_eq!(digest_of(&client, &url, "inventory").await, before, "the old version still serves");
+    }
+    let restock = server
+        .invoke(&client, "inventory/restock", "r-1", &json!({"sku": "x", "qty": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(restock.status(), 200);
+
+    let delete = |service: &str, token: Option<&str>| {
+        let mut request = client.delete(format!("{url}/v1/plugins/{service}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(delete("inventory", None).await.unwrap().status(), 401);
+    let in_use = delete("inventory", Some(TOKEN)).await.unwrap();
+    assert_eq!(in_use.status(), 409);
+    let problem: Value = in_use.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("saga definition `place-order`"), "{problem}");
+    assert_eq!(delete("nothing", Some(TOKEN)).await.unwrap().status(), 404);
+
+    let (status, _) = upload(&client, &url, "hello", Some(TOKEN), read("hello-v1")).await;
+    assert_eq!(status, 201, "a new service");
+    assert_eq!(delete("hello", Some(TOKEN)).await.unwrap().status(), 204);
+    let gone = server.invoke(&client, "hello/greet", "g-1", &json!({})).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+}
+
+/// Without an admin token the admin API is off.
+#[tokio::test]
+async fn without_a_token_the_admin_api_is_off() {
+    let server = Server::with_plugins(&["echo"]);
+    let (status, problem) = upload(
+        &Server::client(),
+        &server.url,
+        "echo",
+        Some("anything"),
+        std::fs::read(guest("echo")).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(problem["detail"].as_str().unwrap().contains("admin API is off"));
+}
+
+/// A file that fails to load leaves the version serving, and is reported.
+#[tokio::test]
+async fn a_broken_file_leaves_the_old_version_serving() {
+    let plugins = plugins_dir(&[]);
+    std::fs::copy(guest("hello-v1"), plugins.path().join("hello.wasm")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_in(plugins.path(), data.path(), &[]);
+    let client = Server::client();
+    std::fs::write(plugins.path().join("hello.wasm"), b"\0asm garbage").unwrap();
+    let mut reported = false;
+    for _ in 0..200 {
+        let list: Value =
+            client.get(format!("{}/v1/plugins", server.url)).send().await.unwrap().json().await.unwrap();
+        if list["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["file"].as_str().unwrap().ends_with("hello.wasm"))
+        {
+            reported = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reported, "the broken file was never reported");
+    let answer = server.invoke(&client, "hello/greet", "still", &json!({})).send().await.unwrap();
+    assert_eq!(answer.text().await.unwrap(), "{\"version\":1}");
+}
+
+/// `wasaga plugin push` and `wasaga plugin list` against a running server; a refused
+/// push exits 1 with the reason.
+#[tokio::test]
+async fn the_plugin_commands_push_and_list() {
+    let plugins = plugins_dir(&[]);
+    std::fs::copy(guest("hello-v1"), plugins.path().join("hello.wasm")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_in(plugins.path(), data.path(), &["--admin-token", TOKEN]);
+    let url = server.url.clone();
+    let run = move |args: Vec<String>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::support::wasaga()
+                .arg("plugin")
+                .args(&args)
+                .arg("--server")
+                .arg(&url)
+                .env("WASAGA_ADMIN_TOKEN", TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    let v2 = guest("hello-v2").to_string_lossy().into_owned();
+    let out = run(vec!["push".into(), v2, "--service".into(), "hello".into()]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello now serves sha256:"));
+    let answer = server.invoke(&Server::client(), "hello/greet", "k", &json!({})).send().await.unwrap();
+    assert_eq!(answer.text().await.unwrap(), "{\"version\":2}");
+
+    let stranger = guest("stranger").to_string_lossy().into_owned();
+    let out = run(vec!["push".into(), stranger, "--service".into(), "hello".into()]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("refused: not a plugin of the wasaga:plugin/plugin world")
+    );
+
+    let out = run(vec!["list".into()]).await.unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("hello") && listed.contains("1 earlier versions"), "{listed}");
+}
