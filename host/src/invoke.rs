@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{RwLock, watch};
 
 use crate::clock::now_ms;
+use crate::metrics::{labels, metrics};
 use crate::runtime::{CallError, Plugin, Registry};
 use crate::service::{Failure, Invocation};
 use crate::store::{
@@ -183,6 +184,26 @@ impl Invoker {
     /// transaction as the outcome. A replayed outcome commits nothing: the caller sees
     /// `replayed` and commits its own change.
     pub async fn invoke_with(&self, request: Request, attach: Attach) -> Result<Invoked, InvokeError> {
+        let (service, operation) = (request.service.clone(), request.operation.clone());
+        let result = self.invoke_counted(request, attach).await;
+        let outcome = match &result {
+            Ok(invoked) if invoked.replayed => "replayed",
+            Ok(invoked) if invoked.result.is_ok() => "ok",
+            Ok(_) => "rejected",
+            Err(InvokeError::Transient { .. }) => "transient",
+            Err(_) => "failed",
+        };
+        let m = metrics();
+        m.invocations
+            .get_or_create(&labels(&[("service", &service), ("operation", &operation), ("outcome", outcome)]))
+            .inc();
+        if outcome == "replayed" {
+            m.replays.get_or_create(&labels(&[("service", &service)])).inc();
+        }
+        result
+    }
+
+    async fn invoke_counted(&self, request: Request, attach: Attach) -> Result<Invoked, InvokeError> {
         let plugin = self
             .inner
             .registry
@@ -247,6 +268,7 @@ impl Invoker {
             match outcome {
                 Ok(invoked) => return Ok(invoked),
                 Err(StoreError::Conflict(conflict)) => {
+                    metrics().conflicts.get_or_create(&labels(&[("service", &request.service)])).inc();
                     last_conflict = Some(conflict);
                     tokio::time::sleep(backoff(run)).await;
                 }

@@ -2,6 +2,7 @@
 //!
 //! Where things live:
 //!
+//! - [`alert`]: alerts (log, metric, webhook) when a saga cannot finish by itself.
 //! - [`service`]: the plugin contract in the host's types (manifest, invocation, failure).
 //! - [`runtime`]: wasmtime: the engine, the sandbox and its limits, loading and
 //!   validating plugins, the registry of the versions that serve. The only module
@@ -11,12 +12,14 @@
 //! - [`invoke`]: one idempotent, optimistic invocation: replay, claim, run, commit, re-run.
 //! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
 //! - [`lifecycle`]: hot reload, uploads and removals of plugins, checked against the sagas.
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`http`]: the axum API and its problem+json errors.
 //! - [`clock`]: wall-clock time as stored (unix ms).
 //! - [`config`]: per-plugin limits and the duration/size parsers.
 //! - [`cli`]: the `wasaga` command line, one file per command.
 //! - [`guests`]: paths of the guest components built with this crate.
 
+pub mod alert;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -24,6 +27,7 @@ pub mod guests;
 pub mod http;
 pub mod invoke;
 pub mod lifecycle;
+pub mod metrics;
 pub mod runtime;
 pub mod saga;
 pub mod service;

@@ -275,3 +275,67 @@ async fn wait_settled(server: &Server, client: &reqwest::Client, id: &str) -> Va
     }
     panic!("saga {id} did not settle");
 }
+
+/// A stuck saga's alert reaches a webhook receiver on loopback (as JSON, with the saga,
+/// the kind and the reason), and /metrics counts the sagas, the alert and the calls.
+#[tokio::test]
+async fn a_stuck_saga_alerts_the_webhook_and_metrics_count_it() {
+    use axum::routing::post;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/alert",
+        post(move |axum::Json(alert): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move { sink.lock().unwrap().push(alert) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/alert", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let server = Server::with_sagas(&["--alert-webhook", &hook]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let (_, done) = place(&server, &client, "order-ok", &order("o-ok", "ada", json!({}))).await;
+    assert_eq!(done["status"], "completed");
+    let input = order("o-stuck", "poor", json!({"release_transient_failures": 3}));
+    let (_, stuck) = place(&server, &client, "order-stuck", &input).await;
+    assert_eq!(stuck["status"], "stuck");
+
+    let mut alerts = Vec::new();
+    for _ in 0..200 {
+        alerts = received.lock().unwrap().clone();
+        if !alerts.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["kind"], "saga_stuck");
+    assert_eq!(alerts[0]["saga_id"], stuck["id"]);
+    assert_eq!(alerts[0]["saga"], "place-order");
+    assert!(
+        alerts[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the compensation of step `reserve-stock` failed 3 times")
+    );
+
+    let metrics = client.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "wasaga_sagas{status=\"completed\"} 1",
+        "wasaga_sagas{status=\"stuck\"} 1",
+        "wasaga_sagas_stuck 1",
+        "wasaga_alerts_total{kind=\"saga_stuck\"} 1",
+        "wasaga_invocations_total{service=\"payment\",operation=\"charge\",outcome=\"ok\"} 1",
+        "wasaga_invocations_total{service=\"payment\",operation=\"charge\",outcome=\"rejected\"} 1",
+        "wasaga_invocations_total{service=\"inventory\",operation=\"release\",outcome=\"transient\"} 3",
+    ] {
+        assert!(metrics.contains(line), "`{line}` missing from /metrics:\n{metrics}");
+    }
+    assert!(metrics.contains("wasaga_saga_step_seconds_bucket"), "step latencies");
+    assert!(metrics.contains("wasaga_commit_batch_size_count"), "batch sizes");
+    let ready = client.get(format!("{}/readyz", server.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}

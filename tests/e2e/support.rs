@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use wasaga::alert::Alerter;
 use wasaga::clock::SystemClock;
 use wasaga::http::{AppState, router};
 use wasaga::invoke::{InvokeOptions, Invoker};
@@ -180,7 +181,7 @@ pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions, data
     }
     let store = Arc::new(SqliteStore::open(data, SqliteOptions::default()).unwrap());
     let invoker = Invoker::new(registry, store.clone(), options);
-    let sagas = SagaEngine::new(invoker.clone(), store, Arc::new(SystemClock), 16);
+    let sagas = SagaEngine::new(invoker.clone(), store, Arc::new(SystemClock), 16, Alerter::none());
     let plugins = PluginManager::new(invoker.registry().clone(), sagas.clone(), Default::default(), data);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::RuntimeArgs;
+use crate::alert::Alerter;
 use crate::clock::SystemClock;
 use crate::config::parse_duration;
 use crate::http::{AppState, router};
@@ -37,6 +38,11 @@ pub struct ServeArgs {
     /// How many sagas are driven at once; more wait their turn.
     #[arg(long, env = "WASAGA_MAX_RUNNING_SAGAS", default_value_t = 256)]
     max_running_sagas: usize,
+
+    /// POST alerts (a saga stuck, a step out of retries) as JSON to this URL, with
+    /// retries. They always go to the log (ERROR) and to /metrics.
+    #[arg(long, env = "WASAGA_ALERT_WEBHOOK")]
+    alert_webhook: Option<String>,
 
     /// Do not watch the plugins directory (by default a changed, added or removed
     /// `.wasm` is reloaded while serving).
@@ -89,8 +95,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     let registry = Registry::new(Runtime::new(args.runtime.options())?);
     let options = InvokeOptions { retention: args.idempotency_retention, ..InvokeOptions::default() };
     let invoker = Invoker::new(registry.clone(), store.clone(), options);
-    let sagas =
-        SagaEngine::new(invoker.clone(), store.clone(), Arc::new(SystemClock), args.max_running_sagas);
+    let alerter = match &args.alert_webhook {
+        Some(url) => Alerter::with_webhook(url.clone()),
+        None => Alerter::none(),
+    };
+    let sagas = SagaEngine::new(
+        invoker.clone(),
+        store.clone(),
+        Arc::new(SystemClock),
+        args.max_running_sagas,
+        alerter,
+    );
     let plugins = PluginManager::new(registry.clone(), sagas.clone(), args.runtime.settings(), &args.data);
     plugins
         .load(&args.plugins)

@@ -40,6 +40,8 @@ pub const MAX_BODY_BYTES: usize = (1 << 20) + 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/plugins", get(plugins::list))
         .route(
             "/v1/plugins/{service}",
@@ -68,6 +70,34 @@ async fn healthz() -> &'static str {
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// Readiness: the store answers and at least one plugin serves.
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> Result<&'static str, ApiError> {
+    state.sagas.counts().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    if state.invoker.registry().plugins().is_empty() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no plugin is loaded"));
+    }
+    Ok("ready\n")
+}
+
+/// Prometheus metrics (text format); the saga gauges are read from the store now.
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let m = crate::metrics::metrics();
+    if let Ok(counts) = state.sagas.counts() {
+        for status in ["running", "compensating", "completed", "compensated", "stuck"] {
+            let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+            m.sagas.get_or_create(&crate::metrics::labels(&[("status", status)])).set(n as i64);
+            if status == "stuck" {
+                m.stuck.set(n as i64);
+            }
+        }
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], m.encode()).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -107,6 +107,7 @@ impl Registry {
         let previous = inner.services.insert(service.clone(), Arc::new(plugin));
         if let Some(previous) = &previous {
             inner.reloads += 1;
+            crate::metrics::metrics().reloads.inc();
             let history = inner.history.entry(service).or_default();
             history.insert(
                 0,
@@ -131,6 +132,7 @@ impl Registry {
     /// Records that `source` was refused (the version serving, if any, stays).
     pub fn refuse(&self, source: &Path, error: String) {
         tracing::error!(file = %source.display(), "plugin refused: {error}");
+        crate::metrics::metrics().refused.inc();
         let refusal = Refusal { file: source.to_owned(), error, at: crate::clock::now_ms() };
         self.write().refused.insert(source.to_owned(), refusal);
     }

@@ -11,9 +11,11 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use super::definition::SagaDef;
-use super::machine::{Action, Direction, Event, SagaState, SagaStatus, apply};
+use super::machine::{Action, Direction, Event, SagaState, SagaStatus, StepStatus, apply};
 use super::{EngineInner, SagaId};
+use crate::alert::Alert;
 use crate::invoke::{InvokeError, Request};
+use crate::metrics::{labels, metrics};
 use crate::store::{Commit, SagaChange, StoreError};
 
 /// Everything the driver keeps between actions.
@@ -24,6 +26,8 @@ pub(super) struct Run {
     pub state: SagaState,
     /// The stored version of `state`.
     pub version: u64,
+    /// When the saga was created (unix ms).
+    pub started_at: i64,
 }
 
 /// Drives the saga until it finishes, gets stuck, or the store fails for good.
@@ -31,8 +35,19 @@ pub(super) async fn drive(engine: Arc<EngineInner>, mut run: Run, mut actions: V
     while let Some(action) = actions.pop() {
         actions = match action {
             Action::Finished(status) => {
-                log_finished(&run, status);
+                finished(&engine, &run, status);
                 Vec::new()
+            }
+            Action::RetriesExhausted { step } => {
+                engine.alerter.raise(Alert {
+                    kind: "step_retries_exhausted",
+                    saga_id: run.id.to_string(),
+                    saga: run.def.name.clone(),
+                    step: Some(run.def.steps[step].name.clone()),
+                    reason: run.state.steps[step].last_error.clone().unwrap_or_default(),
+                    at: engine.clock.now_ms(),
+                });
+                actions
             }
             Action::Invoke { step, direction, attempt, delay } => {
                 if !delay.is_zero() {
@@ -79,9 +94,18 @@ async fn call(
 
     let span =
         tracing::info_span!("saga step", saga = %run.id, step = %step_def.name, direction = label, attempt);
-    async move { call_until_answered(engine, run, &def, request, step, direction).await }
+    let began = std::time::Instant::now();
+    let actions = async { call_until_answered(engine, run, &def, request, step, direction).await }
         .instrument(span)
-        .await
+        .await?;
+    let outcome = match run.state.steps[step].status {
+        StepStatus::Done | StepStatus::Compensated => "ok",
+        _ => "failed",
+    };
+    let step_labels =
+        [("saga", def.name.as_str()), ("step", &step_def.name), ("direction", label), ("outcome", outcome)];
+    metrics().step_seconds.get_or_create(&labels(&step_labels)).observe(began.elapsed().as_secs_f64());
+    Ok(actions)
 }
 
 /// Calls until the call has an answer (anything but a store failure), and commits the
@@ -207,15 +231,25 @@ pub(super) async fn commit(engine: &EngineInner, change: SagaChange) -> Result<(
     engine.invoker.commit(commit).await
 }
 
-fn log_finished(run: &Run, status: SagaStatus) {
+fn finished(engine: &EngineInner, run: &Run, status: SagaStatus) {
+    let took = (engine.clock.now_ms() - run.started_at).max(0) as f64 / 1000.0;
+    metrics()
+        .saga_seconds
+        .get_or_create(&labels(&[("saga", &run.def.name), ("status", status.as_str())]))
+        .observe(took);
     match status {
-        SagaStatus::Stuck => tracing::error!(
-            saga = %run.id,
-            name = %run.def.name,
-            reason = run.state.reason.as_deref().unwrap_or(""),
-            "ALERT: saga is stuck and needs an operator (POST /v1/sagas/{}/retry once the cause is fixed)",
-            run.id
-        ),
+        SagaStatus::Stuck => engine.alerter.raise(Alert {
+            kind: "saga_stuck",
+            saga_id: run.id.to_string(),
+            saga: run.def.name.clone(),
+            step: None,
+            reason: format!(
+                "{}; retry with POST /v1/sagas/{}/retry once the cause is fixed",
+                run.state.reason.as_deref().unwrap_or("stuck"),
+                run.id
+            ),
+            at: engine.clock.now_ms(),
+        }),
         SagaStatus::Compensated => tracing::info!(
             saga = %run.id, reason = run.state.reason.as_deref().unwrap_or(""), "saga compensated"
         ),

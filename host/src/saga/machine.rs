@@ -172,6 +172,8 @@ pub enum Action {
     Invoke { step: usize, direction: Direction, attempt: u32, delay: Duration },
     /// The saga reached `status` (terminal or stuck) and waits for nothing.
     Finished(SagaStatus),
+    /// A step used up its retries (an alert); the saga goes on with the other actions.
+    RetriesExhausted { step: usize },
 }
 
 /// Applies `event` to `state`, returning what to do next.
@@ -199,7 +201,11 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             if !def.compensable(step) {
                 // After the pivot the saga only goes forward.
                 if transient {
-                    return retry_step(state, step, policy.backoff_ceiling(attempts));
+                    let mut actions = retry_step(state, step, policy.backoff_ceiling(attempts));
+                    if attempts == policy.max_attempts {
+                        actions.push(Action::RetriesExhausted { step });
+                    }
+                    return actions;
                 }
                 state.status = SagaStatus::Stuck;
                 state.reason =
@@ -219,7 +225,11 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             } else {
                 format!("step `{}` was refused: {reason}", def.steps[step].name)
             });
-            compensate_below(state, step)
+            let mut actions = compensate_below(state, step);
+            if transient {
+                actions.push(Action::RetriesExhausted { step });
+            }
+            actions
         }
         Event::Compensated { step, digest, at } => {
             let s = &mut state.steps[step];
@@ -441,7 +451,9 @@ mod tests {
     #[test]
     fn exhausted_retries_compensate_in_reverse_order() {
         let (state, actions) = run(vec![ok(0), fail(1, true), fail(1, true), fail(1, true)]);
-        assert_eq!(actions, invoke(0, Direction::Undo, 1, 0), "b failed, so only a is undone");
+        let mut expected = invoke(0, Direction::Undo, 1, 0);
+        expected.push(Action::RetriesExhausted { step: 1 });
+        assert_eq!(actions, expected, "b failed, so only a is undone; and an alert");
         assert_eq!(state.status, SagaStatus::Compensating);
         assert_eq!(state.steps[1].status, StepStatus::Failed);
         assert_eq!(state.reason.as_deref(), Some("step `b` failed 3 times: no"));
@@ -487,6 +499,19 @@ mod tests {
         let (state, actions) = run(events);
         assert_eq!(actions, invoke(2, Direction::Do, 51, 1000), "backoff capped at max_backoff");
         assert_eq!(state.status, SagaStatus::Running);
+    }
+
+    #[test]
+    fn after_the_pivot_using_up_the_attempts_raises_one_alert_and_goes_on() {
+        let (_, actions) = run(vec![ok(0), ok(1), fail(2, true), fail(2, true)]);
+        assert_eq!(actions, invoke(2, Direction::Do, 3, 200), "no alert before the attempts are used up");
+        let (_, actions) = run(vec![ok(0), ok(1), fail(2, true), fail(2, true), fail(2, true)]);
+        let mut expected = invoke(2, Direction::Do, 4, 400);
+        expected.push(Action::RetriesExhausted { step: 2 });
+        assert_eq!(actions, expected);
+        let (_, actions) =
+            run(vec![ok(0), ok(1), fail(2, true), fail(2, true), fail(2, true), fail(2, true)]);
+        assert_eq!(actions, invoke(2, Direction::Do, 5, 800), "only once");
     }
 
     #[test]

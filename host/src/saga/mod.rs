@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, watch};
 pub use definition::{DefinitionError, RetryPolicy, SagaDef, StepDef};
 pub use machine::{SagaState, SagaStatus, StepState, StepStatus};
 
+use crate::alert::Alerter;
 use crate::clock::Clock;
 use crate::invoke::Invoker;
 use crate::store::{Commit, SagaChange, SagaRow, SqliteStore, StoreError};
@@ -98,6 +99,7 @@ pub(crate) struct EngineInner {
     waiters: Mutex<HashMap<SagaId, watch::Sender<()>>>,
     /// Bounds the drivers running at once.
     permits: Arc<Semaphore>,
+    alerter: Alerter,
 }
 
 impl EngineInner {
@@ -110,7 +112,13 @@ impl EngineInner {
 
 impl SagaEngine {
     /// `max_running`: how many sagas are driven at once; more wait their turn.
-    pub fn new(invoker: Invoker, store: Arc<SqliteStore>, clock: Arc<dyn Clock>, max_running: usize) -> Self {
+    pub fn new(
+        invoker: Invoker,
+        store: Arc<SqliteStore>,
+        clock: Arc<dyn Clock>,
+        max_running: usize,
+        alerter: Alerter,
+    ) -> Self {
         SagaEngine {
             inner: Arc::new(EngineInner {
                 invoker,
@@ -120,6 +128,7 @@ impl SagaEngine {
                 running: Mutex::default(),
                 waiters: Mutex::default(),
                 permits: Arc::new(Semaphore::new(max_running.max(1))),
+                alerter,
             }),
         }
     }
@@ -214,7 +223,7 @@ impl SagaEngine {
             Err(error) => return Err(error.into()),
         }
         tracing::debug!(saga = %id, name, "saga started");
-        let run = Run { def: def.clone(), id, input, state: state.clone(), version: 1 };
+        let run = Run { def: def.clone(), id, input, state: state.clone(), version: 1, started_at: at };
         self.spawn(run, actions);
         Ok((SagaRecord { row, state, def: Some(def) }, true))
     }
@@ -271,7 +280,17 @@ impl SagaEngine {
         driver::commit(&self.inner, driver::update(&saga_id, record.row.version, &state, at)).await?;
         tracing::info!(saga = %saga_id, "stuck saga retried by an operator");
         let input = input_object(&record.row.input);
-        self.spawn(Run { def, id: saga_id, input, state, version: record.row.version + 1 }, actions);
+        self.spawn(
+            Run {
+                def,
+                id: saga_id,
+                input,
+                state,
+                version: record.row.version + 1,
+                started_at: record.row.created_at,
+            },
+            actions,
+        );
         self.get(id)
     }
 
@@ -326,6 +345,7 @@ impl SagaEngine {
                 input: input_object(&record.row.input),
                 state: record.state,
                 version: record.row.version,
+                started_at: record.row.created_at,
             };
             self.spawn(run, actions);
             resumed += 1;

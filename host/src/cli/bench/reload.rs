@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Args as ClapArgs;
 
 use super::{millis, percentile};
+use crate::alert::Alerter;
 use crate::clock::SystemClock;
 use crate::config::PluginSettings;
 use crate::invoke::{InvokeOptions, Invoker, Request};
@@ -42,7 +43,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = Arc::new(SqliteStore::open(data.path(), SqliteOptions::default())?);
     let registry = Registry::new(Runtime::new(RuntimeOptions::default())?);
     let invoker = Invoker::new(registry.clone(), store.clone(), InvokeOptions::default());
-    let sagas = SagaEngine::new(invoker.clone(), store, Arc::new(SystemClock), 16);
+    let sagas = SagaEngine::new(invoker.clone(), store, Arc::new(SystemClock), 16, Alerter::none());
     let manager = PluginManager::new(registry, sagas, PluginSettings::default(), data.path());
     manager.load(plugins.path()).await?;
     manager.watch(plugins.path())?;

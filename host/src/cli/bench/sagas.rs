@@ -11,6 +11,7 @@ use rand::Rng;
 use serde_json::json;
 
 use super::{cpu_time, millis, percentile};
+use crate::alert::Alerter;
 use crate::clock::SystemClock;
 use crate::invoke::{InvokeOptions, Invoker, Request};
 use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
@@ -56,7 +57,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             registry.insert(runtime.load(service, wasm, Limits::default()).await?);
         }
         let invoker = Invoker::new(registry.clone(), store.clone(), InvokeOptions::default());
-        let engine = SagaEngine::new(invoker.clone(), store, Arc::new(SystemClock), concurrency.max(1) * 2);
+        let engine = SagaEngine::new(
+            invoker.clone(),
+            store,
+            Arc::new(SystemClock),
+            concurrency.max(1) * 2,
+            Alerter::none(),
+        );
         let plugins = registry.plugins();
         let manifest = |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
         engine.add_definition(SagaDef::parse("place-order.toml".as_ref(), PLACE_ORDER, manifest)?);

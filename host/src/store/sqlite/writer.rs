@@ -52,6 +52,8 @@ enum Reply {
 }
 
 fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+    let commits = batch.iter().filter(|job| matches!(job, Job::Commit(..))).count();
+    crate::metrics::metrics().commit_batch.observe(commits as f64);
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
         Err(e) => return fail_all(batch.drain(..), &unavailable(e)),

@@ -1,0 +1,133 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+//!
+//! One process-wide set ([`metrics()`]): the places that count (the invocation path,
+//! the writer, the saga driver, the registry) reach it directly rather than through
+//! every constructor. Names are prefixed `wasaga_`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Every metric wasaga keeps.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Invocations by service, operation and outcome (`ok`, `rejected`, `replayed`,
+    /// `transient`, `failed`).
+    pub invocations: Family<Labels, Counter>,
+    /// Commits refused by a version check (each one re-runs the invocation).
+    pub conflicts: Family<Labels, Counter>,
+    /// Invocations answered from a stored outcome.
+    pub replays: Family<Labels, Counter>,
+    /// Invocations per SQLite transaction.
+    pub commit_batch: Histogram,
+    /// Saga step calls, by saga, step, direction (`do`, `undo`) and outcome, in seconds.
+    pub step_seconds: HistogramFamily,
+    /// Whole sagas, start to end, by saga and final status, in seconds.
+    pub saga_seconds: HistogramFamily,
+    /// Sagas by status, refreshed at each scrape.
+    pub sagas: Family<Labels, Gauge>,
+    /// Stuck sagas, refreshed at each scrape.
+    pub stuck: Gauge,
+    /// Plugin versions replaced (file changes and uploads).
+    pub reloads: Counter,
+    /// Plugin versions refused at load or reload.
+    pub refused: Counter,
+    /// Alerts raised, by kind; and webhook deliveries that failed for good.
+    pub alerts: Family<Labels, Counter>,
+    pub alert_failures: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("wasaga");
+        let metrics = Metrics {
+            invocations: Family::default(),
+            conflicts: Family::default(),
+            replays: Family::default(),
+            commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            step_seconds: Family::new_with_constructor(latency_histogram),
+            saga_seconds: Family::new_with_constructor(latency_histogram),
+            sagas: Family::default(),
+            stuck: Gauge::default(),
+            reloads: Counter::default(),
+            refused: Counter::default(),
+            alerts: Family::default(),
+            alert_failures: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "invocations",
+            "Invocations by service, operation and outcome",
+            metrics.invocations.clone(),
+        );
+        registry.register(
+            "occ_conflicts",
+            "Commits refused by a version check, each re-run",
+            metrics.conflicts.clone(),
+        );
+        registry.register(
+            "idempotent_replays",
+            "Invocations answered from a stored outcome",
+            metrics.replays.clone(),
+        );
+        registry.register(
+            "commit_batch_size",
+            "Invocations per SQLite transaction",
+            metrics.commit_batch.clone(),
+        );
+        registry.register("saga_step_seconds", "Saga step calls, in seconds", metrics.step_seconds.clone());
+        registry.register(
+            "saga_seconds",
+            "Sagas from start to end, in seconds",
+            metrics.saga_seconds.clone(),
+        );
+        registry.register("sagas", "Sagas by status", metrics.sagas.clone());
+        registry.register("sagas_stuck", "Sagas stuck and waiting for an operator", metrics.stuck.clone());
+        registry.register("plugin_reloads", "Plugin versions replaced", metrics.reloads.clone());
+        registry.register("plugin_refusals", "Plugin versions refused", metrics.refused.clone());
+        registry.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
+        registry.register(
+            "alert_webhook_failures",
+            "Alert webhook deliveries that failed for good",
+            metrics.alert_failures.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Label helper: `labels(&[("service", "inventory")])`.
+pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
+}
+
+pub fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
