@@ -1,6 +1,7 @@
 //! The command line: one file per command, `///` comments double as `--help`.
 
 mod bench;
+mod demo;
 mod plugin;
 mod saga;
 mod serve;
@@ -13,8 +14,8 @@ use crate::runtime::{Allocator, Limits, RuntimeOptions};
 /// wasaga runs business services written as WebAssembly components, and gives each
 /// one versioned storage, exactly-once invocations and sagas with compensations.
 ///
-/// Start a server over a directory of plugins with `wasaga serve`; check one plugin
-/// file with `wasaga plugin check`.
+/// Try it with `wasaga demo` (an online store with a dashboard); run your own plugins
+/// with `wasaga serve`; check one plugin file with `wasaga plugin check`.
 #[derive(Debug, Parser)]
 #[command(name = "wasaga", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -24,10 +25,21 @@ pub struct Cli {
     /// Log filter, e.g. `info`, `debug`, `wasaga=debug,wasaga::plugin=warn`.
     #[arg(long, global = true, env = "WASAGA_LOG", default_value = "info")]
     log: String,
+
+    /// Log lines as `text` (for people) or `json` (one object per line, for machines).
+    #[arg(long, global = true, env = "WASAGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Demo(demo::DemoArgs),
     Serve(serve::ServeArgs),
     /// Work with plugins: check a file, push it to a running server, list what serves.
     #[command(subcommand)]
@@ -43,10 +55,11 @@ enum Command {
 impl Cli {
     /// Runs the command. Errors carry their causes; `main` prints the chain.
     pub fn run(self) -> anyhow::Result<std::process::ExitCode> {
-        init_logging(&self.log)?;
+        init_logging(&self.log, self.log_format)?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         runtime.block_on(async move {
             match self.command {
+                Command::Demo(args) => demo::run(args).await,
                 Command::Serve(args) => serve::run(args).await,
                 Command::Plugin(command) => plugin::run(command).await,
                 Command::Bench(command) => bench::run(command).await,
@@ -56,10 +69,22 @@ impl Cli {
     }
 }
 
-fn init_logging(filter: &str) -> anyhow::Result<()> {
+/// Prints a line to stdout for whoever reads it. A reader that went away (`| head -1`)
+/// must not bring the server down, so write errors are ignored.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("invalid --log filter `{filter}`: {e}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     Ok(())
 }
 

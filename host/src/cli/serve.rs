@@ -83,6 +83,51 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
+    run_with(args, |_, addr| super::say(&format!("listening on http://{addr}"))).await
+}
+
+impl ServeArgs {
+    /// The server the demo runs.
+    pub(super) fn demo(
+        plugins: PathBuf,
+        sagas: PathBuf,
+        data: PathBuf,
+        listen: SocketAddr,
+        runtime: RuntimeArgs,
+    ) -> Self {
+        ServeArgs {
+            plugins,
+            sagas: Some(sagas),
+            max_running_sagas: 256,
+            alert_webhook: None,
+            no_watch: false,
+            admin_token: None,
+            data,
+            synchronous: Synchronous::Full,
+            max_batch: 256,
+            idempotency_retention: std::time::Duration::from_secs(24 * 3600),
+            listen,
+            runtime,
+        }
+    }
+
+    pub(super) fn alert_webhook(mut self, url: Option<String>) -> Self {
+        self.alert_webhook = url;
+        self
+    }
+
+    pub(super) fn admin_token(mut self, token: Option<String>) -> Self {
+        self.admin_token = token;
+        self
+    }
+}
+
+/// Runs the server; `ready` is called once it listens (the demo seeds and starts its
+/// traffic there).
+pub(super) async fn run_with(
+    args: ServeArgs,
+    ready: impl FnOnce(AppState, std::net::SocketAddr),
+) -> anyhow::Result<std::process::ExitCode> {
     let store_options = SqliteOptions {
         synchronous: args.synchronous,
         max_batch: args.max_batch,
@@ -128,7 +173,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let resumed = sagas.resume_all().context("resuming unfinished sagas")?;
-    println!("listening on http://{addr}");
     tracing::info!(
         %addr,
         plugins = registry.plugins().len(),
@@ -140,6 +184,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
     tokio::spawn(purge_expired(store));
     let admin_token = args.admin_token.filter(|t| !t.is_empty()).map(Arc::from);
     let state = AppState { invoker, sagas, plugins, admin_token };
+    ready(state.clone(), addr);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)

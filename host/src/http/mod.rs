@@ -2,6 +2,7 @@
 //! it in-process as well as over a real socket. Every error is RFC 9457
 //! problem+json ([`ApiError`]).
 
+mod dashboard;
 mod error;
 mod plugins;
 mod records;
@@ -39,6 +40,7 @@ pub const MAX_BODY_BYTES: usize = (1 << 20) + 1024;
 /// All routes of the API.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -50,10 +52,12 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(plugins::MAX_UPLOAD_BYTES)),
         )
         .route("/v1/services/{service}/{operation}", post(services::invoke))
+        .route("/v1/services/{service}/records", get(records::list))
         .route(
             "/v1/services/{service}/records/{*key}",
             get(records::get).put(records::put).delete(records::delete),
         )
+        .route("/v1/overview", get(sagas::overview))
         .route("/v1/sagas", get(sagas::list))
         .route("/v1/sagas/{id}", post(sagas::start).get(sagas::show))
         .route("/v1/sagas/{id}/retry", post(sagas::retry))

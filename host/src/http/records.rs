@@ -25,6 +25,45 @@ pub async fn get(
     Ok((StatusCode::OK, headers, entry.value).into_response())
 }
 
+#[derive(Debug, serde::Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct RecordView {
+    pub key: String,
+    pub version: u64,
+    /// The value as JSON (or as a string if it is not JSON).
+    pub value: serde_json::Value,
+}
+
+/// `GET /v1/services/{service}/records?prefix=&after=&limit=`: records in key order.
+pub async fn list(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ListQuery>,
+) -> Result<axum::Json<Vec<RecordView>>, ApiError> {
+    known_service(&state, &service)?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let mut snapshot = state.invoker.store().snapshot(&service).map_err(store_error)?;
+    let rows = snapshot.scan(&query.prefix, query.after.as_deref(), limit).map_err(store_error)?;
+    let records = rows
+        .into_iter()
+        .map(|(key, entry)| RecordView {
+            key,
+            version: entry.version,
+            value: serde_json::from_slice(&entry.value).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&entry.value).into_owned())
+            }),
+        })
+        .collect();
+    Ok(axum::Json(records))
+}
+
 pub async fn put(
     State(state): State<AppState>,
     Path((service, key)): Path<(String, String)>,

@@ -66,6 +66,8 @@ pub struct ListQuery {
     status: Option<String>,
     limit: Option<usize>,
     after: Option<String>,
+    /// `newest` for newest first (then `after` pages toward older sagas).
+    order: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,7 +77,8 @@ pub struct SagaList {
     pub next: Option<String>,
 }
 
-/// `GET /v1/sagas?status=&limit=&after=`: oldest first, at most 1000 a page.
+/// `GET /v1/sagas?status=&limit=&after=&order=`: oldest first (or `order=newest`), at
+/// most 1000 a page.
 pub async fn list(
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
@@ -89,9 +92,27 @@ pub async fn list(
         })?),
     };
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let records = state.sagas.list(status, query.after.as_deref(), limit).map_err(error)?;
+    let newest_first = match query.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("unknown order `{other}`: use oldest or newest")));
+        }
+    };
+    let records = state.sagas.list(status, query.after.as_deref(), limit, newest_first).map_err(error)?;
     let next = (records.len() == limit).then(|| records.last().map(|r| r.row.id.clone())).flatten();
     Ok(Json(SagaList { sagas: records.iter().map(SagaView::from).collect(), next }))
+}
+
+/// `GET /v1/overview`: sagas by status (for the dashboard and quick checks).
+pub async fn overview(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let counts = state.sagas.counts().map_err(error)?;
+    let mut sagas = serde_json::Map::new();
+    for status in ["running", "compensating", "completed", "compensated", "stuck"] {
+        let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+        sagas.insert(status.into(), n.into());
+    }
+    Ok(Json(serde_json::json!({ "sagas": sagas })))
 }
 
 /// `POST /v1/sagas/{id}/retry`: resumes a stuck saga (202); 409 if it is not stuck.

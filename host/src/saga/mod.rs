@@ -247,14 +247,16 @@ impl SagaEngine {
         self.decode(row)
     }
 
-    /// Sagas in creation order, of one status if given, after the id `after`.
+    /// Sagas in creation order (or newest first), of one status if given, after the
+    /// id `after` in that order.
     pub fn list(
         &self,
         status: Option<SagaStatus>,
         after: Option<&str>,
         limit: usize,
+        newest_first: bool,
     ) -> Result<Vec<SagaRecord>, SagaError> {
-        let rows = self.inner.store.sagas(status.map(SagaStatus::as_str), after, limit)?;
+        let rows = self.inner.store.sagas(status.map(SagaStatus::as_str), after, limit, newest_first)?;
         rows.into_iter().map(|row| self.decode(row)).collect()
     }
 
@@ -317,7 +319,7 @@ impl SagaEngine {
     /// definition uses `service`.
     pub fn unfinished_using(&self, service: &str) -> Result<Vec<String>, SagaError> {
         let mut rows = self.inner.store.unfinished_sagas()?;
-        rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck.as_str()), None, 10_000)?);
+        rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck.as_str()), None, 10_000, false)?);
         Ok(rows
             .into_iter()
             .filter(|row| {

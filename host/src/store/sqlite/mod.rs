@@ -122,20 +122,25 @@ impl SqliteStore {
     }
 
     /// Sagas in id order (ids sort by creation time), optionally of one status, after
-    /// the id `after`, at most `limit`.
+    /// the id `after` (before it, newest first), at most `limit`.
     pub fn sagas(
         &self,
         status: Option<&str>,
         after: Option<&str>,
         limit: usize,
+        newest_first: bool,
     ) -> Result<Vec<SagaRow>, StoreError> {
-        let after = after.unwrap_or("");
+        let (compare, order) = if newest_first { ("<", "DESC") } else { (">", "ASC") };
+        let after = after.unwrap_or(if newest_first { "~" } else { "" });
         match status {
             Some(status) => self.read_sagas(
-                "WHERE status = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                &format!("WHERE status = ?1 AND id {compare} ?2 ORDER BY id {order} LIMIT ?3"),
                 params![status, after, limit as i64],
             ),
-            None => self.read_sagas("WHERE id > ?1 ORDER BY id LIMIT ?2", params![after, limit as i64]),
+            None => self.read_sagas(
+                &format!("WHERE id {compare} ?1 ORDER BY id {order} LIMIT ?2"),
+                params![after, limit as i64],
+            ),
         }
     }
 

@@ -1,0 +1,217 @@
+//! `wasaga demo`: the article's online store in one binary: the order, inventory,
+//! payment and notification services and the `place-order` saga are built in, with
+//! seed data, a dashboard, and optional generated traffic.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use rand::Rng;
+use serde_json::{Value, json};
+
+use super::RuntimeArgs;
+use super::serve::{ServeArgs, run_with};
+use crate::http::AppState;
+use crate::invoke::Request;
+
+/// The demo's services, built into this binary.
+const SERVICES: &[(&str, &[u8])] = &[
+    ("order", include_bytes!(concat!(env!("WASAGA_GUEST_DIR"), "/services/order.wasm"))),
+    ("inventory", include_bytes!(concat!(env!("WASAGA_GUEST_DIR"), "/services/inventory.wasm"))),
+    ("payment", include_bytes!(concat!(env!("WASAGA_GUEST_DIR"), "/services/payment.wasm"))),
+    ("notification", include_bytes!(concat!(env!("WASAGA_GUEST_DIR"), "/services/notification.wasm"))),
+];
+const PLACE_ORDER: &str = include_str!("../../../plugins/sagas/place-order.toml");
+
+/// Products (SKU, stock) and customers (name, balance in cents) the demo starts with.
+const PRODUCTS: &[(&str, u64)] = &[("lamp", 500), ("desk", 200), ("chair", 1000), ("mug", 5000)];
+const CUSTOMERS: &[(&str, i64)] = &[
+    ("ada", 10_000_000),
+    ("grace", 10_000_000),
+    ("linus", 10_000_000),
+    ("margaret", 10_000_000),
+    ("poor-paul", 500),
+];
+
+/// Run the demo: an online store, with its dashboard at http://ADDR/.
+///
+/// Four services (order, inventory, payment, notification) and the place-order saga,
+/// all built into this binary, on SQLite in a fresh temporary directory (or --data,
+/// where a second start resumes where the first stopped and seeds nothing again).
+/// Prints the URL and a few curl lines to try. --traffic generates orders, some
+/// declined and some with a flaky mail server, so that the dashboard shows life.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's data here (default: a fresh temporary directory).
+    #[arg(long, env = "WASAGA_DATA")]
+    data: Option<PathBuf>,
+
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "WASAGA_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// Orders per second to generate (off unless given).
+    #[arg(long)]
+    traffic: Option<f64>,
+
+    /// Share of generated orders from a customer too poor to pay (declined, then
+    /// compensated).
+    #[arg(long, default_value_t = 0.2)]
+    declined_share: f64,
+
+    /// Share of generated orders whose confirmation mail fails twice first (retried
+    /// after the pivot).
+    #[arg(long, default_value_t = 0.2)]
+    flaky_share: f64,
+
+    /// POST alerts (a saga stuck, a step out of retries) as JSON to this URL.
+    #[arg(long, env = "WASAGA_ALERT_WEBHOOK")]
+    alert_webhook: Option<String>,
+
+    /// Token of the admin API (uploading plugins); off without one.
+    #[arg(long, env = "WASAGA_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
+    let (data, _temporary) = match &args.data {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = tempfile::Builder::new().prefix("wasaga-demo-").tempdir()?;
+            (dir.path().to_owned(), Some(dir))
+        }
+    };
+    let plugins = data.join("demo").join("plugins");
+    let sagas = data.join("demo").join("sagas");
+    install(&plugins, &sagas)
+        .with_context(|| format!("writing the demo's plugins under {}", data.display()))?;
+    let seeded = data.join("demo").join("seeded");
+    let (traffic, declined, flaky) = (args.traffic, args.declined_share, args.flaky_share);
+    let server = ServeArgs::demo(plugins, sagas, data.clone(), args.listen, args.runtime)
+        .alert_webhook(args.alert_webhook)
+        .admin_token(args.admin_token);
+    run_with(server, move |state, addr| {
+        print_welcome(addr, &data);
+        tokio::spawn(async move {
+            if let Err(error) = seed(&state, &seeded).await {
+                tracing::error!("seeding the demo failed: {error:#}");
+                return;
+            }
+            if let Some(rate) = traffic {
+                generate(state, rate, declined, flaky).await;
+            }
+        });
+    })
+    .await
+}
+
+/// Writes the built-in plugins and saga definition where the server loads them (only
+/// when they differ, so that a restart does not count as a reload).
+fn install(plugins: &Path, sagas: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(plugins)?;
+    std::fs::create_dir_all(sagas)?;
+    for (name, wasm) in SERVICES {
+        write_if_changed(&plugins.join(format!("{name}.wasm")), wasm)?;
+    }
+    write_if_changed(&sagas.join("place-order.toml"), PLACE_ORDER.as_bytes())
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).ok().as_deref() != Some(bytes) {
+        std::fs::write(path, bytes)?;
+    }
+    Ok(())
+}
+
+/// Stock and accounts, once per data directory.
+async fn seed(state: &AppState, marker: &Path) -> anyhow::Result<()> {
+    if marker.exists() {
+        tracing::info!("demo data already seeded");
+        return Ok(());
+    }
+    let call = async |service: &str, operation: &str, key: String, input: Value| {
+        let request = Request::new(service, operation, input.to_string().into_bytes(), key);
+        state.invoker.invoke(request).await.map(|_| ())
+    };
+    for (sku, qty) in PRODUCTS {
+        call("inventory", "restock", format!("demo-restock-{sku}"), json!({"sku": sku, "qty": qty})).await?;
+    }
+    for (customer, balance) in CUSTOMERS {
+        let input = json!({"customer": customer, "balance": balance});
+        call("payment", "open-account", format!("demo-open-{customer}"), input).await?;
+    }
+    std::fs::write(marker, b"seeded\n")?;
+    tracing::info!(products = PRODUCTS.len(), customers = CUSTOMERS.len(), "demo data seeded");
+    Ok(())
+}
+
+/// Starts `rate` orders a second until the process ends.
+async fn generate(state: AppState, rate: f64, declined: f64, flaky: f64) {
+    let every = Duration::from_secs_f64(1.0 / rate.max(0.01));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticker.tick().await;
+        let input = {
+            let mut rng = rand::rng();
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            let customer = if rng.random_bool(declined.clamp(0.0, 1.0)) {
+                "poor-paul"
+            } else {
+                CUSTOMERS[rng.random_range(0..CUSTOMERS.len() - 1)].0
+            };
+            let (sku, _) = PRODUCTS[rng.random_range(0..PRODUCTS.len())];
+            let mut input = json!({
+                "order": format!("o-{}", &id[id.len() - 8..]),
+                "customer": customer,
+                "sku": sku,
+                "qty": rng.random_range(1..3),
+                "amount": rng.random_range(5..120) * 100,
+            });
+            if rng.random_bool(flaky.clamp(0.0, 1.0)) {
+                input["notification_transient_failures"] = json!(2);
+            }
+            input
+        };
+        let key = format!("demo-{}", input["order"].as_str().unwrap_or_default());
+        if let Err(error) = state.sagas.start("place-order", &key, input).await {
+            tracing::warn!("generated order not started: {error}");
+        }
+    }
+}
+
+fn print_welcome(addr: SocketAddr, data: &Path) {
+    let url = format!("http://{addr}");
+    super::say(&format!("listening on {url}"));
+    super::say(&format!(
+        r#"
+wasaga demo: an online store (order, inventory, payment, notification + the place-order saga)
+
+  dashboard   {url}/
+  data        {}
+  metrics     {url}/metrics
+
+Place an order (it completes):
+  curl -s '{url}/v1/sagas/place-order?wait=10s' -H 'Idempotency-Key: order-1' \
+       -d '{{"order": "o-1", "customer": "ada", "sku": "lamp", "qty": 1, "amount": 2500}}'
+
+One that is declined (stock released, order cancelled with the reason):
+  curl -s '{url}/v1/sagas/place-order?wait=10s' -H 'Idempotency-Key: order-2' \
+       -d '{{"order": "o-2", "customer": "poor-paul", "sku": "lamp", "qty": 1, "amount": 2500}}'
+
+One that gets stuck (releasing the stock keeps failing), then finish it:
+  curl -s '{url}/v1/sagas/place-order?wait=10s' -H 'Idempotency-Key: order-3' \
+       -d '{{"order": "o-3", "customer": "poor-paul", "sku": "desk", "qty": 1, "amount": 9900, "release_transient_failures": 3}}'
+  curl -s -X POST {url}/v1/sagas/<id>/retry
+
+Look at a record:
+  curl -s {url}/v1/services/inventory/records/stock/lamp
+"#,
+        data.display()
+    ));
+}

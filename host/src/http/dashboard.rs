@@ -1,0 +1,11 @@
+//! `GET /`: the dashboard, one self-contained page (no external scripts, styles or
+//! fonts, so it works without a network). It polls the JSON API.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+
+const PAGE: &str = include_str!("dashboard.html");
+
+pub async fn page() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], PAGE)
+}

@@ -1,0 +1,135 @@
+//! `wasaga demo`, the real binary, driven over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, wasaga};
+
+/// The demo on a free port with its data in `data`; killed when dropped.
+struct Demo(Child, String);
+
+impl Demo {
+    fn start(data: &Path, extra: &[&str]) -> Demo {
+        let mut child = wasaga()
+            .args(["demo", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+        Demo(child, url)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn place(client: &reqwest::Client, url: &str, key: &str, input: Value) -> Value {
+    let response = client
+        .post(format!("{url}/v1/sagas/place-order?wait=20s"))
+        .header("Idempotency-Key", key)
+        .json(&input)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// The built-in store: seeded, an order completes and one is compensated, /metrics
+/// counts them, the dashboard is served; started again on the same data it resumes
+/// and seeds nothing twice.
+#[tokio::test]
+async fn the_demo_runs_the_store_and_resumes_on_its_data() {
+    let data = tempfile::tempdir().unwrap();
+    let client = Server::client();
+    let stock = async |url: &str| -> Value {
+        client
+            .get(format!("{url}/v1/services/inventory/records/stock/lamp"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    {
+        let demo = Demo::start(data.path(), &[]);
+        let url = &demo.1;
+        let mut seeded = Value::Null;
+        for _ in 0..200 {
+            let response =
+                client.get(format!("{url}/v1/services/inventory/records/stock/lamp")).send().await.unwrap();
+            if response.status() == 200 {
+                seeded = response.json().await.unwrap();
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(seeded, json!({"available": 500, "reserved": 0}), "seeded");
+
+        let ok = place(
+            &client,
+            url,
+            "o-1",
+            json!({"order": "o-1", "customer": "ada", "sku": "lamp", "qty": 2, "amount": 2500}),
+        )
+        .await;
+        assert_eq!(ok["status"], "completed", "{ok}");
+        let declined = place(
+            &client,
+            url,
+            "o-2",
+            json!({"order": "o-2", "customer": "poor-paul", "sku": "lamp", "qty": 1, "amount": 9900}),
+        )
+        .await;
+        assert_eq!(declined["status"], "compensated", "{declined}");
+        assert_eq!(stock(url).await, json!({"available": 498, "reserved": 2}));
+
+        let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains("wasaga_sagas{status=\"completed\"} 1"), "{metrics}");
+        assert!(metrics.contains("wasaga_sagas{status=\"compensated\"} 1"), "{metrics}");
+        assert!(
+            metrics.contains("wasaga_saga_seconds_count{saga=\"place-order\",status=\"completed\"} 1"),
+            "{metrics}"
+        );
+        let page = client.get(format!("{url}/")).send().await.unwrap();
+        assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+        assert!(page.text().await.unwrap().contains("Saga timeline"));
+    }
+    let demo = Demo::start(data.path(), &[]);
+    let overview: Value =
+        client.get(format!("{}/v1/overview", demo.1)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(overview["sagas"]["completed"], 1, "the sagas of the first run are still there");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(stock(&demo.1).await, json!({"available": 498, "reserved": 2}), "not seeded twice");
+}
+
+/// `--traffic` generates orders; both outcomes appear.
+#[tokio::test]
+async fn demo_traffic_generates_completed_and_compensated_orders() {
+    let data = tempfile::tempdir().unwrap();
+    let demo = Demo::start(data.path(), &["--traffic", "50", "--declined-share", "0.5"]);
+    let client = Server::client();
+    for _ in 0..200 {
+        let overview: Value =
+            client.get(format!("{}/v1/overview", demo.1)).send().await.unwrap().json().await.unwrap();
+        if overview["sagas"]["completed"].as_u64() > Some(3)
+            && overview["sagas"]["compensated"].as_u64() > Some(3)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the generated traffic did not both complete and compensate orders");
+}
