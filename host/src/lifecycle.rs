@@ -53,13 +53,25 @@ struct Inner {
     settings: PluginSettings,
     /// Where uploads are kept, so that a restart serves the same versions.
     uploads: PathBuf,
+    /// One change at a time: an upload, a removal and a file reload that overlapped
+    /// could otherwise undo each other (a slow compile swapping in after a newer
+    /// upload, a removal deleting a fresh upload).
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl PluginManager {
     /// `data_dir/plugins` keeps the uploads.
     pub fn new(registry: Registry, sagas: SagaEngine, settings: PluginSettings, data_dir: &Path) -> Self {
         let uploads = data_dir.join("plugins");
-        PluginManager { inner: Arc::new(Inner { registry, sagas, settings, uploads }) }
+        PluginManager {
+            inner: Arc::new(Inner {
+                registry,
+                sagas,
+                settings,
+                uploads,
+                changing: tokio::sync::Mutex::new(()),
+            }),
+        }
     }
 
     pub fn registry(&self) -> &Registry {
@@ -91,6 +103,17 @@ impl PluginManager {
     /// Replaces (or adds) `service` with an uploaded component, and keeps it under the
     /// data directory. Returns the new version and whether the service is new.
     pub async fn upload(&self, service: &str, wasm: Vec<u8>) -> Result<(Arc<Plugin>, bool), ChangeError> {
+        let _one_at_a_time = self.inner.changing.lock().await;
+        let source = PathBuf::from(format!("upload:{service}"));
+        let result = self.try_upload(service, wasm).await;
+        match &result {
+            Ok(_) => self.inner.registry.clear_refusal(&source),
+            Err(error) => self.inner.registry.refuse(&source, error.to_string()),
+        }
+        result
+    }
+
+    async fn try_upload(&self, service: &str, wasm: Vec<u8>) -> Result<(Arc<Plugin>, bool), ChangeError> {
         let plugin =
             self.inner.registry.runtime().load(service, wasm.clone(), self.inner.settings.defaults).await?;
         if plugin.service() != service {
@@ -116,6 +139,7 @@ impl PluginManager {
 
     /// Stops serving `service`, unless a saga definition or an unfinished saga needs it.
     pub async fn remove(&self, service: &str) -> Result<(), ChangeError> {
+        let _one_at_a_time = self.inner.changing.lock().await;
         if self.inner.registry.get(service).is_none() {
             return Err(ChangeError::Unknown(service.into()));
         }
@@ -133,8 +157,10 @@ impl PluginManager {
     /// Applies a change of `file` in the plugins directory: load it (if it is there and
     /// differs from the version serving), or remove its service (if it is gone).
     pub async fn reload_file(&self, file: &Path) {
+        let _one_at_a_time = self.inner.changing.lock().await;
         let registry = &self.inner.registry;
         if !file.exists() {
+            registry.clear_refusal(file);
             let Some(service) = registry.service_of(file) else { return };
             match self.check_unused(&service) {
                 Ok(()) => {
@@ -151,14 +177,28 @@ impl PluginManager {
             Ok(plugin) => plugin,
             Err(error) => return registry.refuse(file, format!("{error:#}; the version serving stays")),
         };
-        let current = registry.get(plugin.service());
+        let service = plugin.service().to_owned();
+        let upload = self.inner.uploads.join(format!("{service}.wasm"));
+        if let Some(other) = registry.file_of(&service).filter(|f| f != file && *f != upload) {
+            let error = format!("service `{service}` is already served by {}", other.display());
+            return registry.refuse(file, error);
+        }
+        let current = registry.get(&service);
         if current.as_ref().is_some_and(|c| c.digest() == plugin.digest() && c.limits() == plugin.limits()) {
+            registry.clear_refusal(file);
             return;
         }
         if let Err(error) = self.check_sagas(plugin.manifest()) {
             return registry.refuse(file, format!("{error}; the version serving stays"));
         }
-        let (service, digest) = (plugin.service().to_owned(), plugin.digest());
+        // The file is now newer than any upload of this service: the upload must not
+        // come back at the next start.
+        if upload.exists()
+            && let Err(error) = std::fs::remove_file(&upload)
+        {
+            tracing::warn!("removing the replaced upload {}: {error}", upload.display());
+        }
+        let digest = plugin.digest();
         registry.swap(plugin, Some(file));
         tracing::info!(
             service,
@@ -171,43 +211,81 @@ impl PluginManager {
     /// Watches `dir` and applies each change to a `.wasm` (or its `.toml` limits), a
     /// short while after the last event for that file.
     pub fn watch(&self, dir: &Path) -> notify::Result<()> {
-        let (events, mut changes) = tokio::sync::mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                for path in event.paths {
-                    let _ = events.send(path);
-                }
-            }
-        })?;
-        watcher.watch(dir, RecursiveMode::NonRecursive)?;
         let manager = self.clone();
-        tokio::spawn(async move {
-            let _watcher = watcher;
-            let mut due: HashMap<PathBuf, Instant> = HashMap::new();
-            loop {
-                let next = due.values().min().copied();
-                tokio::select! {
-                    changed = changes.recv() => match changed {
-                        Some(path) => {
-                            let wasm = if path.extension().is_some_and(|e| e == "toml") { path.with_extension("wasm") } else { path };
-                            if is_plugin_file(&wasm) {
-                                due.insert(wasm, Instant::now() + DEBOUNCE);
-                            }
-                        }
-                        None => break,
-                    },
-                    () = sleep_until(next) => {
-                        let now = Instant::now();
-                        let ready: Vec<PathBuf> = due.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
-                        for path in ready {
-                            due.remove(&path);
-                            manager.reload_file(&path).await;
-                        }
-                    }
+        watch_dir(
+            dir,
+            |path| {
+                let wasm = if path.extension().is_some_and(|e| e == "toml") {
+                    path.with_extension("wasm")
+                } else {
+                    path
+                };
+                is_plugin_file(&wasm).then_some(wasm)
+            },
+            move |path| {
+                let manager = manager.clone();
+                async move { manager.reload_file(&path).await }
+            },
+        )
+    }
+
+    /// Watches the saga definitions in `dir`: a changed or new `.toml` is checked
+    /// against the services and replaces its definition (new sagas use it; running
+    /// ones finish on theirs); a bad one is refused and the old one stays; a removed
+    /// one goes unless unfinished sagas use it.
+    pub fn watch_sagas(&self, dir: &Path) -> notify::Result<()> {
+        let manager = self.clone();
+        watch_dir(
+            dir,
+            |path| {
+                let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                (!hidden && path.extension().is_some_and(|e| e == "toml")).then_some(path)
+            },
+            move |path| {
+                let manager = manager.clone();
+                async move { manager.reload_definition(&path).await }
+            },
+        )
+    }
+
+    /// Applies a change of one saga definition file.
+    pub async fn reload_definition(&self, file: &Path) {
+        let _one_at_a_time = self.inner.changing.lock().await;
+        let sagas = &self.inner.sagas;
+        if !file.exists() {
+            let Some(def) = sagas.definitions().into_iter().find(|d| d.source == file) else { return };
+            match sagas.unfinished_of(&def.name) {
+                Ok(ids) if ids.is_empty() => {
+                    sagas.remove_definition(&def.name);
+                    tracing::info!(saga = %def.name, "saga definition removed");
                 }
+                Ok(ids) => tracing::error!(
+                    saga = %def.name,
+                    "saga definition file removed, but {} unfinished sagas use it; it stays loaded",
+                    ids.len()
+                ),
+                Err(error) => tracing::error!("checking saga definition {}: {error}", def.name),
             }
-        });
-        Ok(())
+            return;
+        }
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(error) => {
+                return tracing::error!(file = %file.display(), "reading a saga definition: {error}");
+            }
+        };
+        let plugins = self.inner.registry.plugins();
+        let manifest = |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
+        match crate::saga::SagaDef::parse(file, &text, manifest) {
+            Ok(def) => {
+                tracing::info!(saga = %def.name, file = %file.display(), "saga definition reloaded");
+                sagas.add_definition(def);
+            }
+            Err(error) => {
+                crate::metrics::metrics().refused.inc();
+                tracing::error!("saga definition refused, the one loaded stays: {error}");
+            }
+        }
     }
 
     /// Every saga step that uses this service must find its action and compensation.
@@ -246,6 +324,50 @@ impl PluginManager {
             Err(ChangeError::InUse { service: service.into(), users: users.join(", ") })
         }
     }
+}
+
+/// Watches `dir`; each path that `select` keeps (and maps) is handed to `on_change` a
+/// short while ([`DEBOUNCE`]) after the last event for it.
+fn watch_dir<F, Fut>(dir: &Path, select: fn(PathBuf) -> Option<PathBuf>, on_change: F) -> notify::Result<()>
+where
+    F: Fn(PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let (events, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            for path in event.paths {
+                let _ = events.send(path);
+            }
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        let mut due: HashMap<PathBuf, Instant> = HashMap::new();
+        loop {
+            let next = due.values().min().copied();
+            tokio::select! {
+                changed = changes.recv() => match changed {
+                    Some(path) => {
+                        if let Some(path) = select(path) {
+                            due.insert(path, Instant::now() + DEBOUNCE);
+                        }
+                    }
+                    None => break,
+                },
+                () = sleep_until(next) => {
+                    let now = Instant::now();
+                    let ready: Vec<PathBuf> = due.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
+                    for path in ready {
+                        due.remove(&path);
+                        on_change(path).await;
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn sleep_until(at: Option<Instant>) {

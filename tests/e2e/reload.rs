@@ -204,6 +204,11 @@ async fn bad_uploads_and_tokens_change_nothing() {
         assert!(problem["detail"].as_str().unwrap().contains(detail), "expected {detail:?} in {problem}");
         assert_eq!(digest_of(&client, &url, "inventory").await, before, "the old version still serves");
     }
+    let list: Value = client.get(format!("{url}/v1/plugins")).send().await.unwrap().json().await.unwrap();
+    let refusal =
+        list["refused"].as_array().unwrap().iter().find(|r| r["file"] == "upload:inventory").unwrap();
+    let error = refusal["error"].as_str().unwrap();
+    assert!(error.contains("needs operation `release`"), "the last refused upload is reported: {error}");
     let restock = server
         .invoke(&client, "inventory/restock", "r-1", &json!({"sku": "x", "qty": 1}))
         .send()
@@ -317,4 +322,60 @@ async fn the_plugin_commands_push_and_list() {
     let out = run(vec!["list".into()]).await.unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("hello") && listed.contains("1 earlier versions"), "{listed}");
+}
+
+/// Saga definitions are watched too: a new definition becomes available, a broken
+/// change is refused while the loaded one keeps working, a removed one goes.
+#[tokio::test]
+async fn saga_definitions_reload_and_bad_ones_are_refused() {
+    let plugins = plugins_dir(&["inventory", "payment", "order", "notification"]);
+    let sagas = tempfile::tempdir().unwrap();
+    let place_order = sagas.path().join("place-order.toml");
+    std::fs::copy(std::path::Path::new(crate::support::SAGAS).join("place-order.toml"), &place_order)
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let sagas_arg = sagas.path().to_string_lossy().into_owned();
+    let server = Server::start_in(plugins.path(), data.path(), &["--sagas", &sagas_arg]);
+    let client = Server::client();
+    let start = async |name: &str, key: &str| {
+        let input = json!({"order": key, "customer": "nobody", "sku": "x", "qty": 1, "amount": 1});
+        client
+            .post(format!("{}/v1/sagas/{name}?wait=10s", server.url))
+            .header("Idempotency-Key", key)
+            .json(&input)
+            .send()
+            .await
+            .unwrap()
+    };
+
+    let quick = "name = \"quick-order\"\n[[step]]\nname = \"create\"\nservice = \"order\"\naction = \"create\"\ncompensation = \"cancel\"\n[[step]]\nname = \"complete\"\nservice = \"order\"\naction = \"complete\"\n";
+    std::fs::write(sagas.path().join("quick-order.toml"), quick).unwrap();
+    let mut status = 0;
+    for n in 0..200 {
+        status = start("quick-order", &format!("q-{n}")).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "the new definition was never loaded");
+
+    let broken =
+        std::fs::read_to_string(&place_order).unwrap().replace("action = \"charge\"", "action = \"steal\"");
+    std::fs::write(&place_order, broken).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let saga: Value = start("place-order", "p-1").await.json().await.unwrap();
+    let charge = saga["steps"].as_array().unwrap().iter().find(|s| s["name"] == "charge").unwrap();
+    assert_eq!(charge["action"], "charge", "the broken change was refused; the loaded definition runs");
+
+    std::fs::remove_file(sagas.path().join("quick-order.toml")).unwrap();
+    let mut gone = false;
+    for n in 0..200 {
+        if start("quick-order", &format!("gone-{n}")).await.status() == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the removed definition still starts sagas");
 }

@@ -98,9 +98,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     run_with(server, move |state, addr| {
         print_welcome(addr, &data);
         tokio::spawn(async move {
-            if let Err(error) = seed(&state, &seeded).await {
-                tracing::error!("seeding the demo failed: {error:#}");
-                return;
+            let mut tries = 0;
+            while let Err(error) = seed(&state, &seeded).await {
+                tries += 1;
+                tracing::error!("seeding the demo failed ({tries} of 10): {error:#}");
+                if tries == 10 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             if let Some(rate) = traffic {
                 generate(state, rate, declined, flaky).await;
@@ -134,9 +139,13 @@ async fn seed(state: &AppState, marker: &Path) -> anyhow::Result<()> {
         tracing::info!("demo data already seeded");
         return Ok(());
     }
-    let call = async |service: &str, operation: &str, key: String, input: Value| {
+    let call = async |service: &str, operation: &str, key: String, input: Value| -> anyhow::Result<()> {
         let request = Request::new(service, operation, input.to_string().into_bytes(), key);
-        state.invoker.invoke(request).await.map(|_| ())
+        let invoked = state.invoker.invoke(request).await?;
+        invoked
+            .result
+            .map(|_| ())
+            .map_err(|reason| anyhow::anyhow!("{service}.{operation} refused: {reason}"))
     };
     for (sku, qty) in PRODUCTS {
         call("inventory", "restock", format!("demo-restock-{sku}"), json!({"sku": sku, "qty": qty})).await?;
@@ -150,13 +159,28 @@ async fn seed(state: &AppState, marker: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts `rate` orders a second until the process ends.
+/// Starts `rate` orders a second until the process ends, restocking now and then so
+/// that the store does not run dry.
 async fn generate(state: AppState, rate: f64, declined: f64, flaky: f64) {
     let every = Duration::from_secs_f64(1.0 / rate.max(0.01));
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut since_restock = 0u64;
     loop {
         ticker.tick().await;
+        since_restock += 1;
+        if since_restock >= 100 {
+            since_restock = 0;
+            for (sku, qty) in PRODUCTS {
+                let key = format!("demo-restock-{sku}-{}", uuid::Uuid::now_v7().simple());
+                let input = json!({"sku": sku, "qty": qty / 2}).to_string().into_bytes();
+                if let Err(error) =
+                    state.invoker.invoke(Request::new("inventory", "restock", input, key)).await
+                {
+                    tracing::warn!("demo restock failed: {error}");
+                }
+            }
+        }
         let input = {
             let mut rng = rand::rng();
             let id = uuid::Uuid::now_v7().simple().to_string();
@@ -167,7 +191,8 @@ async fn generate(state: AppState, rate: f64, declined: f64, flaky: f64) {
             };
             let (sku, _) = PRODUCTS[rng.random_range(0..PRODUCTS.len())];
             let mut input = json!({
-                "order": format!("o-{}", &id[id.len() - 8..]),
+                // The random tail of a UUID v7: 48 random bits.
+                "order": format!("o-{}", &id[20..]),
                 "customer": customer,
                 "sku": sku,
                 "qty": rng.random_range(1..3),

@@ -165,6 +165,11 @@ pub(super) async fn run_with(
         plugins
             .watch(&args.plugins)
             .with_context(|| format!("watching the plugins directory {}", args.plugins.display()))?;
+        if let Some(dir) = &args.sagas {
+            plugins
+                .watch_sagas(dir)
+                .with_context(|| format!("watching the sagas directory {}", dir.display()))?;
+        }
     }
 
     let shutdown = shutdown_signal()?;

@@ -4,8 +4,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -90,17 +88,16 @@ pub async fn upload(
     State(state): State<AppState>,
     Path(service): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    // The token first: nobody without it makes the server read 64 MiB.
     authorize(&state, &headers)?;
     crate::service::validate_service_name(&service).map_err(ApiError::bad_request)?;
-    let wasm = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, format!("a plugin may be at most {MAX_UPLOAD_BYTES} bytes"))
-        } else {
-            ApiError::new(status, rejection.body_text())
-        }
+    let wasm = axum::body::to_bytes(body, MAX_UPLOAD_BYTES).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a plugin may be at most {MAX_UPLOAD_BYTES} bytes"),
+        )
     })?;
     let (plugin, created) = state.plugins.upload(&service, wasm.to_vec()).await.map_err(change_error)?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

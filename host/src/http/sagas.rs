@@ -130,7 +130,9 @@ fn error(error: SagaError) -> ApiError {
         SagaError::UnknownDefinition(_) | SagaError::NotFound(_) => StatusCode::NOT_FOUND,
         SagaError::InputNotObject => StatusCode::BAD_REQUEST,
         SagaError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        SagaError::NotStuck { .. } | SagaError::DefinitionGone { .. } => StatusCode::CONFLICT,
+        SagaError::NotStuck { .. } | SagaError::DefinitionGone { .. } | SagaError::Busy(_) => {
+            StatusCode::CONFLICT
+        }
         SagaError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     if let SagaError::Store(store) = &error {

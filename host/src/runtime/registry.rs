@@ -43,7 +43,8 @@ pub struct Registry {
 struct Inner {
     services: BTreeMap<String, Arc<Plugin>>,
     history: BTreeMap<String, Vec<PastVersion>>,
-    /// The latest refusal of each file (cleared when the file loads).
+    /// The latest refusal of each file or upload (cleared when it loads, or the file
+    /// goes).
     refused: BTreeMap<PathBuf, Refusal>,
     /// Which file serves which service, for removals seen by the watcher.
     files: BTreeMap<PathBuf, String>,
@@ -82,6 +83,16 @@ impl Registry {
     /// How many times a service's version was replaced since start-up.
     pub fn reloads(&self) -> u64 {
         self.read().reloads
+    }
+
+    /// The file (or upload) that serves `service`.
+    pub fn file_of(&self, service: &str) -> Option<PathBuf> {
+        self.read().files.iter().find(|(_, s)| *s == service).map(|(f, _)| f.clone())
+    }
+
+    /// Forgets the refusal of `source` (it loaded, or is gone).
+    pub fn clear_refusal(&self, source: &Path) {
+        self.write().refused.remove(source);
     }
 
     /// The service that `file` serves, if it loaded.

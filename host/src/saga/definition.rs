@@ -72,6 +72,9 @@ pub struct SagaDef {
     pub pivot: usize,
     /// The file it came from.
     pub source: PathBuf,
+    /// sha256 of the steps (names, services, operations): a saga records the digest
+    /// of the definition it started with, and is never driven by a different one.
+    pub digest: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,13 +180,26 @@ impl SagaDef {
             });
         }
         let pivot = pivot.unwrap_or(steps.len());
-        Ok(SagaDef { name: parsed.name, steps, pivot, source: file.to_owned() })
+        let digest = steps_digest(&steps);
+        Ok(SagaDef { name: parsed.name, steps, pivot, source: file.to_owned(), digest })
     }
 
     /// Whether a step can be undone (it comes before the pivot).
     pub fn compensable(&self, step: usize) -> bool {
         step < self.pivot
     }
+}
+
+fn steps_digest(steps: &[StepDef]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for step in steps {
+        for part in [&step.name, &step.service, &step.action, step.compensation.as_deref().unwrap_or("")] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+    }
+    hex::encode(hash.finalize())
 }
 
 fn parse_retry(retry: Option<RetryFile>) -> Result<RetryPolicy, String> {
@@ -262,6 +278,16 @@ mod tests {
         assert_eq!(def.steps[1].retry.backoff_ceiling(3), Duration::from_millis(40));
         assert_eq!(def.steps[1].retry.backoff_ceiling(30), Duration::from_secs(1));
         assert_eq!(def.steps[0].retry, RetryPolicy::default());
+    }
+
+    #[test]
+    fn the_digest_changes_with_the_steps_not_the_retry_policy() {
+        let def = parse(GOOD).unwrap();
+        assert_eq!(parse(&GOOD.replace("max_attempts = 5", "max_attempts = 7")).unwrap().digest, def.digest);
+        assert_ne!(
+            parse(&GOOD.replace("name = \"complete\"", "name = \"finish\"")).unwrap().digest,
+            def.digest
+        );
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub(super) async fn drive(engine: Arc<EngineInner>, mut run: Run, mut actions: V
                     let wait = delay.mul_f64(rand::rng().random::<f64>());
                     engine.clock.sleep(wait).await;
                 }
+                // A slot per call, not per saga: sagas waiting out a backoff hold none.
+                let _permit = engine.permits.acquire().await.expect("the semaphore is never closed");
                 match call(&engine, &mut run, step, direction, attempt).await {
                     Ok(next) => next,
                     Err(error) => {
@@ -132,9 +134,9 @@ async fn call_until_answered(
                 let event = outcome_event(step, direction, &invoked.result, &invoked.digest, at);
                 let actions = apply(def, &mut run.state, event);
                 if invoked.replayed {
-                    // The outcome was stored before (by a run that crashed before its
-                    // transition, or another process); commit the transition now.
-                    commit(engine, update(&run.id, run.version, &run.state, at)).await?;
+                    // The outcome was stored before, without this transition (only
+                    // another process can do that): commit the transition on its own.
+                    return save(engine, run, at, actions).await;
                 }
                 run.version += 1;
                 return Ok(actions);
@@ -149,7 +151,7 @@ async fn call_until_answered(
                 let reason = error.to_string();
                 match direction {
                     Direction::Do => Event::Failed { step, reason, transient: true, at },
-                    Direction::Undo => Event::CompensationFailed { step, reason, at },
+                    Direction::Undo => Event::CompensationFailed { step, reason, transient: true, at },
                 }
             }
         };
@@ -161,9 +163,42 @@ async fn call_until_answered(
             }
         );
         let actions = apply(def, &mut run.state, event);
-        commit(engine, update(&run.id, run.version, &run.state, at)).await?;
-        run.version += 1;
-        return Ok(actions);
+        return save(engine, run, at, actions).await;
+    }
+}
+
+/// Commits the saga's new state on its own. The store failing is waited out; a
+/// version conflict means the stored saga moved on (another process drove it): the
+/// driver takes the stored state and goes on from there.
+async fn save(
+    engine: &EngineInner,
+    run: &mut Run,
+    at: i64,
+    actions: Vec<Action>,
+) -> Result<Vec<Action>, StoreError> {
+    loop {
+        match commit(engine, update(&run.id, run.version, &run.state, at)).await {
+            Ok(()) => {
+                run.version += 1;
+                return Ok(actions);
+            }
+            Err(StoreError::Conflict(_)) => {
+                let row = engine.store.saga(&run.id.to_string())?.ok_or_else(|| {
+                    StoreError::Unavailable(format!("saga {} disappeared from the store", run.id))
+                })?;
+                run.state = serde_json::from_str(&row.state).map_err(|e| {
+                    StoreError::Unavailable(format!("saga {} has an unreadable state: {e}", run.id))
+                })?;
+                run.version = row.version;
+                tracing::warn!(saga = %run.id, "the saga moved on elsewhere; going on from its stored state");
+                return Ok(super::machine::resume(&run.state));
+            }
+            Err(StoreError::Unavailable(error)) => {
+                tracing::warn!(saga = %run.id, "saving the saga failed ({error}); trying again in 1 s");
+                engine.clock.sleep(Duration::from_secs(1)).await;
+            }
+            Err(other) => return Err(other),
+        }
     }
 }
 
@@ -185,7 +220,9 @@ fn outcome_event(
         },
         (Direction::Do, Err(reason)) => Event::Failed { step, reason: reason.clone(), transient: false, at },
         (Direction::Undo, Ok(_)) => Event::Compensated { step, digest: digest.to_owned(), at },
-        (Direction::Undo, Err(reason)) => Event::CompensationFailed { step, reason: reason.clone(), at },
+        (Direction::Undo, Err(reason)) => {
+            Event::CompensationFailed { step, reason: reason.clone(), transient: false, at }
+        }
     }
 }
 

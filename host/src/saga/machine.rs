@@ -110,6 +110,9 @@ pub struct SagaState {
     /// Operator retries so far; part of the keys of calls made after a retry, so that a
     /// stored refusal is not just replayed.
     pub round: u32,
+    /// The digest of the definition the saga started with.
+    #[serde(default)]
+    pub definition: String,
 }
 
 impl SagaState {
@@ -119,6 +122,7 @@ impl SagaState {
             steps: vec![StepState::new(); def.steps.len()],
             reason: None,
             round: 0,
+            definition: def.digest.clone(),
         }
     }
 }
@@ -154,9 +158,11 @@ pub enum Event {
         digest: String,
         at: i64,
     },
+    /// A compensation failed: refused (`transient: false`) or temporarily.
     CompensationFailed {
         step: usize,
         reason: String,
+        transient: bool,
         at: i64,
     },
     /// An operator asked a stuck saga to go on.
@@ -239,11 +245,13 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             s.compensated_at = Some(at);
             compensate_below(state, step)
         }
-        Event::CompensationFailed { step, reason, at } => {
+        Event::CompensationFailed { step, reason, transient, at } => {
             let policy = def.steps[step].retry;
             let s = &mut state.steps[step];
             s.last_error = Some(reason.clone());
-            if s.compensation_attempts < policy.max_attempts {
+            // A refused compensation would only be refused again (its stored refusal is
+            // replayed to the same key): it waits for an operator at once.
+            if transient && s.compensation_attempts < policy.max_attempts {
                 let delay = policy.backoff_ceiling(s.compensation_attempts);
                 s.compensation_attempts += 1;
                 return vec![Action::Invoke {
@@ -380,6 +388,7 @@ mod tests {
             steps: vec![step("a", Some("a-undo")), step("b", Some("b-undo")), step("c", None)],
             pivot: 2,
             source: PathBuf::from("s.toml"),
+            digest: "d".into(),
         }
     }
 
@@ -400,7 +409,7 @@ mod tests {
     }
 
     fn undo_failed(step: usize) -> Event {
-        Event::CompensationFailed { step, reason: "still no".into(), at: 40 }
+        Event::CompensationFailed { step, reason: "still no".into(), transient: true, at: 40 }
     }
 
     /// Runs `events` from a fresh state; returns the state and the last actions.
@@ -536,6 +545,15 @@ mod tests {
         assert_eq!(state.status, SagaStatus::Stuck);
         assert_eq!(state.steps[0].status, StepStatus::CompensationFailed);
         assert_eq!(state.reason.as_deref(), Some("the compensation of step `a` failed 3 times: still no"));
+    }
+
+    #[test]
+    fn a_refused_compensation_makes_the_saga_stuck_at_once() {
+        let def = def();
+        let (mut state, _) = run(vec![ok(0), fail(1, false)]);
+        let refused = Event::CompensationFailed { step: 0, reason: "never".into(), transient: false, at: 40 };
+        assert_eq!(apply(&def, &mut state, refused), vec![Action::Finished(SagaStatus::Stuck)]);
+        assert_eq!(state.steps[0].compensation_attempts, 1);
     }
 
     #[test]

@@ -60,9 +60,11 @@ pub enum SagaError {
         "idempotency key `{key}` already started saga {id} with a different input; use a new key for a new saga"
     )]
     KeyReused { key: String, id: String },
+    #[error("saga {0} is being driven right now; retry in a moment")]
+    Busy(String),
     #[error("saga {id} is {status}, not stuck: only a stuck saga can be retried")]
     NotStuck { id: String, status: String },
-    #[error("the saga definition of saga {id} (`{name}`) is no longer loaded")]
+    #[error("the definition saga {id} started with (`{name}`) is no longer loaded, or has changed since")]
     DefinitionGone { id: String, name: String },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -169,6 +171,18 @@ impl SagaEngine {
             .insert(def.name.clone(), Arc::new(def));
     }
 
+    /// Stops offering saga `name` (running sagas of it finish on their copy).
+    pub fn remove_definition(&self, name: &str) {
+        self.inner.definitions.write().expect("definitions lock poisoned").remove(name);
+    }
+
+    /// Ids of the unfinished sagas (running, compensating, stuck) of definition `name`.
+    pub fn unfinished_of(&self, name: &str) -> Result<Vec<String>, SagaError> {
+        let mut rows = self.inner.store.unfinished_sagas()?;
+        rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck.as_str()), None, 10_000, false)?);
+        Ok(rows.into_iter().filter(|row| row.name == name).map(|row| row.id).collect())
+    }
+
     pub fn definition(&self, name: &str) -> Option<Arc<SagaDef>> {
         self.inner.definitions.read().expect("definitions lock poisoned").get(name).cloned()
     }
@@ -267,6 +281,12 @@ impl SagaEngine {
 
     /// Resumes a stuck saga.
     pub async fn retry(&self, id: &str) -> Result<SagaRecord, SagaError> {
+        let saga_id = SagaId(id.to_owned());
+        // Claimed before anything is written: a driver still finishing (or another
+        // retry) answers 409 rather than leaving the saga without a driver.
+        let Some(claim) = self.claim(&saga_id) else {
+            return Err(SagaError::Busy(id.into()));
+        };
         let record = self.get(id)?;
         if record.state.status != SagaStatus::Stuck {
             return Err(SagaError::NotStuck { id: id.into(), status: record.row.status });
@@ -278,21 +298,18 @@ impl SagaEngine {
         let mut state = record.state.clone();
         let at = self.inner.clock.now_ms();
         let actions = apply(&def, &mut state, Event::RetryRequested { at });
-        let saga_id = SagaId(record.row.id.clone());
         driver::commit(&self.inner, driver::update(&saga_id, record.row.version, &state, at)).await?;
         tracing::info!(saga = %saga_id, "stuck saga retried by an operator");
         let input = input_object(&record.row.input);
-        self.spawn(
-            Run {
-                def,
-                id: saga_id,
-                input,
-                state,
-                version: record.row.version + 1,
-                started_at: record.row.created_at,
-            },
-            actions,
-        );
+        let run = Run {
+            def,
+            id: saga_id,
+            input,
+            state,
+            version: record.row.version + 1,
+            started_at: record.row.created_at,
+        };
+        self.drive_claimed(claim, run, actions);
         self.get(id)
     }
 
@@ -305,11 +322,20 @@ impl SagaEngine {
                 let mut waiters = self.inner.waiters.lock().expect("waiters mutex poisoned");
                 waiters.entry(saga_id.clone()).or_insert_with(|| watch::channel(()).0).subscribe()
             };
-            let record = self.get(id)?;
-            let settled = record.state.status.is_terminal() || record.state.status == SagaStatus::Stuck;
+            let record = self.get(id);
+            let settled = record
+                .as_ref()
+                .map_or(true, |r| r.state.status.is_terminal() || r.state.status == SagaStatus::Stuck);
             let left = until.saturating_duration_since(Instant::now());
             if settled || left.is_zero() {
-                return Ok(record);
+                drop(woken);
+                // Nobody else waits for this saga: its entry goes (a finishing driver
+                // removes it too, but a saga that already finished has none).
+                let mut waiters = self.inner.waiters.lock().expect("waiters mutex poisoned");
+                if waiters.get(&saga_id).is_some_and(|w| w.receiver_count() == 0) {
+                    waiters.remove(&saga_id);
+                }
+                return record;
             }
             let _ = tokio::time::timeout(left, woken.changed()).await;
         }
@@ -337,7 +363,11 @@ impl SagaEngine {
         for row in rows {
             let record = self.decode(row)?;
             let Some(def) = record.def else {
-                tracing::error!(saga = %record.row.id, name = %record.row.name, "cannot resume: its definition is not loaded");
+                tracing::error!(
+                    saga = %record.row.id,
+                    name = %record.row.name,
+                    "cannot resume: its definition is not loaded, or changed since the saga started"
+                );
                 continue;
             };
             let actions = resume(&record.state);
@@ -356,27 +386,47 @@ impl SagaEngine {
     }
 
     fn spawn(&self, run: Run, actions: Vec<machine::Action>) {
-        if !self.inner.running.lock().expect("running mutex poisoned").insert(run.id.clone()) {
-            return;
+        if let Some(claim) = self.claim(&run.id) {
+            self.drive_claimed(claim, run, actions);
         }
+    }
+
+    /// Takes the saga's driver slot in this process, if it is free.
+    fn claim(&self, id: &SagaId) -> Option<Driving> {
+        let claimed = self.inner.running.lock().expect("running mutex poisoned").insert(id.clone());
+        claimed.then(|| Driving { engine: self.inner.clone(), id: id.clone() })
+    }
+
+    fn drive_claimed(&self, claim: Driving, run: Run, actions: Vec<machine::Action>) {
         let engine = self.inner.clone();
         tokio::spawn(async move {
-            let _permit =
-                engine.permits.clone().acquire_owned().await.expect("the semaphore is never closed");
-            let id = run.id.clone();
-            driver::drive(engine.clone(), run, actions).await;
-            // Free the saga before waking its waiters: a retry they make at once must
-            // find no driver, and start one.
-            engine.running.lock().expect("running mutex poisoned").remove(&id);
-            engine.notify(&id);
+            driver::drive(engine, run, actions).await;
+            drop(claim);
         });
     }
 
     fn decode(&self, row: SagaRow) -> Result<SagaRecord, SagaError> {
         let state: SagaState = serde_json::from_str(&row.state)
             .map_err(|e| StoreError::Unavailable(format!("saga {} has an unreadable state: {e}", row.id)))?;
-        let def = self.definition(&row.name);
+        // A saga is only ever driven (and shown) with the definition it started with.
+        let def = self
+            .definition(&row.name)
+            .filter(|d| state.definition.is_empty() || d.digest == state.definition);
         Ok(SagaRecord { row, state, def })
+    }
+}
+
+/// A saga's driver slot. Dropping it (when the driver ends, even by a panic) frees the
+/// saga, then wakes its waiters: a retry they make at once finds no driver.
+struct Driving {
+    engine: Arc<EngineInner>,
+    id: SagaId,
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        self.engine.running.lock().expect("running mutex poisoned").remove(&self.id);
+        self.engine.notify(&self.id);
     }
 }
 
