@@ -185,7 +185,7 @@ impl Invoker {
     /// `replayed` and commits its own change.
     pub async fn invoke_with(&self, request: Request, attach: Attach) -> Result<Invoked, InvokeError> {
         let (service, operation) = (request.service.clone(), request.operation.clone());
-        let result = self.invoke_counted(request, attach).await;
+        let result = self.invoke_uncounted(request, attach).await;
         let outcome = match &result {
             Ok(invoked) if invoked.replayed => "replayed",
             Ok(invoked) if invoked.result.is_ok() => "ok",
@@ -203,7 +203,7 @@ impl Invoker {
         result
     }
 
-    async fn invoke_counted(&self, request: Request, attach: Attach) -> Result<Invoked, InvokeError> {
+    async fn invoke_uncounted(&self, request: Request, attach: Attach) -> Result<Invoked, InvokeError> {
         let plugin = self
             .inner
             .registry

@@ -178,9 +178,14 @@ impl SagaEngine {
 
     /// Ids of the unfinished sagas (running, compensating, stuck) of definition `name`.
     pub fn unfinished_of(&self, name: &str) -> Result<Vec<String>, SagaError> {
+        Ok(self.unfinished_rows()?.into_iter().filter(|row| row.name == name).map(|row| row.id).collect())
+    }
+
+    /// Running, compensating and stuck sagas.
+    fn unfinished_rows(&self) -> Result<Vec<SagaRow>, SagaError> {
         let mut rows = self.inner.store.unfinished_sagas()?;
         rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck.as_str()), None, 10_000, false)?);
-        Ok(rows.into_iter().filter(|row| row.name == name).map(|row| row.id).collect())
+        Ok(rows)
     }
 
     pub fn definition(&self, name: &str) -> Option<Arc<SagaDef>> {
@@ -344,9 +349,8 @@ impl SagaEngine {
     /// Ids of the sagas not yet finished (running, compensating or stuck) whose
     /// definition uses `service`.
     pub fn unfinished_using(&self, service: &str) -> Result<Vec<String>, SagaError> {
-        let mut rows = self.inner.store.unfinished_sagas()?;
-        rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck.as_str()), None, 10_000, false)?);
-        Ok(rows
+        Ok(self
+            .unfinished_rows()?
             .into_iter()
             .filter(|row| {
                 self.definition(&row.name).is_some_and(|d| d.steps.iter().any(|s| s.service == service))
