@@ -334,6 +334,7 @@ impl Invoker {
             correlation_id: request.correlation_id.clone(),
             saga: attach(&result, &stored.digest),
             outcome: Some(stored.clone()),
+            deliveries: Vec::new(),
         };
         Ok(self.inner.store.commit(commit).await.map(|()| Invoked {
             result,

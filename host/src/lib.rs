@@ -13,6 +13,7 @@
 //! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
 //! - [`lifecycle`]: hot reload, uploads and removals of plugins, checked against the sagas.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`events`]: choreography: the dispatcher delivering outbox events to subscribers.
 //! - [`http`]: the axum API and its problem+json errors.
 //! - [`clock`]: wall-clock time as stored (unix ms).
 //! - [`config`]: per-plugin limits and the duration/size parsers.
@@ -23,6 +24,7 @@ pub mod alert;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod guests;
 pub mod http;
 pub mod invoke;

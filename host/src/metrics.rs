@@ -42,6 +42,9 @@ pub struct Metrics {
     pub reloads: Counter,
     /// Plugin versions refused at load or reload.
     pub refused: Counter,
+    /// Event delivery attempts by subscriber and result (`delivered`, `pending`: failed
+    /// and to be retried, `dead`).
+    pub deliveries: Family<Labels, Counter>,
     /// Alerts raised, by kind; and webhook deliveries that failed for good.
     pub alerts: Family<Labels, Counter>,
     pub alert_failures: Counter,
@@ -66,6 +69,7 @@ impl Metrics {
             stuck: Gauge::default(),
             reloads: Counter::default(),
             refused: Counter::default(),
+            deliveries: Family::default(),
             alerts: Family::default(),
             alert_failures: Counter::default(),
             registry: Registry::default(),
@@ -100,6 +104,11 @@ impl Metrics {
         registry.register("sagas_stuck", "Sagas stuck and waiting for an operator", metrics.stuck.clone());
         registry.register("plugin_reloads", "Plugin versions replaced", metrics.reloads.clone());
         registry.register("plugin_refusals", "Plugin versions refused", metrics.refused.clone());
+        registry.register(
+            "event_deliveries",
+            "Event delivery attempts by subscriber and result",
+            metrics.deliveries.clone(),
+        );
         registry.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
         registry.register(
             "alert_webhook_failures",

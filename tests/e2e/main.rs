@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod demo;
+mod events;
 mod invocations;
 mod reload;
 mod runtime;

@@ -13,7 +13,7 @@ use wasaga::store::{ChangeSet, Commit, MemoryStore, RecordStore, Transaction, Tx
 use crate::support::{call, guest, load, runtime};
 
 async fn commit(store: &MemoryStore, changes: ChangeSet) {
-    let commit = Commit { service: "echo".into(), changes, correlation_id: None, outcome: None, saga: None };
+    let commit = Commit { service: "echo".into(), changes, ..Commit::default() };
     store.commit(commit).await.unwrap();
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use wasaga::alert::Alerter;
 use wasaga::clock::SystemClock;
+use wasaga::events::Dispatcher;
 use wasaga::http::{AppState, router};
 use wasaga::invoke::{InvokeOptions, Invoker};
 use wasaga::lifecycle::PluginManager;
@@ -181,11 +182,12 @@ pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions, data
     }
     let store = Arc::new(SqliteStore::open(data, SqliteOptions::default()).unwrap());
     let invoker = Invoker::new(registry, store.clone(), options);
-    let sagas = SagaEngine::new(invoker.clone(), store, Arc::new(SystemClock), 16, Alerter::none());
+    let sagas = SagaEngine::new(invoker.clone(), store.clone(), Arc::new(SystemClock), 16, Alerter::none());
+    let events = Dispatcher::new(invoker.clone(), store, Alerter::none());
     let plugins = PluginManager::new(invoker.registry().clone(), sagas.clone(), Default::default(), data);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState { invoker, sagas, plugins, admin_token: None };
+    let state = AppState { invoker, sagas, plugins, events, admin_token: None };
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     url
 }

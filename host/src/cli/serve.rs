@@ -11,6 +11,7 @@ use super::RuntimeArgs;
 use crate::alert::Alerter;
 use crate::clock::SystemClock;
 use crate::config::parse_duration;
+use crate::events::Dispatcher;
 use crate::http::{AppState, router};
 use crate::invoke::{InvokeOptions, Invoker};
 use crate::lifecycle::PluginManager;
@@ -149,8 +150,9 @@ pub(super) async fn run_with(
         store.clone(),
         Arc::new(SystemClock),
         args.max_running_sagas,
-        alerter,
+        alerter.clone(),
     );
+    let events = Dispatcher::new(invoker.clone(), store.clone(), alerter);
     let plugins = PluginManager::new(registry.clone(), sagas.clone(), args.runtime.settings(), &args.data);
     plugins
         .load(&args.plugins)
@@ -187,8 +189,9 @@ pub(super) async fn run_with(
         "serving"
     );
     tokio::spawn(purge_expired(store));
+    events.spawn();
     let admin_token = args.admin_token.filter(|t| !t.is_empty()).map(Arc::from);
-    let state = AppState { invoker, sagas, plugins, admin_token };
+    let state = AppState { invoker, sagas, plugins, events, admin_token };
     ready(state.clone(), addr);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped");

@@ -4,6 +4,7 @@
 
 mod dashboard;
 mod error;
+mod events;
 mod plugins;
 mod records;
 mod sagas;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub invoker: Invoker,
     pub sagas: SagaEngine,
     pub plugins: PluginManager,
+    pub events: crate::events::Dispatcher,
     /// The token of the admin API (`PUT`/`DELETE /v1/plugins/...`); `None` turns it off.
     pub admin_token: Option<std::sync::Arc<str>>,
 }
@@ -58,6 +60,9 @@ pub fn router(state: AppState) -> Router {
             get(records::get).put(records::put).delete(records::delete),
         )
         .route("/v1/overview", get(sagas::overview))
+        .route("/v1/events", get(events::chain))
+        .route("/v1/events/dead", get(events::dead))
+        .route("/v1/events/{id}/redeliver", post(events::redeliver))
         .route("/v1/sagas", get(sagas::list))
         .route("/v1/sagas/{id}", post(sagas::start).get(sagas::show))
         .route("/v1/sagas/{id}/retry", post(sagas::retry))

@@ -190,8 +190,7 @@ async fn write(
         writes: vec![Write { key: key.to_owned(), value, version }],
         events: vec![],
     };
-    let commit =
-        Commit { service: service.to_owned(), changes, correlation_id: None, outcome: None, saga: None };
+    let commit = Commit { service: service.to_owned(), changes, ..Commit::default() };
     match state.invoker.commit(commit).await {
         Ok(()) => Ok((version, current.value.is_none())),
         // Changed between the check and the commit: the precondition no longer holds.

@@ -258,13 +258,7 @@ pub(super) fn update(id: &SagaId, version: u64, state: &SagaState, at: i64) -> S
 }
 
 pub(super) async fn commit(engine: &EngineInner, change: SagaChange) -> Result<(), StoreError> {
-    let commit = Commit {
-        service: String::new(),
-        changes: Default::default(),
-        correlation_id: None,
-        outcome: None,
-        saga: Some(change),
-    };
+    let commit = Commit { saga: Some(change), ..Commit::default() };
     engine.invoker.commit(commit).await
 }
 

@@ -188,6 +188,11 @@ impl SagaEngine {
         Ok(rows)
     }
 
+    /// The durable store sagas (and events) live in.
+    pub fn store(&self) -> &Arc<SqliteStore> {
+        &self.inner.store
+    }
+
     pub fn definition(&self, name: &str) -> Option<Arc<SagaDef>> {
         self.inner.definitions.read().expect("definitions lock poisoned").get(name).cloned()
     }
@@ -225,13 +230,7 @@ impl SagaEngine {
             created_at: at,
             updated_at: at,
         };
-        let commit = Commit {
-            service: String::new(),
-            changes: Default::default(),
-            correlation_id: None,
-            outcome: None,
-            saga: Some(SagaChange::Create(row.clone())),
-        };
+        let commit = Commit { saga: Some(SagaChange::Create(row.clone())), ..Commit::default() };
         match self.inner.invoker.commit(commit).await {
             Ok(()) => {}
             // The same key raced us and won: that saga is the one.

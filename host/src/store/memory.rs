@@ -80,8 +80,10 @@ impl RecordStore for MemoryStore {
 
 impl MemoryStore {
     fn apply(&self, commit: &Commit) -> Result<(), StoreError> {
-        if commit.saga.is_some() {
-            return Err(StoreError::Invalid("sagas need the durable (SQLite) store".into()));
+        if commit.saga.is_some() || !commit.deliveries.is_empty() {
+            return Err(StoreError::Invalid(
+                "sagas and event deliveries need the durable (SQLite) store".into(),
+            ));
         }
         let mut state = self.state.lock().expect("store mutex poisoned");
         let State { records, outcomes } = &mut *state;
@@ -127,13 +129,7 @@ mod tests {
     }
 
     fn commit(store: &MemoryStore, tx: Transaction) -> Result<(), StoreError> {
-        store.apply(&Commit {
-            service: "svc".into(),
-            changes: tx.into_changes(),
-            correlation_id: None,
-            outcome: None,
-            saga: None,
-        })
+        store.apply(&Commit { service: "svc".into(), changes: tx.into_changes(), ..Commit::default() })
     }
 
     #[test]

@@ -152,8 +152,62 @@ pub enum SagaChange {
     Update { id: String, version: u64, status: String, state: String, at: i64 },
 }
 
-/// One atomic unit for the commit pipeline.
+/// An event of the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Increasing in commit order.
+    pub id: i64,
+    /// The service that published it.
+    pub service: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub correlation_id: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// One event's delivery to one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub event_id: i64,
+    pub subscriber: String,
+    pub operation: String,
+    pub topic: String,
+    pub correlation_id: Option<String>,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    pub attempts: u32,
+    /// Unix ms: not before then.
+    pub next_at: i64,
+    /// `ok` or `rejected` once delivered.
+    pub outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub done_at: Option<i64>,
+}
+
+/// A change to the deliveries, committed through the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryChange {
+    /// New deliveries, for the events up to `through` (the dispatch cursor moves there).
+    Create { deliveries: Vec<DeliveryRow>, through: i64 },
+    /// The result of one attempt.
+    Update {
+        event_id: i64,
+        subscriber: String,
+        status: String,
+        attempts: u32,
+        next_at: i64,
+        outcome: Option<String>,
+        last_error: Option<String>,
+        done_at: Option<i64>,
+    },
+    /// A dead delivery back to pending (an operator's redelivery).
+    Redeliver { event_id: i64, subscriber: String, at: i64 },
+}
+
+/// One atomic unit for the commit pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Commit {
     pub service: String,
     pub changes: ChangeSet,
@@ -163,6 +217,8 @@ pub struct Commit {
     pub outcome: Option<StoredOutcome>,
     /// The saga transition this commit carries, if any.
     pub saga: Option<SagaChange>,
+    /// Changes to event deliveries.
+    pub deliveries: Vec<DeliveryChange>,
 }
 
 /// Resolves when a commit is durable (or refused).

@@ -11,6 +11,8 @@
 //! - `publish` `{topic, payload}` → `{}`.
 //! - `log` `{message}` → `{}` (logs at every level and prints to stdout and stderr).
 //! - `fail` `{kind: "rejected" | "transient", reason}` → that failure.
+//! - `publish-then-refuse` `{topic, payload}` → publishes, then a rejection.
+//! - `append` `{n}` (subscribed to `journal`) → appends `n` to `journal/<correlation id>`.
 
 mod logic;
 
@@ -33,13 +35,15 @@ impl Guest for Echo {
                 op("publish", "Publishes one event."),
                 op("log", "Writes to the host log, stdout and stderr."),
                 op("fail", "Fails the way the input asks."),
+                op("publish-then-refuse", "Publishes an event, then refuses: the event must never exist."),
+                op("append", "On `journal` events: appends the input's `n` to journal/<correlation id>."),
             ],
-            subscriptions: vec![],
+            subscriptions: vec![("journal".into(), "append".into())],
         }
     }
 
     fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
-        logic::handle(&call.operation, &call.input)
+        logic::handle(&call.operation, &call.input, call.correlation_id.as_deref())
     }
 }
 

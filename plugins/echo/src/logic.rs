@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use wasaga_guest::Failure;
 use wasaga_guest::wasaga::plugin::{events, log, store};
 
-pub fn handle(operation: &str, input: &[u8]) -> Result<Vec<u8>, Failure> {
+pub fn handle(operation: &str, input: &[u8], correlation_id: Option<&str>) -> Result<Vec<u8>, Failure> {
     if operation == "echo" {
         return Ok(input.to_vec());
     }
@@ -56,6 +56,22 @@ pub fn handle(operation: &str, input: &[u8]) -> Result<Vec<u8>, Failure> {
             println!("stdout: {message}");
             eprintln!("stderr: {message}");
             json!({})
+        }
+        "publish-then-refuse" => {
+            events::publish(&text("topic"), input["payload"].to_string().as_bytes());
+            return Err(Failure::Rejected("refused after publishing".into()));
+        }
+        "append" => {
+            let key = format!("journal/{}", correlation_id.unwrap_or("none"));
+            let mut list = match store::get(&key) {
+                Some(entry) => parse(&entry.value),
+                None => json!([]),
+            };
+            if let Some(list) = list.as_array_mut() {
+                list.push(input["n"].clone());
+            }
+            store::set(&key, list.to_string().as_bytes()).map_err(refuse)?;
+            list
         }
         "fail" => {
             let reason = text("reason");

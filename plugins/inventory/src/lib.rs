@@ -15,6 +15,7 @@
 //! that race are serialised by the host's version check.
 
 use serde::{Deserialize, Serialize};
+use wasaga_guest::wasaga::plugin::events;
 use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -67,8 +68,13 @@ impl Guest for Inventory {
                     description: "Holds stock of a SKU for an order.".into(),
                 },
                 OperationInfo::new("release", "Gives an order's held stock back."),
+                OperationInfo::new("reserve-placed", "On order-placed: holds the stock, says if it could."),
+                OperationInfo::new("release-placed", "On payment-declined: gives the stock back."),
             ],
-            subscriptions: vec![],
+            subscriptions: vec![
+                ("order-placed".into(), "reserve-placed".into()),
+                ("payment-declined".into(), "release-placed".into()),
+            ],
         }
     }
 
@@ -85,6 +91,29 @@ impl Guest for Inventory {
                     )));
                 }
                 release(input)
+            }
+            // The choreographed order flow: the event's payload is the order; each step
+            // answers by publishing the next event with the same payload.
+            "reserve-placed" => {
+                let order: serde_json::Value = json::input(&call.input)?;
+                match reserve(json::input(&call.input)?) {
+                    Ok(output) => {
+                        events::publish("stock-reserved", &call.input);
+                        Ok(output)
+                    }
+                    Err(Failure::Rejected(reason)) => {
+                        let mut refused = order;
+                        refused["reason"] = serde_json::Value::String(reason);
+                        events::publish("stock-rejected", refused.to_string().as_bytes());
+                        json::output(&refused)
+                    }
+                    Err(transient) => Err(transient),
+                }
+            }
+            "release-placed" => {
+                let output = release(json::input(&call.input)?)?;
+                events::publish("stock-released", &call.input);
+                Ok(output)
             }
             other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
         }

@@ -30,7 +30,7 @@ impl Guest for Notification {
         Manifest {
             name: "notification".into(),
             operations: vec![OperationInfo::new("send-confirmation", "Sends an order confirmation.")],
-            subscriptions: vec![],
+            subscriptions: vec![("order-completed".into(), "send-confirmation".into())],
         }
     }
 

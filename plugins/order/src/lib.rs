@@ -9,6 +9,7 @@
 //! says why.
 
 use serde::{Deserialize, Serialize};
+use wasaga_guest::wasaga::plugin::events;
 use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,8 +52,21 @@ impl Guest for OrderService {
                 },
                 OperationInfo::new("complete", "Marks an order completed."),
                 OperationInfo::new("cancel", "Cancels an order, with the reason."),
+                OperationInfo::new(
+                    "place",
+                    "Starts the choreographed order flow: creates the order, publishes order-placed.",
+                ),
+                OperationInfo::new("complete-placed", "On payment-completed: completes the order."),
+                OperationInfo::new(
+                    "cancel-placed",
+                    "On payment-declined or stock-rejected: cancels the order.",
+                ),
             ],
-            subscriptions: vec![],
+            subscriptions: vec![
+                ("payment-completed".into(), "complete-placed".into()),
+                ("payment-declined".into(), "cancel-placed".into()),
+                ("stock-rejected".into(), "cancel-placed".into()),
+            ],
         }
     }
 
@@ -61,6 +75,18 @@ impl Guest for OrderService {
             "create" => create(json::input(&call.input)?),
             "complete" => change(json::input(&call.input)?, "completed"),
             "cancel" => change(json::input(&call.input)?, "cancelled"),
+            // The choreographed order flow (see the inventory and payment services).
+            "place" => {
+                let output = create(json::input(&call.input)?)?;
+                events::publish("order-placed", &call.input);
+                Ok(output)
+            }
+            "complete-placed" => {
+                let output = change(json::input(&call.input)?, "completed")?;
+                events::publish("order-completed", &call.input);
+                Ok(output)
+            }
+            "cancel-placed" => change(json::input(&call.input)?, "cancelled"),
             other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
         }
     }

@@ -15,6 +15,7 @@
 //! `refund`, as a flaky card processor would.
 
 use serde::{Deserialize, Serialize};
+use wasaga_guest::wasaga::plugin::events;
 use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -74,8 +75,9 @@ impl Guest for Payment {
                     description: "Charges a customer for an order.".into(),
                 },
                 OperationInfo::new("refund", "Refunds an order's charge."),
+                OperationInfo::new("charge-placed", "On stock-reserved: charges, says if it could."),
             ],
-            subscriptions: vec![],
+            subscriptions: vec![("stock-reserved".into(), "charge-placed".into())],
         }
     }
 
@@ -91,6 +93,24 @@ impl Guest for Payment {
                 let input: Refund = json::input(&call.input)?;
                 flaky(call.attempt, input.refund_transient_failures)?;
                 refund(input)
+            }
+            "charge-placed" => {
+                let input: ChargeInput = json::input(&call.input)?;
+                flaky(call.attempt, input.payment_transient_failures)?;
+                let order: serde_json::Value = json::input(&call.input)?;
+                match charge(input) {
+                    Ok(output) => {
+                        events::publish("payment-completed", &call.input);
+                        Ok(output)
+                    }
+                    Err(Failure::Rejected(reason)) => {
+                        let mut declined = order;
+                        declined["reason"] = serde_json::Value::String(reason);
+                        events::publish("payment-declined", declined.to_string().as_bytes());
+                        json::output(&declined)
+                    }
+                    Err(transient) => Err(transient),
+                }
             }
             other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
         }

@@ -1,6 +1,7 @@
 //! `wasaga bench`: the project's own benchmarks. They report figures; nothing fails
 //! when a figure moves.
 
+mod events;
 mod invoke;
 mod reload;
 mod runtime;
@@ -16,6 +17,7 @@ pub enum BenchCommand {
     Invoke(invoke::Args),
     Sagas(sagas::Args),
     Reload(reload::Args),
+    Events(events::Args),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
@@ -24,6 +26,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<std::process::ExitCode
         BenchCommand::Invoke(args) => invoke::run(args).await,
         BenchCommand::Sagas(args) => sagas::run(args).await,
         BenchCommand::Reload(args) => reload::run(args).await,
+        BenchCommand::Events(args) => events::run(args).await,
     }
 }
 

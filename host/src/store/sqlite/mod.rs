@@ -20,7 +20,10 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::{Commit, CommitFuture, Entry, RecordStore, SagaRow, Slot, Snapshot, StoreError, StoredOutcome};
+use super::{
+    Commit, CommitFuture, DeliveryRow, Entry, EventRow, RecordStore, SagaRow, Slot, Snapshot, StoreError,
+    StoredOutcome,
+};
 
 /// SQLite's `synchronous` setting for commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -160,6 +163,132 @@ impl SqliteStore {
             .map_err(unavailable);
         self.readers.put(conn);
         counts
+    }
+
+    /// Where the dispatcher is: the last event it made deliveries for.
+    pub fn dispatched_through(&self) -> Result<i64, StoreError> {
+        let conn = self.readers.take()?;
+        let through = conn
+            .query_row("SELECT through FROM dispatch WHERE id = 1", [], |r| r.get(0))
+            .map_err(unavailable);
+        self.readers.put(conn);
+        through
+    }
+
+    /// Events after `after`, oldest first, at most `limit`.
+    pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        self.read_events("WHERE id > ?1 ORDER BY id LIMIT ?2", params![after, limit as i64])
+    }
+
+    /// The events of one correlation id, oldest first.
+    pub fn events_of(&self, correlation_id: &str) -> Result<Vec<EventRow>, StoreError> {
+        self.read_events("WHERE correlation_id = ?1 ORDER BY id LIMIT 10000", params![correlation_id])
+    }
+
+    pub fn event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
+        self.read_events("WHERE id = ?1", params![id]).map(|mut rows| rows.pop())
+    }
+
+    /// Pending deliveries due by `now` whose group (subscriber, topic, correlation id)
+    /// has no earlier pending delivery: within a correlation, events go out in order.
+    pub fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.read_deliveries(
+            "WHERE d.status = 'pending' AND d.next_at <= ?1 AND NOT EXISTS (
+                 SELECT 1 FROM deliveries e
+                 WHERE e.subscriber = d.subscriber AND e.topic = d.topic
+                   AND e.correlation_id = d.correlation_id AND e.status = 'pending'
+                   AND e.event_id < d.event_id)
+             ORDER BY d.event_id LIMIT ?2",
+            params![now, limit as i64],
+        )
+    }
+
+    /// The deliveries of one event.
+    pub fn deliveries_of(&self, event_id: i64) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.read_deliveries("WHERE d.event_id = ?1 ORDER BY d.subscriber", params![event_id])
+    }
+
+    /// How many deliveries are in each status.
+    pub fn delivery_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.readers.take()?;
+        let counts = conn
+            .prepare_cached("SELECT status, count(*) FROM deliveries GROUP BY status")
+            .and_then(|mut q| {
+                q.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?.collect()
+            })
+            .map_err(unavailable);
+        self.readers.put(conn);
+        counts
+    }
+
+    /// Dead deliveries, oldest first.
+    pub fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.read_deliveries("WHERE d.status = 'dead' ORDER BY d.event_id LIMIT ?1", params![limit as i64])
+    }
+
+    fn read_events(
+        &self,
+        filter: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let conn = self.readers.take()?;
+        let sql =
+            format!("SELECT id, service, topic, payload, correlation_id, created_at FROM outbox {filter}");
+        let rows = conn
+            .prepare_cached(&sql)
+            .and_then(|mut q| {
+                q.query_map(params, |row| {
+                    Ok(EventRow {
+                        id: row.get(0)?,
+                        service: row.get(1)?,
+                        topic: row.get(2)?,
+                        payload: row.get(3)?,
+                        correlation_id: row.get(4)?,
+                        created_at: row.get(5)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(unavailable);
+        self.readers.put(conn);
+        rows
+    }
+
+    fn read_deliveries(
+        &self,
+        filter: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        let conn = self.readers.take()?;
+        let sql = format!(
+            "SELECT d.event_id, d.subscriber, d.operation, d.topic, d.correlation_id, d.status, d.attempts,
+                    d.next_at, d.outcome, d.last_error, d.created_at, d.done_at
+             FROM deliveries d {filter}"
+        );
+        let rows = conn
+            .prepare_cached(&sql)
+            .and_then(|mut q| {
+                q.query_map(params, |row| {
+                    Ok(DeliveryRow {
+                        event_id: row.get(0)?,
+                        subscriber: row.get(1)?,
+                        operation: row.get(2)?,
+                        topic: row.get(3)?,
+                        correlation_id: row.get(4)?,
+                        status: row.get(5)?,
+                        attempts: row.get(6)?,
+                        next_at: row.get(7)?,
+                        outcome: row.get(8)?,
+                        last_error: row.get(9)?,
+                        created_at: row.get(10)?,
+                        done_at: row.get(11)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(unavailable);
+        self.readers.put(conn);
+        rows
     }
 
     fn read_sagas(&self, filter: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<SagaRow>, StoreError> {
@@ -421,7 +550,7 @@ mod tests {
     }
 
     fn commit_of(changes: ChangeSet, outcome: Option<StoredOutcome>) -> Commit {
-        Commit { service: "svc".into(), changes, correlation_id: None, outcome, saga: None }
+        Commit { service: "svc".into(), changes, outcome, ..Commit::default() }
     }
 
     fn outcome(key: &str, created_at: i64, expires_at: i64) -> StoredOutcome {

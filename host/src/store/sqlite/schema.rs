@@ -61,6 +61,30 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX sagas_by_key ON sagas (name, key);
     CREATE INDEX sagas_by_status ON sagas (status, id);
     ",
+    // 3: event deliveries.
+    "
+    -- Each outbox event's delivery to each subscriber, and where the dispatcher is.
+    CREATE TABLE deliveries (
+        event_id       INTEGER NOT NULL,
+        subscriber     TEXT NOT NULL,
+        operation      TEXT NOT NULL,
+        topic          TEXT NOT NULL,
+        correlation_id TEXT,
+        status         TEXT NOT NULL,      -- pending, delivered, dead
+        attempts       INTEGER NOT NULL,
+        next_at        INTEGER NOT NULL,   -- unix ms
+        outcome        TEXT,               -- ok, rejected
+        last_error     TEXT,
+        created_at     INTEGER NOT NULL,
+        done_at        INTEGER,
+        PRIMARY KEY (event_id, subscriber)
+    );
+    CREATE INDEX deliveries_due ON deliveries (status, next_at);
+    CREATE INDEX deliveries_by_group ON deliveries (subscriber, topic, correlation_id, status, event_id);
+    CREATE INDEX outbox_by_correlation ON outbox (correlation_id, id);
+    CREATE TABLE dispatch (id INTEGER PRIMARY KEY CHECK (id = 1), through INTEGER NOT NULL);
+    INSERT INTO dispatch (id, through) VALUES (1, 0);
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a

@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::unavailable;
-use crate::store::{Commit, Conflict, SagaChange, StoreError, Write};
+use crate::store::{Commit, Conflict, DeliveryChange, SagaChange, StoreError, Write};
 
 pub(super) enum Job {
     Commit(Box<Commit>, oneshot::Sender<Result<(), StoreError>>),
@@ -202,6 +202,9 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     if let Some(saga) = &commit.saga {
         apply_saga(conn, saga)?;
     }
+    for change in &commit.deliveries {
+        apply_delivery(conn, change)?;
+    }
     if !changes.events.is_empty() {
         let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
         let mut insert = conn
@@ -214,6 +217,69 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
             insert
                 .execute(params![service, topic, payload, commit.correlation_id, created_at])
                 .map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_delivery(conn: &Connection, change: &DeliveryChange) -> Result<(), StoreError> {
+    match change {
+        DeliveryChange::Create { deliveries, through } => {
+            let mut insert = conn
+                .prepare_cached(
+                    "INSERT INTO deliveries (event_id, subscriber, operation, topic, correlation_id,
+                         status, attempts, next_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6)
+                     ON CONFLICT DO NOTHING",
+                )
+                .map_err(unavailable)?;
+            for d in deliveries {
+                insert
+                    .execute(params![
+                        d.event_id,
+                        d.subscriber,
+                        d.operation,
+                        d.topic,
+                        d.correlation_id,
+                        d.created_at
+                    ])
+                    .map_err(unavailable)?;
+            }
+            conn.execute("UPDATE dispatch SET through = max(through, ?1) WHERE id = 1", [through])
+                .map_err(unavailable)?;
+        }
+        DeliveryChange::Update {
+            event_id,
+            subscriber,
+            status,
+            attempts,
+            next_at,
+            outcome,
+            last_error,
+            done_at,
+        } => {
+            conn.prepare_cached(
+                "UPDATE deliveries SET status = ?3, attempts = ?4, next_at = ?5, outcome = ?6,
+                     last_error = ?7, done_at = ?8
+                 WHERE event_id = ?1 AND subscriber = ?2",
+            )
+            .map_err(unavailable)?
+            .execute(params![event_id, subscriber, status, attempts, next_at, outcome, last_error, done_at])
+            .map_err(unavailable)?;
+        }
+        DeliveryChange::Redeliver { event_id, subscriber, at } => {
+            let changed = conn
+                .execute(
+                    "UPDATE deliveries SET status = 'pending', next_at = ?3
+                     WHERE event_id = ?1 AND subscriber = ?2 AND status = 'dead'",
+                    params![event_id, subscriber, at],
+                )
+                .map_err(unavailable)?;
+            if changed == 0 {
+                return Err(StoreError::Invalid(format!(
+                    "no dead delivery of event {event_id} to `{subscriber}`"
+                )));
+            }
         }
     }
     Ok(())

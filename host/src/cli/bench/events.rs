@@ -1,0 +1,79 @@
+//! `wasaga bench events`: events delivered end to end per second.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args as ClapArgs;
+
+use crate::alert::Alerter;
+use crate::events::Dispatcher;
+use crate::invoke::{InvokeOptions, Invoker, Request};
+use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
+use crate::store::{SqliteOptions, SqliteStore};
+
+/// Measure choreography: `echo.publish` invocations publish `journal` events (spread
+/// over 100 correlation ids) as fast as 16 clients can; the dispatcher delivers each to
+/// `echo.append`, which records it. Reports events published/s and delivered/s end to
+/// end (from the first publish to the last delivery), durable (FULL).
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// Events to publish.
+    #[arg(long, default_value_t = 10_000)]
+    events: usize,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default())?);
+    let runtime = Runtime::new(RuntimeOptions::default())?;
+    let registry = Registry::new(runtime.clone());
+    registry
+        .insert(runtime.load("echo", std::fs::read(crate::guests::path("echo"))?, Limits::default()).await?);
+    let invoker = Invoker::new(registry, store.clone(), InvokeOptions::default());
+    Dispatcher::new(invoker.clone(), store.clone(), Alerter::none()).spawn();
+
+    let started = Instant::now();
+    let publishers: Vec<_> = (0..16usize)
+        .map(|worker| {
+            let invoker = invoker.clone();
+            let count = args.events;
+            tokio::spawn(async move {
+                for n in (worker..count).step_by(16) {
+                    let input = format!(r#"{{"topic":"journal","payload":{{"n":{n}}}}}"#).into_bytes();
+                    let mut request = Request::new("echo", "publish", input, format!("publish-{n}"));
+                    request.correlation_id = Some(format!("c-{}", n % 100));
+                    invoker.invoke(request).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await??;
+    }
+    let published = started.elapsed();
+    loop {
+        let counts = store.delivery_counts()?;
+        let done: u64 = counts.iter().filter(|(s, _)| s != "pending").map(|(_, n)| n).sum();
+        if done as usize >= args.events {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "deliveries did not finish: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delivered = started.elapsed();
+    println!("{} journal events, 100 correlation ids, 16 publishers", args.events);
+    println!("| published/s | delivered end to end/s | last delivery after |");
+    println!("|---|---|---|");
+    println!(
+        "| {:.0} | {:.0} | {:.2} s |",
+        args.events as f64 / published.as_secs_f64(),
+        args.events as f64 / delivered.as_secs_f64(),
+        delivered.as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,204 @@
+//! Choreography: delivering the outbox's events to the services that subscribe.
+//!
+//! An event exists only if the invocation that published it committed (the outbox is
+//! written in the same transaction). The dispatcher then:
+//! 1. makes one delivery per subscriber of each new event (the subscriptions the
+//!    plugins' manifests declare when the event is first seen), and moves its cursor;
+//! 2. delivers each due delivery as an idempotent invocation with the key
+//!    `event/<id>/<subscriber>` and the event's correlation id, so an effect happens
+//!    once even when a delivery is repeated after a crash;
+//! 3. records the result: delivered (the plugin answered, `ok` or `rejected`), or an
+//!    attempt failed (retried with backoff), or, after [`MAX_ATTEMPTS`], dead (an
+//!    alert; an operator may redeliver it).
+//!
+//! Within one correlation id, a subscriber gets the events of a topic in publication
+//! order: a delivery waits while an earlier one of its group is pending.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use crate::alert::{Alert, Alerter};
+use crate::clock::now_ms;
+use crate::invoke::{InvokeError, Invoker, Request};
+use crate::metrics::{labels, metrics};
+use crate::store::{Commit, DeliveryChange, DeliveryRow, SqliteStore, StoreError};
+
+/// Attempts of one delivery before it is dead-lettered.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// How often the dispatcher looks for new events and due deliveries.
+const POLL: Duration = Duration::from_millis(20);
+/// Deliveries in flight at once.
+const CONCURRENCY: usize = 64;
+
+/// Delivers events. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    invoker: Invoker,
+    store: Arc<SqliteStore>,
+    alerter: Alerter,
+    in_flight: Mutex<HashSet<(i64, String)>>,
+    permits: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    pub fn new(invoker: Invoker, store: Arc<SqliteStore>, alerter: Alerter) -> Self {
+        Dispatcher {
+            inner: Arc::new(Inner {
+                invoker,
+                store,
+                alerter,
+                in_flight: Mutex::default(),
+                permits: Arc::new(Semaphore::new(CONCURRENCY)),
+            }),
+        }
+    }
+
+    /// Runs the dispatcher until the process ends.
+    pub fn spawn(&self) {
+        let dispatcher = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(error) = dispatcher.fan_out().await {
+                    tracing::warn!("making event deliveries failed: {error}");
+                }
+                if let Err(error) = dispatcher.deliver_due() {
+                    tracing::warn!("reading due deliveries failed: {error}");
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        });
+    }
+
+    /// Makes the deliveries of the events not yet seen.
+    async fn fan_out(&self) -> Result<(), StoreError> {
+        let store = &self.inner.store;
+        loop {
+            let through = store.dispatched_through()?;
+            let events = store.events_after(through, 500)?;
+            let Some(last) = events.last().map(|e| e.id) else { return Ok(()) };
+            let plugins = self.inner.invoker.registry().plugins();
+            let now = now_ms();
+            let mut deliveries = Vec::new();
+            for event in &events {
+                for plugin in &plugins {
+                    for (topic, operation) in &plugin.manifest().subscriptions {
+                        if *topic == event.topic {
+                            deliveries.push(DeliveryRow {
+                                event_id: event.id,
+                                subscriber: plugin.service().to_owned(),
+                                operation: operation.clone(),
+                                topic: topic.clone(),
+                                correlation_id: event.correlation_id.clone(),
+                                status: "pending".into(),
+                                attempts: 0,
+                                next_at: now,
+                                outcome: None,
+                                last_error: None,
+                                created_at: now,
+                                done_at: None,
+                            });
+                        }
+                    }
+                }
+            }
+            let change = DeliveryChange::Create { deliveries, through: last };
+            self.inner.invoker.commit(Commit { deliveries: vec![change], ..Commit::default() }).await?;
+        }
+    }
+
+    /// Starts the due deliveries that are not in flight.
+    fn deliver_due(&self) -> Result<(), StoreError> {
+        let due = self.inner.store.due_deliveries(now_ms(), CONCURRENCY * 2)?;
+        for delivery in due {
+            let id = (delivery.event_id, delivery.subscriber.clone());
+            if !self.inner.in_flight.lock().expect("in-flight mutex poisoned").insert(id.clone()) {
+                continue;
+            }
+            let dispatcher = self.clone();
+            tokio::spawn(async move {
+                let _permit =
+                    dispatcher.inner.permits.acquire().await.expect("the semaphore is never closed");
+                if let Err(error) = dispatcher.deliver(delivery).await {
+                    tracing::warn!("recording a delivery failed: {error}; it is tried again");
+                }
+                dispatcher.inner.in_flight.lock().expect("in-flight mutex poisoned").remove(&id);
+            });
+        }
+        Ok(())
+    }
+
+    /// One attempt of one delivery, and its record.
+    async fn deliver(&self, delivery: DeliveryRow) -> Result<(), StoreError> {
+        let Some(event) = self.inner.store.event(delivery.event_id)? else { return Ok(()) };
+        let attempt = delivery.attempts + 1;
+        let key = format!("event/{}/{}", event.id, delivery.subscriber);
+        let mut request = Request::new(&delivery.subscriber, &delivery.operation, event.payload.clone(), key);
+        request.correlation_id = event.correlation_id.clone();
+        request.attempt = attempt;
+        let now = now_ms();
+        let result = self.inner.invoker.invoke(request).await;
+        let (status, outcome, error) = match result {
+            Ok(invoked) => {
+                let outcome = if invoked.result.is_ok() { "ok" } else { "rejected" };
+                ("delivered", Some(outcome.to_owned()), invoked.result.err())
+            }
+            Err(InvokeError::Store(error)) => return Err(error),
+            Err(error) if attempt >= MAX_ATTEMPTS => ("dead", None, Some(error.to_string())),
+            Err(error) => ("pending", None, Some(error.to_string())),
+        };
+        let m = metrics();
+        m.deliveries
+            .get_or_create(&labels(&[("subscriber", &delivery.subscriber), ("status", status)]))
+            .inc();
+        if status == "dead" {
+            self.inner.alerter.raise(Alert {
+                kind: "delivery_dead_lettered",
+                saga_id: event.correlation_id.clone().unwrap_or_default(),
+                saga: format!("event {} ({})", event.id, event.topic),
+                step: Some(delivery.subscriber.clone()),
+                reason: format!(
+                    "{} attempts failed: {}; redeliver with POST /v1/events/{}/redeliver?subscriber={}",
+                    attempt,
+                    error.as_deref().unwrap_or(""),
+                    event.id,
+                    delivery.subscriber
+                ),
+                at: now_ms(),
+            });
+        }
+        let next_at = if status == "pending" { now + backoff(attempt).as_millis() as i64 } else { now };
+        let done = (status != "pending").then_some(now_ms());
+        let change = DeliveryChange::Update {
+            event_id: event.id,
+            subscriber: delivery.subscriber.clone(),
+            status: status.into(),
+            attempts: attempt,
+            next_at,
+            outcome,
+            last_error: error,
+            done_at: done,
+        };
+        self.inner.invoker.commit(Commit { deliveries: vec![change], ..Commit::default() }).await
+    }
+
+    /// Puts a dead delivery back in the queue (its attempts go on counting).
+    pub async fn redeliver(&self, event_id: i64, subscriber: &str) -> Result<(), StoreError> {
+        let change = DeliveryChange::Redeliver { event_id, subscriber: subscriber.into(), at: now_ms() };
+        self.inner.invoker.commit(Commit { deliveries: vec![change], ..Commit::default() }).await
+    }
+}
+
+/// Up to 100 ms × 2^(attempt-1), at most 10 s, full jitter.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_millis(100).saturating_mul(1 << attempt.saturating_sub(1).min(10));
+    ceiling.min(Duration::from_secs(10)).mul_f64(rand::rng().random::<f64>())
+}

@@ -1,0 +1,280 @@
+//! Choreography through a real `wasaga serve`: the transactional outbox, delivery to
+//! subscribers, the event chain, dead letters and redelivery, ordering, crashes.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, plugins_dir};
+
+const SHOP: &[&str] = &["order", "inventory", "payment", "notification"];
+
+async fn seed(server: &Server, client: &reqwest::Client) {
+    let calls = [
+        ("inventory/restock", "restock-lamp", json!({"sku": "lamp", "qty": 100})),
+        ("payment/open-account", "open-ada", json!({"customer": "ada", "balance": 1_000_000})),
+        ("payment/open-account", "open-poor", json!({"customer": "poor", "balance": 100})),
+    ];
+    for (path, key, body) in calls {
+        assert_eq!(server.invoke(client, path, key, &body).send().await.unwrap().status(), 200);
+    }
+}
+
+/// Places an order through the choreographed flow (`order.place`, correlation id =
+/// the order id).
+async fn place(server: &Server, client: &reqwest::Client, order: &str, customer: &str, extra: Value) {
+    let mut input = json!({"order": order, "customer": customer, "sku": "lamp", "qty": 2, "amount": 2_500});
+    input.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let response = server
+        .invoke(client, "order/place", &format!("place-{order}"), &input)
+        .header("Correlation-Id", order)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+}
+
+async fn chain(server: &Server, client: &reqwest::Client, correlation: &str) -> Vec<Value> {
+    let url = format!("{}/v1/events?correlation={correlation}", server.url);
+    client.get(url).send().await.unwrap().json::<Vec<Value>>().await.unwrap()
+}
+
+/// Waits (up to 20 s) until the chain has every topic in `topics` and nothing pending.
+async fn settled_chain(
+    server: &Server,
+    client: &reqwest::Client,
+    correlation: &str,
+    topics: &[&str],
+) -> Vec<Value> {
+    for _ in 0..400 {
+        let events = chain(server, client, correlation).await;
+        let seen: Vec<&str> = events.iter().map(|e| e["topic"].as_str().unwrap()).collect();
+        let pending =
+            events.iter().flat_map(|e| e["deliveries"].as_array().unwrap()).any(|d| d["status"] == "pending");
+        if topics.iter().all(|t| seen.contains(t)) && !pending {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the chain of {correlation} never settled with {topics:?}: {:#?}",
+        chain(server, client, correlation).await
+    );
+}
+
+/// The happy path: order-placed → stock-reserved → payment-completed → order-completed,
+/// each delivered once; the services' records agree, and the chain shows it all.
+#[tokio::test]
+async fn a_choreographed_order_completes_and_its_chain_shows_how() {
+    let server = Server::with_plugins(SHOP);
+    let client = Server::client();
+    seed(&server, &client).await;
+    place(&server, &client, "o-1", "ada", json!({})).await;
+    let topics = ["order-placed", "stock-reserved", "payment-completed", "order-completed"];
+    let events = settled_chain(&server, &client, "o-1", &topics).await;
+    let seen: Vec<&str> = events.iter().map(|e| e["topic"].as_str().unwrap()).collect();
+    assert_eq!(seen, topics, "in causal order");
+    assert_eq!(events[0]["publisher"], "order");
+    assert_eq!(events[0]["payload"]["amount"], 2_500);
+    let delivery = &events[1]["deliveries"][0];
+    assert_eq!(
+        (delivery["subscriber"].as_str(), delivery["status"].as_str(), delivery["outcome"].as_str()),
+        (Some("payment"), Some("delivered"), Some("ok"))
+    );
+
+    let record = |service: &'static str, key: &'static str| server.record(&client, service, key);
+    assert_eq!(record("order", "order/o-1").await.unwrap()["status"], "completed");
+    assert_eq!(record("inventory", "stock/lamp").await.unwrap(), json!({"available": 98, "reserved": 2}));
+    assert_eq!(record("payment", "account/ada").await.unwrap(), json!({"balance": 997_500}));
+    assert_eq!(record("notification", "sent/o-1").await.unwrap(), json!({"count": 1}));
+}
+
+/// The failure path: the payment is declined, so the stock is released and the order
+/// cancelled with the reason; nothing is charged or sent.
+#[tokio::test]
+async fn a_declined_choreographed_order_releases_and_cancels() {
+    let server = Server::with_plugins(SHOP);
+    let client = Server::client();
+    seed(&server, &client).await;
+    place(&server, &client, "o-2", "poor", json!({})).await;
+    settled_chain(
+        &server,
+        &client,
+        "o-2",
+        &["order-placed", "stock-reserved", "payment-declined", "stock-released"],
+    )
+    .await;
+    let order = server.record(&client, "order", "order/o-2").await.unwrap();
+    assert_eq!(order["status"], "cancelled");
+    assert_eq!(order["reason"], "declined: insufficient funds");
+    assert_eq!(
+        server.record(&client, "inventory", "stock/lamp").await.unwrap(),
+        json!({"available": 100, "reserved": 0})
+    );
+    assert_eq!(server.record(&client, "payment", "account/poor").await.unwrap(), json!({"balance": 100}));
+    assert_eq!(server.record(&client, "notification", "sent/o-2").await, None);
+}
+
+/// An event exists only if its invocation committed: a refusal after publishing leaves
+/// no event; a committed publish does.
+#[tokio::test]
+async fn a_refused_invocation_publishes_nothing() {
+    let server = Server::with_plugins(&["echo"]);
+    let client = Server::client();
+    let body = json!({"topic": "audit", "payload": {"x": 1}});
+    let refused = server
+        .invoke(&client, "echo/publish-then-refuse", "r-1", &body)
+        .header("Correlation-Id", "c-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let committed = server
+        .invoke(&client, "echo/publish", "p-1", &body)
+        .header("Correlation-Id", "c-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(committed.status(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(chain(&server, &client, "c-1").await.is_empty(), "the refused invocation's event exists");
+    let events = chain(&server, &client, "c-2").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["payload"], json!({"x": 1}));
+}
+
+/// A delivery that fails every attempt is dead-lettered (listed, with the error); an
+/// operator's redelivery then delivers it, once.
+#[tokio::test]
+async fn a_dead_letter_can_be_redelivered() {
+    let server = Server::with_plugins(SHOP);
+    let client = Server::client();
+    seed(&server, &client).await;
+    // The confirmation mail fails on its first 5 attempts: all the attempts a delivery gets.
+    place(&server, &client, "o-3", "ada", json!({"notification_transient_failures": 5})).await;
+    let mut dead = Vec::new();
+    for _ in 0..400 {
+        dead = client
+            .get(format!("{}/v1/events/dead", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json::<Vec<Value>>()
+            .await
+            .unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        (dead[0]["subscriber"].as_str(), dead[0]["attempts"].as_u64()),
+        (Some("notification"), Some(5))
+    );
+    assert!(dead[0]["last_error"].as_str().unwrap().contains("mail server unavailable"));
+    assert_eq!(server.record(&client, "notification", "sent/o-3").await, None);
+
+    let url = format!("{}/v1/events/{}/redeliver?subscriber=notification", server.url, dead[0]["event_id"]);
+    assert_eq!(client.post(&url).send().await.unwrap().status(), 202);
+    settled_chain(&server, &client, "o-3", &["order-completed"]).await;
+    assert_eq!(server.record(&client, "notification", "sent/o-3").await.unwrap(), json!({"count": 1}));
+    assert_eq!(client.post(&url).send().await.unwrap().status(), 409, "no longer dead");
+}
+
+/// Within a correlation id a subscriber gets the events in publication order, also
+/// when they were published concurrently with other correlations' events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_keep_the_order_of_each_correlation() {
+    let server = Server::with_plugins(&["echo"]);
+    let client = Server::client();
+    let mut sends = Vec::new();
+    for n in 0..10 {
+        for c in 0..4 {
+            let (client, url) = (client.clone(), server.url.clone());
+            sends.push(tokio::spawn(async move {
+                client
+                    .post(format!("{url}/v1/services/echo/publish"))
+                    .header("Idempotency-Key", format!("j-{c}-{n}"))
+                    .header("Correlation-Id", format!("c-{c}"))
+                    .body(json!({"topic": "journal", "payload": {"n": n}}).to_string())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }));
+        }
+    }
+    for send in sends {
+        assert_eq!(send.await.unwrap(), 200);
+    }
+    for c in 0..4 {
+        let correlation = format!("c-{c}");
+        let events = settled_chain(&server, &client, &correlation, &["journal"]).await;
+        assert_eq!(events.len(), 10);
+        let published: Vec<Value> = events.iter().map(|e| e["payload"]["n"].clone()).collect();
+        let journal = server.record(&client, "echo", &format!("journal/{correlation}")).await.unwrap();
+        assert_eq!(journal, Value::Array(published), "{correlation} was delivered out of order");
+    }
+}
+
+/// Killed with SIGKILL while the flow is under way, twice: every order ends completed
+/// or cancelled, each charged, released and notified at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_happen_once_across_sigkills() {
+    let plugins = plugins_dir(SHOP);
+    let data = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in(plugins.path(), data.path(), &[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    const ORDERS: usize = 30;
+    for round in 0..3 {
+        for i in (round * ORDERS / 3)..((round + 1) * ORDERS / 3) {
+            let customer = if i % 3 == 0 { "poor" } else { "ada" };
+            // 150 is more than the poor customer's 100: declined every time.
+            place(&server, &client, &format!("k-{i}"), customer, json!({"qty": 1, "amount": 150})).await;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        server.kill();
+        server = Server::start_in(plugins.path(), data.path(), &[]);
+    }
+    let mut completed = 0;
+    for i in 0..ORDERS {
+        let order = format!("k-{i}");
+        let declined = i % 3 == 0;
+        let last = if declined { "stock-released" } else { "order-completed" };
+        settled_chain(&server, &client, &order, &[last]).await;
+        let record = server.record(&client, "order", &format!("order/{order}")).await.unwrap();
+        if declined {
+            assert_eq!(record["status"], "cancelled", "{order}");
+            assert_eq!(server.record(&client, "notification", &format!("sent/{order}")).await, None);
+        } else {
+            completed += 1;
+            assert_eq!(record["status"], "completed", "{order}");
+            // The confirmation is the chain's last effect: wait for it (the dispatcher may
+            // still be working through the events of the restarts).
+            let mut sent = None;
+            for _ in 0..400 {
+                sent = server.record(&client, "notification", &format!("sent/{order}")).await;
+                if sent.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                sent,
+                Some(json!({"count": 1})),
+                "{order}: {:#?}",
+                chain(&server, &client, &order).await
+            );
+        }
+    }
+    let balance = server.record(&client, "payment", "account/ada").await.unwrap();
+    assert_eq!(balance, json!({"balance": 1_000_000 - 150 * completed}), "each completed order charged once");
+    let stock = server.record(&client, "inventory", "stock/lamp").await.unwrap();
+    assert_eq!(
+        stock,
+        json!({"available": 100 - completed, "reserved": completed}),
+        "declined orders released once"
+    );
+}
