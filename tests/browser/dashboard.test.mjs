@@ -65,6 +65,18 @@ test("the dashboard shows completed and compensated sagas and a saga's timeline"
     await page.waitForSelector("#records tr td.mono");
     assert.match(await page.textContent("#records"), /stock\/lamp/);
 
+    // A choreographed order, and its event chain.
+    const placed = await fetch(`${url}/v1/services/order/place`, {
+      method: "POST",
+      headers: { "Idempotency-Key": "place-chain-1", "Correlation-Id": "chain-1" },
+      body: JSON.stringify({ order: "chain-1", customer: "ada", sku: "mug", qty: 1, amount: 300 }),
+    });
+    assert.equal(placed.status, 200);
+    await page.fill("#correlation", "chain-1");
+    await page.click("#chain");
+    await page.waitForFunction(() => document.querySelector("#events").textContent.includes("notification.send-confirmation: delivered"), null, { timeout: 30_000 });
+    assert.match(await page.textContent("#events"), /order-placed[\s\S]*stock-reserved[\s\S]*payment-completed[\s\S]*order-completed/);
+
     mkdirSync(dirname(screenshot), { recursive: true });
     await page.screenshot({ path: screenshot, fullPage: true });
   } finally {
