@@ -154,15 +154,9 @@ impl SqliteStore {
 
     /// How many sagas are in each status.
     pub fn saga_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let conn = self.readers.take()?;
-        let counts = conn
-            .prepare_cached("SELECT status, count(*) FROM sagas GROUP BY status ORDER BY status")
-            .and_then(|mut q| {
-                q.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?.collect()
-            })
-            .map_err(unavailable);
-        self.readers.put(conn);
-        counts
+        self.rows("SELECT status, count(*) FROM sagas GROUP BY status ORDER BY status", &[], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+        })
     }
 
     /// Where the dispatcher is: the last event it made deliveries for.
@@ -210,15 +204,9 @@ impl SqliteStore {
 
     /// How many deliveries are in each status.
     pub fn delivery_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let conn = self.readers.take()?;
-        let counts = conn
-            .prepare_cached("SELECT status, count(*) FROM deliveries GROUP BY status")
-            .and_then(|mut q| {
-                q.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?.collect()
-            })
-            .map_err(unavailable);
-        self.readers.put(conn);
-        counts
+        self.rows("SELECT status, count(*) FROM deliveries GROUP BY status", &[], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+        })
     }
 
     /// Dead deliveries, oldest first.
@@ -231,27 +219,18 @@ impl SqliteStore {
         filter: &str,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<EventRow>, StoreError> {
-        let conn = self.readers.take()?;
         let sql =
             format!("SELECT id, service, topic, payload, correlation_id, created_at FROM outbox {filter}");
-        let rows = conn
-            .prepare_cached(&sql)
-            .and_then(|mut q| {
-                q.query_map(params, |row| {
-                    Ok(EventRow {
-                        id: row.get(0)?,
-                        service: row.get(1)?,
-                        topic: row.get(2)?,
-                        payload: row.get(3)?,
-                        correlation_id: row.get(4)?,
-                        created_at: row.get(5)?,
-                    })
-                })?
-                .collect()
+        self.rows(&sql, params, |row| {
+            Ok(EventRow {
+                id: row.get(0)?,
+                service: row.get(1)?,
+                topic: row.get(2)?,
+                payload: row.get(3)?,
+                correlation_id: row.get(4)?,
+                created_at: row.get(5)?,
             })
-            .map_err(unavailable);
-        self.readers.put(conn);
-        rows
+        })
     }
 
     fn read_deliveries(
@@ -259,63 +238,59 @@ impl SqliteStore {
         filter: &str,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        let conn = self.readers.take()?;
         let sql = format!(
-            "SELECT d.event_id, d.subscriber, d.operation, d.topic, d.correlation_id, d.status, d.attempts,
-                    d.next_at, d.outcome, d.last_error, d.created_at, d.done_at
-             FROM deliveries d {filter}"
+            "SELECT d.event_id, d.subscriber, d.operation, d.topic, d.correlation_id, d.status, d.attempts, d.next_at, d.outcome, d.last_error, d.created_at, d.done_at FROM deliveries d {filter}"
         );
-        let rows = conn
-            .prepare_cached(&sql)
-            .and_then(|mut q| {
-                q.query_map(params, |row| {
-                    Ok(DeliveryRow {
-                        event_id: row.get(0)?,
-                        subscriber: row.get(1)?,
-                        operation: row.get(2)?,
-                        topic: row.get(3)?,
-                        correlation_id: row.get(4)?,
-                        status: row.get(5)?,
-                        attempts: row.get(6)?,
-                        next_at: row.get(7)?,
-                        outcome: row.get(8)?,
-                        last_error: row.get(9)?,
-                        created_at: row.get(10)?,
-                        done_at: row.get(11)?,
-                    })
-                })?
-                .collect()
+        self.rows(&sql, params, |row| {
+            Ok(DeliveryRow {
+                event_id: row.get(0)?,
+                subscriber: row.get(1)?,
+                operation: row.get(2)?,
+                topic: row.get(3)?,
+                correlation_id: row.get(4)?,
+                status: row.get(5)?,
+                attempts: row.get(6)?,
+                next_at: row.get(7)?,
+                outcome: row.get(8)?,
+                last_error: row.get(9)?,
+                created_at: row.get(10)?,
+                done_at: row.get(11)?,
             })
-            .map_err(unavailable);
-        self.readers.put(conn);
-        rows
+        })
     }
 
     fn read_sagas(&self, filter: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<SagaRow>, StoreError> {
-        let conn = self.readers.take()?;
         let sql = format!(
-            "SELECT id, name, status, input, state, version, key, fingerprint, created_at, updated_at
-             FROM sagas {filter}"
+            "SELECT id, name, status, input, state, version, key, fingerprint, created_at, updated_at FROM sagas {filter}"
         );
-        let rows = conn
-            .prepare_cached(&sql)
-            .and_then(|mut q| {
-                q.query_map(params, |row| {
-                    Ok(SagaRow {
-                        id: row.get(0)?,
-                        name: row.get(1)?,
-                        status: row.get(2)?,
-                        input: row.get(3)?,
-                        state: row.get(4)?,
-                        version: row.get::<_, i64>(5)? as u64,
-                        key: row.get(6)?,
-                        fingerprint: row.get(7)?,
-                        created_at: row.get(8)?,
-                        updated_at: row.get(9)?,
-                    })
-                })?
-                .collect()
+        self.rows(&sql, params, |row| {
+            Ok(SagaRow {
+                id: row.get(0)?,
+                name: row.get(1)?,
+                status: row.get(2)?,
+                input: row.get(3)?,
+                state: row.get(4)?,
+                version: row.get::<_, i64>(5)? as u64,
+                key: row.get(6)?,
+                fingerprint: row.get(7)?,
+                created_at: row.get(8)?,
+                updated_at: row.get(9)?,
             })
+        })
+    }
+
+    /// Runs one query on a pooled read connection and maps every row: the one place
+    /// that borrows and returns a reader for a list.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn rusqlite::ToSql],
+        map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let conn = self.readers.take()?;
+        let rows = conn
+            .prepare_cached(sql)
+            .and_then(|mut query| query.query_map(params, map)?.collect())
             .map_err(unavailable);
         self.readers.put(conn);
         rows
