@@ -21,7 +21,10 @@ const TARGET: &str = "wasm32-wasip2";
 /// The guest crates whose components the host and its tests use, by folder.
 const GUESTS: &[(&str, &[&str])] = &[
     ("services", &["echo", "inventory", "payment", "profile", "order", "notification"]),
-    ("fixtures", &["trap", "spin", "hog", "escape", "stranger", "hello-v1", "hello-v2", "old-inventory"]),
+    (
+        "fixtures",
+        &["trap", "spin", "hog", "escape", "stranger", "hello-v1", "hello-v2", "old-inventory", "legacy"],
+    ),
 ];
 
 fn main() {

@@ -142,7 +142,11 @@ impl Dispatcher {
         let attempt = delivery.attempts + 1;
         let key = format!("event/{}/{}", event.id, delivery.subscriber);
         let mut request = Request::new(&delivery.subscriber, &delivery.operation, event.payload.clone(), key);
-        request.correlation_id = event.correlation_id.clone();
+        // Events stored before every invocation had a chain have none: the delivery
+        // then starts a chain of its own.
+        if let Some(chain) = &event.correlation_id {
+            request.correlation_id = chain.clone();
+        }
         request.attempt = attempt;
         let now = now_ms();
         let result = self.inner.invoker.invoke(request).await;

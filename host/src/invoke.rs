@@ -59,21 +59,23 @@ pub struct Request {
     pub operation: String,
     pub input: Vec<u8>,
     pub key: String,
-    pub correlation_id: Option<String>,
+    /// The chain the call belongs to (a saga's id, an event's chain, the client's
+    /// `Correlation-Id`); [`Request::new`] makes up a fresh one.
+    pub correlation_id: String,
     /// The attempt number the plugin sees on the first run (a saga step's retries
     /// count up from here); re-runs after a conflict add to it.
     pub attempt: u32,
 }
 
 impl Request {
-    /// A request of one first attempt.
+    /// A request of one first attempt, in a chain of its own.
     pub fn new(service: &str, operation: &str, input: Vec<u8>, key: String) -> Self {
         Request {
             service: service.into(),
             operation: operation.into(),
             input,
             key,
-            correlation_id: None,
+            correlation_id: new_correlation_id(),
             attempt: 1,
         }
     }
@@ -331,7 +333,7 @@ impl Invoker {
         let commit = Commit {
             service: request.service.clone(),
             changes,
-            correlation_id: request.correlation_id.clone(),
+            correlation_id: Some(request.correlation_id.clone()),
             saga: attach(&result, &stored.digest),
             outcome: Some(stored.clone()),
             deliveries: Vec::new(),
@@ -403,6 +405,12 @@ impl Drop for Claim {
         // the key free.
         self.invoker.running.lock().expect("running-keys mutex poisoned").remove(&self.id);
     }
+}
+
+/// A correlation id for a call that came without one: a UUID v7 (unique, and it
+/// sorts by time).
+pub fn new_correlation_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// The request's identity for key reuse: sha256 of the operation and the input.

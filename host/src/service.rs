@@ -4,6 +4,16 @@
 
 use serde::Serialize;
 
+/// Who may call an operation directly over the HTTP API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    /// Any client (with the API token, when the server requires one).
+    Public,
+    /// Only sagas, event deliveries and operators (with the admin token).
+    Internal,
+}
+
 /// One operation a service offers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OperationInfo {
@@ -11,6 +21,8 @@ pub struct OperationInfo {
     /// The operation that undoes this one, if any.
     pub compensated_by: Option<String>,
     pub description: String,
+    /// Who may call it: as declared, or decided by [`Manifest::new`].
+    pub visibility: Visibility,
 }
 
 /// What a service says about itself when it is loaded.
@@ -23,6 +35,28 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// A manifest from what a plugin declared. An operation that declares no
+    /// visibility is internal when it compensates another or handles a subscription
+    /// (nobody should refund or deliver an event by hand), and public otherwise.
+    pub fn new(
+        name: String,
+        operations: Vec<(OperationInfo, Option<Visibility>)>,
+        subscriptions: Vec<(String, String)>,
+    ) -> Self {
+        let for_the_host = |op: &str| {
+            operations.iter().any(|(other, _)| other.compensated_by.as_deref() == Some(op))
+                || subscriptions.iter().any(|(_, handler)| handler == op)
+        };
+        let resolved = operations
+            .iter()
+            .map(|(op, declared)| {
+                let default = if for_the_host(&op.name) { Visibility::Internal } else { Visibility::Public };
+                OperationInfo { visibility: declared.unwrap_or(default), ..op.clone() }
+            })
+            .collect();
+        Manifest { name, operations: resolved, subscriptions }
+    }
+
     /// The operation called `name`, if the service has one.
     pub fn operation(&self, name: &str) -> Option<&OperationInfo> {
         self.operations.iter().find(|op| op.name == name)
@@ -76,6 +110,18 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Correlation ids name a chain in URLs and headers: 1 to 255 visible ASCII
+/// characters, like idempotency keys.
+pub fn validate_correlation_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 255 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "a correlation id must be 1 to 255 visible ASCII characters (got {} bytes)",
+            id.len()
+        ));
+    }
+    Ok(())
+}
+
 /// One call of one operation of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
@@ -83,7 +129,7 @@ pub struct Invocation {
     pub input: Vec<u8>,
     pub idempotency_key: String,
     /// The saga or event chain this call belongs to.
-    pub correlation_id: Option<String>,
+    pub correlation_id: String,
     /// 1 on the first run; higher on re-runs.
     pub attempt: u32,
 }
@@ -104,7 +150,12 @@ mod tests {
     use super::*;
 
     fn op(name: &str, undo: Option<&str>) -> OperationInfo {
-        OperationInfo { name: name.into(), compensated_by: undo.map(Into::into), description: String::new() }
+        OperationInfo {
+            name: name.into(),
+            compensated_by: undo.map(Into::into),
+            description: String::new(),
+            visibility: Visibility::Public,
+        }
     }
 
     fn manifest(ops: Vec<OperationInfo>, subs: Vec<(&str, &str)>) -> Manifest {
@@ -136,6 +187,28 @@ mod tests {
         assert!(twice.contains("`a` is declared twice"), "{twice}");
         let dangling = manifest(vec![op("a", None)], vec![("t", "b")]).validate().unwrap_err();
         assert!(dangling.contains("names operation `b`"), "{dangling}");
+    }
+
+    #[test]
+    fn compensations_and_subscription_handlers_are_internal_unless_declared() {
+        let m = Manifest::new(
+            "payment".into(),
+            vec![
+                (op("charge", Some("refund")), None),
+                (op("refund", None), None),
+                (op("on-order", None), None),
+                (op("open", None), Some(Visibility::Internal)),
+                (op("void", Some("unvoid")), None),
+                (op("unvoid", None), Some(Visibility::Public)),
+            ],
+            vec![("order-placed".into(), "on-order".into())],
+        );
+        let visibility = |name: &str| m.operation(name).unwrap().visibility;
+        assert_eq!(visibility("charge"), Visibility::Public, "undeclared, not for the host");
+        assert_eq!(visibility("refund"), Visibility::Internal, "a compensation");
+        assert_eq!(visibility("on-order"), Visibility::Internal, "a subscription handler");
+        assert_eq!(visibility("open"), Visibility::Internal, "declared");
+        assert_eq!(visibility("unvoid"), Visibility::Public, "a compensation declared public");
     }
 
     #[test]

@@ -42,7 +42,7 @@ fn plugin_check_refuses_bad_files_and_says_why() {
         (core, "a core WebAssembly module, not a component: build the plugin for the wasm32-wasip2 target"),
         (
             guest("stranger"),
-            "not a plugin of the wasaga:plugin/plugin world: it does not export `wasaga:plugin/service@0.1.0` (it exports: greet)",
+            "not a plugin of the wasaga:plugin/plugin world: it does not export `wasaga:plugin/service@0.2.0` (it exports: greet)",
         ),
         (dir.path().join("missing.wasm"), "No such file"),
     ];

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use wasaga::runtime::{CallError, Limits, LoadError};
 use wasaga::service::Failure;
-use wasaga::store::{ChangeSet, Commit, MemoryStore, RecordStore, Transaction, TxLimits};
+use wasaga::store::{ChangeSet, Commit, Event, MemoryStore, RecordStore, Transaction, TxLimits};
 
 use crate::support::{call, guest, load, runtime};
 
@@ -99,7 +99,20 @@ async fn echo_reads_and_writes_versioned_records() {
 
     let (result, changes) = run("publish", json!({"topic": "greeted", "payload": {"n": 1}})).await;
     result.unwrap();
-    assert_eq!(changes.events, vec![("greeted".to_string(), br#"{"n":1}"#.to_vec())]);
+    let event = |chain: Option<&str>| Event {
+        topic: "greeted".into(),
+        payload: br#"{"n":1}"#.to_vec(),
+        correlation_id: chain.map(Into::into),
+    };
+    assert_eq!(changes.events, vec![event(None)], "in the invocation's own chain");
+    let chained = json!({"topic": "greeted", "payload": {"n": 1}, "chain": "order-7"});
+    let (result, changes) = run("publish", chained).await;
+    result.unwrap();
+    assert_eq!(changes.events, vec![event(Some("order-7"))], "in the chain the plugin named");
+    // A chain no client could name ends the call: the event is never half-published.
+    let bad = json!({"topic": "t", "payload": 1, "chain": "has space"}).to_string();
+    let error = plugin.invoke(call("publish", &bad), tx(&store, "echo")).await.unwrap_err().to_string();
+    assert!(error.contains("correlation id must be 1 to 255 visible ASCII"), "{error}");
 }
 
 /// A panicking plugin: the error names the plugin and carries the panic message, and
@@ -224,5 +237,13 @@ async fn files_that_are_not_plugins_are_refused_with_the_reason() {
     let stranger = load(std::fs::read(guest("stranger")).unwrap()).await;
     let message = stranger.to_string();
     assert!(matches!(stranger, LoadError::WrongWorld(_)), "{stranger:?}");
-    assert!(message.contains("wasaga:plugin/service@0.1.0") && message.contains("greet"), "{message}");
+    assert!(message.contains("wasaga:plugin/service@0.2.0") && message.contains("greet"), "{message}");
+
+    // Built against the retired 0.1.0 contract: the message says so, and what to do.
+    let legacy = load(std::fs::read(guest("legacy")).unwrap()).await.to_string();
+    assert!(
+        legacy.contains("built against wasaga:plugin@0.1.0, which this wasaga no longer serves")
+            && legacy.contains("rebuild it against `wit/`"),
+        "{legacy}"
+    );
 }

@@ -47,7 +47,7 @@ pub fn call(operation: &str, input: &str) -> Invocation {
         operation: operation.into(),
         input: input.as_bytes().to_vec(),
         idempotency_key: format!("test-{operation}"),
-        correlation_id: None,
+        correlation_id: format!("test-{operation}"),
         attempt: 1,
     }
 }

@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 pub use sagas::{SagaList, SagaView, StepView};
-pub use services::{DIGEST, REPLAYED, RETENTION};
+pub use services::{CORRELATION, DIGEST, REPLAYED, RETENTION};
 
 use crate::invoke::Invoker;
 use crate::lifecycle::PluginManager;

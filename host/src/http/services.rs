@@ -17,8 +17,10 @@ pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 pub const RETENTION: HeaderName = HeaderName::from_static("idempotency-retention");
 /// The plugin version that produced the outcome.
 pub const DIGEST: HeaderName = HeaderName::from_static("wasaga-plugin-digest");
+/// The chain a call belongs to: sent by the client, or made up by the host; answered
+/// either way.
+pub const CORRELATION: HeaderName = HeaderName::from_static("correlation-id");
 const KEY: &str = "idempotency-key";
-const CORRELATION: &str = "correlation-id";
 
 pub async fn invoke(
     State(state): State<AppState>,
@@ -27,24 +29,35 @@ pub async fn invoke(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let correlation_id = match headers.get(CORRELATION) {
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| ApiError::bad_request("the Correlation-Id header must be visible ASCII"))?
-                .to_owned(),
-        ),
-        None => None,
-    };
     let input = json_body(body)?;
-    let request = Request { correlation_id, ..Request::new(&service, &operation, input.to_vec(), key) };
+    let mut request = Request::new(&service, &operation, input.to_vec(), key);
+    if let Some(chain) = correlation_id(&headers)? {
+        request.correlation_id = chain;
+    }
+    let correlation = request.correlation_id.clone();
     let retention = state.invoker.options().retention.as_secs();
-    let invoked = state.invoker.invoke(request).await.map_err(|e| error(e, retention))?;
-    Ok(answer(invoked, retention))
+    let invoked = state
+        .invoker
+        .invoke(request)
+        .await
+        .map_err(|e| error(e, retention).with_header(CORRELATION, &correlation))?;
+    Ok(answer(invoked, retention, &correlation))
 }
 
-fn answer(invoked: Invoked, retention: u64) -> Response {
+/// The `Correlation-Id` header, if sent: 1 to 255 visible ASCII characters.
+fn correlation_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(CORRELATION) else { return Ok(None) };
+    let text = value.to_str().unwrap_or_default();
+    crate::service::validate_correlation_id(text)
+        .map_err(|e| ApiError::bad_request(format!("the Correlation-Id header: {e}")))?;
+    Ok(Some(text.to_owned()))
+}
+
+fn answer(invoked: Invoked, retention: u64, correlation: &str) -> Response {
     let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(correlation) {
+        headers.insert(CORRELATION, value);
+    }
     headers.insert(REPLAYED, HeaderValue::from_static(if invoked.replayed { "true" } else { "false" }));
     headers.insert(RETENTION, HeaderValue::from(retention));
     if let Ok(digest) = HeaderValue::from_str(&invoked.digest) {

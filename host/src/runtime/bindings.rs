@@ -18,19 +18,25 @@ pub(crate) use self::wasaga::plugin::{events, log, store as wit_store, types};
 
 impl From<guest::Manifest> for service::Manifest {
     fn from(m: guest::Manifest) -> Self {
-        service::Manifest {
-            name: m.name,
-            operations: m
-                .operations
-                .into_iter()
-                .map(|op| service::OperationInfo {
+        let operations = m
+            .operations
+            .into_iter()
+            .map(|op| {
+                let declared = op.visibility.map(|v| match v {
+                    guest::Visibility::Public => service::Visibility::Public,
+                    guest::Visibility::Internal => service::Visibility::Internal,
+                });
+                let info = service::OperationInfo {
                     name: op.name,
                     compensated_by: op.compensated_by,
                     description: op.description,
-                })
-                .collect(),
-            subscriptions: m.subscriptions,
-        }
+                    // Decided by `Manifest::new` when not declared.
+                    visibility: service::Visibility::Public,
+                };
+                (info, declared)
+            })
+            .collect();
+        service::Manifest::new(m.name, operations, m.subscriptions)
     }
 }
 

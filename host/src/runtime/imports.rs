@@ -71,10 +71,15 @@ impl wit_store::Host for CallState {
 }
 
 impl events::Host for CallState {
-    fn publish(&mut self, topic: String, payload: Vec<u8>) -> wasmtime::Result<()> {
+    fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        correlation_id: Option<String>,
+    ) -> wasmtime::Result<()> {
         // `publish` has no error in the contract: an event over the limits is a bug
         // in the plugin, and silently dropping it would lose data, so the call ends.
-        Ok(self.tx()?.publish(&topic, payload)?)
+        Ok(self.tx()?.publish(&topic, payload, correlation_id)?)
     }
 }
 

@@ -17,7 +17,10 @@ use crate::service::{Failure, Invocation, Manifest};
 use crate::store::{ChangeSet, Transaction};
 
 /// The name of the export every plugin must have.
-const SERVICE_EXPORT: &str = "wasaga:plugin/service@0.1.0";
+const SERVICE_EXPORT: &str = "wasaga:plugin/service@0.2.0";
+/// The export of plugins built against earlier versions of the contract, which this
+/// host no longer serves (see docs/architecture.md, "The contract's versions").
+const RETIRED_EXPORTS: &[&str] = &["wasaga:plugin/service@0.1.0"];
 
 /// A plugin version's identity: the sha256 of its wasm bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,6 +154,14 @@ impl Runtime {
         let engine = &self.inner.engine;
         let ty = component.component_type();
         if ty.get_export(engine, SERVICE_EXPORT).is_none() {
+            if let Some(retired) = RETIRED_EXPORTS.iter().find(|e| ty.get_export(engine, e).is_some()) {
+                let version = retired.rsplit('@').next().unwrap_or_default();
+                return Err(LoadError::WrongWorld(format!(
+                    "it was built against wasaga:plugin@{version}, which this wasaga no longer serves; \
+                     rebuild it against `wit/` of this version (wasaga:plugin@0.2.0: operations \
+                     declare who may call them, and events may name their chain)"
+                )));
+            }
             let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
             return Err(LoadError::WrongWorld(format!(
                 "it does not export `{SERVICE_EXPORT}` (it exports: {})",

@@ -226,7 +226,7 @@ fn parse_retry(retry: Option<RetryFile>) -> Result<RetryPolicy, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::OperationInfo;
+    use crate::service::{OperationInfo, Visibility};
 
     fn manifests() -> Vec<Manifest> {
         let m = |name: &str, ops: &[&str]| Manifest {
@@ -237,6 +237,7 @@ mod tests {
                     name: (*op).into(),
                     compensated_by: None,
                     description: String::new(),
+                    visibility: Visibility::Public,
                 })
                 .collect(),
             subscriptions: vec![],

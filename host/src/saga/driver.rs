@@ -91,7 +91,7 @@ async fn call(
     }
     let input = step_input(run, direction);
     let mut request = Request::new(&step_def.service, operation, input, key);
-    request.correlation_id = Some(run.id.to_string());
+    request.correlation_id = run.id.to_string();
     request.attempt = attempt;
 
     let span =

@@ -23,7 +23,7 @@ use std::pin::Pin;
 
 pub use memory::MemoryStore;
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
-pub use transaction::{ChangeSet, Transaction, TxLimits, Write};
+pub use transaction::{ChangeSet, Event, Transaction, TxLimits, Write};
 
 /// A stored record as plugins and clients see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,6 +37,15 @@ pub struct Write {
     pub version: u64,
 }
 
+/// An event to publish with the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// The chain the plugin put it in; `None`: the invocation's own.
+    pub correlation_id: Option<String>,
+}
+
 /// What one invocation wants committed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeSet {
@@ -44,8 +53,8 @@ pub struct ChangeSet {
     /// written) it had in the snapshot. The commit requires each one unchanged.
     pub reads: Vec<(String, u64)>,
     pub writes: Vec<Write>,
-    /// Published events: (topic, payload).
-    pub events: Vec<(String, Vec<u8>)>,
+    /// Published events, in order.
+    pub events: Vec<Event>,
 }
 
 /// One invocation's transaction over one service's records.
@@ -56,7 +65,7 @@ pub struct Transaction {
     reads: BTreeMap<String, u64>,
     /// The latest buffered state of every written key.
     writes: BTreeMap<String, Slot>,
-    events: Vec<(String, Vec<u8>)>,
+    events: Vec<Event>,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -140,8 +149,14 @@ impl Transaction {
         Ok(rows)
     }
 
-    /// Adds an event to the outbox of this transaction.
-    pub fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<(), StoreError> {
+    /// Adds an event to the outbox of this transaction, in the chain `correlation_id`
+    /// if given (else the invocation's).
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        payload: Vec<u8>,
+        correlation_id: Option<String>,
+    ) -> Result<(), StoreError> {
         if topic.is_empty() || topic.len() > self.limits.max_key_bytes {
             return Err(StoreError::Invalid(format!(
                 "an event topic must be 1 to {} bytes",
@@ -157,7 +172,11 @@ impl Transaction {
                 self.limits.max_events
             )));
         }
-        self.events.push((topic.to_owned(), payload));
+        if let Some(id) = &correlation_id {
+            crate::service::validate_correlation_id(id)
+                .map_err(|e| StoreError::Invalid(format!("an event's correlation id: {e}")))?;
+        }
+        self.events.push(Event { topic: topic.to_owned(), payload, correlation_id });
         Ok(())
     }
 

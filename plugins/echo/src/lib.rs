@@ -8,11 +8,14 @@
 //! - `put` `{key, value, expected}` → `{key, version}`; a version conflict is a rejection.
 //! - `delete` `{key, expected}` → `{key}`.
 //! - `scan` `{prefix, start_after, limit}` → `[{key, value, version}]`.
-//! - `publish` `{topic, payload}` → `{}`.
+//! - `publish` `{topic, payload, chain?}` → `{}` (the event in chain `chain` if given).
 //! - `log` `{message}` → `{}` (logs at every level and prints to stdout and stderr).
 //! - `fail` `{kind: "rejected" | "transient", reason}` → that failure.
 //! - `publish-then-refuse` `{topic, payload}` → publishes, then a rejection.
-//! - `append` `{n}` (subscribed to `journal`) → appends `n` to `journal/<correlation id>`.
+//! - `append` `{n}` (subscribed to `journal`, so internal) → appends `n` to
+//!   `journal/<correlation id>`.
+//!
+//! Every other operation is public.
 
 mod logic;
 
@@ -43,7 +46,7 @@ impl Guest for Echo {
     }
 
     fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
-        logic::handle(&call.operation, &call.input, call.correlation_id.as_deref())
+        logic::handle(&call.operation, &call.input, &call.correlation_id)
     }
 }
 

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use wasaga_guest::Failure;
 use wasaga_guest::wasaga::plugin::{events, log, store};
 
-pub fn handle(operation: &str, input: &[u8], correlation_id: Option<&str>) -> Result<Vec<u8>, Failure> {
+pub fn handle(operation: &str, input: &[u8], correlation_id: &str) -> Result<Vec<u8>, Failure> {
     if operation == "echo" {
         return Ok(input.to_vec());
     }
@@ -45,7 +45,8 @@ pub fn handle(operation: &str, input: &[u8], correlation_id: Option<&str>) -> Re
                 .collect()
         }
         "publish" => {
-            events::publish(&text("topic"), input["payload"].to_string().as_bytes());
+            let chain = input["chain"].as_str();
+            events::publish(&text("topic"), input["payload"].to_string().as_bytes(), chain);
             json!({})
         }
         "log" => {
@@ -58,11 +59,11 @@ pub fn handle(operation: &str, input: &[u8], correlation_id: Option<&str>) -> Re
             json!({})
         }
         "publish-then-refuse" => {
-            events::publish(&text("topic"), input["payload"].to_string().as_bytes());
+            events::publish(&text("topic"), input["payload"].to_string().as_bytes(), None);
             return Err(Failure::Rejected("refused after publishing".into()));
         }
         "append" => {
-            let key = format!("journal/{}", correlation_id.unwrap_or("none"));
+            let key = format!("journal/{correlation_id}");
             let mut list = match store::get(&key) {
                 Some(entry) => parse(&entry.value),
                 None => json!([]),

@@ -18,13 +18,37 @@ wit_bindgen::generate!({
     default_bindings_module: "wasaga_guest",
 });
 
-pub use exports::wasaga::plugin::service::{Guest, Invocation, Manifest, OperationInfo};
+pub use exports::wasaga::plugin::service::{Guest, Invocation, Manifest, OperationInfo, Visibility};
 pub use wasaga::plugin::types::Failure;
 
 impl OperationInfo {
-    /// An operation without a compensation.
+    /// An operation without a compensation, whose visibility the host decides
+    /// (internal if it compensates another or handles a subscription, else public).
     pub fn new(name: &str, description: &str) -> Self {
-        OperationInfo { name: name.into(), compensated_by: None, description: description.into() }
+        OperationInfo {
+            name: name.into(),
+            compensated_by: None,
+            description: description.into(),
+            visibility: None,
+        }
+    }
+
+    /// Undone by `compensation` in a saga.
+    pub fn compensated_by(mut self, compensation: &str) -> Self {
+        self.compensated_by = Some(compensation.into());
+        self
+    }
+
+    /// Callable only by sagas, event deliveries and operators, never by a client.
+    pub fn internal(mut self) -> Self {
+        self.visibility = Some(Visibility::Internal);
+        self
+    }
+
+    /// Callable by clients, even if it compensates another or handles a subscription.
+    pub fn public(mut self) -> Self {
+        self.visibility = Some(Visibility::Public);
+        self
     }
 }
 

@@ -12,7 +12,11 @@
 //!
 //! Reserving the same order twice holds the stock once; releasing twice gives it back
 //! once. Stock never goes negative: a reservation reads the stock it changes, so two
-//! that race are serialised by the host's version check.
+//! that race are serialised by the host's version check; and it never wraps around: a
+//! restock that would overflow the count is refused.
+//!
+//! Every operation is internal: stock is added by operators and held or given back by
+//! the order saga and the order flow's events, never by a client directly.
 
 use serde::{Deserialize, Serialize};
 use wasaga_guest::wasaga::plugin::events;
@@ -61,12 +65,10 @@ impl Guest for Inventory {
         Manifest {
             name: "inventory".into(),
             operations: vec![
-                OperationInfo::new("restock", "Adds stock of a SKU."),
-                OperationInfo {
-                    name: "reserve".into(),
-                    compensated_by: Some("release".into()),
-                    description: "Holds stock of a SKU for an order.".into(),
-                },
+                OperationInfo::new("restock", "Adds stock of a SKU.").internal(),
+                OperationInfo::new("reserve", "Holds stock of a SKU for an order.")
+                    .compensated_by("release")
+                    .internal(),
                 OperationInfo::new("release", "Gives an order's held stock back."),
                 OperationInfo::new("reserve-placed", "On order-placed: holds the stock, says if it could."),
                 OperationInfo::new("release-placed", "On payment-declined: gives the stock back."),
@@ -98,13 +100,13 @@ impl Guest for Inventory {
                 let order: serde_json::Value = json::input(&call.input)?;
                 match reserve(json::input(&call.input)?) {
                     Ok(output) => {
-                        events::publish("stock-reserved", &call.input);
+                        events::publish("stock-reserved", &call.input, None);
                         Ok(output)
                     }
                     Err(Failure::Rejected(reason)) => {
                         let mut refused = order;
                         refused["reason"] = serde_json::Value::String(reason);
-                        events::publish("stock-rejected", refused.to_string().as_bytes());
+                        events::publish("stock-rejected", refused.to_string().as_bytes(), None);
                         json::output(&refused)
                     }
                     Err(transient) => Err(transient),
@@ -112,7 +114,7 @@ impl Guest for Inventory {
             }
             "release-placed" => {
                 let output = release(json::input(&call.input)?)?;
-                events::publish("stock-released", &call.input);
+                events::publish("stock-released", &call.input, None);
                 Ok(output)
             }
             other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
@@ -127,7 +129,13 @@ fn stock_key(sku: &str) -> String {
 fn restock(input: Restock) -> Result<Vec<u8>, Failure> {
     let key = stock_key(&input.sku);
     let (mut stock, _) = json::get::<Stock>(&key)?.unwrap_or_default();
-    stock.available += input.qty;
+    stock.available = stock
+        .available
+        .checked_add(input.qty)
+        .filter(|total| total.checked_add(stock.reserved).is_some())
+        .ok_or_else(|| {
+            Failure::Rejected(format!("restocking {} would overflow the stock count", input.qty))
+        })?;
     json::set(&key, &stock)?;
     json::output(&serde_json::json!({"sku": input.sku, "available": stock.available}))
 }

@@ -1,12 +1,17 @@
 //! `order`: the order's own record and status (DESIGN Appendix A).
 //!
 //! Records: `order/<order>` → `{status, customer, sku, qty, amount, reason?}`.
-//! - `create {order, customer, sku, qty, amount}` → `{order, status: "pending"}`
+//! - `create {order, customer, sku, qty, amount}` → `{order, status}`: `pending` for a
+//!   new order; the same order created again with the same details answers its status;
+//!   with other details it is refused (an order id names one order)
 //! - `complete {order}` → `{order, status: "completed"}`; rejected if cancelled
 //! - `cancel {order, reason?}` → `{order, status: "cancelled"}`; rejected if completed
+//! - `place {...}`: the choreographed flow's entry (the only public operation): creates
+//!   the order and publishes `order-placed` in the chain named by the order id
 //!
 //! A saga passes the failure that made it compensate as `reason`, so a cancelled order
-//! says why.
+//! says why. Everything but `place` is internal: only the saga, the event deliveries
+//! and operators may create, complete or cancel an order.
 
 use serde::{Deserialize, Serialize};
 use wasaga_guest::wasaga::plugin::events;
@@ -45,17 +50,14 @@ impl Guest for OrderService {
         Manifest {
             name: "order".into(),
             operations: vec![
-                OperationInfo {
-                    name: "create".into(),
-                    compensated_by: Some("cancel".into()),
-                    description: "Creates a pending order.".into(),
-                },
-                OperationInfo::new("complete", "Marks an order completed."),
+                OperationInfo::new("create", "Creates a pending order.").compensated_by("cancel").internal(),
+                OperationInfo::new("complete", "Marks an order completed.").internal(),
                 OperationInfo::new("cancel", "Cancels an order, with the reason."),
                 OperationInfo::new(
                     "place",
                     "Starts the choreographed order flow: creates the order, publishes order-placed.",
-                ),
+                )
+                .public(),
                 OperationInfo::new("complete-placed", "On payment-completed: completes the order."),
                 OperationInfo::new(
                     "cancel-placed",
@@ -76,14 +78,18 @@ impl Guest for OrderService {
             "complete" => change(json::input(&call.input)?, "completed"),
             "cancel" => change(json::input(&call.input)?, "cancelled"),
             // The choreographed order flow (see the inventory and payment services).
+            // The flow's chain is named by the order id, so that it is found by the id
+            // people know; the events after it inherit the chain.
             "place" => {
-                let output = create(json::input(&call.input)?)?;
-                events::publish("order-placed", &call.input);
+                let input: Create = json::input(&call.input)?;
+                let chain = input.order.clone();
+                let output = create(input)?;
+                events::publish("order-placed", &call.input, Some(&chain));
                 Ok(output)
             }
             "complete-placed" => {
                 let output = change(json::input(&call.input)?, "completed")?;
-                events::publish("order-completed", &call.input);
+                events::publish("order-completed", &call.input, None);
                 Ok(output)
             }
             "cancel-placed" => change(json::input(&call.input)?, "cancelled"),
@@ -95,6 +101,14 @@ impl Guest for OrderService {
 fn create(input: Create) -> Result<Vec<u8>, Failure> {
     let key = format!("order/{}", input.order);
     if let Some((existing, _)) = json::get::<Order>(&key)? {
+        let same = (&existing.customer, &existing.sku, existing.qty, existing.amount)
+            == (&input.customer, &input.sku, input.qty, input.amount);
+        if !same {
+            return Err(Failure::Rejected(format!(
+                "order `{}` already exists with other details (customer, sku, qty or amount)",
+                input.order
+            )));
+        }
         return json::output(&serde_json::json!({"order": input.order, "status": existing.status}));
     }
     let order = Order {

@@ -8,6 +8,8 @@
 //! - `refund {order}` → `{order, refunded}` (0 if there was no charge)
 //!
 //! An order is charged at most once and refunded at most once, whatever the keys.
+//! Every operation is internal: accounts are opened by operators, charges and refunds
+//! made by the order saga and the order flow's events, never by a client directly.
 //!
 //! Failure injection, driven by the input (no hidden switches):
 //! `payment_transient_failures: N` makes `charge` fail transiently on its first N
@@ -68,12 +70,10 @@ impl Guest for Payment {
         Manifest {
             name: "payment".into(),
             operations: vec![
-                OperationInfo::new("open-account", "Opens a customer account with a balance."),
-                OperationInfo {
-                    name: "charge".into(),
-                    compensated_by: Some("refund".into()),
-                    description: "Charges a customer for an order.".into(),
-                },
+                OperationInfo::new("open-account", "Opens a customer account with a balance.").internal(),
+                OperationInfo::new("charge", "Charges a customer for an order.")
+                    .compensated_by("refund")
+                    .internal(),
                 OperationInfo::new("refund", "Refunds an order's charge."),
                 OperationInfo::new("charge-placed", "On stock-reserved: charges, says if it could."),
             ],
@@ -100,13 +100,13 @@ impl Guest for Payment {
                 let order: serde_json::Value = json::input(&call.input)?;
                 match charge(input) {
                     Ok(output) => {
-                        events::publish("payment-completed", &call.input);
+                        events::publish("payment-completed", &call.input, None);
                         Ok(output)
                     }
                     Err(Failure::Rejected(reason)) => {
                         let mut declined = order;
                         declined["reason"] = serde_json::Value::String(reason);
-                        events::publish("payment-declined", declined.to_string().as_bytes());
+                        events::publish("payment-declined", declined.to_string().as_bytes(), None);
                         json::output(&declined)
                     }
                     Err(transient) => Err(transient),
@@ -164,7 +164,9 @@ fn refund(input: Refund) -> Result<Vec<u8>, Failure> {
     };
     let key = account_key(&charge.customer);
     let (mut account, _) = json::get::<Account>(&key)?.unwrap_or((Account { balance: 0 }, 0));
-    account.balance += charge.amount;
+    account.balance = account.balance.checked_add(charge.amount).ok_or_else(|| {
+        Failure::Rejected(format!("refunding {} would overflow the balance", charge.amount))
+    })?;
     json::set(&key, &account)?;
     charge.refunded = true;
     json::set(&charge_key, &charge)?;

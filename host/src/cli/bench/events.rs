@@ -42,7 +42,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 for n in (worker..count).step_by(16) {
                     let input = format!(r#"{{"topic":"journal","payload":{{"n":{n}}}}}"#).into_bytes();
                     let mut request = Request::new("echo", "publish", input, format!("publish-{n}"));
-                    request.correlation_id = Some(format!("c-{}", n % 100));
+                    request.correlation_id = format!("c-{}", n % 100);
                     invoker.invoke(request).await?;
                 }
                 anyhow::Ok(())

@@ -114,7 +114,7 @@ async fn measure(
                     operation: operation.clone(),
                     input: input.clone(),
                     idempotency_key: format!("bench-{worker}-{i}"),
-                    correlation_id: None,
+                    correlation_id: format!("bench-{worker}"),
                     attempt: 1,
                 };
                 let started = Instant::now();

@@ -514,7 +514,7 @@ fn writer_gone() -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ChangeSet, Conflict, Transaction, TxLimits};
+    use crate::store::{ChangeSet, Conflict, Event, Transaction, TxLimits};
 
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(dir, SqliteOptions::default()).unwrap()
@@ -548,7 +548,7 @@ mod tests {
             let store = open(dir.path());
             let mut t = tx(&store);
             t.set("k", b"v".to_vec()).unwrap();
-            t.publish("topic", b"{}".to_vec()).unwrap();
+            t.publish("topic", b"{}".to_vec(), None).unwrap();
             store.commit(commit_of(t.into_changes(), Some(outcome("key-1", 1, i64::MAX)))).await.unwrap();
         }
         let store = open(dir.path());
@@ -620,7 +620,7 @@ mod tests {
         fresh.set("a", b"2".to_vec()).unwrap();
         store.commit(commit_of(fresh.into_changes(), None)).await.unwrap();
         let mut changes = stale.into_changes();
-        changes.events.push(("t".into(), b"{}".to_vec()));
+        changes.events.push(Event { topic: "t".into(), payload: b"{}".to_vec(), correlation_id: None });
         let err = store.commit(commit_of(changes, Some(outcome("stale", 1, i64::MAX)))).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(Conflict { ref key, .. }) if key == "a"), "{err:?}");
         assert_eq!(tx(&store).get("b").unwrap(), None, "the write to b was rolled back");

@@ -213,9 +213,10 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )
             .map_err(unavailable)?;
-        for (topic, payload) in &changes.events {
+        for event in &changes.events {
+            let chain = event.correlation_id.as_ref().or(commit.correlation_id.as_ref());
             insert
-                .execute(params![service, topic, payload, commit.correlation_id, created_at])
+                .execute(params![service, event.topic, event.payload, chain, created_at])
                 .map_err(unavailable)?;
         }
     }
