@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::alert::{Alert, Alerter};
 use crate::clock::now_ms;
-use crate::invoke::{InvokeError, Invoker, Request};
+use crate::invoke::{Caller, InvokeError, Invoker, Request};
 use crate::metrics::{labels, metrics};
 use crate::store::{Commit, DeliveryChange, DeliveryRow, SqliteStore, StoreError};
 
@@ -141,7 +141,13 @@ impl Dispatcher {
         let Some(event) = self.inner.store.event(delivery.event_id)? else { return Ok(()) };
         let attempt = delivery.attempts + 1;
         let key = format!("event/{}/{}", event.id, delivery.subscriber);
-        let mut request = Request::new(&delivery.subscriber, &delivery.operation, event.payload.clone(), key);
+        let mut request = Request::new(
+            Caller::Delivery,
+            &delivery.subscriber,
+            &delivery.operation,
+            event.payload.clone(),
+            key,
+        );
         // Events stored before every invocation had a chain have none: the delivery
         // then starts a chain of its own.
         if let Some(chain) = &event.correlation_id {

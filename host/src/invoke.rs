@@ -24,9 +24,10 @@ use tokio::sync::{RwLock, watch};
 use crate::clock::now_ms;
 use crate::metrics::{labels, metrics};
 use crate::runtime::{CallError, Plugin, Registry};
-use crate::service::{Failure, Invocation};
+use crate::service::{Failure, Invocation, Visibility};
 use crate::store::{
-    ChangeSet, Commit, Conflict, RecordStore, SagaChange, StoreError, StoredOutcome, Transaction, TxLimits,
+    ChangeSet, Commit, Conflict, IdempotencyKey, KeySpace, RecordStore, SagaChange, StoreError,
+    StoredOutcome, Transaction, TxLimits,
 };
 
 /// Settings of the invocation path.
@@ -52,9 +53,40 @@ impl Default for InvokeOptions {
     }
 }
 
+/// Who asks for an invocation. It decides which operations it may call (a client
+/// only public ones) and where its idempotency key lives (the host's own calls keep
+/// their keys apart from everything a client can send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A client over HTTP: public operations only.
+    Client,
+    /// An operator (the admin token), or the host acting as one (the demo's seed data):
+    /// any operation, with keys in the clients' space.
+    Operator,
+    /// A saga step.
+    Saga,
+    /// An event's delivery to a subscriber.
+    Delivery,
+}
+
+impl Caller {
+    fn key_space(self) -> KeySpace {
+        match self {
+            Caller::Client | Caller::Operator => KeySpace::Client,
+            Caller::Saga => KeySpace::Saga,
+            Caller::Delivery => KeySpace::Event,
+        }
+    }
+
+    fn may_call(self, visibility: Visibility) -> bool {
+        visibility == Visibility::Public || self != Caller::Client
+    }
+}
+
 /// A request to run one operation.
 #[derive(Debug, Clone)]
 pub struct Request {
+    pub caller: Caller,
     pub service: String,
     pub operation: String,
     pub input: Vec<u8>,
@@ -69,8 +101,9 @@ pub struct Request {
 
 impl Request {
     /// A request of one first attempt, in a chain of its own.
-    pub fn new(service: &str, operation: &str, input: Vec<u8>, key: String) -> Self {
+    pub fn new(caller: Caller, service: &str, operation: &str, input: Vec<u8>, key: String) -> Self {
         Request {
+            caller,
             service: service.into(),
             operation: operation.into(),
             input,
@@ -95,6 +128,8 @@ pub struct Invoked {
     pub replayed: bool,
     /// The plugin version that produced the outcome.
     pub digest: String,
+    /// The chain the call belongs to: the first call's, for a replay.
+    pub correlation_id: String,
     /// Unix ms after which the key is forgotten.
     pub expires_at: i64,
     /// How many times the plugin ran for this call (0 for a replay).
@@ -108,6 +143,11 @@ pub enum InvokeError {
     UnknownService(String),
     #[error("service `{service}` has no operation `{operation}`")]
     UnknownOperation { service: String, operation: String },
+    #[error(
+        "operation `{operation}` of `{service}` is internal: only sagas, event deliveries and operators \
+         (with the admin token) may call it"
+    )]
+    Internal { service: String, operation: String },
     #[error(
         "idempotency key `{key}` was already used for a different request ({operation} with other input); \
          use a new key for a new request"
@@ -136,7 +176,7 @@ struct Inner {
     store: Arc<dyn RecordStore>,
     options: InvokeOptions,
     /// Keys running in this process; a watcher learns when the key is released.
-    running: Mutex<HashMap<(String, String), watch::Receiver<()>>>,
+    running: Mutex<HashMap<IdempotencyKey, watch::Receiver<()>>>,
     /// Per service: optimistic runs share it, escalated runs take it alone.
     turns: Mutex<HashMap<String, Arc<RwLock<()>>>>,
 }
@@ -211,8 +251,14 @@ impl Invoker {
             .registry
             .get(&request.service)
             .ok_or_else(|| InvokeError::UnknownService(request.service.clone()))?;
-        if plugin.manifest().operation(&request.operation).is_none() {
+        let Some(operation) = plugin.manifest().operation(&request.operation) else {
             return Err(InvokeError::UnknownOperation {
+                service: request.service.clone(),
+                operation: request.operation.clone(),
+            });
+        };
+        if !request.caller.may_call(operation.visibility) {
+            return Err(InvokeError::Internal {
                 service: request.service.clone(),
                 operation: request.operation.clone(),
             });
@@ -321,12 +367,12 @@ impl Invoker {
         };
         let now = now_ms();
         let stored = StoredOutcome {
-            service: request.service.clone(),
-            key: request.key.clone(),
+            key: idempotency_key(request),
             fingerprint,
             operation: request.operation.clone(),
             result: result.clone(),
             digest: plugin.digest().to_string(),
+            correlation_id: Some(request.correlation_id.clone()),
             created_at: now,
             expires_at: now + options.retention.as_millis() as i64,
         };
@@ -342,6 +388,7 @@ impl Invoker {
             result,
             replayed: false,
             digest: stored.digest,
+            correlation_id: request.correlation_id.clone(),
             expires_at: stored.expires_at,
             runs: run,
         }))
@@ -363,7 +410,7 @@ impl Invoker {
 
     /// The stored outcome of this request's key, if any.
     fn replay(&self, request: &Request, fingerprint: &[u8; 32]) -> Result<Option<Invoked>, InvokeError> {
-        let Some(stored) = self.inner.store.outcome(&request.service, &request.key, now_ms())? else {
+        let Some(stored) = self.inner.store.outcome(&idempotency_key(request), now_ms())? else {
             return Ok(None);
         };
         if &stored.fingerprint != fingerprint {
@@ -373,6 +420,7 @@ impl Invoker {
             result: stored.result,
             replayed: true,
             digest: stored.digest,
+            correlation_id: stored.correlation_id.unwrap_or_else(|| request.correlation_id.clone()),
             expires_at: stored.expires_at,
             runs: 0,
         }))
@@ -381,7 +429,7 @@ impl Invoker {
     /// Claims the request's key in this process, or returns a watcher of the claim
     /// that holds it.
     fn claim(&self, request: &Request) -> Result<Claim, watch::Receiver<()>> {
-        let id = (request.service.clone(), request.key.clone());
+        let id = idempotency_key(request);
         let mut running = self.inner.running.lock().expect("running-keys mutex poisoned");
         if let Some(released) = running.get(&id) {
             return Err(released.clone());
@@ -395,7 +443,7 @@ impl Invoker {
 /// A key this process is running. Dropping it frees the key and wakes its waiters.
 struct Claim {
     invoker: Arc<Inner>,
-    id: (String, String),
+    id: IdempotencyKey,
     _release: watch::Sender<()>,
 }
 
@@ -404,6 +452,14 @@ impl Drop for Claim {
         // Remove the entry before the sender is dropped, so that a woken waiter finds
         // the key free.
         self.invoker.running.lock().expect("running-keys mutex poisoned").remove(&self.id);
+    }
+}
+
+fn idempotency_key(request: &Request) -> IdempotencyKey {
+    IdempotencyKey {
+        service: request.service.clone(),
+        space: request.caller.key_space(),
+        key: request.key.clone(),
     }
 }
 

@@ -20,39 +20,14 @@ async fn seed(server: &Server, client: &reqwest::Client) {
     }
 }
 
-/// Places an order through the choreographed flow (`order.place`, correlation id =
-/// the order id).
+/// Places an order through the choreographed flow (`order.place`, which names the
+/// chain by the order id: no `Correlation-Id` header needed).
 async fn place(server: &Server, client: &reqwest::Client, order: &str, customer: &str, extra: Value) {
     let mut input = json!({"order": order, "customer": customer, "sku": "lamp", "qty": 2, "amount": 2_500});
     input.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    let response = server
-        .invoke(client, "order/place", &format!("place-{order}"), &input)
-        .header("Correlation-Id", order)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        server.invoke(client, "order/place", &format!("place-{order}"), &input).send().await.unwrap();
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-}
-
-/// Reads a record until it equals `expected` (at most 10 s), and returns what it read
-/// last. (A read right after the chain shows a delivery can still miss its effect;
-/// see docs/architecture.md, "Choreography".)
-async fn eventually(
-    server: &Server,
-    client: &reqwest::Client,
-    service: &str,
-    key: &str,
-    expected: &Value,
-) -> Option<Value> {
-    let mut value = None;
-    for _ in 0..200 {
-        value = server.record(client, service, key).await;
-        if value.as_ref() == Some(expected) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    value
 }
 
 async fn chain(server: &Server, client: &reqwest::Client, correlation: &str) -> Vec<Value> {
@@ -60,7 +35,9 @@ async fn chain(server: &Server, client: &reqwest::Client, correlation: &str) -> 
     client.get(url).send().await.unwrap().json::<Vec<Value>>().await.unwrap()
 }
 
-/// Waits (up to 20 s) until the chain has every topic in `topics` and nothing pending.
+/// Waits (up to 20 s) until the chain has every topic in `topics`, every event's
+/// deliveries are made, and none is pending. (An event not dispatched yet has no
+/// deliveries at all: it is not settled, though nothing in it is pending.)
 async fn settled_chain(
     server: &Server,
     client: &reqwest::Client,
@@ -72,7 +49,8 @@ async fn settled_chain(
         let seen: Vec<&str> = events.iter().map(|e| e["topic"].as_str().unwrap()).collect();
         let pending =
             events.iter().flat_map(|e| e["deliveries"].as_array().unwrap()).any(|d| d["status"] == "pending");
-        if topics.iter().all(|t| seen.contains(t)) && !pending {
+        let dispatched = events.iter().all(|e| e["dispatched"] == true);
+        if topics.iter().all(|t| seen.contains(t)) && dispatched && !pending {
             return events;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -107,8 +85,7 @@ async fn a_choreographed_order_completes_and_its_chain_shows_how() {
     assert_eq!(record("order", "order/o-1").await.unwrap()["status"], "completed");
     assert_eq!(record("inventory", "stock/lamp").await.unwrap(), json!({"available": 98, "reserved": 2}));
     assert_eq!(record("payment", "account/ada").await.unwrap(), json!({"balance": 997_500}));
-    let sent = eventually(&server, &client, "notification", "sent/o-1", &json!({"count": 1})).await;
-    assert_eq!(sent, Some(json!({"count": 1})));
+    assert_eq!(record("notification", "sent/o-1").await.unwrap(), json!({"count": 1}));
 }
 
 /// The failure path: the payment is declined, so the stock is released and the order
@@ -163,6 +140,53 @@ async fn a_refused_invocation_publishes_nothing() {
     let events = chain(&server, &client, "c-2").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["payload"], json!({"x": 1}));
+}
+
+/// Every call belongs to a chain: without a `Correlation-Id` header the host makes one
+/// up and answers it, a replay answers the first call's, and the events of the call
+/// are found under it. `order.place` names its chain by the order id instead.
+#[tokio::test]
+async fn every_call_has_a_chain_and_a_replay_answers_the_first_one() {
+    let server = Server::with_plugins(&["echo"]);
+    let client = Server::client();
+    let body = json!({"topic": "audit", "payload": {"x": 1}});
+    let first = server.invoke(&client, "echo/publish", "p-1", &body).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let chain_id = first.headers()["correlation-id"].to_str().unwrap().to_owned();
+    assert_eq!(chain_id.len(), 36, "a UUID: {chain_id}");
+    let replay = server
+        .invoke(&client, "echo/publish", "p-1", &body)
+        .header("Correlation-Id", "another-chain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.headers()["correlation-id"], chain_id.as_str(), "the first call's chain");
+    let events = settled_chain(&server, &client, &chain_id, &["audit"]).await;
+    assert_eq!(events.len(), 1);
+
+    let given = server.invoke(&client, "echo/publish", "p-2", &body).header("Correlation-Id", "mine");
+    assert_eq!(given.send().await.unwrap().headers()["correlation-id"], "mine");
+    let bad = server.invoke(&client, "echo/publish", "p-3", &body).header("Correlation-Id", "two words");
+    let bad = bad.send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("Correlation-Id header: a correlation id must be 1 to 255"));
+
+    let shop = Server::with_plugins(SHOP);
+    seed(&shop, &client).await;
+    let placed = shop
+        .invoke(
+            &client,
+            "order/place",
+            "place-o-9",
+            &json!({"order": "o-9", "customer": "ada", "sku": "lamp", "qty": 1, "amount": 10}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), 200);
+    let events = settled_chain(&shop, &client, "o-9", &["order-placed", "order-completed"]).await;
+    assert!(events.iter().all(|e| e["correlation_id"] == "o-9"), "{events:#?}");
 }
 
 /// A delivery that fails every attempt is dead-lettered (listed, with the error); an
@@ -235,9 +259,7 @@ async fn deliveries_keep_the_order_of_each_correlation() {
         let events = settled_chain(&server, &client, &correlation, &["journal"]).await;
         assert_eq!(events.len(), 10);
         let published: Vec<Value> = events.iter().map(|e| e["payload"]["n"].clone()).collect();
-        let expected = Value::Array(published.clone());
-        let journal =
-            eventually(&server, &client, "echo", &format!("journal/{correlation}"), &expected).await.unwrap();
+        let journal = server.record(&client, "echo", &format!("journal/{correlation}")).await.unwrap();
         assert_eq!(journal, Value::Array(published), "{correlation} was delivered out of order");
     }
 }
@@ -275,9 +297,7 @@ async fn deliveries_happen_once_across_sigkills() {
         } else {
             completed += 1;
             assert_eq!(record["status"], "completed", "{order}");
-            let sent =
-                eventually(&server, &client, "notification", &format!("sent/{order}"), &json!({"count": 1}))
-                    .await;
+            let sent = server.record(&client, "notification", &format!("sent/{order}")).await;
             assert_eq!(
                 sent,
                 Some(json!({"count": 1})),

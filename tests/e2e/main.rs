@@ -10,5 +10,6 @@ mod reload;
 mod runtime;
 mod saga_crash;
 mod sagas;
+mod security;
 mod serve;
 mod support;

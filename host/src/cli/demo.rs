@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::RuntimeArgs;
 use super::serve::{ServeArgs, run_with};
 use crate::http::AppState;
-use crate::invoke::Request;
+use crate::invoke::{Caller, Request};
 
 /// The demo's services, built into this binary.
 const SERVICES: &[(&str, &[u8])] = &[
@@ -140,7 +140,7 @@ async fn seed(state: &AppState, marker: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let call = async |service: &str, operation: &str, key: String, input: Value| -> anyhow::Result<()> {
-        let request = Request::new(service, operation, input.to_string().into_bytes(), key);
+        let request = Request::new(Caller::Operator, service, operation, input.to_string().into_bytes(), key);
         let invoked = state.invoker.invoke(request).await?;
         invoked
             .result
@@ -174,8 +174,10 @@ async fn generate(state: AppState, rate: f64, declined: f64, flaky: f64) {
             for (sku, qty) in PRODUCTS {
                 let key = format!("demo-restock-{sku}-{}", uuid::Uuid::now_v7().simple());
                 let input = json!({"sku": sku, "qty": qty / 2}).to_string().into_bytes();
-                if let Err(error) =
-                    state.invoker.invoke(Request::new("inventory", "restock", input, key)).await
+                if let Err(error) = state
+                    .invoker
+                    .invoke(Request::new(Caller::Operator, "inventory", "restock", input, key))
+                    .await
                 {
                     tracing::warn!("demo restock failed: {error}");
                 }

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState, json_body};
-use crate::invoke::{InvokeError, Invoked, Request};
+use crate::invoke::{Caller, InvokeError, Invoked, Request};
 use crate::runtime::CallError;
 use crate::store::StoreError;
 
@@ -30,7 +30,7 @@ pub async fn invoke(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let input = json_body(body)?;
-    let mut request = Request::new(&service, &operation, input.to_vec(), key);
+    let mut request = Request::new(Caller::Operator, &service, &operation, input.to_vec(), key);
     if let Some(chain) = correlation_id(&headers)? {
         request.correlation_id = chain;
     }
@@ -41,7 +41,7 @@ pub async fn invoke(
         .invoke(request)
         .await
         .map_err(|e| error(e, retention).with_header(CORRELATION, &correlation))?;
-    Ok(answer(invoked, retention, &correlation))
+    Ok(answer(invoked, retention))
 }
 
 /// The `Correlation-Id` header, if sent: 1 to 255 visible ASCII characters.
@@ -53,9 +53,9 @@ fn correlation_id(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(text.to_owned()))
 }
 
-fn answer(invoked: Invoked, retention: u64, correlation: &str) -> Response {
+fn answer(invoked: Invoked, retention: u64) -> Response {
     let mut headers = HeaderMap::new();
-    if let Ok(value) = HeaderValue::from_str(correlation) {
+    if let Ok(value) = HeaderValue::from_str(&invoked.correlation_id) {
         headers.insert(CORRELATION, value);
     }
     headers.insert(REPLAYED, HeaderValue::from_static(if invoked.replayed { "true" } else { "false" }));
@@ -97,6 +97,7 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
 fn error(error: InvokeError, retention: u64) -> ApiError {
     let status = match &error {
         InvokeError::UnknownService(_) | InvokeError::UnknownOperation { .. } => StatusCode::NOT_FOUND,
+        InvokeError::Internal { .. } => StatusCode::FORBIDDEN,
         InvokeError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         InvokeError::InFlight { .. } | InvokeError::Conflict { .. } => StatusCode::CONFLICT,
         InvokeError::Transient { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -14,7 +14,7 @@ use super::definition::SagaDef;
 use super::machine::{Action, Direction, Event, SagaState, SagaStatus, StepStatus, apply};
 use super::{EngineInner, SagaId};
 use crate::alert::Alert;
-use crate::invoke::{InvokeError, Request};
+use crate::invoke::{Caller, InvokeError, Request};
 use crate::metrics::{labels, metrics};
 use crate::store::{Commit, SagaChange, StoreError};
 
@@ -90,7 +90,7 @@ async fn call(
         key.push_str(&format!("/retry-{}", run.state.round));
     }
     let input = step_input(run, direction);
-    let mut request = Request::new(&step_def.service, operation, input, key);
+    let mut request = Request::new(Caller::Saga, &step_def.service, operation, input, key);
     request.correlation_id = run.id.to_string();
     request.attempt = attempt;
 

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    ChangeSet, Commit, CommitFuture, Conflict, Entry, RecordStore, Slot, Snapshot, StoreError, StoredOutcome,
+    ChangeSet, Commit, CommitFuture, Conflict, Entry, IdempotencyKey, RecordStore, Slot, Snapshot,
+    StoreError, StoredOutcome,
 };
 
 type Records = Arc<BTreeMap<String, Slot>>;
@@ -22,7 +23,7 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct State {
     records: HashMap<String, Records>,
-    outcomes: HashMap<(String, String), StoredOutcome>,
+    outcomes: HashMap<IdempotencyKey, StoredOutcome>,
 }
 
 impl MemoryStore {
@@ -71,9 +72,9 @@ impl RecordStore for MemoryStore {
         Box::pin(std::future::ready(result))
     }
 
-    fn outcome(&self, service: &str, key: &str, now: i64) -> Result<Option<StoredOutcome>, StoreError> {
+    fn outcome(&self, key: &IdempotencyKey, now: i64) -> Result<Option<StoredOutcome>, StoreError> {
         let state = self.state.lock().expect("store mutex poisoned");
-        let stored = state.outcomes.get(&(service.to_owned(), key.to_owned()));
+        let stored = state.outcomes.get(key);
         Ok(stored.filter(|o| o.expires_at > now).cloned())
     }
 }
@@ -87,11 +88,10 @@ impl MemoryStore {
         }
         let mut state = self.state.lock().expect("store mutex poisoned");
         let State { records, outcomes } = &mut *state;
-        if let Some(outcome) = &commit.outcome {
-            let id = (commit.service.clone(), outcome.key.clone());
-            if outcomes.get(&id).is_some_and(|o| o.expires_at > outcome.created_at) {
-                return Err(StoreError::Duplicate(outcome.key.clone()));
-            }
+        if let Some(outcome) = &commit.outcome
+            && outcomes.get(&outcome.key).is_some_and(|o| o.expires_at > outcome.created_at)
+        {
+            return Err(StoreError::Duplicate(outcome.key.key.clone()));
         }
         let records = records.entry(commit.service.clone()).or_default();
         validate(records, &commit.changes)?;
@@ -100,7 +100,7 @@ impl MemoryStore {
             records.insert(write.key.clone(), Slot { value: write.value.clone(), version: write.version });
         }
         if let Some(outcome) = &commit.outcome {
-            outcomes.insert((commit.service.clone(), outcome.key.clone()), outcome.clone());
+            outcomes.insert(outcome.key.clone(), outcome.clone());
         }
         Ok(())
     }

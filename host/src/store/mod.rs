@@ -105,12 +105,49 @@ pub trait Snapshot: Send {
     ) -> Result<Vec<(String, Entry)>, StoreError>;
 }
 
+/// Whose idempotency key it is. A client chooses its keys freely; the host's own calls
+/// keep theirs in spaces of their own, so that no key a client sends can ever meet
+/// (and pre-empt) a saga step's or a delivery's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeySpace {
+    /// Keys sent in `Idempotency-Key` (by clients and operators alike).
+    Client,
+    /// Saga steps: `saga/<id>/<step>/do|undo[/retry-<n>]`.
+    Saga,
+    /// Event deliveries: `event/<id>/<subscriber>`.
+    Event,
+}
+
+impl KeySpace {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeySpace::Client => "client",
+            KeySpace::Saga => "saga",
+            KeySpace::Event => "event",
+        }
+    }
+}
+
+/// What identifies one idempotent invocation: the service, whose key it is, the key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    pub service: String,
+    pub space: KeySpace,
+    pub key: String,
+}
+
+impl std::fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
 /// The stored outcome of one idempotent invocation: replayed to every retry of its key
 /// until it expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredOutcome {
-    pub service: String,
-    pub key: String,
+    pub key: IdempotencyKey,
     /// sha256 of the operation and the input: a retry must carry the same request.
     pub fingerprint: [u8; 32],
     pub operation: String,
@@ -118,6 +155,9 @@ pub struct StoredOutcome {
     pub result: Result<Vec<u8>, String>,
     /// The digest of the plugin version that produced it.
     pub digest: String,
+    /// The chain the invocation belonged to, answered again on a replay (`None` for
+    /// outcomes stored before every call had one).
+    pub correlation_id: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,
     /// Unix milliseconds; from then on the key may be used again.
@@ -235,6 +275,6 @@ pub trait RecordStore: Send + Sync + 'static {
     /// is returned, or [`StoreError::Duplicate`].
     fn commit(&self, commit: Commit) -> CommitFuture;
 
-    /// The unexpired stored outcome of (`service`, `key`), if any.
-    fn outcome(&self, service: &str, key: &str, now: i64) -> Result<Option<StoredOutcome>, StoreError>;
+    /// The unexpired stored outcome of `key`, if any.
+    fn outcome(&self, key: &IdempotencyKey, now: i64) -> Result<Option<StoredOutcome>, StoreError>;
 }

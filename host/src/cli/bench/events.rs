@@ -8,7 +8,7 @@ use clap::Args as ClapArgs;
 
 use crate::alert::Alerter;
 use crate::events::Dispatcher;
-use crate::invoke::{InvokeOptions, Invoker, Request};
+use crate::invoke::{Caller, InvokeOptions, Invoker, Request};
 use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
 use crate::store::{SqliteOptions, SqliteStore};
 
@@ -41,7 +41,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             tokio::spawn(async move {
                 for n in (worker..count).step_by(16) {
                     let input = format!(r#"{{"topic":"journal","payload":{{"n":{n}}}}}"#).into_bytes();
-                    let mut request = Request::new("echo", "publish", input, format!("publish-{n}"));
+                    let mut request =
+                        Request::new(Caller::Client, "echo", "publish", input, format!("publish-{n}"));
                     request.correlation_id = format!("c-{}", n % 100);
                     invoker.invoke(request).await?;
                 }

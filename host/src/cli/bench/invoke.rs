@@ -12,7 +12,7 @@ use clap::Args as ClapArgs;
 use rand::Rng;
 
 use super::{cpu_time, millis, percentile};
-use crate::invoke::{InvokeOptions, Invoker, Request};
+use crate::invoke::{Caller, InvokeOptions, Invoker, Request};
 use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
 use crate::store::{SqliteOptions, SqliteStore, Synchronous};
 
@@ -154,5 +154,5 @@ async fn measure(invoker: &Invoker, clients: usize, skus: u64, length: Duration)
 }
 
 fn request(operation: &str, input: String, key: String) -> Request {
-    Request::new("inventory", operation, input.into_bytes(), key)
+    Request::new(Caller::Operator, "inventory", operation, input.into_bytes(), key)
 }

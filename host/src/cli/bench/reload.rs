@@ -12,7 +12,7 @@ use super::{millis, percentile};
 use crate::alert::Alerter;
 use crate::clock::SystemClock;
 use crate::config::PluginSettings;
-use crate::invoke::{InvokeOptions, Invoker, Request};
+use crate::invoke::{Caller, InvokeOptions, Invoker, Request};
 use crate::lifecycle::PluginManager;
 use crate::runtime::{Registry, Runtime, RuntimeOptions};
 use crate::saga::SagaEngine;
@@ -58,7 +58,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let request = Request::new("hello", "greet", b"{}".to_vec(), format!("c-{worker}-{n}"));
+                    let request = Request::new(
+                        Caller::Client,
+                        "hello",
+                        "greet",
+                        b"{}".to_vec(),
+                        format!("c-{worker}-{n}"),
+                    );
                     match invoker.invoke(request).await {
                         Ok(_) => calls.fetch_add(1, Ordering::Relaxed),
                         Err(_) => failures.fetch_add(1, Ordering::Relaxed),
@@ -87,7 +93,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::fs::rename(&part, &file)?;
         loop {
             probe += 1;
-            let request = Request::new("hello", "greet", b"{}".to_vec(), format!("probe-{probe}"));
+            let request =
+                Request::new(Caller::Client, "hello", "greet", b"{}".to_vec(), format!("probe-{probe}"));
             let answer = invoker.invoke(request).await?;
             if answer.result.as_deref() == Ok(expected.as_bytes()) {
                 break;

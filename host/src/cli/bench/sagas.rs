@@ -13,7 +13,7 @@ use serde_json::json;
 use super::{cpu_time, millis, percentile};
 use crate::alert::Alerter;
 use crate::clock::SystemClock;
-use crate::invoke::{InvokeOptions, Invoker, Request};
+use crate::invoke::{Caller, InvokeOptions, Invoker, Request};
 use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
 use crate::saga::{SagaDef, SagaEngine, SagaStatus};
 use crate::store::{SqliteOptions, SqliteStore, Synchronous};
@@ -91,13 +91,17 @@ async fn seed(invoker: &Invoker) -> anyhow::Result<()> {
     for i in 0..SKUS.max(CUSTOMERS) {
         if i < SKUS {
             let input = json!({"sku": format!("sku-{i}"), "qty": 1_000_000_000u64}).to_string().into_bytes();
-            invoker.invoke(Request::new("inventory", "restock", input, format!("restock-{i}"))).await?;
+            invoker
+                .invoke(Request::new(Caller::Operator, "inventory", "restock", input, format!("restock-{i}")))
+                .await?;
         }
         if i < CUSTOMERS {
             let input = json!({"customer": format!("c-{i}"), "balance": 1_000_000_000_000i64})
                 .to_string()
                 .into_bytes();
-            invoker.invoke(Request::new("payment", "open-account", input, format!("open-{i}"))).await?;
+            invoker
+                .invoke(Request::new(Caller::Operator, "payment", "open-account", input, format!("open-{i}")))
+                .await?;
         }
     }
     Ok(())

@@ -21,8 +21,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Commit, CommitFuture, DeliveryRow, Entry, EventRow, RecordStore, SagaRow, Slot, Snapshot, StoreError,
-    StoredOutcome,
+    Commit, CommitFuture, DeliveryRow, Entry, EventRow, IdempotencyKey, RecordStore, SagaRow, Slot, Snapshot,
+    StoreError, StoredOutcome,
 };
 
 /// SQLite's `synchronous` setting for commits.
@@ -327,21 +327,20 @@ impl RecordStore for SqliteStore {
         })
     }
 
-    fn outcome(&self, service: &str, key: &str, now: i64) -> Result<Option<StoredOutcome>, StoreError> {
+    fn outcome(&self, key: &IdempotencyKey, now: i64) -> Result<Option<StoredOutcome>, StoreError> {
         let conn = self.readers.take()?;
         let found = conn
             .prepare_cached(
-                "SELECT fingerprint, operation, ok, output, digest, created_at, expires_at
-                 FROM invocations WHERE service = ?1 AND key = ?2 AND expires_at > ?3",
+                "SELECT fingerprint, operation, ok, output, digest, correlation_id, created_at, expires_at
+                 FROM invocations WHERE service = ?1 AND space = ?2 AND key = ?3 AND expires_at > ?4",
             )
             .and_then(|mut query| {
                 query
-                    .query_row(params![service, key, now], |row| {
+                    .query_row(params![key.service, key.space.as_str(), key.key, now], |row| {
                         let ok: bool = row.get(2)?;
                         let output: Vec<u8> = row.get(3)?;
                         Ok(StoredOutcome {
-                            service: service.to_owned(),
-                            key: key.to_owned(),
+                            key: key.clone(),
                             fingerprint: row.get(0)?,
                             operation: row.get(1)?,
                             result: if ok {
@@ -350,8 +349,9 @@ impl RecordStore for SqliteStore {
                                 Err(String::from_utf8_lossy(&output).into_owned())
                             },
                             digest: row.get(4)?,
-                            created_at: row.get(5)?,
-                            expires_at: row.get(6)?,
+                            correlation_id: row.get(5)?,
+                            created_at: row.get(6)?,
+                            expires_at: row.get(7)?,
                         })
                     })
                     .optional()
@@ -514,7 +514,7 @@ fn writer_gone() -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ChangeSet, Conflict, Event, Transaction, TxLimits};
+    use crate::store::{ChangeSet, Conflict, Event, KeySpace, Transaction, TxLimits};
 
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(dir, SqliteOptions::default()).unwrap()
@@ -528,14 +528,18 @@ mod tests {
         Commit { service: "svc".into(), changes, outcome, ..Commit::default() }
     }
 
-    fn outcome(key: &str, created_at: i64, expires_at: i64) -> StoredOutcome {
+    fn key(key: &str) -> IdempotencyKey {
+        IdempotencyKey { service: "svc".into(), space: KeySpace::Client, key: key.into() }
+    }
+
+    fn outcome(key_text: &str, created_at: i64, expires_at: i64) -> StoredOutcome {
         StoredOutcome {
-            service: "svc".into(),
-            key: key.into(),
+            key: key(key_text),
             fingerprint: [7; 32],
             operation: "op".into(),
             result: Ok(b"out".to_vec()),
             digest: "sha256:00".into(),
+            correlation_id: Some("chain".into()),
             created_at,
             expires_at,
         }
@@ -553,7 +557,7 @@ mod tests {
         }
         let store = open(dir.path());
         assert_eq!(tx(&store).get("k").unwrap(), Some(Entry { value: b"v".to_vec(), version: 1 }));
-        let stored = store.outcome("svc", "key-1", 2).unwrap().unwrap();
+        let stored = store.outcome(&key("key-1"), 2).unwrap().unwrap();
         assert_eq!(stored.result, Ok(b"out".to_vec()));
         let conn = Connection::open(store.path()).unwrap();
         let events: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
@@ -593,16 +597,38 @@ mod tests {
         store.commit(commit_of(ChangeSet::default(), Some(outcome("k", 100, 200)))).await.unwrap();
         let again = store.commit(commit_of(ChangeSet::default(), Some(outcome("k", 150, 300)))).await;
         assert_eq!(again, Err(StoreError::Duplicate("k".into())));
-        assert!(store.outcome("svc", "k", 199).unwrap().is_some());
-        assert!(store.outcome("svc", "k", 200).unwrap().is_none(), "expired at 200");
+        assert!(store.outcome(&key("k"), 199).unwrap().is_some());
+        assert!(store.outcome(&key("k"), 200).unwrap().is_none(), "expired at 200");
         store.commit(commit_of(ChangeSet::default(), Some(outcome("k", 250, 400)))).await.unwrap();
         assert_eq!(
-            store.outcome("svc", "k", 260).unwrap().unwrap().created_at,
+            store.outcome(&key("k"), 260).unwrap().unwrap().created_at,
             250,
             "an expired key is reused"
         );
         assert_eq!(store.purge_expired(399).await.unwrap(), 0);
         assert_eq!(store.purge_expired(400).await.unwrap(), 1);
+    }
+
+    /// A client's key and the host's key with the same text are different keys: one
+    /// can neither pre-empt nor replay the other.
+    #[tokio::test]
+    async fn key_spaces_keep_the_same_text_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let text = "saga/01a2/charge/do";
+        let mut planted = outcome(text, 100, i64::MAX);
+        planted.result = Err("planted by a client".into());
+        store.commit(commit_of(ChangeSet::default(), Some(planted))).await.unwrap();
+        let saga_key = IdempotencyKey { space: KeySpace::Saga, ..key(text) };
+        assert_eq!(store.outcome(&saga_key, 101).unwrap(), None, "the saga's key is still free");
+        let step = StoredOutcome { key: saga_key.clone(), ..outcome(text, 100, i64::MAX) };
+        store.commit(commit_of(ChangeSet::default(), Some(step))).await.unwrap();
+        assert_eq!(store.outcome(&saga_key, 101).unwrap().unwrap().result, Ok(b"out".to_vec()));
+        assert_eq!(
+            store.outcome(&key(text), 101).unwrap().unwrap().result,
+            Err("planted by a client".into()),
+            "the client's outcome is its own"
+        );
     }
 
     #[tokio::test]
@@ -624,7 +650,7 @@ mod tests {
         let err = store.commit(commit_of(changes, Some(outcome("stale", 1, i64::MAX)))).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(Conflict { ref key, .. }) if key == "a"), "{err:?}");
         assert_eq!(tx(&store).get("b").unwrap(), None, "the write to b was rolled back");
-        assert!(store.outcome("svc", "stale", 2).unwrap().is_none(), "no outcome stored");
+        assert!(store.outcome(&key("stale"), 2).unwrap().is_none(), "no outcome stored");
         let conn = Connection::open(store.path()).unwrap();
         let events: i64 = conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
         assert_eq!(events, 0, "no event stored");

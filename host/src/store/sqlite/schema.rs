@@ -85,6 +85,36 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE dispatch (id INTEGER PRIMARY KEY CHECK (id = 1), through INTEGER NOT NULL);
     INSERT INTO dispatch (id, through) VALUES (1, 0);
     ",
+    // 4: idempotency keys in spaces of their own (a client's key can never meet a
+    // saga step's or a delivery's), and the chain of each stored invocation.
+    "
+    CREATE TABLE invocations_4 (
+        service        TEXT NOT NULL,
+        space          TEXT NOT NULL,   -- client, saga, event
+        key            TEXT NOT NULL,
+        fingerprint    BLOB NOT NULL,
+        operation      TEXT NOT NULL,
+        ok             INTEGER NOT NULL,
+        output         BLOB NOT NULL,
+        digest         TEXT NOT NULL,
+        correlation_id TEXT,            -- NULL for outcomes stored before version 4
+        created_at     INTEGER NOT NULL,
+        expires_at     INTEGER NOT NULL,
+        PRIMARY KEY (service, space, key)
+    ) WITHOUT ROWID;
+    -- The host's keys had fixed prefixes: they move to their spaces, so that an
+    -- unfinished saga or delivery still finds its own outcome after the upgrade.
+    INSERT INTO invocations_4
+    SELECT service,
+           CASE WHEN substr(key, 1, 5) = 'saga/' THEN 'saga'
+                WHEN substr(key, 1, 6) = 'event/' THEN 'event'
+                ELSE 'client' END,
+           key, fingerprint, operation, ok, output, digest, NULL, created_at, expires_at
+    FROM invocations;
+    DROP TABLE invocations;
+    ALTER TABLE invocations_4 RENAME TO invocations;
+    CREATE INDEX invocations_by_expiry ON invocations (expires_at);
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a
@@ -111,6 +141,35 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<Result<(), String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An idempotency record of version 3 lands in the key space of whoever made it.
+    #[test]
+    fn the_host_s_keys_move_to_their_own_spaces() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        for sql in &MIGRATIONS[..3] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 3).unwrap();
+        for key in ["order-1", "saga/01a2/charge/do", "event/7/payment"] {
+            tx.execute(
+                "INSERT INTO invocations VALUES ('svc', ?1, x'00', 'op', 1, x'', 'sha256:0', 1, 2)",
+                [key],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        migrate(&mut conn).unwrap().unwrap();
+        let spaces: Vec<(String, String)> = conn
+            .prepare("SELECT space, key FROM invocations ORDER BY key")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let expected = [("event", "event/7/payment"), ("client", "order-1"), ("saga", "saga/01a2/charge/do")];
+        assert_eq!(spaces, expected.map(|(s, k)| (s.to_owned(), k.to_owned())));
+    }
 
     #[test]
     fn migrations_apply_once_and_a_newer_schema_is_refused() {

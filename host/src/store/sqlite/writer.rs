@@ -159,32 +159,36 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
             Err(reason) => (false, reason.as_bytes()),
         };
         // An expired record of the same key may be replaced; an unexpired one may not.
+        let key = &outcome.key;
         let stored = conn
             .prepare_cached(
-                "INSERT INTO invocations
-                     (service, key, fingerprint, operation, ok, output, digest, created_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (service, key) DO UPDATE SET
+                "INSERT INTO invocations (service, space, key, fingerprint, operation, ok, output,
+                     digest, correlation_id, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (service, space, key) DO UPDATE SET
                      fingerprint = excluded.fingerprint, operation = excluded.operation,
                      ok = excluded.ok, output = excluded.output, digest = excluded.digest,
+                     correlation_id = excluded.correlation_id,
                      created_at = excluded.created_at, expires_at = excluded.expires_at
                  WHERE invocations.expires_at <= excluded.created_at",
             )
             .map_err(unavailable)?
             .execute(params![
-                service,
-                outcome.key,
+                key.service,
+                key.space.as_str(),
+                key.key,
                 outcome.fingerprint,
                 outcome.operation,
                 ok,
                 output,
                 outcome.digest,
+                outcome.correlation_id,
                 outcome.created_at,
                 outcome.expires_at
             ])
             .map_err(unavailable)?;
         if stored == 0 {
-            return Err(StoreError::Duplicate(outcome.key.clone()));
+            return Err(StoreError::Duplicate(key.key.clone()));
         }
     }
     let mut writes: HashMap<&str, &Write> = changes.writes.iter().map(|w| (w.key.as_str(), w)).collect();
