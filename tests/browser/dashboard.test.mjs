@@ -1,6 +1,7 @@
 // The dashboard, as a person sees it: the real `wasaga demo` binary with generated
 // traffic, opened in headless Chromium. Finds a completed and a compensated saga,
-// opens one saga's timeline, and saves a screenshot (target/dashboard.png).
+// opens one saga's timeline, retries a stuck saga as an operator (the dashboard asks
+// for the admin token the demo printed), and saves a screenshot (target/dashboard.png).
 //
 // Needs Debian's chromium (/usr/bin/chromium, or CHROMIUM) and `npm ci` here; the
 // wasaga binary is target/debug/wasaga (or WASAGA_BIN). Run: node --test tests/browser
@@ -18,25 +19,32 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const binary = process.env.WASAGA_BIN ?? resolve(root, "target/debug/wasaga");
 const screenshot = process.env.SCREENSHOT ?? resolve(root, "target/dashboard.png");
 
-/** Starts the demo on a free port; resolves with its URL and process. */
+/** Starts the demo on a free port (it makes up its admin token); resolves with its
+ * URL, the admin token it printed, and the process. */
 function startDemo() {
+  const env = { ...process.env, WASAGA_LOG: "warn" };
+  delete env.WASAGA_ADMIN_TOKEN;
   const demo = spawn(binary, ["demo", "--listen", "127.0.0.1:0", "--traffic", "40"], {
-    env: { ...process.env, WASAGA_LOG: "warn" },
+    env,
     stdio: ["ignore", "pipe", "inherit"],
   });
-  return new Promise((resolveUrl, reject) => {
+  return new Promise((resolveDemo, reject) => {
     demo.on("error", reject);
+    let url = null;
     const lines = createInterface({ input: demo.stdout });
-    lines.once("line", (line) => {
-      const url = line.replace("listening on ", "").trim();
-      if (!url.startsWith("http://")) reject(new Error(`unexpected first line: ${line}`));
-      resolveUrl({ url, demo });
+    lines.on("line", (line) => {
+      if (url === null) {
+        url = line.replace("listening on ", "").trim();
+        if (!url.startsWith("http://")) reject(new Error(`unexpected first line: ${line}`));
+      }
+      const token = line.match(/^\s*admin token\s+([0-9a-f]{64})$/);
+      if (token) resolveDemo({ url, adminToken: token[1], demo });
     });
   });
 }
 
 test("the dashboard shows completed and compensated sagas and a saga's timeline", { timeout: 90_000 }, async () => {
-  const { url, demo } = await startDemo();
+  const { url, adminToken, demo } = await startDemo();
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,6 +84,29 @@ test("the dashboard shows completed and compensated sagas and a saga's timeline"
     await page.click("#chain");
     await page.waitForFunction(() => document.querySelector("#events").textContent.includes("notification.send-confirmation: delivered"), null, { timeout: 30_000 });
     assert.match(await page.textContent("#events"), /order-placed[\s\S]*stock-reserved[\s\S]*payment-completed[\s\S]*order-completed/);
+
+    // A stuck saga, retried from the dashboard: the Retry button asks for the admin
+    // token (the demo printed it), then the saga finishes its compensation.
+    const stuck = await fetch(`${url}/v1/sagas/place-order?wait=20s`, {
+      method: "POST",
+      headers: { "Idempotency-Key": "browser-stuck" },
+      body: JSON.stringify({ order: "browser-stuck", customer: "poor-paul", sku: "desk", qty: 1, amount: 9900,
+                             release_transient_failures: 3 }),
+    }).then((r) => r.json());
+    assert.equal(stuck.status, "stuck");
+    const asked = [];
+    page.on("dialog", (dialog) => { asked.push(dialog.message()); dialog.accept(adminToken); });
+    const retry = page.locator(`#stuck tr:has-text("${stuck.id}") button.retry`);
+    await retry.waitFor({ timeout: 30_000 });
+    await retry.click();
+    let status = "stuck";
+    for (let i = 0; i < 100 && status !== "compensated"; i++) {
+      await new Promise((r) => setTimeout(r, 200));
+      status = (await fetch(`${url}/v1/sagas/${stuck.id}`).then((r) => r.json())).status;
+    }
+    assert.equal(status, "compensated", "the operator's retry finished the compensation");
+    assert.equal(asked.length, 1, "the dashboard asked for the admin token once");
+    assert.match(asked[0], /admin token/);
 
     mkdirSync(dirname(screenshot), { recursive: true });
     await page.screenshot({ path: screenshot, fullPage: true });

@@ -20,13 +20,15 @@ fn plugin_check_prints_the_manifest_of_a_valid_plugin() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     assert!(stdout.contains("service       echo"), "{stdout}");
     assert!(stdout.contains("digest        sha256:"), "{stdout}");
-    assert!(stdout.contains("  set: Writes one record"), "{stdout}");
+    assert!(stdout.contains("  set (public): Writes one record"), "{stdout}");
+    assert!(stdout.contains("  append (internal): On `journal` events"), "a subscription handler: {stdout}");
 
     let out = check(&guest("echo"), &["--json"]);
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["service"], "echo");
     assert_eq!(json["manifest"]["operations"][0]["name"], "echo");
+    assert_eq!(json["manifest"]["operations"][0]["visibility"], "public");
 }
 
 /// Every kind of bad file: exit 1, and stderr says what is wrong with it.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::support::{Server, plugins_dir};
+use crate::support::{ADMIN_TOKEN, Server, plugins_dir};
 
 const STOCK: u64 = 1_000_000;
 const KILLS: usize = 5;
@@ -108,6 +108,7 @@ async fn reserve_until_refused(url: Arc<String>, next_order: Arc<AtomicU64>, see
         let body = json!({"sku": "bolt", "qty": 1, "order": format!("o-{order}")});
         let sent = client
             .post(format!("{url}/v1/services/inventory/reserve"))
+            .bearer_auth(ADMIN_TOKEN)
             .header("Idempotency-Key", format!("reserve-{order}"))
             .body(body.to_string())
             .send()

@@ -133,3 +133,37 @@ async fn demo_traffic_generates_completed_and_compensated_orders() {
     }
     panic!("the generated traffic did not both complete and compensate orders");
 }
+
+/// Without a token given, the demo makes up an admin token and prints it: operator
+/// actions work with it, and are refused without it.
+#[tokio::test]
+async fn the_demo_makes_up_an_admin_token_and_prints_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = wasaga()
+        .env_remove("WASAGA_ADMIN_TOKEN")
+        .args(["demo", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = lines.next().unwrap().unwrap().strip_prefix("listening on ").unwrap().to_owned();
+    let token = lines
+        .map(Result::unwrap)
+        .find_map(|line| line.trim().strip_prefix("admin token").map(|t| t.trim().to_owned()))
+        .expect("the welcome prints the admin token");
+    let demo = Demo(child, url.clone());
+    assert_eq!(token.len(), 64, "{token}");
+    let record = format!("{url}/v1/services/inventory/records/note/from-demo-test");
+    let put = |token: Option<&str>| {
+        let request = reqwest::Client::new().put(&record).header("If-None-Match", "*").body("1");
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+        .send()
+    };
+    assert_eq!(put(None).await.unwrap().status(), 401);
+    assert_eq!(put(Some(&token)).await.unwrap().status(), 201);
+    drop(demo);
+}

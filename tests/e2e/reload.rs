@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, guest, plugins_dir};
+use crate::support::{ADMIN_TOKEN, Server, guest, plugins_dir};
 
-const TOKEN: &str = "s3cret-admin-token";
 const SWAPS: usize = 20;
 const CLIENTS: usize = 32;
 
@@ -136,32 +135,26 @@ async fn uploading_under_load_fails_no_call_and_survives_a_restart() {
     let plugins = plugins_dir(&[]);
     std::fs::copy(guest("hello-v1"), plugins.path().join("hello.wasm")).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let mut server = Server::start_in(plugins.path(), data.path(), &["--admin-token", TOKEN]);
+    let mut server = Server::start_in(plugins.path(), data.path(), &[]);
     let client = Server::client();
     let url = server.url.clone();
     swap_under_load(&server, async |i| {
         let version = if i % 2 == 0 { "hello-v2" } else { "hello-v1" };
-        let response =
-            upload(&client, &url, "hello", Some(TOKEN), std::fs::read(guest(version)).unwrap()).await;
+        let response = upload(&url, "hello", Some(ADMIN_TOKEN), std::fs::read(guest(version)).unwrap()).await;
         assert_eq!(response.0, 200, "{}", response.1);
     })
     .await;
-    let last = upload(&client, &url, "hello", Some(TOKEN), std::fs::read(guest("hello-v2")).unwrap()).await;
+    let last = upload(&url, "hello", Some(ADMIN_TOKEN), std::fs::read(guest("hello-v2")).unwrap()).await;
     assert_eq!(last.0, 200);
     server.kill();
-    let server = Server::start_in(plugins.path(), data.path(), &["--admin-token", TOKEN]);
+    let server = Server::start_in(plugins.path(), data.path(), &[]);
     let after = server.invoke(&client, "hello/greet", "after-restart", &json!({})).send().await.unwrap();
     assert_eq!(after.text().await.unwrap(), "{\"version\":2}", "the upload outlives a restart");
 }
 
-async fn upload(
-    client: &reqwest::Client,
-    url: &str,
-    service: &str,
-    token: Option<&str>,
-    wasm: Vec<u8>,
-) -> (u16, Value) {
-    let mut request = client.put(format!("{url}/v1/plugins/{service}")).body(wasm);
+/// Uploads `wasm` as `service`, with `token` if given (and no other).
+async fn upload(url: &str, service: &str, token: Option<&str>, wasm: Vec<u8>) -> (u16, Value) {
+    let mut request = Server::anonymous().put(format!("{url}/v1/plugins/{service}")).body(wasm);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -180,26 +173,27 @@ async fn digest_of(client: &reqwest::Client, url: &str, service: &str) -> Value 
 /// or wrong token changes nothing.
 #[tokio::test]
 async fn bad_uploads_and_tokens_change_nothing() {
-    let server = Server::with_sagas(&["--admin-token", TOKEN]);
+    let server = Server::with_sagas(&[]);
     let client = Server::client();
     let url = server.url.clone();
     let before = digest_of(&client, &url, "inventory").await;
     let read = |name: &str| std::fs::read(guest(name)).unwrap();
+    let token = Some(ADMIN_TOKEN);
     let cases = [
-        (Some(TOKEN), b"not wasm".to_vec(), 400, "not a WebAssembly file"),
-        (Some(TOKEN), read("stranger"), 422, "not a plugin of the wasaga:plugin/plugin world"),
-        (Some(TOKEN), read("payment"), 422, "the file holds service `payment`, not `inventory`"),
+        (token, b"not wasm".to_vec(), 400, "not a WebAssembly file"),
+        (token, read("stranger"), 422, "not a plugin of the wasaga:plugin/plugin world"),
+        (token, read("payment"), 422, "the file holds service `payment`, not `inventory`"),
         (
-            Some(TOKEN),
+            token,
             read("old-inventory"),
             409,
             "saga `place-order` step `reserve-stock` needs operation `release` of `inventory`",
         ),
-        (None, read("inventory"), 401, "Authorization: Bearer"),
-        (Some("guess"), read("inventory"), 403, "the admin token is wrong"),
+        (None, read("inventory"), 401, "send `Authorization: Bearer <admin token>`"),
+        (Some("guess-guess-guess-guess"), read("inventory"), 401, "neither this server's admin token"),
     ];
     for (token, wasm, status, detail) in cases {
-        let (got, problem) = upload(&client, &url, "inventory", token, wasm).await;
+        let (got, problem) = upload(&url, "inventory", token, wasm).await;
         assert_eq!(got, status, "{problem}");
         assert!(problem["detail"].as_str().unwrap().contains(detail), "expected {detail:?} in {problem}");
         assert_eq!(digest_of(&client, &url, "inventory").await, before, "the old version still serves");
@@ -217,40 +211,45 @@ async fn bad_uploads_and_tokens_change_nothing() {
     assert_eq!(restock.status(), 200);
 
     let delete = |service: &str, token: Option<&str>| {
-        let mut request = client.delete(format!("{url}/v1/plugins/{service}"));
+        let mut request = Server::anonymous().delete(format!("{url}/v1/plugins/{service}"));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         request.send()
     };
     assert_eq!(delete("inventory", None).await.unwrap().status(), 401);
-    let in_use = delete("inventory", Some(TOKEN)).await.unwrap();
+    let in_use = delete("inventory", token).await.unwrap();
     assert_eq!(in_use.status(), 409);
     let problem: Value = in_use.json().await.unwrap();
     assert!(problem["detail"].as_str().unwrap().contains("saga definition `place-order`"), "{problem}");
-    assert_eq!(delete("nothing", Some(TOKEN)).await.unwrap().status(), 404);
+    assert_eq!(delete("nothing", token).await.unwrap().status(), 404);
 
-    let (status, _) = upload(&client, &url, "hello", Some(TOKEN), read("hello-v1")).await;
+    let (status, _) = upload(&url, "hello", token, read("hello-v1")).await;
     assert_eq!(status, 201, "a new service");
-    assert_eq!(delete("hello", Some(TOKEN)).await.unwrap().status(), 204);
+    assert_eq!(delete("hello", token).await.unwrap().status(), 204);
     let gone = server.invoke(&client, "hello/greet", "g-1", &json!({})).send().await.unwrap();
     assert_eq!(gone.status(), 404);
 }
 
-/// Without an admin token the admin API is off.
+/// Without an admin token, plugin changes are refused (not open), and the refusal says
+/// how to allow them.
 #[tokio::test]
 async fn without_a_token_the_admin_api_is_off() {
-    let server = Server::with_plugins(&["echo"]);
-    let (status, problem) = upload(
-        &Server::client(),
-        &server.url,
-        "echo",
-        Some("anything"),
-        std::fs::read(guest("echo")).unwrap(),
-    )
-    .await;
-    assert_eq!(status, 403);
-    assert!(problem["detail"].as_str().unwrap().contains("admin API is off"));
+    let plugins = plugins_dir(&["echo"]);
+    let data = tempfile::tempdir().unwrap();
+    let mut command = crate::support::wasaga();
+    command.env_remove("WASAGA_ADMIN_TOKEN");
+    let server = Server::start_with(command, plugins.path(), data.path(), &[]);
+    let wasm = std::fs::read(guest("echo")).unwrap();
+    for token in [None, Some("anything-anything-anything")] {
+        let (status, problem) = upload(&server.url, "echo", token, wasm.clone()).await;
+        assert_eq!(status, 403, "{problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("operator actions are off") && detail.contains("WASAGA_ADMIN_TOKEN"),
+            "{detail}"
+        );
+    }
 }
 
 /// A file that fails to load leaves the version serving, and is reported.
@@ -289,19 +288,12 @@ async fn the_plugin_commands_push_and_list() {
     let plugins = plugins_dir(&[]);
     std::fs::copy(guest("hello-v1"), plugins.path().join("hello.wasm")).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let server = Server::start_in(plugins.path(), data.path(), &["--admin-token", TOKEN]);
+    let server = Server::start_in(plugins.path(), data.path(), &[]);
     let url = server.url.clone();
     let run = move |args: Vec<String>| {
         let url = url.clone();
         tokio::task::spawn_blocking(move || {
-            crate::support::wasaga()
-                .arg("plugin")
-                .args(&args)
-                .arg("--server")
-                .arg(&url)
-                .env("WASAGA_ADMIN_TOKEN", TOKEN)
-                .output()
-                .unwrap()
+            crate::support::wasaga().arg("plugin").args(&args).arg("--server").arg(&url).output().unwrap()
         })
     };
     let v2 = guest("hello-v2").to_string_lossy().into_owned();

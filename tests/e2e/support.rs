@@ -9,7 +9,7 @@ use std::time::Duration;
 use wasaga::alert::Alerter;
 use wasaga::clock::SystemClock;
 use wasaga::events::Dispatcher;
-use wasaga::http::{AppState, router};
+use wasaga::http::{Access, AppState, Secret, router};
 use wasaga::invoke::{InvokeOptions, Invoker};
 use wasaga::lifecycle::PluginManager;
 use wasaga::runtime::{Limits, Plugin, Registry, Runtime, RuntimeOptions};
@@ -17,10 +17,17 @@ use wasaga::saga::SagaEngine;
 use wasaga::service::Invocation;
 use wasaga::store::{SqliteOptions, SqliteStore};
 
-/// The `wasaga` binary built for these tests.
+/// The admin token of every server the tests start (through `WASAGA_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The `wasaga` binary built for these tests, with [`ADMIN_TOKEN`] in its environment
+/// (so servers have an operator, and the CLI's operator commands send it).
 pub fn wasaga() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wasaga"));
-    command.env("WASAGA_LOG", "warn");
+    command.env("WASAGA_LOG", "warn").env("WASAGA_ADMIN_TOKEN", ADMIN_TOKEN);
+    for name in ["WASAGA_API_TOKEN", "WASAGA_ADMIN_TOKEN_FILE", "WASAGA_API_TOKEN_FILE"] {
+        command.env_remove(name);
+    }
     command
 }
 
@@ -101,7 +108,13 @@ impl Server {
 
     /// A server over `plugins` and the data directory `data`, with extra flags.
     pub fn start_in(plugins: &Path, data: &Path, args: &[&str]) -> Server {
-        let mut child = wasaga()
+        Server::start_with(wasaga(), plugins, data, args)
+    }
+
+    /// Like [`Server::start_in`], from a `wasaga` command prepared by the caller (its
+    /// environment, say).
+    pub fn start_with(mut command: Command, plugins: &Path, data: &Path, args: &[&str]) -> Server {
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
             .arg(plugins)
             .arg("--data")
@@ -121,12 +134,22 @@ impl Server {
         Server { child, url, _data: None, _plugins: None }
     }
 
+    /// An HTTP client that acts as the operator: it sends [`ADMIN_TOKEN`], unless a
+    /// request sets its own `Authorization`.
     pub fn client() -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {ADMIN_TOKEN}").parse().unwrap());
         reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
+            .default_headers(headers)
             .build()
             .unwrap()
+    }
+
+    /// An HTTP client without a token: any client on the network.
+    pub fn anonymous() -> reqwest::Client {
+        reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
     }
 
     /// `POST /v1/services/{service}/{operation}` with an idempotency key.
@@ -160,6 +183,12 @@ impl Server {
         }
     }
 
+    /// Keeps the plugins and data directories alive as long as the server.
+    pub fn keep(&mut self, plugins: tempfile::TempDir, data: tempfile::TempDir) {
+        self._plugins = Some(plugins);
+        self._data = Some(data);
+    }
+
     /// Kills the process at once (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -187,7 +216,8 @@ pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions, data
     let plugins = PluginManager::new(invoker.registry().clone(), sagas.clone(), Default::default(), data);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let state = AppState { invoker, sagas, plugins, events, admin_token: None };
+    let access = Access { admin_token: Some(Secret::new(ADMIN_TOKEN)), api_token: None, loopback_only: true };
+    let state = AppState { invoker, sagas, plugins, events, access };
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     url
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::RuntimeArgs;
 use super::serve::{ServeArgs, run_with};
+use super::tokens::ServerTokens;
 use crate::http::AppState;
 use crate::invoke::{Caller, Request};
 
@@ -70,15 +71,18 @@ pub struct DemoArgs {
     #[arg(long, env = "WASAGA_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
 
-    /// Token of the admin API (uploading plugins); off without one.
-    #[arg(long, env = "WASAGA_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    /// The demo makes up an admin token and prints it, unless one is given here (or
+    /// in WASAGA_ADMIN_TOKEN).
+    #[command(flatten)]
+    tokens: ServerTokens,
 
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut tokens = args.tokens.resolve()?;
+    let admin_token = tokens.admin.get_or_insert_with(super::tokens::generate).clone();
     let (data, _temporary) = match &args.data {
         Some(dir) => (dir.clone(), None),
         None => {
@@ -93,10 +97,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     let seeded = data.join("demo").join("seeded");
     let (traffic, declined, flaky) = (args.traffic, args.declined_share, args.flaky_share);
     let server = ServeArgs::demo(plugins, sagas, data.clone(), args.listen, args.runtime)
-        .alert_webhook(args.alert_webhook)
-        .admin_token(args.admin_token);
-    run_with(server, move |state, addr| {
-        print_welcome(addr, &data);
+        .alert_webhook(args.alert_webhook);
+    run_with(server, tokens, move |state, addr| {
+        print_welcome(addr, &data, &admin_token);
         tokio::spawn(async move {
             let mut tries = 0;
             while let Err(error) = seed(&state, &seeded).await {
@@ -212,16 +215,19 @@ async fn generate(state: AppState, rate: f64, declined: f64, flaky: f64) {
     }
 }
 
-fn print_welcome(addr: SocketAddr, data: &Path) {
+fn print_welcome(addr: SocketAddr, data: &Path, admin_token: &str) {
     let url = format!("http://{addr}");
     super::say(&format!("listening on {url}"));
     super::say(&format!(
         r#"
 wasaga demo: an online store (order, inventory, payment, notification + the place-order saga)
 
-  dashboard   {url}/
-  data        {}
-  metrics     {url}/metrics
+  dashboard    {url}/
+  data         {}
+  metrics      {url}/metrics
+  admin token  {admin_token}
+               (operator actions need it: the dashboard asks for it; for the CLI and curl:
+                export WASAGA_ADMIN_TOKEN={admin_token})
 
 Place an order (it completes):
   curl -s '{url}/v1/sagas/place-order?wait=10s' -H 'Idempotency-Key: order-1' \
@@ -231,10 +237,10 @@ One that is declined (stock released, order cancelled with the reason):
   curl -s '{url}/v1/sagas/place-order?wait=10s' -H 'Idempotency-Key: order-2' \
        -d '{{"order": "o-2", "customer": "poor-paul", "sku": "lamp", "qty": 1, "amount": 2500}}'
 
-One that gets stuck (releasing the stock keeps failing), then finish it:
+One that gets stuck (releasing the stock keeps failing), then an operator finishes it:
   curl -s '{url}/v1/sagas/place-order?wait=10s' -H 'Idempotency-Key: order-3' \
        -d '{{"order": "o-3", "customer": "poor-paul", "sku": "desk", "qty": 1, "amount": 9900, "release_transient_failures": 3}}'
-  curl -s -X POST {url}/v1/sagas/<id>/retry
+  curl -s -X POST {url}/v1/sagas/<id>/retry -H "Authorization: Bearer $WASAGA_ADMIN_TOKEN"
 
 Look at a record:
   curl -s {url}/v1/services/inventory/records/stock/lamp

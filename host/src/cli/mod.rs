@@ -5,6 +5,7 @@ mod demo;
 mod plugin;
 mod saga;
 mod serve;
+mod tokens;
 
 use clap::{Args, Parser, Subcommand};
 

@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::RuntimeArgs;
+use super::tokens::Remote;
 use crate::runtime::{Registry, Runtime};
+use crate::service::Visibility;
 
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
@@ -20,7 +22,8 @@ pub enum PluginCommand {
 ///
 /// The server checks it first (a component of the wasaga:plugin world, of this
 /// service, keeping every operation its sagas use); if anything is wrong it says why
-/// and the version serving stays. Needs the server's admin token.
+/// and the version serving stays. Needs the server's admin token (WASAGA_ADMIN_TOKEN
+/// or --admin-token-file).
 #[derive(Debug, Args)]
 pub struct PushArgs {
     /// The `.wasm` file.
@@ -30,22 +33,16 @@ pub struct PushArgs {
     #[arg(long)]
     service: String,
 
-    /// The server's admin token.
-    #[arg(long, env = "WASAGA_ADMIN_TOKEN", hide_env_values = true)]
-    token: String,
-
-    /// The wasaga server's base URL.
-    #[arg(long, env = "WASAGA_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
+    #[command(flatten)]
+    remote: Remote,
 }
 
 /// List the plugins a running server serves: service, digest, size, when loaded,
 /// how many versions it replaced; and the files it refused.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// The wasaga server's base URL.
-    #[arg(long, env = "WASAGA_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
+    #[command(flatten)]
+    remote: Remote,
 }
 
 /// Check that a file is a valid wasaga plugin, and print its manifest.
@@ -77,9 +74,10 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
 
 async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let wasm = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let response = reqwest::Client::new()
-        .put(format!("{}/v1/plugins/{}", args.server, args.service))
-        .bearer_auth(&args.token)
+    let url = format!("{}/v1/plugins/{}", args.remote.server, args.service);
+    let response = args
+        .remote
+        .as_operator(reqwest::Client::new().put(url))?
         .body(wasm)
         .send()
         .await
@@ -99,9 +97,14 @@ async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let response =
-        reqwest::get(format!("{}/v1/plugins", args.server)).await.context("the server did not answer")?;
+    let request = reqwest::Client::new().get(format!("{}/v1/plugins", args.remote.server));
+    let response = args.remote.as_reader(request)?.send().await.context("the server did not answer")?;
+    let status = response.status();
     let body: serde_json::Value = response.json().await.context("the server's answer is not JSON")?;
+    if !status.is_success() {
+        eprintln!("error: {} ({status})", body["detail"].as_str().unwrap_or("no detail"));
+        return Ok(ExitCode::FAILURE);
+    }
     for plugin in body["plugins"].as_array().into_iter().flatten() {
         println!(
             "{:<14} {}  {:>8} bytes  {} earlier versions",
@@ -147,8 +150,12 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     println!("size          {} bytes", plugin.size());
     println!("operations");
     for op in &manifest.operations {
-        let undo = op.compensated_by.as_deref().map(|u| format!(" (undone by {u})")).unwrap_or_default();
-        println!("  {}{undo}: {}", op.name, op.description);
+        let undo = op.compensated_by.as_deref().map(|u| format!(", undone by {u}")).unwrap_or_default();
+        let visibility = match op.visibility {
+            Visibility::Public => "public",
+            Visibility::Internal => "internal",
+        };
+        println!("  {} ({visibility}{undo}): {}", op.name, op.description);
     }
     if !manifest.subscriptions.is_empty() {
         println!("subscriptions");

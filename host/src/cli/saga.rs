@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+
+use super::tokens::Remote;
 use serde_json::Value;
 
 #[derive(Debug, Subcommand)]
@@ -13,14 +15,6 @@ pub enum SagaCommand {
     List(ListArgs),
     /// Give a stuck saga another attempt, once its cause is fixed.
     Retry(ShowArgs),
-}
-
-/// Where the server is.
-#[derive(Debug, Args)]
-struct Server {
-    /// The wasaga server's base URL.
-    #[arg(long, env = "WASAGA_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
 }
 
 /// Start a saga, e.g. `wasaga saga start place-order --input '{"order": "o-1", ...}'`.
@@ -45,7 +39,7 @@ pub struct StartArgs {
     wait: Option<String>,
 
     #[command(flatten)]
-    server: Server,
+    remote: Remote,
 }
 
 /// Show one saga (every step: status, attempts, errors, outputs, timings) as JSON.
@@ -55,7 +49,7 @@ pub struct ShowArgs {
     id: String,
 
     #[command(flatten)]
-    server: Server,
+    remote: Remote,
 }
 
 /// List sagas, oldest first, e.g. `wasaga saga list --status stuck`.
@@ -70,7 +64,7 @@ pub struct ListArgs {
     limit: usize,
 
     #[command(flatten)]
-    server: Server,
+    remote: Remote,
 }
 
 pub async fn run(command: SagaCommand) -> anyhow::Result<ExitCode> {
@@ -79,24 +73,27 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<ExitCode> {
         SagaCommand::Start(args) => {
             let input: Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
             let key = args.key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
-            let mut url = format!("{}/v1/sagas/{}", args.server.server, args.name);
+            let mut url = format!("{}/v1/sagas/{}", args.remote.server, args.name);
             if let Some(wait) = &args.wait {
                 url.push_str(&format!("?wait={wait}"));
             }
-            (client.post(url).header("Idempotency-Key", key).json(&input), false)
+            let request = client.post(url).header("Idempotency-Key", key).json(&input);
+            (args.remote.as_reader(request)?, false)
         }
         SagaCommand::Show(args) => {
-            (client.get(format!("{}/v1/sagas/{}", args.server.server, args.id)), false)
+            let request = client.get(format!("{}/v1/sagas/{}", args.remote.server, args.id));
+            (args.remote.as_reader(request)?, false)
         }
         SagaCommand::Retry(args) => {
-            (client.post(format!("{}/v1/sagas/{}/retry", args.server.server, args.id)), false)
+            let request = client.post(format!("{}/v1/sagas/{}/retry", args.remote.server, args.id));
+            (args.remote.as_operator(request)?, false)
         }
         SagaCommand::List(args) => {
-            let mut url = format!("{}/v1/sagas?limit={}", args.server.server, args.limit);
+            let mut url = format!("{}/v1/sagas?limit={}", args.remote.server, args.limit);
             if let Some(status) = &args.status {
                 url.push_str(&format!("&status={status}"));
             }
-            (client.get(url), true)
+            (args.remote.as_reader(client.get(url))?, true)
         }
     };
     let response = request.send().await.context("the server did not answer")?;

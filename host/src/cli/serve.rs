@@ -8,11 +8,12 @@ use anyhow::Context;
 use clap::Args;
 
 use super::RuntimeArgs;
+use super::tokens::{ServerTokens, Tokens};
 use crate::alert::Alerter;
 use crate::clock::SystemClock;
 use crate::config::parse_duration;
 use crate::events::Dispatcher;
-use crate::http::{AppState, router};
+use crate::http::{Access, AppState, Secret, router};
 use crate::invoke::{InvokeOptions, Invoker};
 use crate::lifecycle::PluginManager;
 use crate::runtime::{Registry, Runtime};
@@ -50,10 +51,8 @@ pub struct ServeArgs {
     #[arg(long)]
     no_watch: bool,
 
-    /// The token of the admin API (uploading and removing plugins), sent as
-    /// `Authorization: Bearer <token>`. Without it the admin API is off.
-    #[arg(long, env = "WASAGA_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
+    #[command(flatten)]
+    tokens: ServerTokens,
 
     /// Directory for wasaga's data: the SQLite database `wasaga.db` (created if
     /// missing). One wasaga process at a time may use it.
@@ -75,7 +74,9 @@ pub struct ServeArgs {
     #[arg(long, env = "WASAGA_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = parse_duration)]
     idempotency_retention: std::time::Duration,
 
-    /// Address to listen on; port 0 picks a free port.
+    /// Address to listen on; port 0 picks a free port. On a loopback address only
+    /// requests for localhost, 127.0.0.1 or [::1] are answered; on any other, set an
+    /// API token unless every client that can reach it may call and read.
     #[arg(long, env = "WASAGA_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
@@ -84,7 +85,8 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
-    run_with(args, |_, addr| super::say(&format!("listening on http://{addr}"))).await
+    let tokens = args.tokens.resolve()?;
+    run_with(args, tokens, |_, addr| super::say(&format!("listening on http://{addr}"))).await
 }
 
 impl ServeArgs {
@@ -102,7 +104,7 @@ impl ServeArgs {
             max_running_sagas: 256,
             alert_webhook: None,
             no_watch: false,
-            admin_token: None,
+            tokens: ServerTokens::default(),
             data,
             synchronous: Synchronous::Full,
             max_batch: 256,
@@ -116,17 +118,13 @@ impl ServeArgs {
         self.alert_webhook = url;
         self
     }
-
-    pub(super) fn admin_token(mut self, token: Option<String>) -> Self {
-        self.admin_token = token;
-        self
-    }
 }
 
-/// Runs the server; `ready` is called once it listens (the demo seeds and starts its
-/// traffic there).
+/// Runs the server with `tokens`; `ready` is called once it listens (the demo seeds
+/// and starts its traffic there).
 pub(super) async fn run_with(
     args: ServeArgs,
+    tokens: Tokens,
     ready: impl FnOnce(AppState, std::net::SocketAddr),
 ) -> anyhow::Result<std::process::ExitCode> {
     let store_options = SqliteOptions {
@@ -190,12 +188,41 @@ pub(super) async fn run_with(
     );
     tokio::spawn(purge_expired(store));
     events.spawn();
-    let admin_token = args.admin_token.filter(|t| !t.is_empty()).map(Arc::from);
-    let state = AppState { invoker, sagas, plugins, events, admin_token };
+    let loopback_only = addr.ip().is_loopback();
+    warn_if_exposed(addr, &tokens);
+    let access = Access {
+        admin_token: tokens.admin.as_deref().map(Secret::new),
+        api_token: tokens.api.as_deref().map(Secret::new),
+        loopback_only,
+    };
+    let state = AppState { invoker, sagas, plugins, events, access };
     ready(state.clone(), addr);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Says so, at start, when a server anyone on the network may reach leaves calls and
+/// reads open, or has no operator.
+fn warn_if_exposed(addr: SocketAddr, tokens: &Tokens) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    if tokens.api.is_none() {
+        tracing::warn!(
+            %addr,
+            "listening on a non-loopback address without an API token: anyone who can reach it \
+             may call public operations, start sagas and read every record; set WASAGA_API_TOKEN \
+             (or --api-token-file) unless that is what you want"
+        );
+    }
+    if tokens.admin.is_none() {
+        tracing::warn!(
+            %addr,
+            "no admin token: operator actions (record writes, retries, plugin uploads) are refused; \
+             set WASAGA_ADMIN_TOKEN (or --admin-token-file) to allow them"
+        );
+    }
 }
 
 /// Deletes expired idempotency records once a minute, through the writer (so off

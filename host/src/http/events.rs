@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::auth::{Operator, Reader};
 use super::{ApiError, AppState};
 use crate::store::{DeliveryRow, EventRow, StoreError};
 
@@ -76,6 +77,7 @@ fn view(event: EventRow, deliveries: Vec<DeliveryRow>, dispatched_through: i64) 
 /// `GET /v1/events?correlation=ID`: the event chain, in publication order, each event
 /// with its deliveries.
 pub async fn chain(
+    _: Reader,
     State(state): State<AppState>,
     Query(query): Query<ChainQuery>,
 ) -> Result<Json<Vec<EventView>>, ApiError> {
@@ -94,7 +96,7 @@ pub async fn chain(
 }
 
 /// `GET /v1/events/dead`: deliveries that failed every attempt, oldest first.
-pub async fn dead(State(state): State<AppState>) -> Result<Json<Vec<DeliveryView>>, ApiError> {
+pub async fn dead(_: Reader, State(state): State<AppState>) -> Result<Json<Vec<DeliveryView>>, ApiError> {
     let dead = state.sagas.store().dead_deliveries(1000).map_err(store_error)?;
     Ok(Json(dead.into_iter().map(Into::into).collect()))
 }
@@ -106,6 +108,7 @@ pub struct RedeliverQuery {
 
 /// `POST /v1/events/{id}/redeliver?subscriber=S`: a dead delivery goes again (202).
 pub async fn redeliver(
+    _: Operator,
     State(state): State<AppState>,
     Path(id): Path<i64>,
     Query(query): Query<RedeliverQuery>,

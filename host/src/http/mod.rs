@@ -2,6 +2,7 @@
 //! it in-process as well as over a real socket. Every error is RFC 9457
 //! problem+json ([`ApiError`]).
 
+mod auth;
 mod dashboard;
 mod error;
 mod events;
@@ -17,6 +18,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
+pub use auth::{Access, Secret};
 pub use error::ApiError;
 pub use sagas::{SagaList, SagaView, StepView};
 pub use services::{CORRELATION, DIGEST, REPLAYED, RETENTION};
@@ -32,8 +34,8 @@ pub struct AppState {
     pub sagas: SagaEngine,
     pub plugins: PluginManager,
     pub events: crate::events::Dispatcher,
-    /// The token of the admin API (`PUT`/`DELETE /v1/plugins/...`); `None` turns it off.
-    pub admin_token: Option<std::sync::Arc<str>>,
+    /// Who may do what: the admin and API tokens.
+    pub access: Access,
 }
 
 /// The largest request body accepted (an input or a record value, plus room).
@@ -69,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::loopback_host))
         .with_state(state)
 }
 
@@ -93,7 +96,10 @@ async fn readyz(
 }
 
 /// Prometheus metrics (text format); the saga gauges are read from the store now.
-async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
+async fn metrics(
+    _: auth::Reader,
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     let m = crate::metrics::metrics();
     if let Ok(counts) = state.sagas.counts() {

@@ -7,10 +7,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::{Operator, Reader};
 use super::{ApiError, AppState, json_body};
 use crate::store::{ChangeSet, Commit, Slot, StoreError, Write};
 
 pub async fn get(
+    _: Reader,
     State(state): State<AppState>,
     Path((service, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -43,6 +45,7 @@ pub struct RecordView {
 
 /// `GET /v1/services/{service}/records?prefix=&after=&limit=`: records in key order.
 pub async fn list(
+    _: Reader,
     State(state): State<AppState>,
     Path(service): Path<String>,
     axum::extract::Query(query): axum::extract::Query<ListQuery>,
@@ -65,6 +68,7 @@ pub async fn list(
 }
 
 pub async fn put(
+    _: Operator,
     State(state): State<AppState>,
     Path((service, key)): Path<(String, String)>,
     headers: HeaderMap,
@@ -78,6 +82,7 @@ pub async fn put(
 }
 
 pub async fn delete(
+    _: Operator,
     State(state): State<AppState>,
     Path((service, key)): Path<(String, String)>,
     headers: HeaderMap,

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::auth::{Operator, Reader};
 use super::services::{REPLAYED, idempotency_key};
 use super::{ApiError, AppState, json_body};
 use crate::config::parse_duration;
@@ -28,6 +29,7 @@ pub struct StartQuery {
 /// `POST /v1/sagas/{name}`: 202 with `Location` while it runs; 200 if it finished (or
 /// got stuck) within `?wait=`.
 pub async fn start(
+    _: Reader,
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<StartQuery>,
@@ -56,7 +58,11 @@ pub async fn start(
 }
 
 /// `GET /v1/sagas/{id}`.
-pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<SagaView>, ApiError> {
+pub async fn show(
+    _: Reader,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SagaView>, ApiError> {
     let record = state.sagas.get(&id).map_err(error)?;
     Ok(Json(SagaView::from(&record)))
 }
@@ -80,6 +86,7 @@ pub struct SagaList {
 /// `GET /v1/sagas?status=&limit=&after=&order=`: oldest first (or `order=newest`), at
 /// most 1000 a page.
 pub async fn list(
+    _: Reader,
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<SagaList>, ApiError> {
@@ -105,7 +112,7 @@ pub async fn list(
 }
 
 /// `GET /v1/overview`: sagas by status (for the dashboard and quick checks).
-pub async fn overview(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn overview(_: Reader, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let counts = state.sagas.counts().map_err(error)?;
     let mut sagas = serde_json::Map::new();
     for status in ["running", "compensating", "completed", "compensated", "stuck"] {
@@ -116,7 +123,11 @@ pub async fn overview(State(state): State<AppState>) -> Result<Json<Value>, ApiE
 }
 
 /// `POST /v1/sagas/{id}/retry`: resumes a stuck saga (202); 409 if it is not stuck.
-pub async fn retry(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn retry(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let record = state.sagas.retry(&id).await.map_err(error)?;
     Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
 }

@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::auth::Reader;
 use super::{ApiError, AppState, json_body};
 use crate::invoke::{Caller, InvokeError, Invoked, Request};
 use crate::runtime::CallError;
@@ -23,6 +24,7 @@ pub const CORRELATION: HeaderName = HeaderName::from_static("correlation-id");
 const KEY: &str = "idempotency-key";
 
 pub async fn invoke(
+    reader: Reader,
     State(state): State<AppState>,
     Path((service, operation)): Path<(String, String)>,
     headers: HeaderMap,
@@ -30,7 +32,9 @@ pub async fn invoke(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let input = json_body(body)?;
-    let mut request = Request::new(Caller::Operator, &service, &operation, input.to_vec(), key);
+    // An operator may call internal operations too; a client only public ones.
+    let caller = if reader.operator { Caller::Operator } else { Caller::Client };
+    let mut request = Request::new(caller, &service, &operation, input.to_vec(), key);
     if let Some(chain) = correlation_id(&headers)? {
         request.correlation_id = chain;
     }
