@@ -339,3 +339,104 @@ async fn a_stuck_saga_alerts_the_webhook_and_metrics_count_it() {
     let ready = client.get(format!("{}/readyz", server.url)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+/// The pivot (`complete-order`) is refused: a refused call writes nothing, so the steps
+/// before it are undone and the saga ends compensated: the stock released, the charge
+/// refunded, the order cancelled with the reason. (Before: stuck, the customer charged
+/// and the stock held, and a retry only repeated the refusal.)
+#[tokio::test]
+async fn a_refused_pivot_compensates_the_steps_before_it() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let input = order("o-9", "ada", json!({"refuse_completion": "the warehouse lost the goods"}));
+    let (_, saga) = place(&server, &client, "order-9", &input).await;
+    assert_eq!(saga["status"], "compensated", "{saga}");
+    assert_eq!(saga["reason"], "step `complete-order` was refused: the warehouse lost the goods");
+    assert_eq!(step(&saga, "complete-order")["status"], "failed");
+    for name in ["create-order", "reserve-stock", "charge"] {
+        assert_eq!(step(&saga, name)["status"], "compensated", "{name}");
+    }
+    assert_eq!(server.record(&client, "payment", "account/ada").await.unwrap(), json!({"balance": 10_000}));
+    assert_eq!(
+        server.record(&client, "inventory", "stock/lamp").await.unwrap(),
+        json!({"available": 10, "reserved": 0})
+    );
+    let cancelled = server.record(&client, "order", "order/o-9").await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["reason"], "step `complete-order` was refused: the warehouse lost the goods");
+}
+
+/// Past the pivot a refused step makes the saga stuck, and the operator's ways out:
+/// compensating is refused (the pivot committed), resolving a step that is not the
+/// stuck one is refused, resolving the stuck one with its output completes the saga;
+/// each action is in the saga's history with who did it and why.
+#[tokio::test]
+async fn an_operator_resolves_a_step_stuck_after_the_pivot() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let input = order("o-10", "ada", json!({"refuse_notification": "no such address"}));
+    let (_, saga) = place(&server, &client, "order-10", &input).await;
+    assert_eq!(saga["status"], "stuck", "{saga}");
+    let id = saga["id"].as_str().unwrap();
+    let act = |verb: &str, body: Value| {
+        client.post(format!("{}/v1/sagas/{id}/{verb}", server.url)).json(&body).send()
+    };
+
+    let refused = act("compensate", json!({"by": "bob"})).await.unwrap();
+    assert_eq!(refused.status(), 409);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("past its pivot `complete-order`"), "{problem}");
+    let wrong = act("resolve", json!({"step": "charge"})).await.unwrap();
+    assert_eq!(wrong.status(), 409);
+    let problem: Value = wrong.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("stuck on step `send-confirmation`, not `charge`"));
+    let bad = act("resolve", json!({"outptu": 1})).await.unwrap();
+    assert_eq!(bad.status(), 400, "unknown fields are refused");
+
+    let body = json!({"step": "send-confirmation", "output": {"sent": "by phone"}, "by": "alice", "note": "called the customer"});
+    assert_eq!(act("resolve", body).await.unwrap().status(), 202);
+    let done = wait_settled(&server, &client, id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(step(&done, "send-confirmation")["output"], json!({"sent": "by phone"}));
+    let history = done["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "only what was done is recorded: {history:?}");
+    assert_eq!(history[0]["action"], "resolve");
+    assert_eq!(history[0]["by"], "alice");
+    assert_eq!(history[0]["note"], "called the customer");
+    assert_eq!(history[0]["step"], "send-confirmation");
+    assert_eq!(server.record(&client, "order", "order/o-10").await.unwrap()["status"], "completed");
+}
+
+/// A compensation that keeps failing, before the pivot: the operator compensates it
+/// (with the CLI), and the saga ends compensated with the action in its history.
+#[tokio::test]
+async fn an_operator_compensates_a_stuck_saga_with_the_cli() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let input = order("o-11", "poor", json!({"release_transient_failures": 3}));
+    let (_, saga) = place(&server, &client, "order-11", &input).await;
+    assert_eq!(saga["status"], "stuck", "{saga}");
+    let id = saga["id"].as_str().unwrap().to_owned();
+    let url = server.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::wasaga()
+            .args(["saga", "compensate", &id, "--by", "carol", "--note", "warehouse back", "--server", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = saga["id"].as_str().unwrap();
+    let done = wait_settled(&server, &client, id).await;
+    assert_eq!(done["status"], "compensated", "{done}");
+    assert_eq!(done["history"][0]["action"], "compensate");
+    assert_eq!(done["history"][0]["by"], "carol");
+    assert_eq!(
+        server.record(&client, "inventory", "stock/lamp").await.unwrap(),
+        json!({"available": 10, "reserved": 0})
+    );
+}

@@ -239,6 +239,8 @@ async fn every_operator_action_needs_the_admin_token() {
             with_token(client.delete(format!("{url}/v1/services/inventory/records/stock/lamp")), token)
                 .header("If-Match", "\"1\""),
             with_token(client.post(format!("{url}/v1/sagas/{id}/retry")), token),
+            with_token(client.post(format!("{url}/v1/sagas/{id}/compensate")), token),
+            with_token(client.post(format!("{url}/v1/sagas/{id}/resolve")), token).body(r#"{"output": 1}"#),
             with_token(client.post(format!("{url}/v1/events/1/redeliver?subscriber=inventory")), token),
             with_token(client.delete(format!("{url}/v1/plugins/notification")), token),
             // Last: the server closes the connection of a body it refuses to read.
@@ -356,6 +358,8 @@ async fn no_state_change_from_a_cross_site_browser() {
         "/v1/services/order/place",
         "/v1/sagas/place-order",
         "/v1/sagas/01a2/retry",
+        "/v1/sagas/01a2/compensate",
+        "/v1/sagas/01a2/resolve",
         "/v1/events/1/redeliver?subscriber=inventory",
     ] {
         let response = browser

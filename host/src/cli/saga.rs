@@ -13,8 +13,58 @@ pub enum SagaCommand {
     Start(StartArgs),
     Show(ShowArgs),
     List(ListArgs),
-    /// Give a stuck saga another attempt, once its cause is fixed.
-    Retry(ShowArgs),
+    /// Give a stuck saga's stuck call another attempt, once its cause is fixed.
+    Retry(ActionArgs),
+    /// Undo what a stuck saga did (only while its pivot has not committed).
+    Compensate(ActionArgs),
+    Resolve(ResolveArgs),
+}
+
+/// An operator action on a stuck saga (needs the admin token: WASAGA_ADMIN_TOKEN or
+/// --admin-token-file). Recorded in the saga's history with --by and --note.
+#[derive(Debug, Args)]
+pub struct ActionArgs {
+    /// The saga's id.
+    id: String,
+
+    /// Who does it, for the saga's history (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
+
+    /// Why, for the saga's history.
+    #[arg(long)]
+    note: Option<String>,
+
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// Mark a stuck saga's stuck step done by hand, with the output it would have had (a
+/// stuck compensation: compensated); the saga goes on from there.
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    action: ActionArgs,
+
+    /// The stuck step's name, to make sure it is the one meant.
+    #[arg(long)]
+    step: Option<String>,
+
+    /// The step's output, as JSON (default: null).
+    #[arg(long)]
+    output: Option<String>,
+}
+
+impl ActionArgs {
+    fn body(&self) -> serde_json::Map<String, Value> {
+        let by = self.by.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "operator".into());
+        let mut body = serde_json::Map::new();
+        body.insert("by".into(), by.into());
+        if let Some(note) = &self.note {
+            body.insert("note".into(), note.clone().into());
+        }
+        body
+    }
 }
 
 /// Start a saga, e.g. `wasaga saga start place-order --input '{"order": "o-1", ...}'`.
@@ -84,9 +134,18 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<ExitCode> {
             let request = client.get(format!("{}/v1/sagas/{}", args.remote.server, args.id));
             (args.remote.as_reader(request)?, false)
         }
-        SagaCommand::Retry(args) => {
-            let request = client.post(format!("{}/v1/sagas/{}/retry", args.remote.server, args.id));
-            (args.remote.as_operator(request)?, false)
+        SagaCommand::Retry(args) => (operate(&client, &args, "retry", args.body())?, false),
+        SagaCommand::Compensate(args) => (operate(&client, &args, "compensate", args.body())?, false),
+        SagaCommand::Resolve(args) => {
+            let mut body = args.action.body();
+            if let Some(step) = &args.step {
+                body.insert("step".into(), step.clone().into());
+            }
+            if let Some(output) = &args.output {
+                let output: Value = serde_json::from_str(output).context("--output is not valid JSON")?;
+                body.insert("output".into(), output);
+            }
+            (operate(&client, &args.action, "resolve", body)?, false)
         }
         SagaCommand::List(args) => {
             let mut url = format!("{}/v1/sagas?limit={}", args.remote.server, args.limit);
@@ -117,6 +176,17 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&body)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `POST /v1/sagas/{id}/{verb}` with the admin token and `body`.
+fn operate(
+    client: &reqwest::Client,
+    args: &ActionArgs,
+    verb: &str,
+    body: serde_json::Map<String, Value>,
+) -> anyhow::Result<reqwest::RequestBuilder> {
+    let request = client.post(format!("{}/v1/sagas/{}/{verb}", args.remote.server, args.id)).json(&body);
+    args.remote.as_operator(request)
 }
 
 fn text(value: &Value) -> &str {

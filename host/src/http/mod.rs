@@ -68,6 +68,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sagas", get(sagas::list))
         .route("/v1/sagas/{id}", post(sagas::start).get(sagas::show))
         .route("/v1/sagas/{id}/retry", post(sagas::retry))
+        .route("/v1/sagas/{id}/compensate", post(sagas::compensate))
+        .route("/v1/sagas/{id}/resolve", post(sagas::resolve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -15,7 +15,7 @@ use super::auth::{Operator, Reader};
 use super::services::{REPLAYED, idempotency_key};
 use super::{ApiError, AppState, json_body};
 use crate::config::parse_duration;
-use crate::saga::{SagaError, SagaRecord, SagaStatus, StepStatus};
+use crate::saga::{HistoryEntry, OperatorNote, SagaError, SagaRecord, SagaStatus, StepStatus};
 
 /// The longest `?wait=` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -122,14 +122,86 @@ pub async fn overview(_: Reader, State(state): State<AppState>) -> Result<Json<V
     Ok(Json(serde_json::json!({ "sagas": sagas })))
 }
 
-/// `POST /v1/sagas/{id}/retry`: resumes a stuck saga (202); 409 if it is not stuck.
+/// Who does an operator action, and why (an optional JSON body): kept in the saga's
+/// history.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    by: Option<String>,
+    note: Option<String>,
+    /// `resolve` only: the stuck step, named to make sure it is the one meant.
+    step: Option<String>,
+    /// `resolve` only: the step's output, as if it had run.
+    output: Option<Value>,
+}
+
+impl ActionBody {
+    fn parse(body: &Bytes) -> Result<ActionBody, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ActionBody::default());
+        }
+        let parsed: ActionBody = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body must be a JSON object like {{\"by\": \"alice\", \"note\": \"why\"}}: {e}"
+            ))
+        })?;
+        let too_long =
+            |text: &Option<String>, max: usize| text.as_ref().is_some_and(|t| t.chars().count() > max);
+        if too_long(&parsed.by, 100) || too_long(&parsed.note, 1000) {
+            return Err(ApiError::bad_request("`by` may have 100 characters and `note` 1000"));
+        }
+        Ok(parsed)
+    }
+
+    fn note(&mut self) -> OperatorNote {
+        OperatorNote { by: self.by.take().unwrap_or_else(|| "operator".into()), note: self.note.take() }
+    }
+}
+
+/// `POST /v1/sagas/{id}/retry`: makes a stuck saga's stuck call again (202); 409 if it
+/// is not stuck.
 pub async fn retry(
     _: Operator,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let record = state.sagas.retry(&id).await.map_err(error)?;
+    let mut action = ActionBody::parse(&json_bytes(body)?)?;
+    let record = state.sagas.retry(&id, action.note()).await.map_err(error)?;
     Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
+}
+
+/// `POST /v1/sagas/{id}/compensate`: undoes what a stuck saga did (202); 409 if it is
+/// not stuck, or its pivot committed.
+pub async fn compensate(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let mut action = ActionBody::parse(&json_bytes(body)?)?;
+    let record = state.sagas.compensate(&id, action.note()).await.map_err(error)?;
+    Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
+}
+
+/// `POST /v1/sagas/{id}/resolve`: the stuck step is done (with `output`), or its
+/// compensation is, as an operator did it by hand; the saga goes on (202).
+pub async fn resolve(
+    _: Operator,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let mut action = ActionBody::parse(&json_bytes(body)?)?;
+    let output = action.output.take().unwrap_or(Value::Null);
+    let step = action.step.take();
+    let record = state.sagas.resolve(&id, step.as_deref(), output, action.note()).await.map_err(error)?;
+    Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
+}
+
+/// An operator action's body, if any: its size checked like every body's.
+fn json_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
 }
 
 fn settled(record: &SagaRecord) -> bool {
@@ -141,9 +213,11 @@ fn error(error: SagaError) -> ApiError {
         SagaError::UnknownDefinition(_) | SagaError::NotFound(_) => StatusCode::NOT_FOUND,
         SagaError::InputNotObject => StatusCode::BAD_REQUEST,
         SagaError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        SagaError::NotStuck { .. } | SagaError::DefinitionGone { .. } | SagaError::Busy(_) => {
-            StatusCode::CONFLICT
-        }
+        SagaError::NotStuck { .. }
+        | SagaError::PastThePivot { .. }
+        | SagaError::NotTheStuckStep { .. }
+        | SagaError::DefinitionGone { .. }
+        | SagaError::Busy(_) => StatusCode::CONFLICT,
         SagaError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     if let SagaError::Store(store) = &error {
@@ -164,6 +238,8 @@ pub struct SagaView {
     pub created_at: i64,
     pub updated_at: i64,
     pub steps: Vec<StepView>,
+    /// Operator actions (retry, compensate, resolve): when, by whom, why.
+    pub history: Vec<HistoryEntry>,
 }
 
 #[derive(Debug, Serialize)]
@@ -222,6 +298,7 @@ impl From<&SagaRecord> for SagaView {
             created_at: record.row.created_at,
             updated_at: record.row.updated_at,
             steps,
+            history: record.state.history.clone(),
         }
     }
 }

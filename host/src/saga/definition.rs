@@ -10,9 +10,11 @@
 //! retry = { max_attempts = 5, initial_backoff = "100ms", max_backoff = "5s" }
 //! ```
 //!
-//! The pivot is the first step without a compensation. Steps before it are
-//! compensable; steps after it must have no compensation and are retried until they
-//! succeed (their retry policy then only bounds the backoff).
+//! The pivot is the first step without a compensation: the last step that may still
+//! fail. Steps before it are compensable; when a step up to the pivot fails, the
+//! steps before it are undone. Steps after it must have no compensation and are
+//! retried until they succeed (their retry policy then only bounds the backoff); a
+//! refusal there makes the saga stuck, for an operator.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

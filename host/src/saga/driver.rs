@@ -275,9 +275,11 @@ fn finished(engine: &EngineInner, run: &Run, status: SagaStatus) {
             saga: run.def.name.clone(),
             step: None,
             reason: format!(
-                "{}; retry with POST /v1/sagas/{}/retry once the cause is fixed",
-                run.state.reason.as_deref().unwrap_or("stuck"),
-                run.id
+                "{reason}; an operator decides: retry once the cause is fixed (POST /v1/sagas/{id}/retry), \
+                 compensate while the pivot has not committed (.../compensate), or resolve the stuck step \
+                 by hand (.../resolve)",
+                reason = run.state.reason.as_deref().unwrap_or("stuck"),
+                id = run.id
             ),
             at: engine.clock.now_ms(),
         }),

@@ -25,7 +25,8 @@ pub enum SagaStatus {
     /// Failed and cleanly undone.
     Compensated,
     /// Cannot go on by itself: a compensation kept failing, or a step after the pivot
-    /// was refused. An operator's retry resumes it.
+    /// was refused. An operator retries it, compensates it (while the pivot has not
+    /// committed) or resolves the stuck step by hand.
     Stuck,
 }
 
@@ -100,6 +101,36 @@ impl StepState {
     }
 }
 
+/// Who asked for an operator action, and why: kept in the saga's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorNote {
+    /// The name the operator gave (`operator` when none).
+    pub by: String,
+    pub note: Option<String>,
+}
+
+/// What an operator did to a saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperatorAction {
+    Retry,
+    Compensate,
+    Resolve,
+}
+
+/// One entry of a saga's history of operator actions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Unix ms.
+    pub at: i64,
+    pub action: OperatorAction,
+    pub by: String,
+    pub note: Option<String>,
+    /// The step a `resolve` marked done (or compensated), and the output it was given.
+    pub step: Option<String>,
+    pub output: Option<Value>,
+}
+
 /// A saga's whole state, persisted as JSON after every transition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaState {
@@ -113,6 +144,9 @@ pub struct SagaState {
     /// The digest of the definition the saga started with.
     #[serde(default)]
     pub definition: String,
+    /// What operators did, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
 }
 
 impl SagaState {
@@ -123,7 +157,21 @@ impl SagaState {
             reason: None,
             round: 0,
             definition: def.digest.clone(),
+            history: Vec::new(),
         }
+    }
+
+    /// Whether the pivot (or a step after it) has committed: from then on the saga only
+    /// goes forward, and may no longer be compensated.
+    pub fn past_the_pivot(&self, def: &SagaDef) -> bool {
+        self.steps.iter().skip(def.pivot).any(|s| s.status == StepStatus::Done)
+    }
+
+    /// The step that keeps a stuck saga stuck: a compensation out of attempts, or a
+    /// refused step.
+    pub fn stuck_step(&self) -> Option<usize> {
+        let failed = |status| self.steps.iter().position(|s| s.status == status);
+        failed(StepStatus::CompensationFailed).or_else(|| failed(StepStatus::Failed))
     }
 }
 
@@ -165,9 +213,23 @@ pub enum Event {
         transient: bool,
         at: i64,
     },
-    /// An operator asked a stuck saga to go on.
+    /// An operator asked a stuck saga to try its stuck call again.
     RetryRequested {
         at: i64,
+        by: OperatorNote,
+    },
+    /// An operator asked a stuck saga whose pivot has not committed to undo what it did.
+    CompensateRequested {
+        at: i64,
+        by: OperatorNote,
+    },
+    /// An operator did by hand what a stuck saga's stuck call could not: the step is
+    /// done with `output` (or, for a compensation, compensated).
+    Resolved {
+        step: usize,
+        output: Value,
+        at: i64,
+        by: OperatorNote,
     },
 }
 
@@ -204,7 +266,9 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             let policy = def.steps[step].retry;
             let attempts = state.steps[step].attempts;
             state.steps[step].last_error = Some(reason.clone());
-            if !def.compensable(step) {
+            // Up to the pivot, a failed step wrote nothing: the steps before it are
+            // undone. After it, the saga only goes forward.
+            if step > def.pivot {
                 // After the pivot the saga only goes forward.
                 if transient {
                     let mut actions = retry_step(state, step, policy.backoff_ceiling(attempts));
@@ -270,10 +334,11 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             ));
             vec![Action::Finished(SagaStatus::Stuck)]
         }
-        Event::RetryRequested { at: _ } => {
+        Event::RetryRequested { at, by } => {
             if state.status != SagaStatus::Stuck {
                 return vec![];
             }
+            record(state, OperatorAction::Retry, at, by, None, None);
             state.round += 1;
             if let Some(step) = state.steps.iter().position(|s| s.status == StepStatus::CompensationFailed) {
                 state.status = SagaStatus::Compensating;
@@ -294,7 +359,73 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             }
             vec![]
         }
+        Event::CompensateRequested { at, by } => {
+            if state.status != SagaStatus::Stuck || state.past_the_pivot(def) {
+                return vec![];
+            }
+            record(state, OperatorAction::Compensate, at, by, None, None);
+            // A new round: calls get new keys, so that no stored refusal is replayed.
+            state.round += 1;
+            state.status = SagaStatus::Compensating;
+            match state.steps.iter().position(|s| s.status == StepStatus::CompensationFailed) {
+                Some(step) => {
+                    let s = &mut state.steps[step];
+                    s.status = StepStatus::Compensating;
+                    s.compensation_attempts += 1;
+                    vec![Action::Invoke {
+                        step,
+                        direction: Direction::Undo,
+                        attempt: s.compensation_attempts,
+                        delay: Duration::ZERO,
+                    }]
+                }
+                // A refused step (the pivot, before a refused pivot compensated by
+                // itself): undo what came before it.
+                None => {
+                    let below = state.stuck_step().unwrap_or(state.steps.len());
+                    compensate_below(state, below)
+                }
+            }
+        }
+        Event::Resolved { step, output, at, by } => {
+            if state.status != SagaStatus::Stuck || state.stuck_step() != Some(step) {
+                return vec![];
+            }
+            let name = def.steps[step].name.clone();
+            record(state, OperatorAction::Resolve, at, by, Some(name), Some(output.clone()));
+            let s = &mut state.steps[step];
+            s.last_error = None;
+            s.digest = None;
+            if s.status == StepStatus::CompensationFailed {
+                s.status = StepStatus::Compensated;
+                s.compensated_at = Some(at);
+                state.status = SagaStatus::Compensating;
+                return compensate_below(state, step);
+            }
+            s.status = StepStatus::Done;
+            s.output = Some(output);
+            s.finished_at = Some(at);
+            state.status = SagaStatus::Running;
+            state.reason = None;
+            if step + 1 == def.steps.len() {
+                state.status = SagaStatus::Completed;
+                vec![Action::Finished(SagaStatus::Completed)]
+            } else {
+                start_step(state, step + 1, at, Duration::ZERO)
+            }
+        }
     }
+}
+
+fn record(
+    state: &mut SagaState,
+    action: OperatorAction,
+    at: i64,
+    by: OperatorNote,
+    step: Option<String>,
+    output: Option<Value>,
+) {
+    state.history.push(HistoryEntry { at, action, by: by.by, note: by.note, step, output });
 }
 
 /// The actions that continue a saga loaded from storage (after a restart): the call
@@ -370,7 +501,7 @@ mod tests {
     use super::*;
     use crate::saga::definition::{RetryPolicy, StepDef};
 
-    /// a (undo: a-undo) → b (undo: b-undo) → pivot → c (forward only)
+    /// a (undo: a-undo) → b (undo: b-undo) → c (the pivot) → d (forward only)
     fn def() -> SagaDef {
         let step = |name: &str, undo: Option<&str>| StepDef {
             name: name.into(),
@@ -385,7 +516,12 @@ mod tests {
         };
         SagaDef {
             name: "s".into(),
-            steps: vec![step("a", Some("a-undo")), step("b", Some("b-undo")), step("c", None)],
+            steps: vec![
+                step("a", Some("a-undo")),
+                step("b", Some("b-undo")),
+                step("c", None),
+                step("d", None),
+            ],
             pivot: 2,
             source: PathBuf::from("s.toml"),
             digest: "d".into(),
@@ -433,7 +569,7 @@ mod tests {
 
     #[test]
     fn every_step_succeeding_completes_the_saga() {
-        let (state, actions) = run(vec![ok(0), ok(1), ok(2)]);
+        let (state, actions) = run(vec![ok(0), ok(1), ok(2), ok(3)]);
         assert_eq!(actions, vec![Action::Finished(SagaStatus::Completed)]);
         assert_eq!(state.status, SagaStatus::Completed);
         assert!(state.steps.iter().all(|s| s.status == StepStatus::Done));
@@ -502,36 +638,124 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_pivot_compensates_the_steps_before_it() {
+        let (state, actions) = run(vec![ok(0), ok(1), fail(2, false)]);
+        assert_eq!(actions, invoke(1, Direction::Undo, 1, 0), "the pivot wrote nothing: undo b, then a");
+        assert_eq!(state.status, SagaStatus::Compensating);
+        assert_eq!(state.steps[2].status, StepStatus::Failed);
+        assert_eq!(state.reason.as_deref(), Some("step `c` was refused: no"));
+    }
+
+    #[test]
+    fn a_pivot_out_of_attempts_compensates_too() {
+        let (state, actions) = run(vec![ok(0), ok(1), fail(2, true), fail(2, true), fail(2, true)]);
+        let mut expected = invoke(1, Direction::Undo, 1, 0);
+        expected.push(Action::RetriesExhausted { step: 2 });
+        assert_eq!(actions, expected);
+        assert_eq!(state.status, SagaStatus::Compensating);
+    }
+
+    #[test]
     fn after_the_pivot_transient_failures_are_retried_forever() {
-        let mut events = vec![ok(0), ok(1)];
-        events.extend((0..50).map(|_| fail(2, true)));
+        let mut events = vec![ok(0), ok(1), ok(2)];
+        events.extend((0..50).map(|_| fail(3, true)));
         let (state, actions) = run(events);
-        assert_eq!(actions, invoke(2, Direction::Do, 51, 1000), "backoff capped at max_backoff");
+        assert_eq!(actions, invoke(3, Direction::Do, 51, 1000), "backoff capped at max_backoff");
         assert_eq!(state.status, SagaStatus::Running);
     }
 
     #[test]
     fn after_the_pivot_using_up_the_attempts_raises_one_alert_and_goes_on() {
-        let (_, actions) = run(vec![ok(0), ok(1), fail(2, true), fail(2, true)]);
-        assert_eq!(actions, invoke(2, Direction::Do, 3, 200), "no alert before the attempts are used up");
-        let (_, actions) = run(vec![ok(0), ok(1), fail(2, true), fail(2, true), fail(2, true)]);
-        let mut expected = invoke(2, Direction::Do, 4, 400);
-        expected.push(Action::RetriesExhausted { step: 2 });
-        assert_eq!(actions, expected);
-        let (_, actions) =
-            run(vec![ok(0), ok(1), fail(2, true), fail(2, true), fail(2, true), fail(2, true)]);
-        assert_eq!(actions, invoke(2, Direction::Do, 5, 800), "only once");
+        let past = |failures: usize| {
+            let mut events = vec![ok(0), ok(1), ok(2)];
+            events.extend((0..failures).map(|_| fail(3, true)));
+            run(events).1
+        };
+        assert_eq!(past(2), invoke(3, Direction::Do, 3, 200), "no alert before the attempts are used up");
+        let mut expected = invoke(3, Direction::Do, 4, 400);
+        expected.push(Action::RetriesExhausted { step: 3 });
+        assert_eq!(past(3), expected);
+        assert_eq!(past(4), invoke(3, Direction::Do, 5, 800), "only once");
+    }
+
+    fn alice() -> OperatorNote {
+        OperatorNote { by: "alice".into(), note: Some("mail server fixed".into()) }
     }
 
     #[test]
     fn a_refusal_after_the_pivot_makes_the_saga_stuck_and_a_retry_runs_it_again() {
-        let (mut state, actions) = run(vec![ok(0), ok(1), fail(2, false)]);
+        let (mut state, actions) = run(vec![ok(0), ok(1), ok(2), fail(3, false)]);
         assert_eq!(actions, vec![Action::Finished(SagaStatus::Stuck)]);
         assert_eq!(state.status, SagaStatus::Stuck);
         assert_eq!(state.steps[0].status, StepStatus::Done, "nothing is undone after the pivot");
-        let actions = apply(&def(), &mut state, Event::RetryRequested { at: 50 });
-        assert_eq!(actions, invoke(2, Direction::Do, 2, 0));
+        let actions = apply(&def(), &mut state, Event::RetryRequested { at: 50, by: alice() });
+        assert_eq!(actions, invoke(3, Direction::Do, 2, 0));
         assert_eq!((state.status, state.round), (SagaStatus::Running, 1));
+        assert_eq!(state.history.len(), 1);
+        assert_eq!((state.history[0].action, state.history[0].by.as_str()), (OperatorAction::Retry, "alice"));
+    }
+
+    #[test]
+    fn past_the_pivot_an_operator_cannot_compensate() {
+        let (mut state, _) = run(vec![ok(0), ok(1), ok(2), fail(3, false)]);
+        let before = state.clone();
+        assert!(state.past_the_pivot(&def()));
+        assert_eq!(apply(&def(), &mut state, Event::CompensateRequested { at: 50, by: alice() }), vec![]);
+        assert_eq!(state, before, "nothing changed, nothing recorded");
+    }
+
+    #[test]
+    fn an_operator_resolves_a_refused_step_after_the_pivot_and_the_saga_completes() {
+        let (mut state, _) = run(vec![ok(0), ok(1), ok(2), fail(3, false)]);
+        let resolved = Event::Resolved { step: 3, output: json!({"sent": "by hand"}), at: 60, by: alice() };
+        let actions = apply(&def(), &mut state, resolved);
+        assert_eq!(actions, vec![Action::Finished(SagaStatus::Completed)]);
+        assert_eq!(state.steps[3].status, StepStatus::Done);
+        assert_eq!(state.steps[3].output, Some(json!({"sent": "by hand"})));
+        let entry = &state.history[0];
+        assert_eq!((entry.action, entry.step.as_deref()), (OperatorAction::Resolve, Some("d")));
+        assert_eq!(entry.note.as_deref(), Some("mail server fixed"));
+    }
+
+    #[test]
+    fn an_operator_may_only_resolve_the_stuck_step() {
+        let (mut state, _) = run(vec![ok(0), ok(1), ok(2), fail(3, false)]);
+        let before = state.clone();
+        let wrong = Event::Resolved { step: 1, output: json!(null), at: 60, by: alice() };
+        assert_eq!(apply(&def(), &mut state, wrong), vec![]);
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn an_operator_resolves_a_stuck_compensation_and_the_rest_is_undone() {
+        let (mut state, _) =
+            run(vec![ok(0), ok(1), fail(2, false), undone(1), undo_failed(0), undo_failed(0)]);
+        let (mut state, _) = {
+            let actions = apply(&def(), &mut state, undo_failed(0));
+            (state, actions)
+        };
+        assert_eq!(state.status, SagaStatus::Stuck);
+        let resolved = Event::Resolved { step: 0, output: json!(null), at: 70, by: alice() };
+        assert_eq!(apply(&def(), &mut state, resolved), vec![Action::Finished(SagaStatus::Compensated)]);
+        assert_eq!(state.steps[0].status, StepStatus::Compensated);
+    }
+
+    /// A saga stuck on a refused pivot (as sagas became before a refused pivot
+    /// compensated by itself): the operator compensates it, and what came before the
+    /// pivot is undone in reverse order.
+    #[test]
+    fn an_operator_compensates_a_saga_stuck_before_the_pivot_committed() {
+        let (mut state, _) = run(vec![ok(0), ok(1)]);
+        state.steps[2].status = StepStatus::Failed;
+        state.status = SagaStatus::Stuck;
+        state.reason = Some("step `c` was refused after the pivot: no".into());
+        assert!(!state.past_the_pivot(&def()));
+        let actions = apply(&def(), &mut state, Event::CompensateRequested { at: 50, by: alice() });
+        assert_eq!(actions, invoke(1, Direction::Undo, 1, 0));
+        assert_eq!((state.status, state.round), (SagaStatus::Compensating, 1));
+        assert_eq!(apply(&def(), &mut state, undone(1)), invoke(0, Direction::Undo, 1, 0));
+        assert_eq!(apply(&def(), &mut state, undone(0)), vec![Action::Finished(SagaStatus::Compensated)]);
+        assert_eq!(state.history[0].action, OperatorAction::Compensate);
     }
 
     #[test]
@@ -560,7 +784,7 @@ mod tests {
     fn a_retry_resumes_a_stuck_compensation_and_can_finish_it() {
         let def = def();
         let (mut state, _) = run(vec![ok(0), fail(1, false), undo_failed(0), undo_failed(0), undo_failed(0)]);
-        let actions = apply(&def, &mut state, Event::RetryRequested { at: 50 });
+        let actions = apply(&def, &mut state, Event::RetryRequested { at: 50, by: alice() });
         assert_eq!(actions, invoke(0, Direction::Undo, 4, 0), "attempts go on counting");
         assert_eq!((state.status, state.round), (SagaStatus::Compensating, 1));
         let actions = apply(&def, &mut state, undone(0));
@@ -572,7 +796,7 @@ mod tests {
         let def = def();
         let (mut state, _) = run(vec![ok(0)]);
         let before = state.clone();
-        assert_eq!(apply(&def, &mut state, Event::RetryRequested { at: 50 }), vec![]);
+        assert_eq!(apply(&def, &mut state, Event::RetryRequested { at: 50, by: alice() }), vec![]);
         assert_eq!(state, before);
     }
 
@@ -582,7 +806,7 @@ mod tests {
         assert_eq!(resume(&state), invoke(1, Direction::Do, 2, 0));
         let (state, _) = run(vec![ok(0), fail(1, false)]);
         assert_eq!(resume(&state), invoke(0, Direction::Undo, 1, 0));
-        let (state, _) = run(vec![ok(0), ok(1), ok(2)]);
+        let (state, _) = run(vec![ok(0), ok(1), ok(2), ok(3)]);
         assert_eq!(resume(&state), vec![Action::Finished(SagaStatus::Completed)]);
     }
 

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, watch};
 
 pub use definition::{DefinitionError, RetryPolicy, SagaDef, StepDef};
-pub use machine::{SagaState, SagaStatus, StepState, StepStatus};
+pub use machine::{HistoryEntry, OperatorAction, OperatorNote, SagaState, SagaStatus, StepState, StepStatus};
 
 use crate::alert::Alerter;
 use crate::clock::Clock;
@@ -62,8 +62,14 @@ pub enum SagaError {
     KeyReused { key: String, id: String },
     #[error("saga {0} is being driven right now; retry in a moment")]
     Busy(String),
-    #[error("saga {id} is {status}, not stuck: only a stuck saga can be retried")]
+    #[error("saga {id} is {status}, not stuck: only a stuck saga can be retried, compensated or resolved")]
     NotStuck { id: String, status: String },
+    #[error(
+        "saga {id} is past its pivot `{pivot}`, which committed: it can only go forward (retry or resolve)"
+    )]
+    PastThePivot { id: String, pivot: String },
+    #[error("saga {id} is stuck on step `{stuck}`, not `{asked}`: only the stuck step can be resolved")]
+    NotTheStuckStep { id: String, stuck: String, asked: String },
     #[error("the definition saga {id} started with (`{name}`) is no longer loaded, or has changed since")]
     DefinitionGone { id: String, name: String },
     #[error(transparent)]
@@ -283,11 +289,60 @@ impl SagaEngine {
         Ok(self.inner.store.saga_counts()?)
     }
 
-    /// Resumes a stuck saga.
-    pub async fn retry(&self, id: &str) -> Result<SagaRecord, SagaError> {
+    /// Resumes a stuck saga: its stuck call is made again, under a new key.
+    pub async fn retry(&self, id: &str, by: OperatorNote) -> Result<SagaRecord, SagaError> {
+        self.operate(id, |_, _, at| Ok(Event::RetryRequested { at, by })).await
+    }
+
+    /// Undoes what a stuck saga did, while its pivot has not committed.
+    pub async fn compensate(&self, id: &str, by: OperatorNote) -> Result<SagaRecord, SagaError> {
+        self.operate(id, |def, state, at| {
+            if state.past_the_pivot(def) {
+                let pivot = def.steps.get(def.pivot).map(|s| s.name.clone()).unwrap_or_default();
+                return Err(SagaError::PastThePivot { id: id.into(), pivot });
+            }
+            Ok(Event::CompensateRequested { at, by })
+        })
+        .await
+    }
+
+    /// Marks a stuck saga's stuck step done with `output` (a compensation: compensated),
+    /// as an operator who did its work by hand; the saga goes on from there. `step`, if
+    /// given, must name the stuck step.
+    pub async fn resolve(
+        &self,
+        id: &str,
+        step: Option<&str>,
+        output: Value,
+        by: OperatorNote,
+    ) -> Result<SagaRecord, SagaError> {
+        self.operate(id, |def, state, at| {
+            let stuck = state
+                .stuck_step()
+                .ok_or_else(|| SagaError::NotStuck { id: id.into(), status: state.status.as_str().into() })?;
+            let name = &def.steps[stuck].name;
+            if let Some(asked) = step.filter(|asked| asked != name) {
+                return Err(SagaError::NotTheStuckStep {
+                    id: id.into(),
+                    stuck: name.clone(),
+                    asked: asked.into(),
+                });
+            }
+            Ok(Event::Resolved { step: stuck, output, at, by })
+        })
+        .await
+    }
+
+    /// An operator's action on a stuck saga: `event` decides it from the definition and
+    /// the state (or refuses); the transition is committed, then a driver goes on.
+    async fn operate(
+        &self,
+        id: &str,
+        event: impl FnOnce(&SagaDef, &SagaState, i64) -> Result<Event, SagaError>,
+    ) -> Result<SagaRecord, SagaError> {
         let saga_id = SagaId(id.to_owned());
         // Claimed before anything is written: a driver still finishing (or another
-        // retry) answers 409 rather than leaving the saga without a driver.
+        // operator action) answers 409 rather than leaving the saga without a driver.
         let Some(claim) = self.claim(&saga_id) else {
             return Err(SagaError::Busy(id.into()));
         };
@@ -301,9 +356,12 @@ impl SagaEngine {
             .ok_or_else(|| SagaError::DefinitionGone { id: id.into(), name: record.row.name.clone() })?;
         let mut state = record.state.clone();
         let at = self.inner.clock.now_ms();
-        let actions = apply(&def, &mut state, Event::RetryRequested { at });
+        let event = event(&def, &state, at)?;
+        let actions = apply(&def, &mut state, event);
         driver::commit(&self.inner, driver::update(&saga_id, record.row.version, &state, at)).await?;
-        tracing::info!(saga = %saga_id, "stuck saga retried by an operator");
+        if let Some(entry) = state.history.last() {
+            tracing::info!(saga = %saga_id, action = ?entry.action, by = %entry.by, "operator action on a stuck saga");
+        }
         let input = input_object(&record.row.input);
         let run = Run {
             def,

@@ -6,7 +6,9 @@
 //!
 //! Failure injection, driven by the input (no hidden switches): with
 //! `notification_transient_failures: N`, the call fails transiently on its first N
-//! attempts (the host's `attempt` counter), as a flaky mail server would.
+//! attempts (the host's `attempt` counter), as a flaky mail server would; with
+//! `refuse_notification: "why"` it refuses, as a mail server that rejects the address
+//! would (a refusal after the saga's pivot).
 
 use serde::{Deserialize, Serialize};
 use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
@@ -21,6 +23,8 @@ struct Send {
     order: String,
     #[serde(default)]
     notification_transient_failures: u32,
+    #[serde(default)]
+    refuse_notification: Option<String>,
 }
 
 struct Notification;
@@ -43,6 +47,9 @@ impl Guest for Notification {
                         "mail server unavailable (attempt {} of {} planned failures)",
                         call.attempt, input.notification_transient_failures
                     )));
+                }
+                if let Some(why) = input.refuse_notification {
+                    return Err(Failure::Rejected(why));
                 }
                 let key = format!("sent/{}", input.order);
                 let (mut sent, _) = json::get::<Sent>(&key)?.unwrap_or_default();

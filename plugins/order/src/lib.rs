@@ -10,7 +10,11 @@
 //!   the order and publishes `order-placed` in the chain named by the order id
 //!
 //! A saga passes the failure that made it compensate as `reason`, so a cancelled order
-//! says why. Everything but `place` is internal: only the saga, the event deliveries
+//! says why.
+//!
+//! Failure injection, driven by the input (no hidden switches): with
+//! `refuse_completion: "why"`, `complete` refuses, as a warehouse that lost the goods
+//! would (the saga's pivot refused). Everything but `place` is internal: only the saga, the event deliveries
 //! and operators may create, complete or cancel an order.
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +45,8 @@ struct Create {
 struct Change {
     order: String,
     reason: Option<String>,
+    #[serde(default)]
+    refuse_completion: Option<String>,
 }
 
 struct OrderService;
@@ -75,7 +81,13 @@ impl Guest for OrderService {
     fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
         match call.operation.as_str() {
             "create" => create(json::input(&call.input)?),
-            "complete" => change(json::input(&call.input)?, "completed"),
+            "complete" => {
+                let input: Change = json::input(&call.input)?;
+                if let Some(why) = input.refuse_completion {
+                    return Err(Failure::Rejected(why));
+                }
+                change(input, "completed")
+            }
             "cancel" => change(json::input(&call.input)?, "cancelled"),
             // The choreographed order flow (see the inventory and payment services).
             // The flow's chain is named by the order id, so that it is found by the id
