@@ -382,7 +382,7 @@ impl Invoker {
             correlation_id: Some(request.correlation_id.clone()),
             saga: attach(&result, &stored.digest),
             outcome: Some(stored.clone()),
-            deliveries: Vec::new(),
+            ..Commit::default()
         };
         Ok(self.inner.store.commit(commit).await.map(|()| Invoked {
             result,

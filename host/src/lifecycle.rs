@@ -230,9 +230,9 @@ impl PluginManager {
     }
 
     /// Watches the saga definitions in `dir`: a changed or new `.toml` is checked
-    /// against the services and replaces its definition (new sagas use it; running
-    /// ones finish on theirs); a bad one is refused and the old one stays; a removed
-    /// one goes unless unfinished sagas use it.
+    /// against the services and replaces its definition (new sagas use it; unfinished
+    /// ones finish on the version they started with, kept in the store); a bad one is
+    /// refused and the old one stays; a removed one goes (for new sagas).
     pub fn watch_sagas(&self, dir: &Path) -> notify::Result<()> {
         let manager = self.clone();
         watch_dir(
@@ -254,18 +254,8 @@ impl PluginManager {
         let sagas = &self.inner.sagas;
         if !file.exists() {
             let Some(def) = sagas.definitions().into_iter().find(|d| d.source == file) else { return };
-            match sagas.unfinished_of(&def.name) {
-                Ok(ids) if ids.is_empty() => {
-                    sagas.remove_definition(&def.name);
-                    tracing::info!(saga = %def.name, "saga definition removed");
-                }
-                Ok(ids) => tracing::error!(
-                    saga = %def.name,
-                    "saga definition file removed, but {} unfinished sagas use it; it stays loaded",
-                    ids.len()
-                ),
-                Err(error) => tracing::error!("checking saga definition {}: {error}", def.name),
-            }
+            sagas.remove_definition(&def.name);
+            tracing::info!(saga = %def.name, "saga definition removed; its unfinished sagas finish on their version");
             return;
         }
         let text = match std::fs::read_to_string(file) {
@@ -274,12 +264,23 @@ impl PluginManager {
                 return tracing::error!(file = %file.display(), "reading a saga definition: {error}");
             }
         };
-        let plugins = self.inner.registry.plugins();
-        let manifest = |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
-        match crate::saga::SagaDef::parse(file, &text, manifest) {
+        let parsed = {
+            let plugins = self.inner.registry.plugins();
+            let manifest =
+                |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
+            crate::saga::SagaDef::parse(file, &text, manifest)
+        };
+        match parsed {
             Ok(def) => {
-                tracing::info!(saga = %def.name, file = %file.display(), "saga definition reloaded");
-                sagas.add_definition(def);
+                let name = def.name.clone();
+                match sagas.add_definition(def).await {
+                    Ok(()) => {
+                        tracing::info!(saga = %name, file = %file.display(), "saga definition reloaded")
+                    }
+                    Err(error) => {
+                        tracing::error!(saga = %name, "keeping the saga definition failed: {error}")
+                    }
+                }
             }
             Err(error) => {
                 crate::metrics::metrics().refused.inc();
@@ -288,9 +289,11 @@ impl PluginManager {
         }
     }
 
-    /// Every saga step that uses this service must find its action and compensation.
+    /// Every saga step that uses this service must find its action and compensation:
+    /// in the definitions new sagas use, and in the versions unfinished sagas use.
     fn check_sagas(&self, manifest: &Manifest) -> Result<(), String> {
-        for def in self.inner.sagas.definitions() {
+        let definitions = self.inner.sagas.definitions_in_use().map_err(|e| e.to_string())?;
+        for def in definitions {
             for step in def.steps.iter().filter(|s| s.service == manifest.name) {
                 for operation in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
                     if manifest.operation(operation).is_none() {

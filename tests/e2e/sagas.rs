@@ -440,3 +440,95 @@ async fn an_operator_compensates_a_stuck_saga_with_the_cli() {
         json!({"available": 10, "reserved": 0})
     );
 }
+
+/// Editing a saga definition strands no saga that started with the old one: every
+/// version is kept in the store by digest, and drives its sagas across a restart (a
+/// running saga resumes and completes with its original steps; a stuck one is shown
+/// with them and can be retried); removing a plugin is checked against the versions
+/// unfinished sagas use; removing the file stops new sagas only.
+#[tokio::test]
+async fn unfinished_sagas_keep_the_definition_they_started_with() {
+    let plugins = crate::support::plugins_dir(&["inventory", "payment", "order", "notification"]);
+    let sagas = tempfile::tempdir().unwrap();
+    let file = sagas.path().join("place-order.toml");
+    let original =
+        std::fs::read_to_string(std::path::Path::new(crate::support::SAGAS).join("place-order.toml"))
+            .unwrap();
+    std::fs::write(&file, &original).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let sagas_arg = sagas.path().to_string_lossy().into_owned();
+    let args = ["--sagas", sagas_arg.as_str()];
+    let mut server = Server::start_in(plugins.path(), data.path(), &args);
+    let client = Server::client();
+    seed(&server, &client).await;
+
+    let (_, stuck) =
+        place(&server, &client, "order-s", &order("o-s", "poor", json!({"release_transient_failures": 3})))
+            .await;
+    assert_eq!(stuck["status"], "stuck");
+    let running: Value = client
+        .post(format!("{}/v1/sagas/place-order", server.url))
+        .header("Idempotency-Key", "order-r")
+        .json(&order("o-r", "ada", json!({"notification_transient_failures": 7})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (stuck_id, running_id) = (stuck["id"].as_str().unwrap(), running["id"].as_str().unwrap());
+
+    // A new version: `charge` is now `pay`, and nobody is notified any more.
+    let edited = original.replace("name = \"charge\"", "name = \"pay\"");
+    let edited = &edited[..edited.find("[[step]]\nname = \"send-confirmation\"").unwrap()];
+    std::fs::write(&file, edited).unwrap();
+    let mut probe = Value::Null;
+    for n in 0..200 {
+        let input =
+            json!({"order": format!("probe-{n}"), "customer": "ada", "sku": "lamp", "qty": 1, "amount": 1});
+        probe = place(&server, &client, &format!("probe-{n}"), &input).await.1;
+        if probe["steps"].as_array().unwrap().iter().any(|s| s["name"] == "pay") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(probe["steps"].as_array().unwrap().len(), 4, "new sagas use the new version: {probe}");
+
+    let removal = client.delete(format!("{}/v1/plugins/notification", server.url)).send().await.unwrap();
+    assert_eq!(removal.status(), 409, "the running saga's version still needs notification");
+    let problem: Value = removal.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains(running_id), "{problem}");
+
+    server.kill();
+    let server = Server::start_in(plugins.path(), data.path(), &args);
+    let done = wait_settled(&server, &client, running_id).await;
+    assert_eq!(done["status"], "completed", "resumed after the restart: {done}");
+    assert_eq!(step(&done, "send-confirmation")["status"], "done", "with the steps it started with");
+    assert_eq!(step(&done, "charge")["status"], "done");
+    assert_eq!(server.record(&client, "notification", "sent/o-r").await.unwrap(), json!({"count": 1}));
+
+    let shown: Value =
+        client.get(format!("{}/v1/sagas/{stuck_id}", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(step(&shown, "charge")["status"], "failed", "shown with its own steps");
+    let retried = client.post(format!("{}/v1/sagas/{stuck_id}/retry", server.url)).send().await.unwrap();
+    assert_eq!(retried.status(), 202, "{}", retried.text().await.unwrap());
+    assert_eq!(wait_settled(&server, &client, stuck_id).await["status"], "compensated");
+
+    std::fs::remove_file(&file).unwrap();
+    let mut gone = false;
+    for n in 0..200 {
+        let response = client
+            .post(format!("{}/v1/sagas/place-order", server.url))
+            .header("Idempotency-Key", format!("after-{n}"))
+            .json(&order(&format!("after-{n}"), "ada", json!({})))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone, "a removed definition starts no new saga");
+}

@@ -159,6 +159,7 @@ pub(super) async fn run_with(
     if let Some(dir) = &args.sagas {
         sagas
             .load_definitions(dir)
+            .await
             .with_context(|| format!("reading the sagas directory {}", dir.display()))?;
     }
     if !args.no_watch {

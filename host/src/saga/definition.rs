@@ -77,6 +77,8 @@ pub struct SagaDef {
     /// sha256 of the steps (names, services, operations): a saga records the digest
     /// of the definition it started with, and is never driven by a different one.
     pub digest: String,
+    /// The TOML it was parsed from, kept in the store for the sagas that use it.
+    pub text: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +123,22 @@ impl SagaDef {
         text: &str,
         manifest: impl Fn(&str) -> Option<&'m Manifest>,
     ) -> Result<SagaDef, DefinitionError> {
+        Self::parse_with(file, text, Some(&manifest))
+    }
+
+    /// Parses a definition kept in the store for the sagas that started with it. Its
+    /// services are not checked against the ones loaded now: they were when it was
+    /// loaded, and a step whose service changed since fails (transiently) when called.
+    pub fn parse_stored(digest: &str, text: &str) -> Result<SagaDef, DefinitionError> {
+        let source = PathBuf::from(format!("stored definition {digest}"));
+        Self::parse_with(&source, text, None::<&fn(&str) -> Option<&'static Manifest>>)
+    }
+
+    fn parse_with<'m>(
+        file: &Path,
+        text: &str,
+        manifest: Option<&impl Fn(&str) -> Option<&'m Manifest>>,
+    ) -> Result<SagaDef, DefinitionError> {
         let error = |step: Option<&str>, problem: String| DefinitionError {
             file: file.to_owned(),
             step: step.map(Into::into),
@@ -141,23 +159,25 @@ impl SagaDef {
             if !names.insert(step.name.clone()) {
                 return Err(error(at, "a step of this name comes earlier; step names must be unique".into()));
             }
-            let Some(manifest) = manifest(&step.service) else {
-                return Err(error(at, format!("no service `{}` is loaded", step.service)));
-            };
-            let operations = |name: &str| manifest.operation(name).is_some();
-            if !operations(&step.action) {
-                return Err(error(
-                    at,
-                    format!("service `{}` has no operation `{}`", step.service, step.action),
-                ));
-            }
-            match (&step.compensation, pivot) {
-                (Some(undo), None) if !operations(undo) => {
+            if let Some(manifest) = manifest {
+                let Some(manifest) = manifest(&step.service) else {
+                    return Err(error(at, format!("no service `{}` is loaded", step.service)));
+                };
+                let lacks = |name: &str| manifest.operation(name).is_none();
+                if lacks(&step.action) {
+                    return Err(error(
+                        at,
+                        format!("service `{}` has no operation `{}`", step.service, step.action),
+                    ));
+                }
+                if let Some(undo) = step.compensation.as_deref().filter(|undo| lacks(undo)) {
                     return Err(error(
                         at,
                         format!("service `{}` has no operation `{undo}` (the compensation)", step.service),
                     ));
                 }
+            }
+            match (&step.compensation, pivot) {
                 (Some(_), Some(pivot_index)) => {
                     let pivot_name: &StepDef = &steps[pivot_index];
                     return Err(error(
@@ -183,7 +203,8 @@ impl SagaDef {
         }
         let pivot = pivot.unwrap_or(steps.len());
         let digest = steps_digest(&steps);
-        Ok(SagaDef { name: parsed.name, steps, pivot, source: file.to_owned(), digest })
+        let text = text.to_owned();
+        Ok(SagaDef { name: parsed.name, steps, pivot, source: file.to_owned(), digest, text })
     }
 
     /// Whether a step can be undone (it comes before the pivot).
@@ -291,6 +312,22 @@ mod tests {
             parse(&GOOD.replace("name = \"complete\"", "name = \"finish\"")).unwrap().digest,
             def.digest
         );
+    }
+
+    /// A stored version parses without the services (they may have changed since), and
+    /// keeps its digest; the rules of the definition itself still hold.
+    #[test]
+    fn a_stored_definition_parses_without_the_services() {
+        let def = parse(GOOD).unwrap();
+        let stored = SagaDef::parse_stored(&def.digest, &def.text).unwrap();
+        assert_eq!((stored.digest, stored.pivot, stored.steps), (def.digest.clone(), def.pivot, def.steps));
+        let unknown = GOOD.replace("service = \"inventory\"", "service = \"gone\"");
+        assert!(SagaDef::parse_stored("x", &unknown).is_ok(), "services are not checked");
+        let late = format!(
+            "{GOOD}\n[[step]]\nname = \"late\"\nservice = \"order\"\naction = \"cancel\"\ncompensation = \"create\"\n"
+        );
+        let error = SagaDef::parse_stored(&def.digest, &late).unwrap_err().to_string();
+        assert!(error.contains("stored definition") && error.contains("after the pivot"), "{error}");
     }
 
     #[test]

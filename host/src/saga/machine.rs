@@ -525,6 +525,7 @@ mod tests {
             pivot: 2,
             source: PathBuf::from("s.toml"),
             digest: "d".into(),
+            text: String::new(),
         }
     }
 

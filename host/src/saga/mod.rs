@@ -27,7 +27,7 @@ pub use machine::{HistoryEntry, OperatorAction, OperatorNote, SagaState, SagaSta
 use crate::alert::Alerter;
 use crate::clock::Clock;
 use crate::invoke::Invoker;
-use crate::store::{Commit, SagaChange, SagaRow, SqliteStore, StoreError};
+use crate::store::{Commit, DefinitionRow, SagaChange, SagaRow, SqliteStore, StoreError};
 use driver::Run;
 use machine::{Event, apply, resume};
 
@@ -70,7 +70,7 @@ pub enum SagaError {
     PastThePivot { id: String, pivot: String },
     #[error("saga {id} is stuck on step `{stuck}`, not `{asked}`: only the stuck step can be resolved")]
     NotTheStuckStep { id: String, stuck: String, asked: String },
-    #[error("the definition saga {id} started with (`{name}`) is no longer loaded, or has changed since")]
+    #[error("the definition saga {id} started with (a version of `{name}`) is not in the store")]
     DefinitionGone { id: String, name: String },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -100,7 +100,12 @@ pub(crate) struct EngineInner {
     invoker: Invoker,
     store: Arc<SqliteStore>,
     clock: Arc<dyn Clock>,
+    /// The definition of each name that new sagas use.
     definitions: RwLock<HashMap<String, Arc<SagaDef>>>,
+    /// Every definition version seen, by digest: the one a saga started with drives it
+    /// to its end, whatever happens to its file. Also kept in the store, and read from
+    /// there after a restart.
+    versions: RwLock<HashMap<String, Arc<SagaDef>>>,
     /// Sagas with a driver in this process: one driver per saga.
     running: Mutex<HashSet<SagaId>>,
     /// Woken when a saga finishes or gets stuck.
@@ -133,6 +138,7 @@ impl SagaEngine {
                 store,
                 clock,
                 definitions: RwLock::default(),
+                versions: RwLock::default(),
                 running: Mutex::default(),
                 waiters: Mutex::default(),
                 permits: Arc::new(Semaphore::new(max_running.max(1))),
@@ -143,22 +149,27 @@ impl SagaEngine {
 
     /// Loads every `*.toml` of `dir`, checked against the loaded services. Good
     /// definitions replace those of the same name; each bad one is returned (and
-    /// logged) and refused.
-    pub fn load_definitions(&self, dir: &Path) -> std::io::Result<Vec<DefinitionError>> {
+    /// logged) and refused. An I/O error, or the store failing to keep a definition,
+    /// is an error.
+    pub async fn load_definitions(&self, dir: &Path) -> anyhow::Result<Vec<DefinitionError>> {
         let mut files: Vec<_> = std::fs::read_dir(dir)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
             .collect();
         files.sort();
-        let plugins = self.inner.invoker.registry().plugins();
-        let manifest = |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
         let mut refused = Vec::new();
         for file in files {
             let text = std::fs::read_to_string(&file)?;
-            match SagaDef::parse(&file, &text, manifest) {
+            let parsed = {
+                let plugins = self.inner.invoker.registry().plugins();
+                let manifest =
+                    |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
+                SagaDef::parse(&file, &text, manifest)
+            };
+            match parsed {
                 Ok(def) => {
                     tracing::info!(saga = %def.name, file = %file.display(), steps = def.steps.len(), "saga definition loaded");
-                    self.add_definition(def);
+                    self.add_definition(def).await?;
                 }
                 Err(error) => {
                     tracing::error!("saga definition refused: {error}");
@@ -169,22 +180,70 @@ impl SagaEngine {
         Ok(refused)
     }
 
-    pub fn add_definition(&self, def: SagaDef) {
-        self.inner
-            .definitions
-            .write()
-            .expect("definitions lock poisoned")
-            .insert(def.name.clone(), Arc::new(def));
+    /// Makes `def` the definition new sagas of its name use. It is kept in the store
+    /// first (by digest), so that every saga that starts with it finds it again after
+    /// its file changes or the process restarts.
+    pub async fn add_definition(&self, def: SagaDef) -> Result<(), SagaError> {
+        let row = DefinitionRow {
+            digest: def.digest.clone(),
+            name: def.name.clone(),
+            text: def.text.clone(),
+            saved_at: self.inner.clock.now_ms(),
+        };
+        self.inner.invoker.commit(Commit { definitions: vec![row], ..Commit::default() }).await?;
+        let def = Arc::new(def);
+        let versions = &self.inner.versions;
+        versions.write().expect("versions lock poisoned").insert(def.digest.clone(), def.clone());
+        self.inner.definitions.write().expect("definitions lock poisoned").insert(def.name.clone(), def);
+        Ok(())
     }
 
-    /// Stops offering saga `name` (running sagas of it finish on their copy).
+    /// Stops offering saga `name`. Its unfinished sagas finish on the version they
+    /// started with.
     pub fn remove_definition(&self, name: &str) {
         self.inner.definitions.write().expect("definitions lock poisoned").remove(name);
     }
 
-    /// Ids of the unfinished sagas (running, compensating, stuck) of definition `name`.
-    pub fn unfinished_of(&self, name: &str) -> Result<Vec<String>, SagaError> {
-        Ok(self.unfinished_rows()?.into_iter().filter(|row| row.name == name).map(|row| row.id).collect())
+    /// The definitions that matter now: the ones new sagas use, and every version an
+    /// unfinished saga uses (each once). A plugin change is checked against all of them.
+    pub fn definitions_in_use(&self) -> Result<Vec<Arc<SagaDef>>, SagaError> {
+        let mut defs = self.definitions();
+        for row in self.unfinished_rows()? {
+            if let Some(def) = self.decode(row)?.def
+                && !defs.iter().any(|d| d.digest == def.digest)
+            {
+                defs.push(def);
+            }
+        }
+        Ok(defs)
+    }
+
+    /// The version `digest` of definition `name`: from memory, else from the store (after
+    /// a restart, or for a version replaced since). States from before definitions had
+    /// digests (empty) use the current one of the name.
+    fn version(&self, name: &str, digest: &str) -> Result<Option<Arc<SagaDef>>, SagaError> {
+        if digest.is_empty() {
+            return Ok(self.definition(name));
+        }
+        if let Some(def) = self.inner.versions.read().expect("versions lock poisoned").get(digest) {
+            return Ok(Some(def.clone()));
+        }
+        let Some(row) = self.inner.store.definition(digest)? else { return Ok(None) };
+        match SagaDef::parse_stored(&row.digest, &row.text) {
+            Ok(def) if def.digest == digest => {
+                let def = Arc::new(def);
+                let mut versions = self.inner.versions.write().expect("versions lock poisoned");
+                Ok(Some(versions.entry(digest.to_owned()).or_insert(def).clone()))
+            }
+            Ok(_) => {
+                tracing::error!(digest, "a stored saga definition no longer has its digest");
+                Ok(None)
+            }
+            Err(error) => {
+                tracing::error!("a stored saga definition does not parse: {error}");
+                Ok(None)
+            }
+        }
     }
 
     /// Running, compensating and stuck sagas.
@@ -404,16 +463,16 @@ impl SagaEngine {
     }
 
     /// Ids of the sagas not yet finished (running, compensating or stuck) whose
-    /// definition uses `service`.
+    /// definition (the version each started with) uses `service`.
     pub fn unfinished_using(&self, service: &str) -> Result<Vec<String>, SagaError> {
-        Ok(self
-            .unfinished_rows()?
-            .into_iter()
-            .filter(|row| {
-                self.definition(&row.name).is_some_and(|d| d.steps.iter().any(|s| s.service == service))
-            })
-            .map(|row| row.id)
-            .collect())
+        let mut ids = Vec::new();
+        for row in self.unfinished_rows()? {
+            let record = self.decode(row)?;
+            if record.def.is_some_and(|d| d.steps.iter().any(|s| s.service == service)) {
+                ids.push(record.row.id);
+            }
+        }
+        Ok(ids)
     }
 
     /// Starts a driver for every saga that is running or compensating (after a
@@ -427,7 +486,7 @@ impl SagaEngine {
                 tracing::error!(
                     saga = %record.row.id,
                     name = %record.row.name,
-                    "cannot resume: its definition is not loaded, or changed since the saga started"
+                    "cannot resume: the definition it started with is not in the store"
                 );
                 continue;
             };
@@ -470,9 +529,7 @@ impl SagaEngine {
         let state: SagaState = serde_json::from_str(&row.state)
             .map_err(|e| StoreError::Unavailable(format!("saga {} has an unreadable state: {e}", row.id)))?;
         // A saga is only ever driven (and shown) with the definition it started with.
-        let def = self
-            .definition(&row.name)
-            .filter(|d| state.definition.is_empty() || d.digest == state.definition);
+        let def = self.version(&row.name, &state.definition)?;
         Ok(SagaRecord { row, state, def })
     }
 }

@@ -81,9 +81,9 @@ impl RecordStore for MemoryStore {
 
 impl MemoryStore {
     fn apply(&self, commit: &Commit) -> Result<(), StoreError> {
-        if commit.saga.is_some() || !commit.deliveries.is_empty() {
+        if commit.saga.is_some() || !commit.deliveries.is_empty() || !commit.definitions.is_empty() {
             return Err(StoreError::Invalid(
-                "sagas and event deliveries need the durable (SQLite) store".into(),
+                "sagas, saga definitions and event deliveries need the durable (SQLite) store".into(),
             ));
         }
         let mut state = self.state.lock().expect("store mutex poisoned");

@@ -183,6 +183,18 @@ pub struct SagaRow {
     pub updated_at: i64,
 }
 
+/// A saga definition as kept for the sagas that started with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionRow {
+    /// The digest of its steps (what a saga records).
+    pub digest: String,
+    pub name: String,
+    /// The TOML.
+    pub text: String,
+    /// Unix ms.
+    pub saved_at: i64,
+}
+
 /// A change to a saga, committed together with the step invocation that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SagaChange {
@@ -259,6 +271,8 @@ pub struct Commit {
     pub saga: Option<SagaChange>,
     /// Changes to event deliveries.
     pub deliveries: Vec<DeliveryChange>,
+    /// Saga definition versions to keep (replacing the text kept for the same digest).
+    pub definitions: Vec<DefinitionRow>,
 }
 
 /// Resolves when a commit is durable (or refused).

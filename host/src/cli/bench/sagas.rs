@@ -66,7 +66,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         let plugins = registry.plugins();
         let manifest = |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
-        engine.add_definition(SagaDef::parse("place-order.toml".as_ref(), PLACE_ORDER, manifest)?);
+        let def = SagaDef::parse("place-order.toml".as_ref(), PLACE_ORDER, manifest)?;
+        engine.add_definition(def).await?;
         seed(&invoker).await?;
 
         let length = Duration::from_secs_f64(args.seconds);

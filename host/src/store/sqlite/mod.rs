@@ -21,8 +21,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Commit, CommitFuture, DeliveryRow, Entry, EventRow, IdempotencyKey, RecordStore, SagaRow, Slot, Snapshot,
-    StoreError, StoredOutcome,
+    Commit, CommitFuture, DefinitionRow, DeliveryRow, Entry, EventRow, IdempotencyKey, RecordStore, SagaRow,
+    Slot, Snapshot, StoreError, StoredOutcome,
 };
 
 /// SQLite's `synchronous` setting for commits.
@@ -145,6 +145,20 @@ impl SqliteStore {
                 params![after, limit as i64],
             ),
         }
+    }
+
+    /// The saga definition kept under `digest`.
+    pub fn definition(&self, digest: &str) -> Result<Option<DefinitionRow>, StoreError> {
+        let sql = "SELECT digest, name, text, saved_at FROM saga_definitions WHERE digest = ?1";
+        self.rows(sql, params![digest], |row| {
+            Ok(DefinitionRow {
+                digest: row.get(0)?,
+                name: row.get(1)?,
+                text: row.get(2)?,
+                saved_at: row.get(3)?,
+            })
+        })
+        .map(|mut rows| rows.pop())
     }
 
     /// Sagas that are neither finished nor stuck: the ones to resume after a restart.

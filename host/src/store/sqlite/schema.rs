@@ -115,6 +115,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE invocations_4 RENAME TO invocations;
     CREATE INDEX invocations_by_expiry ON invocations (expires_at);
     ",
+    // 5: every saga definition version, by the digest its sagas record, so that a
+    // saga is driven by the version it started with after its file changed.
+    "
+    CREATE TABLE saga_definitions (
+        digest   TEXT PRIMARY KEY,
+        name     TEXT NOT NULL,
+        text     TEXT NOT NULL,      -- the TOML; the latest with this digest (retry policies may differ)
+        saved_at INTEGER NOT NULL    -- unix ms
+    );
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a

@@ -209,6 +209,16 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     for change in &commit.deliveries {
         apply_delivery(conn, change)?;
     }
+    for def in &commit.definitions {
+        conn.prepare_cached(
+            "INSERT INTO saga_definitions (digest, name, text, saved_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (digest) DO UPDATE SET name = excluded.name, text = excluded.text,
+                 saved_at = excluded.saved_at",
+        )
+        .map_err(unavailable)?
+        .execute(params![def.digest, def.name, def.text, def.saved_at])
+        .map_err(unavailable)?;
+    }
     if !changes.events.is_empty() {
         let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
         let mut insert = conn
