@@ -66,8 +66,8 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
         "" => anyhow::bail!("`{text}` needs a unit: ms, s, m or h"),
         other => anyhow::bail!("unknown unit `{other}` in `{text}`: use ms, s, m or h"),
     };
-    anyhow::ensure!(seconds > 0.0 && seconds.is_finite(), "`{text}` must be more than zero");
-    Ok(Duration::from_secs_f64(seconds))
+    anyhow::ensure!(seconds > 0.0, "`{text}` must be more than zero");
+    Duration::try_from_secs_f64(seconds).map_err(|_| anyhow::anyhow!("`{text}` is too long a duration"))
 }
 
 /// Parses `65536`, `512KiB`, `64MiB`, `1GiB` (also `KB`/`MB`/`GB`, as powers of 1024).
@@ -103,8 +103,13 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        for bad in ["5", "s", "0s", "-1s", "5d", "abc"] {
+        for bad in ["5", "s", "0s", "-1s", "5d", "abc", "1.2.3s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        // Found by a request with ?wait=: too long for a Duration, and once a panic.
+        for huge in ["99999999999999999999s", &format!("{}h", "9".repeat(400))] {
+            let error = parse_duration(huge).unwrap_err().to_string();
+            assert!(error.contains("too long a duration"), "{huge}: {error}");
         }
     }
 

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod demo;
 mod events;
+mod http_props;
 mod invocations;
 mod reload;
 mod runtime;

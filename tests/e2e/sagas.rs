@@ -211,6 +211,26 @@ async fn starting_is_idempotent_and_bad_requests_are_refused() {
             "must be a JSON object",
         ),
         (post("ship-it").header("Idempotency-Key", "k").json(&input), 404, "no saga definition `ship-it`"),
+        // Each of these once dropped the connection with a panic.
+        (
+            post("place-order").header("Idempotency-Key", "k").body(r#"{"x":1e400}"#),
+            400,
+            "number out of range",
+        ),
+        (
+            post("place-order").header("Idempotency-Key", "k").body(format!(
+                "{}{}",
+                "[".repeat(300),
+                "]".repeat(300)
+            )),
+            400,
+            "recursion limit exceeded",
+        ),
+        (
+            post("place-order?wait=99999999999999999999s").header("Idempotency-Key", "k").json(&input),
+            400,
+            "too long a duration",
+        ),
         (client.get(format!("{}/v1/sagas/nope", server.url)), 404, "no saga `nope`"),
         (client.get(format!("{}/v1/sagas?status=lost", server.url)), 400, "unknown status `lost`"),
     ];

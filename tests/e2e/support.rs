@@ -202,9 +202,9 @@ impl Drop for Server {
     }
 }
 
-/// The API in this process, over real HTTP on a free loopback port, with the given
-/// plugins and options on the in-memory store. Returns the base URL.
-pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions, data: &Path) -> String {
+/// The host's shared state in this process, with the given plugins and options, on a
+/// SQLite store in `data`, with [`ADMIN_TOKEN`] as its admin token.
+pub async fn app_state(plugins: Vec<Plugin>, options: InvokeOptions, data: &Path) -> AppState {
     let registry = Registry::new(runtime());
     for plugin in plugins {
         registry.insert(plugin);
@@ -214,10 +214,16 @@ pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions, data
     let sagas = SagaEngine::new(invoker.clone(), store.clone(), Arc::new(SystemClock), 16, Alerter::none());
     let events = Dispatcher::new(invoker.clone(), store, Alerter::none());
     let plugins = PluginManager::new(invoker.registry().clone(), sagas.clone(), Default::default(), data);
+    let access = Access { admin_token: Some(Secret::new(ADMIN_TOKEN)), api_token: None, loopback_only: true };
+    AppState { invoker, sagas, plugins, events, access }
+}
+
+/// The API in this process, over real HTTP on a free loopback port, with the given
+/// plugins and options (see [`app_state`]). Returns the base URL.
+pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions, data: &Path) -> String {
+    let state = app_state(plugins, options, data).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let access = Access { admin_token: Some(Secret::new(ADMIN_TOKEN)), api_token: None, loopback_only: true };
-    let state = AppState { invoker, sagas, plugins, events, access };
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     url
 }

@@ -74,7 +74,23 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::loopback_host))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// The last line of defence: a handler that panicked answers 500 (as problem+json,
+/// without the panic's text) instead of dropping the connection, and the panic is
+/// logged. No input should get here: the HTTP property test fails on any 500.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    tracing::error!("a request handler panicked: {message}");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the server failed on this request; it is logged")
+        .into_response()
 }
 
 /// Liveness: the process answers.
@@ -123,9 +139,18 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 
 /// A request body that must be one JSON value (inputs and record values are JSON by
 /// convention, and plugins parse them; refusing bad JSON here gives the client the
-/// position of the mistake instead of a plugin's confusion).
+/// position of the mistake instead of a plugin's confusion). It is read as a
+/// `serde_json::Value`, not merely skimmed, so that what the host accepts is what it
+/// can read back: numbers in range, nesting at most 128 deep.
 fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    let body = body.map_err(|rejection| {
+    let body = body_bytes(body)?;
+    json_value(&body)?;
+    Ok(body)
+}
+
+/// The body, or why it could not be read (over the size limit: 413).
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         let status = rejection.status();
         let detail = if status == StatusCode::PAYLOAD_TOO_LARGE {
             format!("the body is larger than the limit of {MAX_BODY_BYTES} bytes")
@@ -133,9 +158,11 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
             rejection.body_text()
         };
         ApiError::new(status, detail)
-    })?;
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-        return Err(ApiError::bad_request(format!("the body is not valid JSON: {e}")));
-    }
-    Ok(body)
+    })
+}
+
+/// `bytes` as JSON, or a 400 that says where it goes wrong.
+fn json_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
 }

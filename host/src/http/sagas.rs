@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::auth::{Operator, Reader};
 use super::services::{REPLAYED, idempotency_key};
-use super::{ApiError, AppState, json_body};
+use super::{ApiError, AppState, body_bytes, json_value};
 use crate::config::parse_duration;
 use crate::saga::{HistoryEntry, OperatorNote, SagaError, SagaRecord, SagaStatus, StepStatus};
 
@@ -43,7 +43,7 @@ pub async fn start(
         }
         None => Duration::ZERO,
     };
-    let input: Value = serde_json::from_slice(&json_body(body)?).expect("json_body checked it");
+    let input = json_value(&body_bytes(body)?)?;
     let (record, created) = state.sagas.start(&name, &key, input).await.map_err(error)?;
     let record =
         if wait.is_zero() { record } else { state.sagas.wait(&record.row.id, wait).await.map_err(error)? };
@@ -166,7 +166,7 @@ pub async fn retry(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut action = ActionBody::parse(&json_bytes(body)?)?;
+    let mut action = ActionBody::parse(&body_bytes(body)?)?;
     let record = state.sagas.retry(&id, action.note()).await.map_err(error)?;
     Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
 }
@@ -179,7 +179,7 @@ pub async fn compensate(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut action = ActionBody::parse(&json_bytes(body)?)?;
+    let mut action = ActionBody::parse(&body_bytes(body)?)?;
     let record = state.sagas.compensate(&id, action.note()).await.map_err(error)?;
     Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
 }
@@ -192,16 +192,11 @@ pub async fn resolve(
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut action = ActionBody::parse(&json_bytes(body)?)?;
+    let mut action = ActionBody::parse(&body_bytes(body)?)?;
     let output = action.output.take().unwrap_or(Value::Null);
     let step = action.step.take();
     let record = state.sagas.resolve(&id, step.as_deref(), output, action.note()).await.map_err(error)?;
     Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
-}
-
-/// An operator action's body, if any: its size checked like every body's.
-fn json_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
 }
 
 fn settled(record: &SagaRecord) -> bool {
