@@ -298,3 +298,42 @@ where
     }
     outputs
 }
+
+/// The demo's services keep their numbers whole and their ids unique: a restock that
+/// would wrap the count around is refused (the stock unchanged), and an order id
+/// created again with other details is refused rather than reused (the same details
+/// answer the order as it is).
+#[tokio::test]
+async fn the_demo_services_refuse_overflows_and_reused_order_ids() {
+    let server = Server::with_plugins(&["inventory", "order"]);
+    let client = Server::client();
+    let call = |path: &'static str, key: &'static str, body: Value| {
+        let request = server.invoke(&client, path, key, &body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(call("inventory/restock", "r-1", json!({"sku": "lamp", "qty": 5})).await.0, 200);
+    let (status, problem) = call("inventory/restock", "r-2", json!({"sku": "lamp", "qty": u64::MAX})).await;
+    assert_eq!(status, 422);
+    assert!(problem["detail"].as_str().unwrap().contains("would overflow the stock count"), "{problem}");
+    let stock = server.record(&client, "inventory", "stock/lamp").await.unwrap();
+    assert_eq!(stock, json!({"available": 5, "reserved": 0}), "unchanged");
+
+    let order = json!({"order": "o-1", "customer": "ada", "sku": "lamp", "qty": 1, "amount": 500});
+    assert_eq!(
+        call("order/create", "c-1", order.clone()).await,
+        (200, json!({"order": "o-1", "status": "pending"}))
+    );
+    let (status, problem) = call(
+        "order/create",
+        "c-2",
+        json!({"order": "o-1", "customer": "eve", "sku": "lamp", "qty": 1, "amount": 1}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(problem["detail"].as_str().unwrap().contains("already exists with other details"), "{problem}");
+    assert_eq!(server.record(&client, "order", "order/o-1").await.unwrap()["customer"], "ada");
+    assert_eq!(call("order/create", "c-3", order).await, (200, json!({"order": "o-1", "status": "pending"})));
+}
