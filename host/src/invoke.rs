@@ -100,6 +100,15 @@ pub struct Request {
 }
 
 impl Request {
+    /// What identifies the call: its key, in its caller's key space.
+    fn idempotency_key(&self) -> IdempotencyKey {
+        IdempotencyKey {
+            service: self.service.clone(),
+            space: self.caller.key_space(),
+            key: self.key.clone(),
+        }
+    }
+
     /// A request of one first attempt, in a chain of its own.
     pub fn new(caller: Caller, service: &str, operation: &str, input: Vec<u8>, key: String) -> Self {
         Request {
@@ -367,7 +376,7 @@ impl Invoker {
         };
         let now = now_ms();
         let stored = StoredOutcome {
-            key: idempotency_key(request),
+            key: request.idempotency_key(),
             fingerprint,
             operation: request.operation.clone(),
             result: result.clone(),
@@ -410,7 +419,7 @@ impl Invoker {
 
     /// The stored outcome of this request's key, if any.
     fn replay(&self, request: &Request, fingerprint: &[u8; 32]) -> Result<Option<Invoked>, InvokeError> {
-        let Some(stored) = self.inner.store.outcome(&idempotency_key(request), now_ms())? else {
+        let Some(stored) = self.inner.store.outcome(&request.idempotency_key(), now_ms())? else {
             return Ok(None);
         };
         if &stored.fingerprint != fingerprint {
@@ -429,7 +438,7 @@ impl Invoker {
     /// Claims the request's key in this process, or returns a watcher of the claim
     /// that holds it.
     fn claim(&self, request: &Request) -> Result<Claim, watch::Receiver<()>> {
-        let id = idempotency_key(request);
+        let id = request.idempotency_key();
         let mut running = self.inner.running.lock().expect("running-keys mutex poisoned");
         if let Some(released) = running.get(&id) {
             return Err(released.clone());
@@ -452,14 +461,6 @@ impl Drop for Claim {
         // Remove the entry before the sender is dropped, so that a woken waiter finds
         // the key free.
         self.invoker.running.lock().expect("running-keys mutex poisoned").remove(&self.id);
-    }
-}
-
-fn idempotency_key(request: &Request) -> IdempotencyKey {
-    IdempotencyKey {
-        service: request.service.clone(),
-        space: request.caller.key_space(),
-        key: request.key.clone(),
     }
 }
 

@@ -5,19 +5,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, plugins_dir};
+use crate::support::{Server, plugins_dir, seed_shop};
 
 const SHOP: &[&str] = &["order", "inventory", "payment", "notification"];
 
 async fn seed(server: &Server, client: &reqwest::Client) {
-    let calls = [
-        ("inventory/restock", "restock-lamp", json!({"sku": "lamp", "qty": 100})),
-        ("payment/open-account", "open-ada", json!({"customer": "ada", "balance": 1_000_000})),
-        ("payment/open-account", "open-poor", json!({"customer": "poor", "balance": 100})),
-    ];
-    for (path, key, body) in calls {
-        assert_eq!(server.invoke(client, path, key, &body).send().await.unwrap().status(), 200);
-    }
+    seed_shop(server, client, 100, 1_000_000).await;
 }
 
 /// Places an order through the choreographed flow (`order.place`, which names the

@@ -3,19 +3,11 @@
 
 use serde_json::{Value, json};
 
-use crate::support::Server;
+use crate::support::{Server, seed_shop, wait_settled};
 
 /// Stock, an account with enough money, and one too poor.
 async fn seed(server: &Server, client: &reqwest::Client) {
-    let calls = [
-        ("inventory/restock", "restock-lamp", json!({"sku": "lamp", "qty": 10})),
-        ("payment/open-account", "open-ada", json!({"customer": "ada", "balance": 10_000})),
-        ("payment/open-account", "open-poor", json!({"customer": "poor", "balance": 100})),
-    ];
-    for (path, key, body) in calls {
-        let response = server.invoke(client, path, key, &body).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{path}: {}", response.text().await.unwrap());
-    }
+    seed_shop(server, client, 10, 10_000).await;
 }
 
 fn order(order: &str, customer: &str, extra: Value) -> Value {
@@ -281,19 +273,6 @@ async fn the_saga_commands_drive_a_running_server() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is completed, not stuck") && stderr.contains("409"), "{stderr}");
-}
-
-/// Polls the saga until it is finished or stuck (at most 20 s).
-async fn wait_settled(server: &Server, client: &reqwest::Client, id: &str) -> Value {
-    for _ in 0..400 {
-        let saga: Value =
-            client.get(format!("{}/v1/sagas/{id}", server.url)).send().await.unwrap().json().await.unwrap();
-        if ["completed", "compensated", "stuck"].contains(&saga["status"].as_str().unwrap()) {
-            return saga;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("saga {id} did not settle");
 }
 
 /// A stuck saga's alert reaches a webhook receiver on loopback (as JSON, with the saga,

@@ -7,37 +7,17 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, Server, plugins_dir, wasaga};
+use crate::support::{ADMIN_TOKEN, Server, plugins_dir, seed_shop, wait_settled, wasaga};
 
 const SHOP: &[&str] = &["order", "inventory", "payment", "notification"];
 
 /// Stock and two accounts, as an operator.
 async fn seed(server: &Server, client: &reqwest::Client) {
-    let calls = [
-        ("inventory/restock", "restock-lamp", json!({"sku": "lamp", "qty": 10})),
-        ("payment/open-account", "open-ada", json!({"customer": "ada", "balance": 10_000})),
-        ("payment/open-account", "open-poor", json!({"customer": "poor", "balance": 100})),
-    ];
-    for (path, key, body) in calls {
-        let response = server.invoke(client, path, key, &body).send().await.unwrap();
-        assert_eq!(response.status(), 200, "{path}: {}", response.text().await.unwrap());
-    }
+    seed_shop(server, client, 10, 10_000).await;
 }
 
 async fn get(client: &reqwest::Client, url: String) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
-}
-
-/// Polls the saga until it is finished or stuck (at most 20 s).
-async fn settled(server: &Server, client: &reqwest::Client, id: &str) -> Value {
-    for _ in 0..400 {
-        let saga = get(client, format!("{}/v1/sagas/{id}", server.url)).await;
-        if ["completed", "compensated", "stuck"].contains(&saga["status"].as_str().unwrap()) {
-            return saga;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("saga {id} did not settle");
 }
 
 /// Key hijack, saga: the key a stuck saga's retry will use (`saga/<id>/<step>/undo/
@@ -69,7 +49,7 @@ async fn a_client_key_cannot_pre_empt_a_saga_step() {
 
     let retried = client.post(format!("{}/v1/sagas/{id}/retry", server.url)).send().await.unwrap();
     assert_eq!(retried.status(), 202);
-    let done = settled(&server, &client, id).await;
+    let done = wait_settled(&server, &client, id).await;
     assert_eq!(done["status"], "compensated", "{done}");
     assert_eq!(
         server.record(&client, "inventory", "stock/lamp").await.unwrap(),

@@ -202,6 +202,32 @@ impl Drop for Server {
     }
 }
 
+/// Stock of `lamp`, an account for `ada` and one for `poor` (100 cents), as an operator.
+pub async fn seed_shop(server: &Server, client: &reqwest::Client, lamps: u64, ada: i64) {
+    let calls = [
+        ("inventory/restock", "restock-lamp", serde_json::json!({"sku": "lamp", "qty": lamps})),
+        ("payment/open-account", "open-ada", serde_json::json!({"customer": "ada", "balance": ada})),
+        ("payment/open-account", "open-poor", serde_json::json!({"customer": "poor", "balance": 100})),
+    ];
+    for (path, key, body) in calls {
+        let response = server.invoke(client, path, key, &body).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}: {}", response.text().await.unwrap());
+    }
+}
+
+/// Polls the saga until it is finished or stuck (at most 20 s); returns it.
+pub async fn wait_settled(server: &Server, client: &reqwest::Client, id: &str) -> serde_json::Value {
+    for _ in 0..400 {
+        let saga: serde_json::Value =
+            client.get(format!("{}/v1/sagas/{id}", server.url)).send().await.unwrap().json().await.unwrap();
+        if ["completed", "compensated", "stuck"].contains(&saga["status"].as_str().unwrap()) {
+            return saga;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("saga {id} did not settle");
+}
+
 /// The host's shared state in this process, with the given plugins and options, on a
 /// SQLite store in `data`, with [`ADMIN_TOKEN`] as its admin token.
 pub async fn app_state(plugins: Vec<Plugin>, options: InvokeOptions, data: &Path) -> AppState {

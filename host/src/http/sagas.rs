@@ -158,44 +158,36 @@ impl ActionBody {
     }
 }
 
-/// `POST /v1/sagas/{id}/retry`: makes a stuck saga's stuck call again (202); 409 if it
-/// is not stuck.
-pub async fn retry(
+/// `POST /v1/sagas/{id}/{action}`: an operator's decision about a stuck saga (202):
+/// - `retry`: its stuck call again;
+/// - `compensate`: undo what it did (409 once its pivot committed);
+/// - `resolve`: the stuck step was done by hand, with `output` (a stuck compensation:
+///   compensated); the saga goes on.
+///
+/// 409 if the saga is not stuck.
+pub async fn act(
     _: Operator,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let mut action = ActionBody::parse(&body_bytes(body)?)?;
-    let record = state.sagas.retry(&id, action.note()).await.map_err(error)?;
-    Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
-}
-
-/// `POST /v1/sagas/{id}/compensate`: undoes what a stuck saga did (202); 409 if it is
-/// not stuck, or its pivot committed.
-pub async fn compensate(
-    _: Operator,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let mut action = ActionBody::parse(&body_bytes(body)?)?;
-    let record = state.sagas.compensate(&id, action.note()).await.map_err(error)?;
-    Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
-}
-
-/// `POST /v1/sagas/{id}/resolve`: the stuck step is done (with `output`), or its
-/// compensation is, as an operator did it by hand; the saga goes on (202).
-pub async fn resolve(
-    _: Operator,
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let mut action = ActionBody::parse(&body_bytes(body)?)?;
-    let output = action.output.take().unwrap_or(Value::Null);
-    let step = action.step.take();
-    let record = state.sagas.resolve(&id, step.as_deref(), output, action.note()).await.map_err(error)?;
+    let mut body = ActionBody::parse(&body_bytes(body)?)?;
+    let note = body.note();
+    let sagas = &state.sagas;
+    let record = match action.as_str() {
+        "retry" => sagas.retry(&id, note).await,
+        "compensate" => sagas.compensate(&id, note).await,
+        "resolve" => {
+            let output = body.output.take().unwrap_or(Value::Null);
+            sagas.resolve(&id, body.step.as_deref(), output, note).await
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no saga action `{other}`: use retry, compensate or resolve"
+            )));
+        }
+    }
+    .map_err(error)?;
     Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
 }
 
