@@ -15,7 +15,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::time::Instant;
 
 use crate::config::PluginSettings;
-use crate::runtime::{LoadError, Plugin, Registry, is_plugin_file};
+use crate::runtime::{Limits, LoadError, Plugin, PluginDigest, Registry, is_plugin_file};
 use crate::saga::SagaEngine;
 use crate::service::Manifest;
 
@@ -55,8 +55,28 @@ struct Inner {
     uploads: PathBuf,
     /// One change at a time: an upload, a removal and a file reload that overlapped
     /// could otherwise undo each other (a slow compile swapping in after a newer
-    /// upload, a removal deleting a fresh upload).
-    changing: tokio::sync::Mutex<()>,
+    /// upload, a removal deleting a fresh upload). It also guards `seen`.
+    changing: tokio::sync::Mutex<Seen>,
+}
+
+/// What each file of the plugins directory held when it was last loaded: a change
+/// event for a file whose content and limits are the same changes nothing (a `cp` of
+/// the same bytes must not undo an upload).
+#[derive(Debug, Default)]
+struct Seen(HashMap<PathBuf, FileState>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileState {
+    digest: PluginDigest,
+    limits: Limits,
+    service: String,
+}
+
+impl Seen {
+    /// The digest of the directory's file for `service`, if it has one.
+    fn digest_for(&self, service: &str) -> Option<String> {
+        self.0.values().find(|f| f.service == service).map(|f| f.digest.to_string())
+    }
 }
 
 impl PluginManager {
@@ -69,7 +89,7 @@ impl PluginManager {
                 sagas,
                 settings,
                 uploads,
-                changing: tokio::sync::Mutex::new(()),
+                changing: tokio::sync::Mutex::new(Seen::default()),
             }),
         }
     }
@@ -78,10 +98,20 @@ impl PluginManager {
         &self.inner.registry
     }
 
-    /// Loads the plugins directory, then the uploads kept from earlier runs (an upload
-    /// is newer than the file it replaced).
+    /// Loads the plugins directory, then the uploads kept from earlier runs. An upload
+    /// wins over the directory's file for its service, unless that file's content
+    /// changed since the upload (the upload keeps the digest of the file it replaced,
+    /// in `<service>.base`): the latest change wins, across restarts too.
     pub async fn load(&self, plugins_dir: &Path) -> std::io::Result<()> {
-        self.inner.registry.load_dir(plugins_dir, &self.inner.settings).await?;
+        let registry = &self.inner.registry;
+        registry.load_dir(plugins_dir, &self.inner.settings).await?;
+        let mut seen = self.inner.changing.lock().await;
+        for (file, service) in registry.sources() {
+            if let Some(plugin) = registry.get(&service) {
+                let state = FileState { digest: plugin.digest(), limits: plugin.limits(), service };
+                seen.0.insert(file, state);
+            }
+        }
         std::fs::create_dir_all(&self.inner.uploads)?;
         let mut uploads: Vec<PathBuf> = std::fs::read_dir(&self.inner.uploads)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -89,13 +119,29 @@ impl PluginManager {
             .collect();
         uploads.sort();
         for file in uploads {
-            match self.inner.registry.load_file(&file, &self.inner.settings).await {
-                Ok(plugin) => {
-                    tracing::info!(service = plugin.service(), digest = %plugin.digest(), "uploaded plugin loaded");
-                    self.inner.registry.swap(plugin, Some(&file));
+            let plugin = match registry.load_file(&file, &self.inner.settings).await {
+                Ok(plugin) => plugin,
+                Err(error) => {
+                    registry.refuse(&file, format!("{error:#}"));
+                    continue;
                 }
-                Err(error) => self.inner.registry.refuse(&file, format!("{error:#}")),
+            };
+            let service = plugin.service().to_owned();
+            let on_disk = seen.digest_for(&service);
+            match std::fs::read_to_string(file.with_extension("base")) {
+                Ok(base) if base.trim() != on_disk.as_deref().unwrap_or("") => {
+                    tracing::info!(
+                        service,
+                        "the plugins directory's file changed since the upload of this service; \
+                         it serves, and the upload is discarded"
+                    );
+                    discard_upload(&file);
+                    continue;
+                }
+                _ => {}
             }
+            tracing::info!(service, digest = %plugin.digest(), "uploaded plugin loaded");
+            registry.swap(plugin, Some(&file));
         }
         Ok(())
     }
@@ -103,9 +149,9 @@ impl PluginManager {
     /// Replaces (or adds) `service` with an uploaded component, and keeps it under the
     /// data directory. Returns the new version and whether the service is new.
     pub async fn upload(&self, service: &str, wasm: Vec<u8>) -> Result<(Arc<Plugin>, bool), ChangeError> {
-        let _one_at_a_time = self.inner.changing.lock().await;
+        let seen = self.inner.changing.lock().await;
         let source = PathBuf::from(format!("upload:{service}"));
-        let result = self.try_upload(service, wasm).await;
+        let result = self.try_upload(service, wasm, &seen).await;
         match &result {
             Ok(_) => self.inner.registry.clear_refusal(&source),
             Err(error) => self.inner.registry.refuse(&source, error.to_string()),
@@ -113,7 +159,12 @@ impl PluginManager {
         result
     }
 
-    async fn try_upload(&self, service: &str, wasm: Vec<u8>) -> Result<(Arc<Plugin>, bool), ChangeError> {
+    async fn try_upload(
+        &self,
+        service: &str,
+        wasm: Vec<u8>,
+        seen: &Seen,
+    ) -> Result<(Arc<Plugin>, bool), ChangeError> {
         let plugin =
             self.inner.registry.runtime().load(service, wasm.clone(), self.inner.settings.defaults).await?;
         if plugin.service() != service {
@@ -124,7 +175,12 @@ impl PluginManager {
         }
         self.check_sagas(plugin.manifest()).map_err(ChangeError::BreaksSaga)?;
         let file = self.inner.uploads.join(format!("{service}.wasm"));
-        write_atomically(&file, &wasm).map_err(|e| ChangeError::Io(format!("keeping the upload: {e}")))?;
+        // What the directory holds for this service now: if that changes later, even
+        // while the server is down, the directory's file wins again.
+        let base = seen.digest_for(service);
+        write_atomically(&file.with_extension("base"), base.unwrap_or_default().as_bytes())
+            .and_then(|()| write_atomically(&file, &wasm))
+            .map_err(|e| ChangeError::Io(format!("keeping the upload: {e}")))?;
         let digest = plugin.digest();
         let previous = self.inner.registry.swap(plugin, Some(&file));
         tracing::info!(
@@ -148,18 +204,20 @@ impl PluginManager {
         if upload.exists() {
             std::fs::remove_file(&upload)
                 .map_err(|e| ChangeError::Io(format!("removing the upload: {e}")))?;
+            discard_upload(&upload);
         }
         self.inner.registry.remove(service);
         tracing::info!(service, "plugin removed");
         Ok(())
     }
 
-    /// Applies a change of `file` in the plugins directory: load it (if it is there and
-    /// differs from the version serving), or remove its service (if it is gone).
+    /// Applies a change of `file` in the plugins directory: load it (if its content or
+    /// limits changed since it was last loaded), or remove its service (if it is gone).
     pub async fn reload_file(&self, file: &Path) {
-        let _one_at_a_time = self.inner.changing.lock().await;
+        let mut seen = self.inner.changing.lock().await;
         let registry = &self.inner.registry;
         if !file.exists() {
+            seen.0.remove(file);
             registry.clear_refusal(file);
             let Some(service) = registry.service_of(file) else { return };
             match self.check_unused(&service) {
@@ -177,7 +235,14 @@ impl PluginManager {
             Ok(plugin) => plugin,
             Err(error) => return registry.refuse(file, format!("{error:#}; the version serving stays")),
         };
+        // The same bytes and limits as when this file was last loaded: nothing changed
+        // (whatever else serves the service, an upload say, stays).
         let service = plugin.service().to_owned();
+        let state = FileState { digest: plugin.digest(), limits: plugin.limits(), service: service.clone() };
+        if seen.0.get(file) == Some(&state) {
+            registry.clear_refusal(file);
+            return;
+        }
         let upload = self.inner.uploads.join(format!("{service}.wasm"));
         if let Some(other) = registry.file_of(&service).filter(|f| f != file && *f != upload) {
             let error = format!("service `{service}` is already served by {}", other.display());
@@ -186,6 +251,7 @@ impl PluginManager {
         let current = registry.get(&service);
         if current.as_ref().is_some_and(|c| c.digest() == plugin.digest() && c.limits() == plugin.limits()) {
             registry.clear_refusal(file);
+            seen.0.insert(file.to_owned(), state);
             return;
         }
         if let Err(error) = self.check_sagas(plugin.manifest()) {
@@ -193,13 +259,12 @@ impl PluginManager {
         }
         // The file is now newer than any upload of this service: the upload must not
         // come back at the next start.
-        if upload.exists()
-            && let Err(error) = std::fs::remove_file(&upload)
-        {
-            tracing::warn!("removing the replaced upload {}: {error}", upload.display());
+        if upload.exists() {
+            discard_upload(&upload);
         }
         let digest = plugin.digest();
         registry.swap(plugin, Some(file));
+        seen.0.insert(file.to_owned(), state);
         tracing::info!(
             service,
             %digest,
@@ -338,7 +403,9 @@ where
 {
     let (events, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
+        if let Ok(event) = event
+            && changes_content(&event.kind)
+        {
             for path in event.paths {
                 let _ = events.send(path);
             }
@@ -373,6 +440,21 @@ where
     Ok(())
 }
 
+/// Whether an event can mean new content: a file created, written (closed after
+/// writing), renamed or removed. Opening, reading, closing after reading and metadata
+/// changes (a `touch`, a `chmod`) do not: a `cat` of a plugin's file must not reload it.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -380,10 +462,23 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// Deletes a kept upload and the digest of the file it had replaced.
+fn discard_upload(upload: &Path) {
+    for file in [upload.to_owned(), upload.with_extension("base")] {
+        if let Err(error) = std::fs::remove_file(&file)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("removing {}: {error}", file.display());
+        }
+    }
+}
+
 /// Writes through a temporary file and a rename, so that a crash never leaves half a
 /// component where a restart would load it.
 fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let temporary = file.with_extension("wasm.part");
+    let mut temporary = file.as_os_str().to_owned();
+    temporary.push(".part");
+    let temporary = PathBuf::from(temporary);
     std::fs::write(&temporary, bytes)?;
     std::fs::File::open(&temporary)?.sync_all()?;
     std::fs::rename(&temporary, file)

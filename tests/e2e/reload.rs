@@ -371,3 +371,65 @@ async fn saga_definitions_reload_and_bad_ones_are_refused() {
     }
     assert!(gone, "the removed definition still starts sagas");
 }
+
+/// A push stays until the plugins directory's file really changes. Reading that file
+/// (`cat`, `sha256sum`: open, read, close), touching it or writing the same bytes
+/// again changes nothing, also across a restart; a new content is the latest change
+/// and wins: while the server was down (the upload is discarded at start) or while it
+/// runs. (Before: a `cat` reverted the push and deleted the kept upload.)
+#[tokio::test]
+async fn a_pushed_plugin_stays_until_the_file_really_changes() {
+    let plugins = plugins_dir(&[]);
+    let file = plugins.path().join("hello.wasm");
+    let (v1, v2) = (std::fs::read(guest("hello-v1")).unwrap(), std::fs::read(guest("hello-v2")).unwrap());
+    std::fs::write(&file, &v1).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let kept = data.path().join("plugins").join("hello.wasm");
+    let mut server = Server::start_in(plugins.path(), data.path(), &[]);
+    let client = Server::client();
+    let version = async |server: &Server, key: &str| -> String {
+        let response = server.invoke(&client, "hello/greet", key, &json!({})).send().await.unwrap();
+        response.text().await.unwrap()
+    };
+    assert_eq!(version(&server, "a").await, "{\"version\":1}");
+    assert_eq!(upload(&server.url, "hello", Some(ADMIN_TOKEN), v2.clone()).await.0, 200);
+    assert_eq!(version(&server, "b").await, "{\"version\":2}");
+
+    for command in [vec!["cat"], vec!["sha256sum"], vec!["touch"], vec!["chmod", "644"]] {
+        let status = std::process::Command::new(command[0]).args(&command[1..]).arg(&file).output().unwrap();
+        assert!(status.status.success(), "{command:?}");
+    }
+    std::fs::write(&file, &v1).unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        version(&server, "c").await,
+        "{\"version\":2}",
+        "reads, touches and the same bytes change nothing"
+    );
+    assert!(kept.exists(), "the kept upload is still there");
+
+    server.kill();
+    let mut server = Server::start_in(plugins.path(), data.path(), &[]);
+    assert_eq!(
+        version(&server, "d").await,
+        "{\"version\":2}",
+        "the upload wins at start: the file did not change"
+    );
+
+    server.kill();
+    std::fs::write(&file, &v2).unwrap();
+    let server = Server::start_in(plugins.path(), data.path(), &[]);
+    assert!(!kept.exists(), "the file changed while the server was down: the upload is discarded");
+    assert_eq!(version(&server, "e").await, "{\"version\":2}");
+
+    std::fs::write(&file, &v1).unwrap();
+    let mut now = String::new();
+    for n in 0..200 {
+        now = version(&server, &format!("f-{n}")).await;
+        if now == "{\"version\":1}" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(now, "{\"version\":1}", "a new content while it runs is loaded");
+}

@@ -85,6 +85,11 @@ impl Registry {
         self.read().reloads
     }
 
+    /// Every file (or upload) that serves a service, with the service.
+    pub fn sources(&self) -> Vec<(PathBuf, String)> {
+        self.read().files.iter().map(|(f, s)| (f.clone(), s.clone())).collect()
+    }
+
     /// The file (or upload) that serves `service`.
     pub fn file_of(&self, service: &str) -> Option<PathBuf> {
         self.read().files.iter().find(|(_, s)| *s == service).map(|(f, _)| f.clone())
