@@ -116,7 +116,9 @@ async fn a_failing_notification_after_the_pivot_is_retried_until_sent() {
 
 /// A compensation that keeps failing makes the saga stuck: it is listed, a retry of a
 /// saga that is not stuck is refused, and once the cause is gone the operator's retry
-/// finishes the compensation, releasing the stock once.
+/// finishes the compensation, releasing the stock once. Throughout, the saga's reason
+/// and the cancelled order's stay the business one (declined), apart from why it was
+/// stuck; the history has each failed attempt and the retry.
 #[tokio::test]
 async fn a_stuck_compensation_is_listed_and_a_retry_finishes_it() {
     let server = Server::with_sagas(&[]);
@@ -128,9 +130,9 @@ async fn a_stuck_compensation_is_listed_and_a_retry_finishes_it() {
     assert_eq!(saga["status"], "stuck", "{saga}");
     assert_eq!(step(&saga, "reserve-stock")["status"], "compensation_failed");
     assert_eq!(step(&saga, "reserve-stock")["compensation_attempts"], 3);
-    assert!(
-        saga["reason"].as_str().unwrap().contains("the compensation of step `reserve-stock` failed 3 times")
-    );
+    let stuck_reason = saga["stuck_reason"].as_str().unwrap();
+    assert!(stuck_reason.contains("the compensation of step `reserve-stock` failed 3 times"), "{saga}");
+    assert_eq!(saga["reason"], "step `charge` was refused: declined: insufficient funds");
     assert_eq!(
         server.record(&client, "inventory", "stock/lamp").await.unwrap(),
         json!({"available": 8, "reserved": 2})
@@ -157,7 +159,31 @@ async fn a_stuck_compensation_is_listed_and_a_retry_finishes_it() {
         server.record(&client, "inventory", "stock/lamp").await.unwrap(),
         json!({"available": 10, "reserved": 0})
     );
-    assert_eq!(server.record(&client, "order", "order/o-5").await.unwrap()["status"], "cancelled");
+    let cancelled = server.record(&client, "order", "order/o-5").await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_eq!(cancelled["reason"], "step `charge` was refused: declined: insufficient funds");
+    assert_eq!(done["reason"], "step `charge` was refused: declined: insufficient funds");
+    assert_eq!(done["stuck_reason"], Value::Null);
+    let kinds: Vec<&str> =
+        done["history"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "step_failed",
+            "compensation_failed",
+            "compensation_failed",
+            "compensation_failed",
+            "stuck",
+            "operator"
+        ]
+    );
+    // The step's duration is its reservation's, not the reservation plus three failed
+    // releases and an operator's retry.
+    let reserve = step(&done, "reserve-stock");
+    let forward = reserve["finished_at"].as_i64().unwrap() - reserve["started_at"].as_i64().unwrap();
+    assert_eq!(reserve["duration_ms"].as_i64(), Some(forward));
+    assert!(reserve["finished_at"].as_i64() <= reserve["compensation_started_at"].as_i64(), "{reserve}");
+    assert!(reserve["compensation_ms"].as_i64().unwrap() >= 0);
 
     let again = client.post(format!("{}/v1/sagas/{id}/retry", server.url)).send().await.unwrap();
     assert_eq!(again.status(), 409);
@@ -400,11 +426,12 @@ async fn an_operator_resolves_a_step_stuck_after_the_pivot() {
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(step(&done, "send-confirmation")["output"], json!({"sent": "by phone"}));
     let history = done["history"].as_array().unwrap();
-    assert_eq!(history.len(), 1, "only what was done is recorded: {history:?}");
-    assert_eq!(history[0]["action"], "resolve");
-    assert_eq!(history[0]["by"], "alice");
-    assert_eq!(history[0]["note"], "called the customer");
-    assert_eq!(history[0]["step"], "send-confirmation");
+    let actions: Vec<&Value> = history.iter().filter(|e| e["kind"] == "operator").collect();
+    assert_eq!(actions.len(), 1, "only what was done is recorded: {history:?}");
+    assert_eq!(actions[0]["action"], "resolve");
+    assert_eq!(actions[0]["by"], "alice");
+    assert_eq!(actions[0]["note"], "called the customer");
+    assert_eq!(actions[0]["step"], "send-confirmation");
     assert_eq!(server.record(&client, "order", "order/o-10").await.unwrap()["status"], "completed");
 }
 
@@ -432,8 +459,8 @@ async fn an_operator_compensates_a_stuck_saga_with_the_cli() {
     let id = saga["id"].as_str().unwrap();
     let done = wait_settled(&server, &client, id).await;
     assert_eq!(done["status"], "compensated", "{done}");
-    assert_eq!(done["history"][0]["action"], "compensate");
-    assert_eq!(done["history"][0]["by"], "carol");
+    let action = done["history"].as_array().unwrap().iter().find(|e| e["kind"] == "operator").unwrap();
+    assert_eq!((action["action"].as_str(), action["by"].as_str()), (Some("compensate"), Some("carol")));
     assert_eq!(
         server.record(&client, "inventory", "stock/lamp").await.unwrap(),
         json!({"available": 10, "reserved": 0})

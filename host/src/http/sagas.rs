@@ -219,13 +219,16 @@ pub struct SagaView {
     pub id: String,
     pub name: String,
     pub status: SagaStatus,
-    /// Why it compensates or is stuck.
+    /// Why it compensates: the business reason, kept after it gets stuck or is retried.
     pub reason: Option<String>,
+    /// Why it waits for an operator, while it does.
+    pub stuck_reason: Option<String>,
     pub input: Value,
     pub created_at: i64,
     pub updated_at: i64,
     pub steps: Vec<StepView>,
-    /// Operator actions (retry, compensate, resolve): when, by whom, why.
+    /// What happened on the way: failed attempts, getting stuck, operator actions
+    /// (who, why).
     pub history: Vec<HistoryEntry>,
 }
 
@@ -244,9 +247,12 @@ pub struct StepView {
     pub digest: Option<String>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    pub compensation_started_at: Option<i64>,
     pub compensated_at: Option<i64>,
-    /// From start to finish, when both are known.
+    /// The forward call's time, from its first attempt to its end.
     pub duration_ms: Option<i64>,
+    /// The compensation's time, from its first attempt to its end.
+    pub compensation_ms: Option<i64>,
 }
 
 impl From<&SagaRecord> for SagaView {
@@ -271,8 +277,13 @@ impl From<&SagaRecord> for SagaView {
                     digest: step.digest.clone(),
                     started_at: step.started_at,
                     finished_at: step.finished_at,
+                    compensation_started_at: step.compensation_started_at,
                     compensated_at: step.compensated_at,
                     duration_ms: step.started_at.zip(step.finished_at).map(|(a, b)| b - a),
+                    compensation_ms: step
+                        .compensation_started_at
+                        .zip(step.compensated_at)
+                        .map(|(a, b)| b - a),
                 }
             })
             .collect();
@@ -281,6 +292,7 @@ impl From<&SagaRecord> for SagaView {
             name: record.row.name.clone(),
             status: record.state.status,
             reason: record.state.reason.clone(),
+            stuck_reason: record.state.stuck.clone(),
             input: serde_json::from_slice(&record.row.input).unwrap_or(Value::Null),
             created_at: record.row.created_at,
             updated_at: record.row.updated_at,

@@ -278,7 +278,7 @@ fn finished(engine: &EngineInner, run: &Run, status: SagaStatus) {
                 "{reason}; an operator decides: retry once the cause is fixed (POST /v1/sagas/{id}/retry), \
                  compensate while the pivot has not committed (.../compensate), or resolve the stuck step \
                  by hand (.../resolve)",
-                reason = run.state.reason.as_deref().unwrap_or("stuck"),
+                reason = run.state.stuck.as_deref().unwrap_or("stuck"),
                 id = run.id
             ),
             at: engine.clock.now_ms(),

@@ -81,7 +81,12 @@ pub struct StepState {
     pub digest: Option<String>,
     /// Unix ms.
     pub started_at: Option<i64>,
+    /// When its forward call ended (done, or failed for good); compensations do not
+    /// move it, so that its duration is the forward call's.
     pub finished_at: Option<i64>,
+    /// When its compensation began and ended.
+    #[serde(default)]
+    pub compensation_started_at: Option<i64>,
     pub compensated_at: Option<i64>,
 }
 
@@ -96,6 +101,7 @@ impl StepState {
             digest: None,
             started_at: None,
             finished_at: None,
+            compensation_started_at: None,
             compensated_at: None,
         }
     }
@@ -118,33 +124,59 @@ pub enum OperatorAction {
     Resolve,
 }
 
-/// One entry of a saga's history of operator actions.
+/// One entry of a saga's history: what happened, when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// Unix ms.
     pub at: i64,
-    pub action: OperatorAction,
-    pub by: String,
-    pub note: Option<String>,
-    /// The step a `resolve` marked done (or compensated), and the output it was given.
-    pub step: Option<String>,
-    pub output: Option<Value>,
+    #[serde(flatten)]
+    pub what: Happened,
 }
+
+/// What a saga's history records: the failures on the way (each attempt), the moment it
+/// got stuck, and what operators did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Happened {
+    /// A step's call failed: `transient` (retried, or out of attempts) or refused.
+    StepFailed { step: String, attempt: u32, transient: bool, error: String },
+    /// A compensation's call failed.
+    CompensationFailed { step: String, attempt: u32, transient: bool, error: String },
+    /// The saga waits for an operator, and why.
+    Stuck { reason: String },
+    /// An operator acted: `step` and `output` for a resolve.
+    Operator {
+        action: OperatorAction,
+        by: String,
+        note: Option<String>,
+        step: Option<String>,
+        output: Option<Value>,
+    },
+}
+
+/// The most entries a history keeps: past it, the oldest failures go (operator actions
+/// stay), so that a step retried for days does not grow its saga without bound.
+const MAX_HISTORY: usize = 100;
 
 /// A saga's whole state, persisted as JSON after every transition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaState {
     pub status: SagaStatus,
     pub steps: Vec<StepState>,
-    /// Why the saga compensates (or is stuck).
+    /// Why the saga compensates: the business reason (a refusal, a step out of
+    /// attempts), kept whatever happens later; the compensations are given it.
     pub reason: Option<String>,
+    /// Why the saga waits for an operator, while it does.
+    #[serde(default)]
+    pub stuck: Option<String>,
     /// Operator retries so far; part of the keys of calls made after a retry, so that a
     /// stored refusal is not just replayed.
     pub round: u32,
     /// The digest of the definition the saga started with.
     #[serde(default)]
     pub definition: String,
-    /// What operators did, oldest first.
+    /// What happened on the way (failed attempts, getting stuck, operator actions),
+    /// oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
 }
@@ -155,6 +187,7 @@ impl SagaState {
             status: SagaStatus::Running,
             steps: vec![StepState::new(); def.steps.len()],
             reason: None,
+            stuck: None,
             round: 0,
             definition: def.digest.clone(),
             history: Vec::new(),
@@ -266,10 +299,17 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             let policy = def.steps[step].retry;
             let attempts = state.steps[step].attempts;
             state.steps[step].last_error = Some(reason.clone());
+            let name = def.steps[step].name.clone();
+            let failed = Happened::StepFailed {
+                step: name.clone(),
+                attempt: attempts,
+                transient,
+                error: reason.clone(),
+            };
+            remember(state, at, failed);
             // Up to the pivot, a failed step wrote nothing: the steps before it are
             // undone. After it, the saga only goes forward.
             if step > def.pivot {
-                // After the pivot the saga only goes forward.
                 if transient {
                     let mut actions = retry_step(state, step, policy.backoff_ceiling(attempts));
                     if attempts == policy.max_attempts {
@@ -277,12 +317,9 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
                     }
                     return actions;
                 }
-                state.status = SagaStatus::Stuck;
-                state.reason =
-                    Some(format!("step `{}` was refused after the pivot: {reason}", def.steps[step].name));
                 state.steps[step].status = StepStatus::Failed;
                 state.steps[step].finished_at = Some(at);
-                return vec![Action::Finished(SagaStatus::Stuck)];
+                return stuck(state, at, format!("step `{name}` was refused after the pivot: {reason}"));
             }
             if transient && attempts < policy.max_attempts {
                 return retry_step(state, step, policy.backoff_ceiling(attempts));
@@ -295,7 +332,7 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             } else {
                 format!("step `{}` was refused: {reason}", def.steps[step].name)
             });
-            let mut actions = compensate_below(state, step);
+            let mut actions = compensate_below(state, step, at);
             if transient {
                 actions.push(Action::RetriesExhausted { step });
             }
@@ -307,10 +344,19 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             s.digest = Some(digest);
             s.last_error = None;
             s.compensated_at = Some(at);
-            compensate_below(state, step)
+            compensate_below(state, step, at)
         }
         Event::CompensationFailed { step, reason, transient, at } => {
             let policy = def.steps[step].retry;
+            let name = def.steps[step].name.clone();
+            let attempt = state.steps[step].compensation_attempts;
+            let failed = Happened::CompensationFailed {
+                step: name.clone(),
+                attempt,
+                transient,
+                error: reason.clone(),
+            };
+            remember(state, at, failed);
             let s = &mut state.steps[step];
             s.last_error = Some(reason.clone());
             // A refused compensation would only be refused again (its stored refusal is
@@ -326,13 +372,11 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
                 }];
             }
             s.status = StepStatus::CompensationFailed;
-            s.finished_at = Some(at);
-            state.status = SagaStatus::Stuck;
-            state.reason = Some(format!(
-                "the compensation of step `{}` failed {} times: {reason}",
-                def.steps[step].name, s.compensation_attempts
-            ));
-            vec![Action::Finished(SagaStatus::Stuck)]
+            let why = format!(
+                "the compensation of step `{name}` failed {} times: {reason}",
+                s.compensation_attempts
+            );
+            stuck(state, at, why)
         }
         Event::RetryRequested { at, by } => {
             if state.status != SagaStatus::Stuck {
@@ -340,6 +384,7 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             }
             record(state, OperatorAction::Retry, at, by, None, None);
             state.round += 1;
+            state.stuck = None;
             if let Some(step) = state.steps.iter().position(|s| s.status == StepStatus::CompensationFailed) {
                 state.status = SagaStatus::Compensating;
                 let s = &mut state.steps[step];
@@ -354,7 +399,6 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             }
             if let Some(step) = state.steps.iter().position(|s| s.status == StepStatus::Failed) {
                 state.status = SagaStatus::Running;
-                state.reason = None;
                 return retry_step(state, step, Duration::ZERO);
             }
             vec![]
@@ -367,6 +411,12 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             // A new round: calls get new keys, so that no stored refusal is replayed.
             state.round += 1;
             state.status = SagaStatus::Compensating;
+            // A saga stuck by an earlier version kept why it was stuck as its reason; one
+            // without any reason is compensated because the operator said so.
+            let why = state.stuck.take();
+            if state.reason.is_none() {
+                state.reason = Some(why.unwrap_or_else(|| "compensated at an operator's request".into()));
+            }
             match state.steps.iter().position(|s| s.status == StepStatus::CompensationFailed) {
                 Some(step) => {
                     let s = &mut state.steps[step];
@@ -383,7 +433,7 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
                 // itself): undo what came before it.
                 None => {
                     let below = state.stuck_step().unwrap_or(state.steps.len());
-                    compensate_below(state, below)
+                    compensate_below(state, below, at)
                 }
             }
         }
@@ -393,6 +443,7 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             }
             let name = def.steps[step].name.clone();
             record(state, OperatorAction::Resolve, at, by, Some(name), Some(output.clone()));
+            state.stuck = None;
             let s = &mut state.steps[step];
             s.last_error = None;
             s.digest = None;
@@ -400,13 +451,12 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
                 s.status = StepStatus::Compensated;
                 s.compensated_at = Some(at);
                 state.status = SagaStatus::Compensating;
-                return compensate_below(state, step);
+                return compensate_below(state, step, at);
             }
             s.status = StepStatus::Done;
             s.output = Some(output);
             s.finished_at = Some(at);
             state.status = SagaStatus::Running;
-            state.reason = None;
             if step + 1 == def.steps.len() {
                 state.status = SagaStatus::Completed;
                 vec![Action::Finished(SagaStatus::Completed)]
@@ -425,7 +475,25 @@ fn record(
     step: Option<String>,
     output: Option<Value>,
 ) {
-    state.history.push(HistoryEntry { at, action, by: by.by, note: by.note, step, output });
+    remember(state, at, Happened::Operator { action, by: by.by, note: by.note, step, output });
+}
+
+/// Adds to the history, dropping the oldest failure past [`MAX_HISTORY`] entries.
+fn remember(state: &mut SagaState, at: i64, what: Happened) {
+    state.history.push(HistoryEntry { at, what });
+    if state.history.len() > MAX_HISTORY
+        && let Some(oldest) = state.history.iter().position(|e| !matches!(e.what, Happened::Operator { .. }))
+    {
+        state.history.remove(oldest);
+    }
+}
+
+/// The saga waits for an operator, for `why` (the business reason stays as it was).
+fn stuck(state: &mut SagaState, at: i64, why: String) -> Vec<Action> {
+    state.status = SagaStatus::Stuck;
+    remember(state, at, Happened::Stuck { reason: why.clone() });
+    state.stuck = Some(why);
+    vec![Action::Finished(SagaStatus::Stuck)]
 }
 
 /// The actions that continue a saga loaded from storage (after a restart): the call
@@ -472,11 +540,12 @@ fn retry_step(state: &mut SagaState, step: usize, delay: Duration) -> Vec<Action
 
 /// Starts undoing the highest completed step below `step`; when none is left, the
 /// saga is compensated.
-fn compensate_below(state: &mut SagaState, step: usize) -> Vec<Action> {
+fn compensate_below(state: &mut SagaState, step: usize, at: i64) -> Vec<Action> {
     match (0..step).rev().find(|&i| state.steps[i].status == StepStatus::Done) {
         Some(i) => {
             let s = &mut state.steps[i];
             s.status = StepStatus::Compensating;
+            s.compensation_started_at.get_or_insert(at);
             s.compensation_attempts += 1;
             vec![Action::Invoke {
                 step: i,
@@ -683,6 +752,20 @@ mod tests {
         OperatorNote { by: "alice".into(), note: Some("mail server fixed".into()) }
     }
 
+    /// The operator actions of a history: (action, by, note, step).
+    fn operator_actions(state: &SagaState) -> Vec<(OperatorAction, String, Option<String>, Option<String>)> {
+        state
+            .history
+            .iter()
+            .filter_map(|e| match &e.what {
+                Happened::Operator { action, by, note, step, .. } => {
+                    Some((*action, by.clone(), note.clone(), step.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_refusal_after_the_pivot_makes_the_saga_stuck_and_a_retry_runs_it_again() {
         let (mut state, actions) = run(vec![ok(0), ok(1), ok(2), fail(3, false)]);
@@ -692,8 +775,9 @@ mod tests {
         let actions = apply(&def(), &mut state, Event::RetryRequested { at: 50, by: alice() });
         assert_eq!(actions, invoke(3, Direction::Do, 2, 0));
         assert_eq!((state.status, state.round), (SagaStatus::Running, 1));
-        assert_eq!(state.history.len(), 1);
-        assert_eq!((state.history[0].action, state.history[0].by.as_str()), (OperatorAction::Retry, "alice"));
+        let actions = operator_actions(&state);
+        assert_eq!((actions[0].0, actions[0].1.as_str()), (OperatorAction::Retry, "alice"));
+        assert_eq!(state.stuck, None, "no longer stuck");
     }
 
     #[test]
@@ -713,9 +797,9 @@ mod tests {
         assert_eq!(actions, vec![Action::Finished(SagaStatus::Completed)]);
         assert_eq!(state.steps[3].status, StepStatus::Done);
         assert_eq!(state.steps[3].output, Some(json!({"sent": "by hand"})));
-        let entry = &state.history[0];
-        assert_eq!((entry.action, entry.step.as_deref()), (OperatorAction::Resolve, Some("d")));
-        assert_eq!(entry.note.as_deref(), Some("mail server fixed"));
+        let actions = operator_actions(&state);
+        assert_eq!((actions[0].0, actions[0].3.as_deref()), (OperatorAction::Resolve, Some("d")));
+        assert_eq!(actions[0].2.as_deref(), Some("mail server fixed"));
     }
 
     #[test]
@@ -756,7 +840,8 @@ mod tests {
         assert_eq!((state.status, state.round), (SagaStatus::Compensating, 1));
         assert_eq!(apply(&def(), &mut state, undone(1)), invoke(0, Direction::Undo, 1, 0));
         assert_eq!(apply(&def(), &mut state, undone(0)), vec![Action::Finished(SagaStatus::Compensated)]);
-        assert_eq!(state.history[0].action, OperatorAction::Compensate);
+        assert_eq!(operator_actions(&state)[0].0, OperatorAction::Compensate);
+        assert_eq!(state.reason.as_deref(), Some("step `c` was refused after the pivot: no"), "kept");
     }
 
     #[test]
@@ -769,7 +854,70 @@ mod tests {
         assert_eq!(actions, vec![Action::Finished(SagaStatus::Stuck)]);
         assert_eq!(state.status, SagaStatus::Stuck);
         assert_eq!(state.steps[0].status, StepStatus::CompensationFailed);
-        assert_eq!(state.reason.as_deref(), Some("the compensation of step `a` failed 3 times: still no"));
+        assert_eq!(state.stuck.as_deref(), Some("the compensation of step `a` failed 3 times: still no"));
+        assert_eq!(state.reason.as_deref(), Some("step `b` was refused: no"), "the business reason stays");
+    }
+
+    /// A stuck compensation, then the operator's retry, then its success: the reason
+    /// the saga compensates stays the business one throughout (the compensations are
+    /// given it), while why it was stuck comes and goes.
+    #[test]
+    fn the_business_reason_survives_a_stuck_compensation_and_its_retry() {
+        let def = def();
+        let (mut state, _) = run(vec![ok(0), fail(1, false), undo_failed(0), undo_failed(0), undo_failed(0)]);
+        assert_eq!(state.status, SagaStatus::Stuck);
+        apply(&def, &mut state, Event::RetryRequested { at: 50, by: alice() });
+        assert_eq!(state.stuck, None);
+        apply(&def, &mut state, undone(0));
+        assert_eq!(state.status, SagaStatus::Compensated);
+        assert_eq!(state.reason.as_deref(), Some("step `b` was refused: no"));
+        let kinds: Vec<&str> = state
+            .history
+            .iter()
+            .map(|e| match &e.what {
+                Happened::StepFailed { .. } => "step_failed",
+                Happened::CompensationFailed { .. } => "compensation_failed",
+                Happened::Stuck { .. } => "stuck",
+                Happened::Operator { .. } => "operator",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "step_failed",
+                "compensation_failed",
+                "compensation_failed",
+                "compensation_failed",
+                "stuck",
+                "operator"
+            ]
+        );
+    }
+
+    /// A step's duration is its forward call's: compensating it later (and its retries)
+    /// moves only its compensation times.
+    #[test]
+    fn a_step_s_duration_is_its_forward_call_s() {
+        let (state, _) = run(vec![ok(0), fail(1, false), undo_failed(0), undo_failed(0), undo_failed(0)]);
+        let a = &state.steps[0];
+        assert_eq!((a.started_at, a.finished_at), (Some(0), Some(10)));
+        assert_eq!(a.compensation_started_at, Some(20), "when b's refusal started the compensation");
+    }
+
+    /// Every failed attempt is in the history, but a step retried without end does not
+    /// grow it past its bound; operator actions are never dropped.
+    #[test]
+    fn the_history_keeps_each_failure_within_a_bound() {
+        let mut events = vec![ok(0), ok(1), ok(2), fail(3, false)];
+        events.push(Event::RetryRequested { at: 50, by: alice() });
+        events.extend((0..150).map(|_| fail(3, true)));
+        let (state, _) = run(events);
+        assert_eq!(state.history.len(), MAX_HISTORY);
+        assert_eq!(operator_actions(&state).len(), 1, "the operator's retry is kept");
+        let Happened::StepFailed { attempt, .. } = &state.history.last().unwrap().what else {
+            panic!("the newest entry is the last failure")
+        };
+        assert_eq!(*attempt, 151);
     }
 
     #[test]

@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, watch};
 
 pub use definition::{DefinitionError, RetryPolicy, SagaDef, StepDef};
-pub use machine::{HistoryEntry, OperatorAction, OperatorNote, SagaState, SagaStatus, StepState, StepStatus};
+pub use machine::{
+    Happened, HistoryEntry, OperatorAction, OperatorNote, SagaState, SagaStatus, StepState, StepStatus,
+};
 
 use crate::alert::Alerter;
 use crate::clock::Clock;
@@ -418,8 +420,8 @@ impl SagaEngine {
         let event = event(&def, &state, at)?;
         let actions = apply(&def, &mut state, event);
         driver::commit(&self.inner, driver::update(&saga_id, record.row.version, &state, at)).await?;
-        if let Some(entry) = state.history.last() {
-            tracing::info!(saga = %saga_id, action = ?entry.action, by = %entry.by, "operator action on a stuck saga");
+        if let Some(HistoryEntry { what: Happened::Operator { action, by, .. }, .. }) = state.history.last() {
+            tracing::info!(saga = %saga_id, ?action, %by, "operator action on a stuck saga");
         }
         let input = input_object(&record.row.input);
         let run = Run {
