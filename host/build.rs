@@ -91,6 +91,48 @@ fn main() {
         }
     }
     println!("cargo:rustc-env=WASAGA_GUEST_DIR={}", target_dir.display());
+
+    // What `wasaga --version` says besides the crate's version.
+    println!("cargo:rustc-env=WASAGA_WIT_VERSION={}", wit_version(&root.join("wit")));
+    println!("cargo:rustc-env=WASAGA_COMMIT={}", commit(root));
+}
+
+/// The version of the WIT package `wasaga:plugin` in `wit/` (from `world.wit`).
+fn wit_version(wit: &Path) -> String {
+    let world = wit.join("world.wit");
+    let text = std::fs::read_to_string(&world).unwrap_or_else(|e| panic!("{}: {e}", world.display()));
+    text.lines()
+        .find_map(|line| {
+            line.trim().strip_prefix("package wasaga:plugin@")?.strip_suffix(';').map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("{} does not declare `package wasaga:plugin@<version>;`", world.display()))
+}
+
+/// The commit being built: `WASAGA_COMMIT` if set (a build from a source archive), else
+/// what git says, else `unknown`. Rebuilt when HEAD moves.
+fn commit(root: &Path) -> String {
+    println!("cargo:rerun-if-env-changed=WASAGA_COMMIT");
+    if let Ok(commit) = std::env::var("WASAGA_COMMIT") {
+        return commit;
+    }
+    let git = root.join(".git");
+    if git.is_dir() {
+        println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
+        if let Ok(head) = std::fs::read_to_string(git.join("HEAD"))
+            && let Some(reference) = head.trim().strip_prefix("ref: ")
+        {
+            println!("cargo:rerun-if-changed={}", git.join(reference).display());
+            println!("cargo:rerun-if-changed={}", git.join("packed-refs").display());
+        }
+    }
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Copies only when the bytes differ, so that a file's mtime (which hot reload

@@ -73,6 +73,23 @@ fn plugin_check_reports_a_bad_limits_file() {
     );
 }
 
+/// `--version` says the version, the commit it was built from and the contract it
+/// serves to plugins.
+#[test]
+fn version_names_the_commit_and_the_contract() {
+    let out = wasaga().arg("--version").output().unwrap();
+    let version = text(&out.stdout);
+    assert!(out.status.success());
+    let expected = format!("wasaga {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&expected), "{version}");
+    assert!(version.trim_end().ends_with("; serves plugins of wasaga:plugin@0.2.0)"), "{version}");
+    let commit = version[expected.len()..].split(';').next().unwrap();
+    assert!(
+        commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{commit}"
+    );
+}
+
 /// `--help` names the commands and explains the flags, with their environment variables.
 #[test]
 fn help_teaches_the_commands_and_flags() {
@@ -87,6 +104,14 @@ fn help_teaches_the_commands_and_flags() {
     for needle in ["--plugins", "WASAGA_PLUGINS", "--deadline", "--memory-limit", "port 0"] {
         assert!(help.contains(needle), "`{needle}` missing from serve --help:\n{help}");
     }
+    // The server's own options come in groups, apart from the global ones.
+    let headings: Vec<&str> = help.lines().filter(|l| !l.starts_with(' ') && l.ends_with(':')).collect();
+    for heading in ["Plugins and sagas:", "Storage:", "Access:", "HTTP:", "Plugin limits:", "Global options:"]
+    {
+        assert!(headings.contains(&heading), "`{heading}` missing from serve --help: {headings:?}");
+    }
+    let global = &help[help.find("Global options:").unwrap()..];
+    assert!(global.contains("--log") && !global.contains("--plugins"), "{global}");
     let out = wasaga().args(["serve", "--plugins", "x"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a missing required flag is a usage error");
     assert!(text(&out.stderr).contains("--data"), "{}", text(&out.stderr));

@@ -214,9 +214,25 @@ async fn a_dead_letter_can_be_redelivered() {
     assert!(dead[0]["last_error"].as_str().unwrap().contains("mail server unavailable"));
     assert_eq!(server.record(&client, "notification", "sent/o-3").await, None);
 
-    let url = format!("{}/v1/events/{}/redeliver?subscriber=notification", server.url, dead[0]["event_id"]);
-    assert_eq!(client.post(&url).send().await.unwrap().status(), 202);
+    // The operator's view and action, with the CLI.
+    let cli = |args: &[&str]| {
+        crate::support::wasaga().arg("events").args(args).args(["--server", &server.url]).output().unwrap()
+    };
+    let out = cli(&["dead"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("notification") && listed.contains("mail server unavailable"), "{listed}");
+    let event = dead[0]["event_id"].to_string();
+    let out = cli(&["redeliver", &event, "--subscriber", "notification"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     settled_chain(&server, &client, "o-3", &["order-completed"]).await;
+    let out = cli(&["chain", "o-3"]);
+    let chain = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        chain.contains("order-placed") && chain.contains("notification.send-confirmation: delivered (ok) ×6"),
+        "{chain}"
+    );
+    assert_eq!(String::from_utf8_lossy(&cli(&["dead"]).stdout), "no dead letter\n");
+    let url = format!("{}/v1/events/{}/redeliver?subscriber=notification", server.url, dead[0]["event_id"]);
     assert_eq!(server.record(&client, "notification", "sent/o-3").await.unwrap(), json!({"count": 1}));
     assert_eq!(client.post(&url).send().await.unwrap().status(), 409, "no longer dead");
 }

@@ -281,8 +281,8 @@ async fn a_broken_file_leaves_the_old_version_serving() {
     assert_eq!(answer.text().await.unwrap(), "{\"version\":1}");
 }
 
-/// `wasaga plugin push` and `wasaga plugin list` against a running server; a refused
-/// push exits 1 with the reason.
+/// `wasaga plugin push`, `list` and `remove` against a running server; a refused push
+/// or removal exits 1 with the reason.
 #[tokio::test]
 async fn the_plugin_commands_push_and_list() {
     let plugins = plugins_dir(&[]);
@@ -314,6 +314,15 @@ async fn the_plugin_commands_push_and_list() {
     let out = run(vec!["list".into()]).await.unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(listed.contains("hello") && listed.contains("1 earlier versions"), "{listed}");
+
+    let out = run(vec!["remove".into(), "hello".into()]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello is no longer served\n");
+    let out = run(vec!["list".into()]).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("no plugin is served"));
+    let out = run(vec!["remove".into(), "hello".into()]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no service `hello` is loaded (404"));
 }
 
 /// Saga definitions are watched too: a new definition becomes available, a broken

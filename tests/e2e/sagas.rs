@@ -280,8 +280,8 @@ async fn the_saga_commands_drive_a_running_server() {
     };
     let input = order("o-8", "ada", json!({})).to_string();
     let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let out =
-        run(args(&["start", "place-order", "--input", &input, "--key", "cli-8", "--wait", "20s"])).await;
+    let start = ["start", "place-order", "--input", &input, "--key", "cli-8", "--wait", "20s", "--json"];
+    let out = run(args(&start)).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let saga: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(saga["status"], "completed");
@@ -289,11 +289,19 @@ async fn the_saga_commands_drive_a_running_server() {
 
     let out = run(args(&["list", "--status", "completed"])).await;
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(listed.contains(&id) && listed.contains("place-order"), "{listed}");
+    assert!(listed.starts_with("ID") && listed.contains(&id) && listed.contains("place-order"), "{listed}");
+    let out = run(args(&["list", "--status", "stuck"])).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no saga\n", "an empty list says so");
 
-    let out = run(args(&["show", &id])).await;
+    let out = run(args(&["show", &id, "--json"])).await;
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["steps"].as_array().unwrap().len(), 5);
+    let out = run(args(&["show", &id])).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&format!("saga      {id}  place-order  completed")), "{table}");
+    for row in ["create-order", "order.create", "send-confirmation", "notification.send-confirmation"] {
+        assert!(table.contains(row), "`{row}` missing from the table:\n{table}");
+    }
 
     let out = run(args(&["retry", &id])).await;
     assert_eq!(out.status.code(), Some(1));

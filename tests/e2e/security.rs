@@ -505,4 +505,5 @@ fn an_exposed_server_without_an_api_token_warns() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("listening on a non-loopback address without an API token"), "{stderr}");
     assert!(stderr.contains("WASAGA_API_TOKEN"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "logs to a pipe carry no colour codes: {stderr:?}");
 }

@@ -2,7 +2,9 @@
 
 mod bench;
 mod demo;
+mod events;
 mod plugin;
+mod print;
 mod saga;
 mod serve;
 mod tokens;
@@ -12,23 +14,42 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{PluginSettings, parse_bytes, parse_duration};
 use crate::runtime::{Allocator, Limits, RuntimeOptions};
 
+/// `wasaga --version`: the version, the commit it was built from, and the contract it
+/// serves to plugins.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WASAGA_COMMIT"),
+    "; serves plugins of wasaga:plugin@",
+    env!("WASAGA_WIT_VERSION"),
+    ")"
+);
+
 /// wasaga runs business services written as WebAssembly components, and gives each
 /// one versioned storage, exactly-once invocations and sagas with compensations.
 ///
 /// Try it with `wasaga demo` (an online store with a dashboard); run your own plugins
 /// with `wasaga serve`; check one plugin file with `wasaga plugin check`.
 #[derive(Debug, Parser)]
-#[command(name = "wasaga", version, propagate_version = true, max_term_width = 100)]
+#[command(name = "wasaga", version = VERSION, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
 
     /// Log filter, e.g. `info`, `debug`, `wasaga=debug,wasaga::plugin=warn`.
-    #[arg(long, global = true, env = "WASAGA_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "WASAGA_LOG", default_value = "info", help_heading = "Global options")]
     log: String,
 
-    /// Log lines as `text` (for people) or `json` (one object per line, for machines).
-    #[arg(long, global = true, env = "WASAGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    /// Log lines as `text` (for people; coloured on a terminal) or `json` (one object
+    /// per line, for machines).
+    #[arg(
+        long,
+        global = true,
+        env = "WASAGA_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        help_heading = "Global options"
+    )]
     log_format: LogFormat,
 }
 
@@ -42,12 +63,17 @@ enum LogFormat {
 enum Command {
     Demo(demo::DemoArgs),
     Serve(serve::ServeArgs),
-    /// Work with plugins: check a file, push it to a running server, list what serves.
+    /// Work with plugins: check a file; push, list or remove them on a running server.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
-    /// Start, show, list and retry sagas on a running server.
+    /// Start, show and list sagas on a running server; retry, compensate or resolve a
+    /// stuck one.
     #[command(subcommand)]
     Saga(saga::SagaCommand),
+    /// A flow's chain of events, the dead letters, and redelivering one, on a running
+    /// server.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Measure wasaga on this machine (reports figures; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +91,7 @@ impl Cli {
                 Command::Plugin(command) => plugin::run(command).await,
                 Command::Bench(command) => bench::run(command).await,
                 Command::Saga(command) => saga::run(command).await,
+                Command::Events(command) => events::run(command).await,
             }
         })
     }
@@ -81,7 +108,12 @@ fn say(line: &str) {
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|e| anyhow::anyhow!("invalid --log filter `{filter}`: {e}"))?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a file or a pipe gets plain text.
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().with_current_span(true).init(),
@@ -91,6 +123,7 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
 
 /// Limits and engine settings shared by every command that runs plugins.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Plugin limits")]
 struct RuntimeArgs {
     /// Wall-clock time a plugin call may take before it is stopped (e.g. 500ms, 5s).
     /// A plugin's `<name>.toml` beside its `.wasm` may set its own `deadline`.

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::RuntimeArgs;
+use super::print::{self, answer, call, text};
 use super::tokens::Remote;
 use crate::runtime::{Registry, Runtime};
 use crate::service::Visibility;
@@ -16,6 +17,18 @@ pub enum PluginCommand {
     Check(CheckArgs),
     Push(PushArgs),
     List(ListArgs),
+    Remove(RemoveArgs),
+}
+
+/// Stop serving a service on a running server (needs the admin token). Refused while
+/// a saga definition, or an unfinished saga, still needs it; the server names them.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The service.
+    service: String,
+
+    #[command(flatten)]
+    remote: Remote,
 }
 
 /// Upload a plugin to a running server, which swaps it in without dropping a call.
@@ -41,6 +54,10 @@ pub struct PushArgs {
 /// how many versions it replaced; and the files it refused.
 #[derive(Debug, Args)]
 pub struct ListArgs {
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+
     #[command(flatten)]
     remote: Remote,
 }
@@ -69,59 +86,55 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
         PluginCommand::Check(args) => check(args).await,
         PluginCommand::Push(args) => push(args).await,
         PluginCommand::List(args) => list(args).await,
+        PluginCommand::Remove(args) => {
+            let url = format!("{}/v1/plugins/{}", args.remote.server, args.service);
+            let removed = call(args.remote.as_operator(reqwest::Client::new().delete(url))?).await?;
+            answer(removed, false, |_| println!("{} is no longer served", args.service))
+        }
     }
 }
 
 async fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let wasm = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let url = format!("{}/v1/plugins/{}", args.remote.server, args.service);
-    let response = args
-        .remote
-        .as_operator(reqwest::Client::new().put(url))?
-        .body(wasm)
-        .send()
-        .await
-        .context("the server did not answer")?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.context("the server's answer is not JSON")?;
-    if !status.is_success() {
-        eprintln!("{}: refused: {} ({status})", args.file.display(), body["detail"].as_str().unwrap_or(""));
-        return Ok(ExitCode::FAILURE);
+    match call(args.remote.as_operator(reqwest::Client::new().put(url))?.body(wasm)).await? {
+        Ok(body) => {
+            println!("{} now serves {}", text(&body["service"]), text(&body["digest"]));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refused) => {
+            eprintln!("{}: refused: {} ({})", args.file.display(), refused.detail, refused.status);
+            Ok(ExitCode::FAILURE)
+        }
     }
-    println!(
-        "{} now serves {}",
-        body["service"].as_str().unwrap_or(""),
-        body["digest"].as_str().unwrap_or("")
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let request = reqwest::Client::new().get(format!("{}/v1/plugins", args.remote.server));
-    let response = args.remote.as_reader(request)?.send().await.context("the server did not answer")?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.context("the server's answer is not JSON")?;
-    if !status.is_success() {
-        eprintln!("error: {} ({status})", body["detail"].as_str().unwrap_or("no detail"));
-        return Ok(ExitCode::FAILURE);
-    }
-    for plugin in body["plugins"].as_array().into_iter().flatten() {
-        println!(
-            "{:<14} {}  {:>8} bytes  {} earlier versions",
-            plugin["service"].as_str().unwrap_or(""),
-            plugin["digest"].as_str().unwrap_or(""),
-            plugin["size"],
-            plugin["previous"].as_array().map_or(0, Vec::len),
-        );
-    }
-    for refused in body["refused"].as_array().into_iter().flatten() {
-        println!(
-            "refused {}: {}",
-            refused["file"].as_str().unwrap_or(""),
-            refused["error"].as_str().unwrap_or("")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    answer(call(args.remote.as_reader(request)?).await?, args.json, |body| {
+        let plugins = body["plugins"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if plugins.is_empty() {
+            println!("no plugin is served");
+        }
+        let rows: Vec<Vec<String>> = plugins
+            .iter()
+            .map(|plugin| {
+                vec![
+                    text(&plugin["service"]).to_owned(),
+                    text(&plugin["digest"]).to_owned(),
+                    format!("{} bytes", plugin["size"]),
+                    print::time(&plugin["loaded_at"]),
+                    format!("{} earlier versions", plugin["previous"].as_array().map_or(0, Vec::len)),
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            print::table(&["SERVICE", "DIGEST", "SIZE", "LOADED", "HISTORY"], &rows);
+        }
+        for refused in body["refused"].as_array().into_iter().flatten() {
+            println!("refused {}: {}", text(&refused["file"]), text(&refused["error"]));
+        }
+    })
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {

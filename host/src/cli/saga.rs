@@ -1,12 +1,14 @@
-//! `wasaga saga ...`: start, show, list and retry sagas on a running server.
+//! `wasaga saga ...`: start, show and list sagas on a running server, and the
+//! operator's actions on a stuck one (retry, compensate, resolve).
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use serde_json::{Map, Value};
 
+use super::print::{self, answer, call, text};
 use super::tokens::Remote;
-use serde_json::Value;
 
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {
@@ -18,6 +20,75 @@ pub enum SagaCommand {
     /// Undo what a stuck saga did (only while its pivot has not committed).
     Compensate(ActionArgs),
     Resolve(ResolveArgs),
+}
+
+/// Start a saga, e.g. `wasaga saga start place-order --input '{"order": "o-1", ...}'`.
+///
+/// Prints the saga (a table; `--json` for its JSON). The same `--key` always means the
+/// same saga: run the command again with the same key and you get the saga it started,
+/// not a new one.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The saga definition's name.
+    name: String,
+
+    /// The saga's input: a JSON object.
+    #[arg(long)]
+    input: String,
+
+    /// The idempotency key (default: a new random one).
+    #[arg(long)]
+    key: Option<String>,
+
+    /// Wait for the saga to finish (or get stuck), at most this long, e.g. 10s.
+    #[arg(long)]
+    wait: Option<String>,
+
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// Show one saga: why it compensates or is stuck, every step (call, status, attempts,
+/// compensation, time, last error) and its history. `--json` for everything the server
+/// says (outputs, digests, timestamps).
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The saga's id.
+    id: String,
+
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// List sagas, oldest first, e.g. `wasaga saga list --status stuck`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only sagas in this status: running, compensating, completed, compensated, stuck.
+    #[arg(long)]
+    status: Option<String>,
+
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+
+    /// Start after this saga id (the list ends by saying what to pass for the next page).
+    #[arg(long)]
+    after: Option<String>,
+
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    remote: Remote,
 }
 
 /// An operator action on a stuck saga (needs the admin token: WASAGA_ADMIN_TOKEN or
@@ -34,6 +105,10 @@ pub struct ActionArgs {
     /// Why, for the saga's history.
     #[arg(long)]
     note: Option<String>,
+
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 
     #[command(flatten)]
     remote: Remote,
@@ -55,71 +130,9 @@ pub struct ResolveArgs {
     output: Option<String>,
 }
 
-impl ActionArgs {
-    fn body(&self) -> serde_json::Map<String, Value> {
-        let by = self.by.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "operator".into());
-        let mut body = serde_json::Map::new();
-        body.insert("by".into(), by.into());
-        if let Some(note) = &self.note {
-            body.insert("note".into(), note.clone().into());
-        }
-        body
-    }
-}
-
-/// Start a saga, e.g. `wasaga saga start place-order --input '{"order": "o-1", ...}'`.
-///
-/// Prints the saga as JSON. The same `--key` always means the same saga: run the
-/// command again with the same key and you get the saga it started, not a new one.
-#[derive(Debug, Args)]
-pub struct StartArgs {
-    /// The saga definition's name.
-    name: String,
-
-    /// The saga's input: a JSON object.
-    #[arg(long)]
-    input: String,
-
-    /// The idempotency key (default: a new random one).
-    #[arg(long)]
-    key: Option<String>,
-
-    /// Wait for the saga to finish (or get stuck), at most this long, e.g. 10s.
-    #[arg(long)]
-    wait: Option<String>,
-
-    #[command(flatten)]
-    remote: Remote,
-}
-
-/// Show one saga (every step: status, attempts, errors, outputs, timings) as JSON.
-#[derive(Debug, Args)]
-pub struct ShowArgs {
-    /// The saga's id.
-    id: String,
-
-    #[command(flatten)]
-    remote: Remote,
-}
-
-/// List sagas, oldest first, e.g. `wasaga saga list --status stuck`.
-#[derive(Debug, Args)]
-pub struct ListArgs {
-    /// Only sagas in this status: running, compensating, completed, compensated, stuck.
-    #[arg(long)]
-    status: Option<String>,
-
-    /// At most this many.
-    #[arg(long, default_value_t = 100)]
-    limit: usize,
-
-    #[command(flatten)]
-    remote: Remote,
-}
-
 pub async fn run(command: SagaCommand) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::new();
-    let (request, table) = match command {
+    match command {
         SagaCommand::Start(args) => {
             let input: Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
             let key = args.key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));
@@ -128,14 +141,23 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<ExitCode> {
                 url.push_str(&format!("?wait={wait}"));
             }
             let request = client.post(url).header("Idempotency-Key", key).json(&input);
-            (args.remote.as_reader(request)?, false)
+            answer(call(args.remote.as_reader(request)?).await?, args.json, print::saga)
         }
         SagaCommand::Show(args) => {
             let request = client.get(format!("{}/v1/sagas/{}", args.remote.server, args.id));
-            (args.remote.as_reader(request)?, false)
+            answer(call(args.remote.as_reader(request)?).await?, args.json, print::saga)
         }
-        SagaCommand::Retry(args) => (operate(&client, &args, "retry", args.body())?, false),
-        SagaCommand::Compensate(args) => (operate(&client, &args, "compensate", args.body())?, false),
+        SagaCommand::List(args) => {
+            let mut url = format!("{}/v1/sagas?limit={}", args.remote.server, args.limit);
+            for (name, value) in [("status", &args.status), ("after", &args.after)] {
+                if let Some(value) = value {
+                    url.push_str(&format!("&{name}={value}"));
+                }
+            }
+            answer(call(args.remote.as_reader(client.get(url))?).await?, args.json, list)
+        }
+        SagaCommand::Retry(args) => act(&client, &args, "retry", args.body()).await,
+        SagaCommand::Compensate(args) => act(&client, &args, "compensate", args.body()).await,
         SagaCommand::Resolve(args) => {
             let mut body = args.action.body();
             if let Some(step) = &args.step {
@@ -145,50 +167,55 @@ pub async fn run(command: SagaCommand) -> anyhow::Result<ExitCode> {
                 let output: Value = serde_json::from_str(output).context("--output is not valid JSON")?;
                 body.insert("output".into(), output);
             }
-            (operate(&client, &args.action, "resolve", body)?, false)
+            act(&client, &args.action, "resolve", body).await
         }
-        SagaCommand::List(args) => {
-            let mut url = format!("{}/v1/sagas?limit={}", args.remote.server, args.limit);
-            if let Some(status) = &args.status {
-                url.push_str(&format!("&status={status}"));
-            }
-            (args.remote.as_reader(client.get(url))?, true)
-        }
-    };
-    let response = request.send().await.context("the server did not answer")?;
-    let status = response.status();
-    let body: Value = response.json().await.context("the server's answer is not JSON")?;
-    if !status.is_success() {
-        eprintln!("error: {} ({status})", body["detail"].as_str().unwrap_or("no detail"));
-        return Ok(ExitCode::FAILURE);
     }
-    if table {
-        for saga in body["sagas"].as_array().into_iter().flatten() {
-            let reason = saga["reason"].as_str().unwrap_or("");
-            println!(
-                "{}  {:<14} {:<12} {reason}",
-                text(&saga["id"]),
-                text(&saga["name"]),
-                text(&saga["status"])
-            );
-        }
-    } else {
-        println!("{}", serde_json::to_string_pretty(&body)?);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
-/// `POST /v1/sagas/{id}/{verb}` with the admin token and `body`.
-fn operate(
+impl ActionArgs {
+    fn body(&self) -> Map<String, Value> {
+        let by = self.by.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "operator".into());
+        let mut body = Map::new();
+        body.insert("by".into(), by.into());
+        if let Some(note) = &self.note {
+            body.insert("note".into(), note.clone().into());
+        }
+        body
+    }
+}
+
+/// `POST /v1/sagas/{id}/{verb}` with the admin token and `body`; prints the saga.
+async fn act(
     client: &reqwest::Client,
     args: &ActionArgs,
     verb: &str,
-    body: serde_json::Map<String, Value>,
-) -> anyhow::Result<reqwest::RequestBuilder> {
+    body: Map<String, Value>,
+) -> anyhow::Result<ExitCode> {
     let request = client.post(format!("{}/v1/sagas/{}/{verb}", args.remote.server, args.id)).json(&body);
-    args.remote.as_operator(request)
+    answer(call(args.remote.as_operator(request)?).await?, args.json, print::saga)
 }
 
-fn text(value: &Value) -> &str {
-    value.as_str().unwrap_or("")
+fn list(body: &Value) {
+    let sagas = body["sagas"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if sagas.is_empty() {
+        println!("no saga");
+        return;
+    }
+    let rows: Vec<Vec<String>> = sagas
+        .iter()
+        .map(|saga| {
+            let why = saga["stuck_reason"].as_str().or_else(|| saga["reason"].as_str()).unwrap_or("");
+            vec![
+                text(&saga["id"]).to_owned(),
+                text(&saga["name"]).to_owned(),
+                text(&saga["status"]).to_owned(),
+                print::time(&saga["updated_at"]),
+                why.to_owned(),
+            ]
+        })
+        .collect();
+    print::table(&["ID", "SAGA", "STATUS", "UPDATED", "WHY"], &rows);
+    if let Some(next) = body["next"].as_str() {
+        println!("(more: --after {next})");
+    }
 }

@@ -30,25 +30,25 @@ use crate::store::{SqliteOptions, SqliteStore, Synchronous};
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Directory of plugin components (`<name>.wasm`, optional `<name>.toml` limits).
-    #[arg(long, env = "WASAGA_PLUGINS")]
+    #[arg(long, help_heading = "Plugins and sagas", env = "WASAGA_PLUGINS")]
     plugins: PathBuf,
 
     /// Directory of saga definitions (`<name>.toml`), checked against the plugins.
-    #[arg(long, env = "WASAGA_SAGAS")]
+    #[arg(long, help_heading = "Plugins and sagas", env = "WASAGA_SAGAS")]
     sagas: Option<PathBuf>,
 
     /// How many sagas are driven at once; more wait their turn.
-    #[arg(long, env = "WASAGA_MAX_RUNNING_SAGAS", default_value_t = 256)]
+    #[arg(long, help_heading = "Plugins and sagas", env = "WASAGA_MAX_RUNNING_SAGAS", default_value_t = 256)]
     max_running_sagas: usize,
 
     /// POST alerts (a saga stuck, a step out of retries) as JSON to this URL, with
     /// retries. They always go to the log (ERROR) and to /metrics.
-    #[arg(long, env = "WASAGA_ALERT_WEBHOOK")]
+    #[arg(long, help_heading = "Alerts", env = "WASAGA_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
 
     /// Do not watch the plugins directory (by default a changed, added or removed
     /// `.wasm` is reloaded while serving).
-    #[arg(long)]
+    #[arg(long, help_heading = "Plugins and sagas")]
     no_watch: bool,
 
     #[command(flatten)]
@@ -56,28 +56,28 @@ pub struct ServeArgs {
 
     /// Directory for wasaga's data: the SQLite database `wasaga.db` (created if
     /// missing). One wasaga process at a time may use it.
-    #[arg(long, env = "WASAGA_DATA")]
+    #[arg(long, help_heading = "Storage", env = "WASAGA_DATA")]
     data: PathBuf,
 
     /// When a commit counts as done: `full` waits for the disk (fsync) before
     /// answering; `normal` is faster, and a power loss may lose the last commits.
-    #[arg(long, env = "WASAGA_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
+    #[arg(long, help_heading = "Storage", env = "WASAGA_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
     synchronous: Synchronous,
 
     /// The most invocations committed in one SQLite transaction (group commit);
     /// 1 commits each invocation on its own.
-    #[arg(long, env = "WASAGA_MAX_BATCH", default_value_t = 256)]
+    #[arg(long, help_heading = "Storage", env = "WASAGA_MAX_BATCH", default_value_t = 256)]
     max_batch: usize,
 
     /// How long the outcome of an idempotent request is kept and replayed for its key
     /// (e.g. 24h, 30m).
-    #[arg(long, env = "WASAGA_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, help_heading = "Storage", env = "WASAGA_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = parse_duration)]
     idempotency_retention: std::time::Duration,
 
     /// Address to listen on; port 0 picks a free port. On a loopback address only
     /// requests for localhost, 127.0.0.1 or [::1] are answered; on any other, set an
     /// API token unless every client that can reach it may call and read.
-    #[arg(long, env = "WASAGA_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, help_heading = "HTTP", env = "WASAGA_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
     #[command(flatten)]

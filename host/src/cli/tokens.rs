@@ -14,6 +14,7 @@ const MIN_TOKEN_CHARS: usize = 16;
 
 /// The server's tokens.
 #[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Access")]
 pub struct ServerTokens {
     /// Read the admin token from this file (or set WASAGA_ADMIN_TOKEN). Operator
     /// actions need it: record writes, retries, redeliveries, plugin uploads and
@@ -54,6 +55,7 @@ impl ServerTokens {
 
 /// Where a command that talks to a server finds it, and its tokens.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Server")]
 pub struct Remote {
     /// The wasaga server's base URL.
     #[arg(long, env = "WASAGA_SERVER", default_value = "http://127.0.0.1:8080")]

@@ -20,7 +20,7 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use plugin::{CallError, LoadError, Outcome, Plugin, PluginDigest};
+pub use plugin::{CallError, LoadError, Outcome, Plugin, PluginDigest, WIT_VERSION};
 pub use registry::{PastVersion, Refusal, Registry, is_plugin_file};
 pub use sandbox::Limits;
 

@@ -16,8 +16,10 @@ use super::sandbox::{CallState, Limits, MemoryLimitExceeded};
 use crate::service::{Failure, Invocation, Manifest};
 use crate::store::{ChangeSet, Transaction};
 
+/// The version of the WIT package `wasaga:plugin` this host serves (from `wit/`).
+pub const WIT_VERSION: &str = env!("WASAGA_WIT_VERSION");
 /// The name of the export every plugin must have.
-const SERVICE_EXPORT: &str = "wasaga:plugin/service@0.2.0";
+const SERVICE_EXPORT: &str = concat!("wasaga:plugin/service@", env!("WASAGA_WIT_VERSION"));
 /// The export of plugins built against earlier versions of the contract, which this
 /// host no longer serves (see docs/architecture.md, "The contract's versions").
 const RETIRED_EXPORTS: &[&str] = &["wasaga:plugin/service@0.1.0"];
@@ -158,8 +160,8 @@ impl Runtime {
                 let version = retired.rsplit('@').next().unwrap_or_default();
                 return Err(LoadError::WrongWorld(format!(
                     "it was built against wasaga:plugin@{version}, which this wasaga no longer serves; \
-                     rebuild it against `wit/` of this version (wasaga:plugin@0.2.0: operations \
-                     declare who may call them, and events may name their chain)"
+                     rebuild it against `wit/` of this version (wasaga:plugin@{WIT_VERSION}; see \
+                     docs/architecture.md, \"The contract's versions\", for what changed)"
                 )));
             }
             let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
