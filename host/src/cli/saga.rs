@@ -106,6 +106,10 @@ pub struct ActionArgs {
     #[arg(long)]
     note: Option<String>,
 
+    /// Wait for the saga to finish (or get stuck again), at most this long, e.g. 10s.
+    #[arg(long)]
+    wait: Option<String>,
+
     /// Print the server's JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -191,7 +195,11 @@ async fn act(
     verb: &str,
     body: Map<String, Value>,
 ) -> anyhow::Result<ExitCode> {
-    let request = client.post(format!("{}/v1/sagas/{}/{verb}", args.remote.server, args.id)).json(&body);
+    let mut url = format!("{}/v1/sagas/{}/{verb}", args.remote.server, args.id);
+    if let Some(wait) = &args.wait {
+        url.push_str(&format!("?wait={wait}"));
+    }
+    let request = client.post(url).json(&body);
     answer(call(args.remote.as_operator(request)?).await?, args.json, print::saga)
 }
 

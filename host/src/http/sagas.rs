@@ -21,9 +21,33 @@ use crate::saga::{HistoryEntry, OperatorNote, SagaError, SagaRecord, SagaStatus,
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Deserialize)]
-pub struct StartQuery {
+pub struct WaitQuery {
     /// e.g. `10s`: answer when the saga is finished or stuck, or after this long.
     wait: Option<String>,
+}
+
+impl WaitQuery {
+    fn wait(&self) -> Result<Duration, ApiError> {
+        match &self.wait {
+            Some(text) => Ok(parse_duration(text)
+                .map_err(|e| ApiError::bad_request(format!("?wait=: {e}")))?
+                .min(MAX_WAIT)),
+            None => Ok(Duration::ZERO),
+        }
+    }
+}
+
+/// The saga, once it settled or `wait` passed: 200 if it is finished or stuck, 202 if
+/// it is still on its way.
+async fn settled_answer(state: &AppState, record: SagaRecord, wait: Duration) -> Result<Response, ApiError> {
+    let record =
+        if wait.is_zero() { record } else { state.sagas.wait(&record.row.id, wait).await.map_err(error)? };
+    let status = if settled(&record) { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let mut response = (status, Json(SagaView::from(&record))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/sagas/{}", record.row.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
 }
 
 /// `POST /v1/sagas/{name}`: 202 with `Location` while it runs; 200 if it finished (or
@@ -32,28 +56,17 @@ pub async fn start(
     _: Reader,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<StartQuery>,
+    Query(query): Query<WaitQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let wait = match &query.wait {
-        Some(text) => {
-            parse_duration(text).map_err(|e| ApiError::bad_request(format!("?wait=: {e}")))?.min(MAX_WAIT)
-        }
-        None => Duration::ZERO,
-    };
+    let wait = query.wait()?;
     let input = json_value(&body_bytes(body)?)?;
     let (record, created) = state.sagas.start(&name, &key, input).await.map_err(error)?;
-    let record =
-        if wait.is_zero() { record } else { state.sagas.wait(&record.row.id, wait).await.map_err(error)? };
-    let status = if settled(&record) { StatusCode::OK } else { StatusCode::ACCEPTED };
-    let mut response = (status, Json(SagaView::from(&record))).into_response();
-    let headers = response.headers_mut();
-    headers.insert(REPLAYED, HeaderValue::from_static(if created { "false" } else { "true" }));
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/sagas/{}", record.row.id)) {
-        headers.insert(header::LOCATION, location);
-    }
+    let mut response = settled_answer(&state, record, wait).await?;
+    let replayed = HeaderValue::from_static(if created { "false" } else { "true" });
+    response.headers_mut().insert(REPLAYED, replayed);
     Ok(response)
 }
 
@@ -158,19 +171,21 @@ impl ActionBody {
     }
 }
 
-/// `POST /v1/sagas/{id}/{action}`: an operator's decision about a stuck saga (202):
+/// `POST /v1/sagas/{id}/{action}?wait=`: an operator's decision about a stuck saga:
 /// - `retry`: its stuck call again;
 /// - `compensate`: undo what it did (409 once its pivot committed);
 /// - `resolve`: the stuck step was done by hand, with `output` (a stuck compensation:
 ///   compensated); the saga goes on.
 ///
-/// 409 if the saga is not stuck.
+/// 202 while it goes on, 200 if it settled within `?wait=`; 409 if it is not stuck.
 pub async fn act(
     _: Operator,
     State(state): State<AppState>,
     Path((id, action)): Path<(String, String)>,
+    Query(query): Query<WaitQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let wait = query.wait()?;
     let mut body = ActionBody::parse(&body_bytes(body)?)?;
     let note = body.note();
     let sagas = &state.sagas;
@@ -188,7 +203,7 @@ pub async fn act(
         }
     }
     .map_err(error)?;
-    Ok((StatusCode::ACCEPTED, Json(SagaView::from(&record))).into_response())
+    settled_answer(&state, record, wait).await
 }
 
 fn settled(record: &SagaRecord) -> bool {
