@@ -123,10 +123,20 @@ impl Request {
     }
 }
 
-/// Something to commit together with an invocation's outcome: given the outcome (the
-/// output, or the rejection reason) and the plugin's digest, the saga transition it
-/// causes.
-pub type Attach = Arc<dyn Fn(&Result<Vec<u8>, String>, &str) -> Option<SagaChange> + Send + Sync>;
+/// What an invocation produced, for what is committed with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Produced<'a> {
+    /// The output, or the rejection reason.
+    pub result: &'a Result<Vec<u8>, String>,
+    /// The plugin version that produced it.
+    pub digest: &'a str,
+    /// The keys of the records it writes (none for a rejection).
+    pub written: &'a [String],
+}
+
+/// Something to commit together with an invocation's outcome: the saga transition
+/// the outcome causes.
+pub type Attach = Arc<dyn Fn(&Produced<'_>) -> Option<SagaChange> + Send + Sync>;
 
 /// What an invocation answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +153,8 @@ pub struct Invoked {
     pub expires_at: i64,
     /// How many times the plugin ran for this call (0 for a replay).
     pub runs: u32,
+    /// The keys of the records it wrote (not known for a replay: empty).
+    pub written: Vec<String>,
 }
 
 /// Why there is no outcome. Nothing was stored: the same key may be retried.
@@ -228,7 +240,7 @@ impl Invoker {
 
     /// Runs `request` at most once in effect per (service, key).
     pub async fn invoke(&self, request: Request) -> Result<Invoked, InvokeError> {
-        self.invoke_with(request, Arc::new(|_, _| None)).await
+        self.invoke_with(request, Arc::new(|_| None)).await
     }
 
     /// Like [`Invoker::invoke`], and commits what `attach` returns in the same
@@ -385,11 +397,13 @@ impl Invoker {
             created_at: now,
             expires_at: now + options.retention.as_millis() as i64,
         };
+        let written: Vec<String> = changes.writes.iter().map(|w| w.key.clone()).collect();
+        let produced = Produced { result: &result, digest: &stored.digest, written: &written };
         let commit = Commit {
             service: request.service.clone(),
+            saga: attach(&produced),
             changes,
             correlation_id: Some(request.correlation_id.clone()),
-            saga: attach(&result, &stored.digest),
             outcome: Some(stored.clone()),
             ..Commit::default()
         };
@@ -400,6 +414,7 @@ impl Invoker {
             correlation_id: request.correlation_id.clone(),
             expires_at: stored.expires_at,
             runs: run,
+            written,
         }))
     }
 
@@ -432,6 +447,7 @@ impl Invoker {
             correlation_id: stored.correlation_id.unwrap_or_else(|| request.correlation_id.clone()),
             expires_at: stored.expires_at,
             runs: 0,
+            written: Vec::new(),
         }))
     }
 

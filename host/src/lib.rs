@@ -13,6 +13,8 @@
 //! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
 //! - [`lifecycle`]: hot reload, uploads and removals of plugins, checked against the sagas.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`rates`]: per-minute counts of the last hour (sagas ended, step failures) for the
+//!   dashboard's trend.
 //! - [`events`]: choreography: the dispatcher delivering outbox events to subscribers.
 //! - [`http`]: the axum API and its problem+json errors.
 //! - [`clock`]: wall-clock time as stored (unix ms).
@@ -30,6 +32,7 @@ pub mod http;
 pub mod invoke;
 pub mod lifecycle;
 pub mod metrics;
+pub mod rates;
 pub mod runtime;
 pub mod saga;
 pub mod service;

@@ -105,7 +105,7 @@ async fn the_demo_runs_the_store_and_resumes_on_its_data() {
         );
         let page = client.get(format!("{url}/")).send().await.unwrap();
         assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
-        assert!(page.text().await.unwrap().contains("Saga timeline"));
+        assert!(page.text().await.unwrap().contains("Dead letters"), "the dashboard's page");
     }
     let demo = Demo::start(data.path(), &[]);
     let overview: Value =

@@ -50,6 +50,11 @@ async fn a_good_order_completes() {
         assert!(s["duration_ms"].as_i64().unwrap() >= 0);
     }
     assert_eq!(step(&saga, "charge")["output"], json!({"order": "o-1", "charged": 2_500}));
+    assert_eq!(
+        step(&saga, "reserve-stock")["touched"],
+        json!(["reservation/o-1", "stock/lamp"]),
+        "what it wrote"
+    );
 
     let record = |service: &'static str, key: &'static str| server.record(&client, service, key);
     assert_eq!(record("order", "order/o-1").await.unwrap()["status"], "completed");
@@ -429,7 +434,8 @@ async fn an_operator_resolves_a_step_stuck_after_the_pivot() {
     assert_eq!(bad.status(), 400, "unknown fields are refused");
 
     let body = json!({"step": "send-confirmation", "output": {"sent": "by phone"}, "by": "alice", "note": "called the customer"});
-    assert_eq!(act("resolve", body).await.unwrap().status(), 202);
+    let resolved = act("resolve", body).await.unwrap();
+    assert_eq!(resolved.status(), 200, "the last step resolved: the saga completed at once, and says so");
     let done = wait_settled(&server, &client, id).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(step(&done, "send-confirmation")["output"], json!({"sent": "by phone"}));
@@ -565,4 +571,42 @@ async fn unfinished_sagas_keep_the_definition_they_started_with() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(gone, "a removed definition starts no new saga");
+}
+
+/// What an operator looks for: a saga by its id, by its idempotency key or by a value
+/// of its input (the order id), and the event chain of an id; the overview's last hour
+/// counts the sagas that just ended.
+#[tokio::test]
+async fn an_operator_finds_a_saga_by_id_key_or_order() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    seed(&server, &client).await;
+    let (_, saga) = place(&server, &client, "order-12", &order("o-12", "ada", json!({}))).await;
+    let (_, declined) = place(&server, &client, "order-13", &order("o-13", "poor", json!({}))).await;
+    let id = saga["id"].as_str().unwrap();
+    let search = async |q: &str| -> Value {
+        let url = format!("{}/v1/search", server.url);
+        client.get(url).query(&[("q", q)]).send().await.unwrap().json().await.unwrap()
+    };
+    for q in [id, "order-12", "o-12"] {
+        let found = search(q).await;
+        let ids: Vec<&str> =
+            found["sagas"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, [id], "searching {q}");
+    }
+    let by_customer = search("ada").await;
+    assert_eq!(by_customer["sagas"].as_array().unwrap().len(), 1, "the input's fields");
+    assert_eq!(search("nothing-like-it").await["sagas"], json!([]));
+    assert_eq!(search(id).await["events"], 0, "the saga's steps publish nothing");
+    let bad = client.get(format!("{}/v1/search?q=", server.url)).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let overview: Value =
+        client.get(format!("{}/v1/overview", server.url)).send().await.unwrap().json().await.unwrap();
+    let rates = &overview["rates"];
+    assert_eq!(rates["minutes"].as_array().unwrap().len(), 60);
+    let sum = |key: &str| rates[key].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("completed"), sum("compensated")), (1, 1), "{overview}");
+    assert!(sum("step_failures") >= 1, "the declined charge");
+    assert_eq!(declined["status"], "compensated");
 }

@@ -32,6 +32,8 @@ pub struct EventView {
 #[derive(Debug, Serialize)]
 pub struct DeliveryView {
     pub event_id: i64,
+    /// The chain of the event.
+    pub correlation_id: Option<String>,
     pub subscriber: String,
     pub operation: String,
     /// `pending`, `delivered` or `dead`.
@@ -48,6 +50,7 @@ impl From<DeliveryRow> for DeliveryView {
     fn from(d: DeliveryRow) -> Self {
         DeliveryView {
             event_id: d.event_id,
+            correlation_id: d.correlation_id,
             subscriber: d.subscriber,
             operation: d.operation,
             status: d.status,

@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
             get(records::get).put(records::put).delete(records::delete),
         )
         .route("/v1/overview", get(sagas::overview))
+        .route("/v1/search", get(sagas::search))
         .route("/v1/events", get(events::chain))
         .route("/v1/events/dead", get(events::dead))
         .route("/v1/events/{id}/redeliver", post(events::redeliver))

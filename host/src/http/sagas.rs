@@ -124,7 +124,33 @@ pub async fn list(
     Ok(Json(SagaList { sagas: records.iter().map(SagaView::from).collect(), next }))
 }
 
-/// `GET /v1/overview`: sagas by status (for the dashboard and quick checks).
+#[derive(Debug, Deserialize)]
+pub struct SearchQuery {
+    q: Option<String>,
+}
+
+/// `GET /v1/search?q=`: what an operator may be looking for: the sagas whose id,
+/// idempotency key or an input field is `q` (newest first, at most 20), and how many
+/// events the chain `q` has.
+pub async fn search(
+    _: Reader,
+    State(state): State<AppState>,
+    Query(query): Query<SearchQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query.q.filter(|q| !q.trim().is_empty()).ok_or_else(|| {
+        ApiError::bad_request(
+            "give what to look for: /v1/search?q=<saga id, order id, idempotency key, correlation id>",
+        )
+    })?;
+    let q = q.trim();
+    let sagas = state.sagas.search(q, 20).map_err(error)?;
+    let events = state.sagas.store().count_events_of(q).map_err(SagaError::from).map_err(error)?;
+    let sagas: Vec<SagaView> = sagas.iter().map(SagaView::from).collect();
+    Ok(Json(serde_json::json!({ "query": q, "sagas": sagas, "events": events })))
+}
+
+/// `GET /v1/overview`: sagas by status, and this process's last hour minute by minute
+/// (sagas completed, compensated, stuck; step failures): the dashboard's header.
 pub async fn overview(_: Reader, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let counts = state.sagas.counts().map_err(error)?;
     let mut sagas = serde_json::Map::new();
@@ -132,7 +158,8 @@ pub async fn overview(_: Reader, State(state): State<AppState>) -> Result<Json<V
         let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
         sagas.insert(status.into(), n.into());
     }
-    Ok(Json(serde_json::json!({ "sagas": sagas })))
+    let rates = crate::rates::rates().last_hour(crate::clock::now_ms());
+    Ok(Json(serde_json::json!({ "sagas": sagas, "rates": rates })))
 }
 
 /// Who does an operator action, and why (an optional JSON body): kept in the saga's
@@ -260,6 +287,8 @@ pub struct StepView {
     pub output: Option<Value>,
     /// The plugin version that ran the step's last successful call.
     pub digest: Option<String>,
+    /// The keys of the records its calls wrote, in its service.
+    pub touched: Vec<String>,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub compensation_started_at: Option<i64>,
@@ -290,6 +319,7 @@ impl From<&SagaRecord> for SagaView {
                     last_error: step.last_error.clone(),
                     output: step.output.clone(),
                     digest: step.digest.clone(),
+                    touched: step.touched.clone(),
                     started_at: step.started_at,
                     finished_at: step.finished_at,
                     compensation_started_at: step.compensation_started_at,

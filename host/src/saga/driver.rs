@@ -14,8 +14,9 @@ use super::definition::SagaDef;
 use super::machine::{Action, Direction, Event, SagaState, SagaStatus, StepStatus, apply};
 use super::{EngineInner, SagaId};
 use crate::alert::Alert;
-use crate::invoke::{Caller, InvokeError, Request};
+use crate::invoke::{Caller, InvokeError, Produced, Request};
 use crate::metrics::{labels, metrics};
+use crate::rates::{Rate, rates};
 use crate::store::{Commit, SagaChange, StoreError};
 
 /// Everything the driver keeps between actions.
@@ -107,6 +108,9 @@ async fn call(
     let step_labels =
         [("saga", def.name.as_str()), ("step", &step_def.name), ("direction", label), ("outcome", outcome)];
     metrics().step_seconds.get_or_create(&labels(&step_labels)).observe(began.elapsed().as_secs_f64());
+    if outcome == "failed" {
+        rates().count(Rate::StepFailed, engine.clock.now_ms());
+    }
     Ok(actions)
 }
 
@@ -124,14 +128,16 @@ async fn call_until_answered(
         let at = engine.clock.now_ms();
         let (base, version, id) = (run.state.clone(), run.version, run.id.clone());
         let def_for_attach = def.clone();
-        let attach = Arc::new(move |result: &Result<Vec<u8>, String>, digest: &str| {
+        let attach = Arc::new(move |produced: &Produced<'_>| {
             let mut next = base.clone();
-            apply(&def_for_attach, &mut next, outcome_event(step, direction, result, digest, at));
+            apply(&def_for_attach, &mut next, outcome_event(step, direction, produced, at));
             Some(update(&id, version, &next, at))
         });
         let event = match engine.invoker.invoke_with(request.clone(), attach).await {
             Ok(invoked) => {
-                let event = outcome_event(step, direction, &invoked.result, &invoked.digest, at);
+                let produced =
+                    Produced { result: &invoked.result, digest: &invoked.digest, written: &invoked.written };
+                let event = outcome_event(step, direction, &produced, at);
                 let actions = apply(def, &mut run.state, event);
                 if invoked.replayed {
                     // The outcome was stored before, without this transition (only
@@ -203,23 +209,19 @@ async fn save(
 }
 
 /// The event an outcome means.
-fn outcome_event(
-    step: usize,
-    direction: Direction,
-    result: &Result<Vec<u8>, String>,
-    digest: &str,
-    at: i64,
-) -> Event {
-    match (direction, result) {
+fn outcome_event(step: usize, direction: Direction, produced: &Produced<'_>, at: i64) -> Event {
+    let (digest, touched) = (produced.digest.to_owned(), produced.written.to_vec());
+    match (direction, produced.result) {
         (Direction::Do, Ok(output)) => Event::Succeeded {
             step,
             output: serde_json::from_slice(output)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(output).into_owned())),
-            digest: digest.to_owned(),
+            digest,
+            touched,
             at,
         },
         (Direction::Do, Err(reason)) => Event::Failed { step, reason: reason.clone(), transient: false, at },
-        (Direction::Undo, Ok(_)) => Event::Compensated { step, digest: digest.to_owned(), at },
+        (Direction::Undo, Ok(_)) => Event::Compensated { step, digest, touched, at },
         (Direction::Undo, Err(reason)) => {
             Event::CompensationFailed { step, reason: reason.clone(), transient: false, at }
         }
@@ -263,7 +265,17 @@ pub(super) async fn commit(engine: &EngineInner, change: SagaChange) -> Result<(
 }
 
 fn finished(engine: &EngineInner, run: &Run, status: SagaStatus) {
-    let took = (engine.clock.now_ms() - run.started_at).max(0) as f64 / 1000.0;
+    let now = engine.clock.now_ms();
+    let rate = match status {
+        SagaStatus::Completed => Some(Rate::Completed),
+        SagaStatus::Compensated => Some(Rate::Compensated),
+        SagaStatus::Stuck => Some(Rate::Stuck),
+        SagaStatus::Running | SagaStatus::Compensating => None,
+    };
+    if let Some(rate) = rate {
+        rates().count(rate, now);
+    }
+    let took = (now - run.started_at).max(0) as f64 / 1000.0;
     metrics()
         .saga_seconds
         .get_or_create(&labels(&[("saga", &run.def.name), ("status", status.as_str())]))

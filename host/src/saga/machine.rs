@@ -79,6 +79,9 @@ pub struct StepState {
     pub last_error: Option<String>,
     /// The plugin version that ran the last successful call.
     pub digest: Option<String>,
+    /// The records its calls wrote (keys of its service, at most 20): where to look.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub touched: Vec<String>,
     /// Unix ms.
     pub started_at: Option<i64>,
     /// When its forward call ended (done, or failed for good); compensations do not
@@ -91,6 +94,15 @@ pub struct StepState {
 }
 
 impl StepState {
+    /// Adds the keys a call wrote to the step's (each once, at most 20).
+    fn touch(&mut self, keys: Vec<String>) {
+        for key in keys {
+            if self.touched.len() < 20 && !self.touched.contains(&key) {
+                self.touched.push(key);
+            }
+        }
+    }
+
     fn new() -> Self {
         StepState {
             status: StepStatus::Pending,
@@ -99,6 +111,7 @@ impl StepState {
             output: None,
             last_error: None,
             digest: None,
+            touched: Vec::new(),
             started_at: None,
             finished_at: None,
             compensation_started_at: None,
@@ -225,6 +238,8 @@ pub enum Event {
         step: usize,
         output: Value,
         digest: String,
+        /// The keys of the records the call wrote.
+        touched: Vec<String>,
         at: i64,
     },
     /// A forward call failed: refused (`transient: false`) or temporarily.
@@ -237,6 +252,7 @@ pub enum Event {
     Compensated {
         step: usize,
         digest: String,
+        touched: Vec<String>,
         at: i64,
     },
     /// A compensation failed: refused (`transient: false`) or temporarily.
@@ -281,8 +297,9 @@ pub enum Action {
 pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> {
     match event {
         Event::Started { at } => start_step(state, 0, at, Duration::ZERO),
-        Event::Succeeded { step, output, digest, at } => {
+        Event::Succeeded { step, output, digest, touched, at } => {
             let s = &mut state.steps[step];
+            s.touch(touched);
             s.status = StepStatus::Done;
             s.output = Some(output);
             s.digest = Some(digest);
@@ -338,8 +355,9 @@ pub fn apply(def: &SagaDef, state: &mut SagaState, event: Event) -> Vec<Action> 
             }
             actions
         }
-        Event::Compensated { step, digest, at } => {
+        Event::Compensated { step, digest, touched, at } => {
             let s = &mut state.steps[step];
+            s.touch(touched);
             s.status = StepStatus::Compensated;
             s.digest = Some(digest);
             s.last_error = None;
@@ -603,7 +621,7 @@ mod tests {
     }
 
     fn ok(step: usize) -> Event {
-        Event::Succeeded { step, output: json!({"step": step}), digest: "d".into(), at: 10 }
+        Event::Succeeded { step, output: json!({"step": step}), digest: "d".into(), touched: vec![], at: 10 }
     }
 
     fn fail(step: usize, transient: bool) -> Event {
@@ -611,7 +629,7 @@ mod tests {
     }
 
     fn undone(step: usize) -> Event {
-        Event::Compensated { step, digest: "d".into(), at: 30 }
+        Event::Compensated { step, digest: "d".into(), touched: vec![], at: 30 }
     }
 
     fn undo_failed(step: usize) -> Event {

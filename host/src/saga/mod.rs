@@ -345,6 +345,13 @@ impl SagaEngine {
         rows.into_iter().map(|row| self.decode(row)).collect()
     }
 
+    /// Sagas an operator may be looking for by `text` (see
+    /// [`SqliteStore::search_sagas`]), newest first.
+    pub fn search(&self, text: &str, limit: usize) -> Result<Vec<SagaRecord>, SagaError> {
+        let rows = self.inner.store.search_sagas(text, limit)?;
+        rows.into_iter().map(|row| self.decode(row)).collect()
+    }
+
     /// How many sagas are in each status.
     pub fn counts(&self) -> Result<Vec<(String, u64)>, SagaError> {
         Ok(self.inner.store.saga_counts()?)

@@ -274,23 +274,28 @@ impl SqliteStore {
     }
 
     fn read_sagas(&self, filter: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<SagaRow>, StoreError> {
+        self.rows(&format!("SELECT {SAGA_COLUMNS} FROM sagas {filter}"), params, saga_row)
+    }
+
+    /// Sagas an operator may be looking for by `text`, newest first, at most `limit`:
+    /// its id or idempotency key (any saga), or a value of its input's top-level fields
+    /// (an order id, a customer; among the latest 10,000 sagas, as that is a scan).
+    pub fn search_sagas(&self, text: &str, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
         let sql = format!(
-            "SELECT id, name, status, input, state, version, key, fingerprint, created_at, updated_at FROM sagas {filter}"
+            "SELECT {SAGA_COLUMNS} FROM sagas WHERE id = ?1 OR key = ?1
+             UNION
+             SELECT {SAGA_COLUMNS} FROM (SELECT * FROM sagas ORDER BY id DESC LIMIT 10000) AS latest
+             WHERE EXISTS (SELECT 1 FROM json_each(CAST(latest.input AS TEXT)) WHERE json_each.value = ?1)
+             ORDER BY id DESC LIMIT ?2"
         );
-        self.rows(&sql, params, |row| {
-            Ok(SagaRow {
-                id: row.get(0)?,
-                name: row.get(1)?,
-                status: row.get(2)?,
-                input: row.get(3)?,
-                state: row.get(4)?,
-                version: row.get::<_, i64>(5)? as u64,
-                key: row.get(6)?,
-                fingerprint: row.get(7)?,
-                created_at: row.get(8)?,
-                updated_at: row.get(9)?,
-            })
-        })
+        self.rows(&sql, params![text, limit as i64], saga_row)
+    }
+
+    /// How many events the chain `correlation_id` has.
+    pub fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError> {
+        let sql = "SELECT count(*) FROM outbox WHERE correlation_id = ?1";
+        let counts = self.rows(sql, params![correlation_id], |row| row.get::<_, i64>(0))?;
+        Ok(counts.first().copied().unwrap_or(0) as u64)
     }
 
     /// Runs one query on a pooled read connection and maps every row: the one place
@@ -374,6 +379,24 @@ impl RecordStore for SqliteStore {
         self.readers.put(conn);
         found
     }
+}
+
+const SAGA_COLUMNS: &str =
+    "id, name, status, input, state, version, key, fingerprint, created_at, updated_at";
+
+fn saga_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SagaRow> {
+    Ok(SagaRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        status: row.get(2)?,
+        input: row.get(3)?,
+        state: row.get(4)?,
+        version: row.get::<_, i64>(5)? as u64,
+        key: row.get(6)?,
+        fingerprint: row.get(7)?,
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
+    })
 }
 
 /// Idle read connections, reused across snapshots.
