@@ -3,6 +3,7 @@
 //! refusing broken or incompatible versions; the admin token; removals.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -394,7 +395,14 @@ async fn a_pushed_plugin_stays_until_the_file_really_changes() {
     std::fs::write(&file, &v1).unwrap();
     let data = tempfile::tempdir().unwrap();
     let kept = data.path().join("plugins").join("hello.wasm");
-    let mut server = Server::start_in(plugins.path(), data.path(), &[]);
+    // The plugins directory is given as a relative path, as people type it.
+    let start = || {
+        let mut command = crate::support::wasaga();
+        command.current_dir(plugins.path().parent().unwrap());
+        let relative = Path::new(plugins.path().file_name().unwrap());
+        Server::start_with(command, relative, data.path(), &[])
+    };
+    let mut server = start();
     let client = Server::client();
     let version = async |server: &Server, key: &str| -> String {
         let response = server.invoke(&client, "hello/greet", key, &json!({})).send().await.unwrap();
@@ -418,7 +426,7 @@ async fn a_pushed_plugin_stays_until_the_file_really_changes() {
     assert!(kept.exists(), "the kept upload is still there");
 
     server.kill();
-    let mut server = Server::start_in(plugins.path(), data.path(), &[]);
+    let mut server = start();
     assert_eq!(
         version(&server, "d").await,
         "{\"version\":2}",
@@ -427,7 +435,7 @@ async fn a_pushed_plugin_stays_until_the_file_really_changes() {
 
     server.kill();
     std::fs::write(&file, &v2).unwrap();
-    let server = Server::start_in(plugins.path(), data.path(), &[]);
+    let server = start();
     assert!(!kept.exists(), "the file changed while the server was down: the upload is discarded");
     assert_eq!(version(&server, "e").await, "{\"version\":2}");
 

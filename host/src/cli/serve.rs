@@ -123,10 +123,21 @@ impl ServeArgs {
 /// Runs the server with `tokens`; `ready` is called once it listens (the demo seeds
 /// and starts its traffic there).
 pub(super) async fn run_with(
-    args: ServeArgs,
+    mut args: ServeArgs,
     tokens: Tokens,
     ready: impl FnOnce(AppState, std::net::SocketAddr),
 ) -> anyhow::Result<std::process::ExitCode> {
+    // The watcher names the files it reports by absolute paths: the directories are
+    // made absolute too, so that a file read from the directory and the same file in
+    // a change event are one file (a relative --plugins once made a `touch` of a
+    // plugin's file look like new content).
+    args.plugins = std::fs::canonicalize(&args.plugins)
+        .with_context(|| format!("the plugins directory {}", args.plugins.display()))?;
+    if let Some(dir) = &args.sagas {
+        let dir =
+            std::fs::canonicalize(dir).with_context(|| format!("the sagas directory {}", dir.display()))?;
+        args.sagas = Some(dir);
+    }
     let store_options = SqliteOptions {
         synchronous: args.synchronous,
         max_batch: args.max_batch,
