@@ -23,8 +23,9 @@ use tokio::sync::Semaphore;
 
 use crate::alert::{Alert, Alerter};
 use crate::clock::now_ms;
-use crate::invoke::{Caller, InvokeError, Invoker, Request};
+use crate::invoke::{Attached, Caller, InvokeError, Invoker, Produced, Request};
 use crate::metrics::{labels, metrics};
+use crate::runtime::CallError;
 use crate::store::{Commit, DeliveryChange, DeliveryRow, SqliteStore, StoreError};
 
 /// Attempts of one delivery before it is dead-lettered.
@@ -136,7 +137,10 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// One attempt of one delivery, and its record.
+    /// One attempt of one delivery, and its record. A delivered event is marked in the
+    /// subscriber's invocation's own commit: no crash can separate the effect from the
+    /// mark, so no restart delivers it again, however long after (the idempotency record
+    /// that would have caught it may have expired by then).
     async fn deliver(&self, delivery: DeliveryRow) -> Result<(), StoreError> {
         let Some(event) = self.inner.store.event(delivery.event_id)? else { return Ok(()) };
         let attempt = delivery.attempts + 1;
@@ -154,21 +158,31 @@ impl Dispatcher {
             request.correlation_id = chain.clone();
         }
         request.attempt = attempt;
+        let (event_id, subscriber) = (event.id, delivery.subscriber.clone());
+        let attach = Arc::new(move |produced: &Produced<'_>| Attached {
+            deliveries: vec![delivered(event_id, &subscriber, attempt, produced.result)],
+            ..Attached::default()
+        });
         let now = now_ms();
-        let result = self.inner.invoker.invoke(request).await;
-        let (status, outcome, error) = match result {
+        let error = match self.inner.invoker.invoke_with(request, attach).await {
             Ok(invoked) => {
-                let outcome = if invoked.result.is_ok() { "ok" } else { "rejected" };
-                ("delivered", Some(outcome.to_owned()), invoked.result.err())
+                count(&delivery.subscriber, "delivered");
+                if invoked.replayed {
+                    // Stored by an earlier attempt without its mark (only a host older
+                    // than the combined commit could leave that): mark it now.
+                    let change = delivered(event.id, &delivery.subscriber, attempt, &invoked.result);
+                    return self.commit(change).await;
+                }
+                return Ok(());
             }
             Err(InvokeError::Store(error)) => return Err(error),
-            Err(error) if attempt >= MAX_ATTEMPTS => ("dead", None, Some(error.to_string())),
-            Err(error) => ("pending", None, Some(error.to_string())),
+            // Every instance is busy: this says nothing about the delivery. It stays
+            // pending, its attempts unspent, and the next round takes it again.
+            Err(InvokeError::Call(CallError::Busy { .. })) => return Ok(()),
+            Err(error) => error.to_string(),
         };
-        let m = metrics();
-        m.deliveries
-            .get_or_create(&labels(&[("subscriber", &delivery.subscriber), ("status", status)]))
-            .inc();
+        let status = if attempt >= MAX_ATTEMPTS { "dead" } else { "pending" };
+        count(&delivery.subscriber, status);
         if status == "dead" {
             self.inner.alerter.raise(Alert {
                 kind: "delivery_dead_lettered",
@@ -176,27 +190,27 @@ impl Dispatcher {
                 saga: format!("event {} ({})", event.id, event.topic),
                 step: Some(delivery.subscriber.clone()),
                 reason: format!(
-                    "{} attempts failed: {}; redeliver with POST /v1/events/{}/redeliver?subscriber={}",
-                    attempt,
-                    error.as_deref().unwrap_or(""),
-                    event.id,
-                    delivery.subscriber
+                    "{attempt} attempts failed: {error}; redeliver with POST /v1/events/{}/redeliver?subscriber={}",
+                    event.id, delivery.subscriber
                 ),
                 at: now_ms(),
             });
         }
         let next_at = if status == "pending" { now + backoff(attempt).as_millis() as i64 } else { now };
-        let done = (status != "pending").then_some(now_ms());
         let change = DeliveryChange::Update {
             event_id: event.id,
             subscriber: delivery.subscriber.clone(),
             status: status.into(),
             attempts: attempt,
             next_at,
-            outcome,
-            last_error: error,
-            done_at: done,
+            outcome: None,
+            last_error: Some(error),
+            done_at: (status == "dead").then_some(now_ms()),
         };
+        self.commit(change).await
+    }
+
+    async fn commit(&self, change: DeliveryChange) -> Result<(), StoreError> {
         self.inner.invoker.commit(Commit { deliveries: vec![change], ..Commit::default() }).await
     }
 
@@ -205,6 +219,31 @@ impl Dispatcher {
         let change = DeliveryChange::Redeliver { event_id, subscriber: subscriber.into(), at: now_ms() };
         self.inner.invoker.commit(Commit { deliveries: vec![change], ..Commit::default() }).await
     }
+}
+
+/// The record of a delivery the subscriber answered (`ok`, or a refusal: a business
+/// answer, not a failure).
+fn delivered(
+    event_id: i64,
+    subscriber: &str,
+    attempt: u32,
+    result: &Result<Vec<u8>, String>,
+) -> DeliveryChange {
+    let now = now_ms();
+    DeliveryChange::Update {
+        event_id,
+        subscriber: subscriber.to_owned(),
+        status: "delivered".into(),
+        attempts: attempt,
+        next_at: now,
+        outcome: Some(if result.is_ok() { "ok" } else { "rejected" }.into()),
+        last_error: result.as_ref().err().cloned(),
+        done_at: Some(now),
+    }
+}
+
+fn count(subscriber: &str, status: &str) {
+    metrics().deliveries.get_or_create(&labels(&[("subscriber", subscriber), ("status", status)])).inc();
 }
 
 /// Up to 100 ms × 2^(attempt-1), at most 10 s, full jitter.

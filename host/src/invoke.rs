@@ -26,8 +26,8 @@ use crate::metrics::{labels, metrics};
 use crate::runtime::{CallError, Plugin, Registry};
 use crate::service::{Failure, Invocation, Visibility};
 use crate::store::{
-    ChangeSet, Commit, Conflict, IdempotencyKey, KeySpace, RecordStore, SagaChange, StoreError,
-    StoredOutcome, Transaction, TxLimits,
+    ChangeSet, Commit, Conflict, DeliveryChange, IdempotencyKey, KeySpace, RecordStore, SagaChange,
+    StoreError, StoredOutcome, Transaction, TxLimits,
 };
 
 /// Settings of the invocation path.
@@ -134,9 +134,16 @@ pub struct Produced<'a> {
     pub written: &'a [String],
 }
 
-/// Something to commit together with an invocation's outcome: the saga transition
-/// the outcome causes.
-pub type Attach = Arc<dyn Fn(&Produced<'_>) -> Option<SagaChange> + Send + Sync>;
+/// What is committed together with an invocation's outcome, in the same transaction:
+/// the saga transition it causes, the delivery it completes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attached {
+    pub saga: Option<SagaChange>,
+    pub deliveries: Vec<DeliveryChange>,
+}
+
+/// Computes what to commit with an invocation's outcome, from that outcome.
+pub type Attach = Arc<dyn Fn(&Produced<'_>) -> Attached + Send + Sync>;
 
 /// What an invocation answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +247,7 @@ impl Invoker {
 
     /// Runs `request` at most once in effect per (service, key).
     pub async fn invoke(&self, request: Request) -> Result<Invoked, InvokeError> {
-        self.invoke_with(request, Arc::new(|_| None)).await
+        self.invoke_with(request, Arc::new(|_| Attached::default())).await
     }
 
     /// Like [`Invoker::invoke`], and commits what `attach` returns in the same
@@ -249,6 +256,10 @@ impl Invoker {
     pub async fn invoke_with(&self, request: Request, attach: Attach) -> Result<Invoked, InvokeError> {
         let (service, operation) = (request.service.clone(), request.operation.clone());
         let result = self.invoke_uncounted(request, attach).await;
+        if let Err(InvokeError::UnknownService(_) | InvokeError::UnknownOperation { .. }) = &result {
+            metrics().unknown_calls.inc();
+            return result;
+        }
         let outcome = match &result {
             Ok(invoked) if invoked.replayed => "replayed",
             Ok(invoked) if invoked.result.is_ok() => "ok",
@@ -399,9 +410,11 @@ impl Invoker {
         };
         let written: Vec<String> = changes.writes.iter().map(|w| w.key.clone()).collect();
         let produced = Produced { result: &result, digest: &stored.digest, written: &written };
+        let attached = attach(&produced);
         let commit = Commit {
             service: request.service.clone(),
-            saga: attach(&produced),
+            saga: attached.saga,
+            deliveries: attached.deliveries,
             changes,
             correlation_id: Some(request.correlation_id.clone()),
             outcome: Some(stored.clone()),

@@ -22,8 +22,12 @@ type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     registry: Registry,
     /// Invocations by service, operation and outcome (`ok`, `rejected`, `replayed`,
-    /// `transient`, `failed`).
+    /// `transient`, `failed`), for loaded services and their declared operations only.
     pub invocations: Family<Labels, Counter>,
+    /// Calls of a service or operation that does not exist: counted without labels, as
+    /// their names come from whoever calls (300 made-up names once grew /metrics to
+    /// 2.4 MB).
+    pub unknown_calls: Counter,
     /// Commits refused by a version check (each one re-runs the invocation).
     pub conflicts: Family<Labels, Counter>,
     /// Invocations answered from a stored outcome.
@@ -60,6 +64,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("wasaga");
         let metrics = Metrics {
             invocations: Family::default(),
+            unknown_calls: Counter::default(),
             conflicts: Family::default(),
             replays: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
@@ -78,6 +83,11 @@ impl Metrics {
             "invocations",
             "Invocations by service, operation and outcome",
             metrics.invocations.clone(),
+        );
+        registry.register(
+            "unknown_calls",
+            "Calls of a service or operation that is not loaded",
+            metrics.unknown_calls.clone(),
         );
         registry.register(
             "occ_conflicts",

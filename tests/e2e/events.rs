@@ -277,9 +277,22 @@ async fn deliveries_keep_the_order_of_each_correlation() {
 /// or cancelled, each charged, released and notified at most once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_happen_once_across_sigkills() {
+    once_across_sigkills(&[], Duration::ZERO).await;
+}
+
+/// The same, with idempotency records kept for one second and each restart 1.5 s after
+/// the kill: a delivery whose effect committed but whose mark did not would find no
+/// stored outcome and apply its effect again. The mark commits with the effect, so
+/// nothing is applied twice however long the restart takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_happen_once_even_when_their_keys_expired_before_the_restart() {
+    once_across_sigkills(&["--idempotency-retention", "1s"], Duration::from_millis(1500)).await;
+}
+
+async fn once_across_sigkills(args: &[&str], pause: Duration) {
     let plugins = plugins_dir(SHOP);
     let data = tempfile::tempdir().unwrap();
-    let mut server = Server::start_in(plugins.path(), data.path(), &[]);
+    let mut server = Server::start_in(plugins.path(), data.path(), args);
     let client = Server::client();
     seed(&server, &client).await;
     const ORDERS: usize = 30;
@@ -291,7 +304,8 @@ async fn deliveries_happen_once_across_sigkills() {
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
         server.kill();
-        server = Server::start_in(plugins.path(), data.path(), &[]);
+        tokio::time::sleep(pause).await;
+        server = Server::start_in(plugins.path(), data.path(), args);
     }
     let mut completed = 0;
     for i in 0..ORDERS {

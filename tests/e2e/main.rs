@@ -7,6 +7,7 @@ mod demo;
 mod events;
 mod http_props;
 mod invocations;
+mod overload;
 mod readme;
 mod reload;
 mod runtime;

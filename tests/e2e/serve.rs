@@ -53,3 +53,28 @@ fn sigterm_stops_the_server_cleanly() {
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+/// Calls of made-up services and operations are counted without their names: /metrics
+/// does not grow with what clients invent (300 made-up names once grew it to 2.4 MB).
+#[tokio::test]
+async fn made_up_names_do_not_grow_the_metrics() {
+    let server = Server::with_plugins(&["echo"]);
+    let client = Server::client();
+    let metrics =
+        async || client.get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    let before = metrics().await.len();
+    for n in 0..100 {
+        for path in [format!("made-up-{n}/op"), format!("echo/made-up-{n}")] {
+            let response = server
+                .invoke(&client, &path, &format!("k-{n}"), &serde_json::json!({}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 404);
+        }
+    }
+    let after = metrics().await;
+    assert!(!after.contains("made-up"), "a made-up name became a label");
+    assert!(after.contains("wasaga_unknown_calls_total 200"), "{after}");
+    assert!(after.len() < before + 1024, "grew from {before} to {} bytes", after.len());
+}

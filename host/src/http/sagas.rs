@@ -252,7 +252,8 @@ fn error(error: SagaError) -> ApiError {
     if let SagaError::Store(store) = &error {
         tracing::error!("saga request failed in the store: {store}");
     }
-    ApiError::new(status, error.to_string())
+    let api = ApiError::new(status, error.to_string());
+    if status == StatusCode::SERVICE_UNAVAILABLE { api.with_header(header::RETRY_AFTER, 1) } else { api }
 }
 
 /// A saga as the API shows it.

@@ -14,9 +14,10 @@ use super::definition::SagaDef;
 use super::machine::{Action, Direction, Event, SagaState, SagaStatus, StepStatus, apply};
 use super::{EngineInner, SagaId};
 use crate::alert::Alert;
-use crate::invoke::{Caller, InvokeError, Produced, Request};
+use crate::invoke::{Attached, Caller, InvokeError, Produced, Request};
 use crate::metrics::{labels, metrics};
 use crate::rates::{Rate, rates};
+use crate::runtime::CallError;
 use crate::store::{Commit, SagaChange, StoreError};
 
 /// Everything the driver keeps between actions.
@@ -131,7 +132,7 @@ async fn call_until_answered(
         let attach = Arc::new(move |produced: &Produced<'_>| {
             let mut next = base.clone();
             apply(&def_for_attach, &mut next, outcome_event(step, direction, produced, at));
-            Some(update(&id, version, &next, at))
+            Attached { saga: Some(update(&id, version, &next, at)), ..Attached::default() }
         });
         let event = match engine.invoker.invoke_with(request.clone(), attach).await {
             Ok(invoked) => {
@@ -151,6 +152,13 @@ async fn call_until_answered(
                 // Not the step's fault: wait and make the same call again.
                 tracing::warn!("the store failed during a saga step ({error}); trying again in 1 s");
                 engine.clock.sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(InvokeError::Call(CallError::Busy { .. })) => {
+                // Every instance is busy: capacity, not the step, is short. The same call
+                // again shortly, no attempt spent (overload must not compensate a saga).
+                let wait = Duration::from_millis(rand::rng().random_range(10..100));
+                engine.clock.sleep(wait).await;
                 continue;
             }
             Err(error) => {
@@ -199,7 +207,7 @@ async fn save(
                 tracing::warn!(saga = %run.id, "the saga moved on elsewhere; going on from its stored state");
                 return Ok(super::machine::resume(&run.state));
             }
-            Err(StoreError::Unavailable(error)) => {
+            Err(error @ (StoreError::Unavailable(_) | StoreError::Overloaded(_))) => {
                 tracing::warn!(saga = %run.id, "saving the saga failed ({error}); trying again in 1 s");
                 engine.clock.sleep(Duration::from_secs(1)).await;
             }

@@ -88,6 +88,10 @@ pub enum StoreError {
     /// An unexpired outcome is already stored for this idempotency key.
     #[error("an outcome is already stored for idempotency key `{0}`")]
     Duplicate(String),
+    /// Too many commits are waiting: nothing was written. Retryable shortly; the server
+    /// answers 503 with `Retry-After` rather than queueing without bound.
+    #[error("the store is overloaded: {0}")]
+    Overloaded(String),
 }
 
 /// A consistent, read-only view of one service's records.

@@ -74,6 +74,15 @@ pub fn handle(operation: &str, input: &[u8], correlation_id: &str) -> Result<Vec
             store::set(&key, list.to_string().as_bytes()).map_err(refuse)?;
             list
         }
+        "burn" => {
+            // Busy for `ms` milliseconds (at most 2 s): a slow call that holds its instance.
+            let ms = version("ms").unwrap_or(0).min(2000);
+            let began = std::time::Instant::now();
+            while began.elapsed().as_millis() < u128::from(ms) {
+                std::hint::spin_loop();
+            }
+            json!({"burned_ms": ms})
+        }
         "fail" => {
             let reason = text("reason");
             return Err(match input["kind"].as_str() {

@@ -60,7 +60,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     path: PathBuf,
     readers: Arc<ReadPool>,
-    writer: Mutex<mpsc::Sender<writer::Job>>,
+    writer: Mutex<mpsc::SyncSender<writer::Job>>,
     stop: Arc<AtomicBool>,
     _lock: File,
 }
@@ -316,7 +316,14 @@ impl SqliteStore {
     }
 
     fn send(&self, job: writer::Job) -> Result<(), StoreError> {
-        self.writer.lock().expect("writer mutex poisoned").send(job).map_err(|_| writer_gone())
+        match self.writer.lock().expect("writer mutex poisoned").try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Full(_)) => Err(StoreError::Overloaded(format!(
+                "{} commits are waiting for the disk; retry in a moment",
+                writer::QUEUE
+            ))),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(writer_gone()),
+        }
     }
 }
 
