@@ -84,7 +84,7 @@ test("the dashboard, as an operator uses it", { timeout: 120_000 }, async () => 
     // Filter by status, and page to older sagas.
     await page.selectOption("#status-filter", "compensated");
     await page.waitForFunction(() => location.hash === "#/sagas?status=compensated");
-    await page.waitForSelector("#sagas tr.saga");
+    await page.waitForFunction(() => document.querySelector("#view h2")?.textContent === "Sagas: compensated");
     const statuses = await page.$$eval("#sagas tr.saga td.status", (cells) => cells.map((c) => c.textContent));
     assert.ok(statuses.length > 0 && statuses.every((s) => s === "compensated"), `only compensated: ${statuses}`);
     await page.goto(`${url}/#/sagas`);
@@ -154,8 +154,10 @@ test("the dashboard, as an operator uses it", { timeout: 120_000 }, async () => 
 
     // Pause: the live list stops moving.
     await page.goto(`${url}/#/sagas`);
+    await page.waitForSelector("#sagas tr.saga");
     await page.click("#pause");
     assert.equal(await page.textContent("#live"), "paused");
+    await new Promise((r) => setTimeout(r, 2000)); // a refresh under way when paused ends
     const before = await page.$$eval("#sagas tr.saga", (rows) => rows.map((r) => r.dataset.id).join());
     await new Promise((r) => setTimeout(r, 3500));
     const after = await page.$$eval("#sagas tr.saga", (rows) => rows.map((r) => r.dataset.id).join());

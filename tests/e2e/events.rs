@@ -24,8 +24,9 @@ async fn place(server: &Server, client: &reqwest::Client, order: &str, customer:
 }
 
 async fn chain(server: &Server, client: &reqwest::Client, correlation: &str) -> Vec<Value> {
-    let url = format!("{}/v1/events?correlation={correlation}", server.url);
-    client.get(url).send().await.unwrap().json::<Vec<Value>>().await.unwrap()
+    let url = format!("{}/v1/events?correlation={correlation}&limit=1000", server.url);
+    let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+    page["events"].as_array().unwrap().clone()
 }
 
 /// Waits (up to 20 s) until the chain has every topic in `topics`, every event's
@@ -180,6 +181,35 @@ async fn every_call_has_a_chain_and_a_replay_answers_the_first_one() {
     assert_eq!(placed.status(), 200);
     let events = settled_chain(&shop, &client, "o-9", &["order-placed", "order-completed"]).await;
     assert!(events.iter().all(|e| e["correlation_id"] == "o-9"), "{events:#?}");
+}
+
+/// A long chain comes in pages of at most 100 events (by default), in publication
+/// order, `next` leading to the rest: 250 events, none skipped or repeated.
+#[tokio::test]
+async fn a_long_chain_comes_in_pages() {
+    let server = Server::with_plugins(&["echo"]);
+    let client = Server::client();
+    for n in 0..250 {
+        let body = json!({"topic": "audit", "payload": {"n": n}});
+        let sent =
+            server.invoke(&client, "echo/publish", &format!("p-{n}"), &body).header("Correlation-Id", "long");
+        assert_eq!(sent.send().await.unwrap().status(), 200);
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    let mut pages = 0;
+    loop {
+        let url = format!("{}/v1/events?correlation=long&after={after}", server.url);
+        let page: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+        pages += 1;
+        seen.extend(page["events"].as_array().unwrap().iter().map(|e| e["payload"]["n"].as_u64().unwrap()));
+        match page["next"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, (0..250).collect::<Vec<u64>>());
 }
 
 /// A delivery that fails every attempt is dead-lettered (listed, with the error); an

@@ -247,3 +247,20 @@ async fn files_that_are_not_plugins_are_refused_with_the_reason() {
         "{legacy}"
     );
 }
+
+/// A plugin that asks more than one call may where its import has no error to return
+/// (here: reading past the read-set bound) ends its call with an error that says so,
+/// not with "the store failed".
+#[tokio::test]
+async fn a_call_past_its_bounds_ends_with_a_clear_error() {
+    let plugin = load(&runtime(), "echo", Limits::default()).await;
+    let store = MemoryStore::new();
+    let limits = TxLimits { max_reads: 0, ..TxLimits::default() };
+    let tx = Transaction::new(store.snapshot("echo").unwrap(), limits);
+    let err = plugin.invoke(call("get", r#"{"key": "k"}"#), tx).await.unwrap_err();
+    assert!(matches!(err, CallError::OverLimit { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "plugin `echo` went past what one call may do: more than 0 records read in one invocation"
+    );
+}

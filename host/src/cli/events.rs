@@ -24,6 +24,11 @@ pub struct ChainArgs {
     /// The correlation id.
     correlation: String,
 
+    /// Start after this event id (the table ends by saying what to pass for the next
+    /// page).
+    #[arg(long)]
+    after: Option<i64>,
+
     /// Print the server's JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -62,9 +67,12 @@ pub async fn run(command: EventsCommand) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::new();
     match command {
         EventsCommand::Chain(args) => {
-            let request = client
+            let mut request = client
                 .get(format!("{}/v1/events", args.remote.server))
                 .query(&[("correlation", &args.correlation)]);
+            if let Some(after) = args.after {
+                request = request.query(&[("after", after)]);
+            }
             answer(call(args.remote.as_reader(request)?).await?, args.json, chain)
         }
         EventsCommand::Dead(args) => {
@@ -81,8 +89,8 @@ pub async fn run(command: EventsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn chain(events: &Value) {
-    let events = events.as_array().map(Vec::as_slice).unwrap_or_default();
+fn chain(page: &Value) {
+    let events = page["events"].as_array().map(Vec::as_slice).unwrap_or_default();
     if events.is_empty() {
         println!("no event in this chain");
         return;
@@ -105,6 +113,9 @@ fn chain(events: &Value) {
         })
         .collect();
     print::table(&["EVENT", "TOPIC", "PUBLISHER", "PUBLISHED", "DELIVERIES"], &rows);
+    if let Some(next) = page["next"].as_i64() {
+        println!("(more: --after {next})");
+    }
 }
 
 fn delivery(d: &Value) -> String {

@@ -13,6 +13,17 @@ use crate::store::{DeliveryRow, EventRow, StoreError};
 #[derive(Debug, Deserialize)]
 pub struct ChainQuery {
     correlation: Option<String>,
+    /// The last event id of the previous page.
+    after: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// A page of a chain, and where the next one starts.
+#[derive(Debug, Serialize)]
+pub struct ChainView {
+    pub events: Vec<EventView>,
+    /// Pass as `?after=` for the next page; absent on the last.
+    pub next: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,25 +88,34 @@ fn view(event: EventRow, deliveries: Vec<DeliveryRow>, dispatched_through: i64) 
     }
 }
 
-/// `GET /v1/events?correlation=ID`: the event chain, in publication order, each event
-/// with its deliveries.
+/// `GET /v1/events?correlation=ID&after=&limit=`: the event chain, in publication
+/// order, each event with its deliveries: a page of at most `limit` events (100 by
+/// default, 1,000 at most), read in one snapshot.
 pub async fn chain(
     _: Reader,
     State(state): State<AppState>,
     Query(query): Query<ChainQuery>,
-) -> Result<Json<Vec<EventView>>, ApiError> {
+) -> Result<Json<ChainView>, ApiError> {
     let correlation = query
         .correlation
         .ok_or_else(|| ApiError::bad_request("give the chain's correlation id: /v1/events?correlation=ID"))?;
-    let store = state.sagas.store();
-    let through = store.dispatched_through().map_err(store_error)?;
-    let events = store.events_of(&correlation).map_err(store_error)?;
-    let mut chain = Vec::with_capacity(events.len());
-    for event in events {
-        let deliveries = store.deliveries_of(event.id).map_err(store_error)?;
-        chain.push(view(event, deliveries, through));
-    }
-    Ok(Json(chain))
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let page =
+        state.sagas.store().chain(&correlation, query.after.unwrap_or(0), limit).map_err(store_error)?;
+    let next = (page.events.len() == limit).then(|| page.events.last().map(|e| e.id)).flatten();
+    let mut deliveries = page.deliveries.into_iter().peekable();
+    let events = page
+        .events
+        .into_iter()
+        .map(|event| {
+            let mut own = Vec::new();
+            while let Some(d) = deliveries.next_if(|d| d.event_id == event.id) {
+                own.push(d);
+            }
+            view(event, own, page.dispatched_through)
+        })
+        .collect();
+    Ok(Json(ChainView { events, next }))
 }
 
 /// `GET /v1/events/dead`: deliveries that failed every attempt, oldest first.

@@ -35,6 +35,18 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
+/// A page of records, and where the next one starts.
+#[derive(Debug, serde::Serialize)]
+pub struct RecordPage {
+    pub records: Vec<RecordView>,
+    /// Pass as `?after=` for the next page; absent on the last.
+    pub next: Option<String>,
+}
+
+/// The most bytes of values one page of the records list holds (past its first
+/// record): a page of 1,000 values of 1 MiB once took 7 GiB to answer.
+const PAGE_BYTES: usize = 4 << 20;
+
 #[derive(Debug, serde::Serialize)]
 pub struct RecordView {
     pub key: String,
@@ -43,18 +55,22 @@ pub struct RecordView {
     pub value: serde_json::Value,
 }
 
-/// `GET /v1/services/{service}/records?prefix=&after=&limit=`: records in key order.
+/// `GET /v1/services/{service}/records?prefix=&after=&limit=`: records in key order,
+/// a page of at most `limit` (100 by default, 1,000 at most) and 4 MiB of values.
 pub async fn list(
     _: Reader,
     State(state): State<AppState>,
     Path(service): Path<String>,
     axum::extract::Query(query): axum::extract::Query<ListQuery>,
-) -> Result<axum::Json<Vec<RecordView>>, ApiError> {
+) -> Result<axum::Json<RecordPage>, ApiError> {
     known_service(&state, &service)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let mut snapshot = state.invoker.store().snapshot(&service).map_err(store_error)?;
-    let rows = snapshot.scan(&query.prefix, query.after.as_deref(), limit).map_err(store_error)?;
-    let records = rows
+    let scanned =
+        snapshot.scan(&query.prefix, query.after.as_deref(), limit, PAGE_BYTES).map_err(store_error)?;
+    let next = (!scanned.complete).then(|| scanned.rows.last().map(|(key, _)| key.clone())).flatten();
+    let records = scanned
+        .rows
         .into_iter()
         .map(|(key, entry)| RecordView {
             key,
@@ -64,7 +80,7 @@ pub async fn list(
             }),
         })
         .collect();
-    Ok(axum::Json(records))
+    Ok(axum::Json(RecordPage { records, next }))
 }
 
 pub async fn put(

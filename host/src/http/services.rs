@@ -110,9 +110,9 @@ fn error(error: InvokeError, retention: u64) -> ApiError {
         InvokeError::Call(CallError::Busy { .. } | CallError::StoreUnavailable { .. }) => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        InvokeError::Call(CallError::Trap { .. } | CallError::MemoryLimit { .. }) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        InvokeError::Call(
+            CallError::Trap { .. } | CallError::MemoryLimit { .. } | CallError::OverLimit { .. },
+        ) => StatusCode::INTERNAL_SERVER_ERROR,
         InvokeError::Store(StoreError::Invalid(_)) => StatusCode::BAD_REQUEST,
         InvokeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };

@@ -87,6 +87,11 @@ impl events::Host for CallState {
 
 impl log::Host for CallState {
     fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        if self.logged + message.len() > super::sandbox::LOG_CAP {
+            self.log_dropped += message.len();
+            return Ok(());
+        }
+        self.logged += message.len();
         let (service, operation) = (&*self.service, &self.operation);
         match level {
             log::Level::Debug => tracing::debug!(target: "wasaga::plugin", service, operation, "{message}"),

@@ -80,6 +80,10 @@ pub enum CallError {
     Deadline { service: String, limit: Duration },
     #[error("plugin `{service}` went over its memory limit of {limit} bytes")]
     MemoryLimit { service: String, limit: u64 },
+    /// The plugin asked more of the store than one call may (records read, bytes
+    /// written, events, an event's form) where its import has no error to return.
+    #[error("plugin `{service}` went past what one call may do: {message}")]
+    OverLimit { service: String, message: String },
     #[error("plugin `{service}` could not start: {message}")]
     Busy { service: String, message: String },
     #[error("the store failed while plugin `{service}` ran: {message}")]
@@ -292,8 +296,12 @@ impl Plugin {
         if error.downcast_ref::<MemoryLimitExceeded>().is_some() || store.data().limiter.exceeded {
             return CallError::MemoryLimit { service, limit: self.limits.memory_bytes };
         }
-        if let Some(store) = error.downcast_ref::<crate::store::StoreError>() {
-            return CallError::StoreUnavailable { service, message: store.to_string() };
+        match error.downcast_ref::<crate::store::StoreError>() {
+            Some(crate::store::StoreError::Invalid(message)) => {
+                return CallError::OverLimit { service, message: message.clone() };
+            }
+            Some(store) => return CallError::StoreUnavailable { service, message: store.to_string() },
+            None => {}
         }
         let pool_exhausted = error.chain().any(|cause| {
             let text = cause.to_string();

@@ -33,6 +33,10 @@ impl Default for Limits {
 /// counted and dropped, so a chatty plugin cannot fill the host's memory.
 const OUTPUT_CAP: usize = 16 << 10;
 
+/// How many bytes of messages one call may write through the `log` import; the rest
+/// is counted and dropped, for the same reason.
+pub(crate) const LOG_CAP: usize = 64 << 10;
+
 /// The data of one call's `Store`.
 pub(crate) struct CallState {
     wasi: WasiCtx,
@@ -46,6 +50,9 @@ pub(crate) struct CallState {
     /// Tags for the plugin's log lines.
     pub(crate) service: Arc<str>,
     pub(crate) operation: String,
+    /// Bytes logged through the `log` import so far, and dropped past [`LOG_CAP`].
+    pub(crate) logged: usize,
+    pub(crate) log_dropped: usize,
 }
 
 impl CallState {
@@ -76,6 +83,8 @@ impl CallState {
             tx,
             service,
             operation,
+            logged: 0,
+            log_dropped: 0,
         }
     }
 
@@ -89,6 +98,10 @@ impl CallState {
             if dropped > 0 {
                 tracing::warn!(target: "wasaga::plugin", service = %self.service, stream, dropped, "plugin output over {OUTPUT_CAP} bytes dropped");
             }
+        }
+        if self.log_dropped > 0 {
+            let dropped = self.log_dropped;
+            tracing::warn!(target: "wasaga::plugin", service = %self.service, dropped, "plugin log over {LOG_CAP} bytes in one call dropped");
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    ChangeSet, Commit, CommitFuture, Conflict, Entry, IdempotencyKey, RecordStore, Slot, Snapshot,
+    ChangeSet, Commit, CommitFuture, Conflict, IdempotencyKey, RecordStore, Scanned, Slot, Snapshot,
     StoreError, StoredOutcome,
 };
 
@@ -44,19 +44,30 @@ impl Snapshot for MemorySnapshot {
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, Entry)>, StoreError> {
+        max_bytes: usize,
+    ) -> Result<Scanned, StoreError> {
         use std::ops::Bound;
         let start = match start_after {
             Some(after) if after >= prefix => Bound::Excluded(after.to_owned()),
             _ => Bound::Included(prefix.to_owned()),
         };
-        Ok(self
+        let mut range = self
             .0
             .range((start, Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
             .filter_map(|(key, slot)| slot.entry().map(|e| (key.clone(), e)))
-            .take(limit)
-            .collect())
+            .peekable();
+        let mut scanned = Scanned::default();
+        let mut bytes = 0;
+        while let Some((_, entry)) = range.peek() {
+            bytes += entry.value.len();
+            if scanned.rows.len() == limit || (!scanned.rows.is_empty() && bytes > max_bytes) {
+                return Ok(scanned);
+            }
+            scanned.rows.extend(range.next());
+        }
+        scanned.complete = true;
+        Ok(scanned)
     }
 }
 
@@ -122,7 +133,7 @@ fn validate(records: &BTreeMap<String, Slot>, changes: &ChangeSet) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Transaction, TxLimits};
+    use crate::store::{Entry, Transaction, TxLimits};
 
     fn tx(store: &MemoryStore) -> Transaction {
         Transaction::new(store.snapshot("svc").unwrap(), TxLimits::default())

@@ -100,13 +100,24 @@ pub trait Snapshot: Send {
     fn get(&mut self, key: &str) -> Result<Slot, StoreError>;
 
     /// Existing records whose key starts with `prefix` and sorts after `start_after`,
-    /// in key order, at most `limit`.
+    /// in key order: at most `limit`, and no more than `max_bytes` of values past the
+    /// first record (a scan of large values stops early; the caller pages on).
     fn scan(
         &mut self,
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, Entry)>, StoreError>;
+        max_bytes: usize,
+    ) -> Result<Scanned, StoreError>;
+}
+
+/// The records a scan found, in key order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scanned {
+    pub rows: Vec<(String, Entry)>,
+    /// True when the range has no record after these: the scan was not cut short by
+    /// its limit or its byte budget.
+    pub complete: bool,
 }
 
 /// Whose idempotency key it is. A client chooses its keys freely; the host's own calls
@@ -240,6 +251,17 @@ pub struct DeliveryRow {
     pub last_error: Option<String>,
     pub created_at: i64,
     pub done_at: Option<i64>,
+}
+
+/// One page of an event chain, read in one snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainPage {
+    /// Oldest first.
+    pub events: Vec<EventRow>,
+    /// The deliveries of those events, by event and subscriber.
+    pub deliveries: Vec<DeliveryRow>,
+    /// The last event the dispatcher has made the deliveries of.
+    pub dispatched_through: i64,
 }
 
 /// A change to the deliveries, committed through the writer.

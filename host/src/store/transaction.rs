@@ -5,14 +5,24 @@ use std::collections::BTreeMap;
 
 use super::{Conflict, Entry, Slot, Snapshot, StoreError};
 
-/// Bounds on what one invocation may read and write.
+/// Bounds on what one invocation may read and write, so that no call can make the
+/// host hold more than a few tens of MiB for it (1,000 writes and 1,000 events of 1 MiB
+/// each once made one call hold about 2 GiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxLimits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
     pub max_writes: usize,
+    /// Records one scan returns at most.
     pub max_scan: usize,
+    /// Bytes of values one scan returns at most: a scan stops early (the plugin goes on
+    /// with `start-after`).
+    pub max_scan_bytes: usize,
     pub max_events: usize,
+    /// Bytes of written values and event payloads together.
+    pub max_total_bytes: usize,
+    /// Records one invocation may read (its read set, checked at commit).
+    pub max_reads: usize,
 }
 
 impl Default for TxLimits {
@@ -22,7 +32,10 @@ impl Default for TxLimits {
             max_value_bytes: 1 << 20,
             max_writes: 1000,
             max_scan: 1000,
+            max_scan_bytes: 4 << 20,
             max_events: 1000,
+            max_total_bytes: 16 << 20,
+            max_reads: 10_000,
         }
     }
 }
@@ -66,6 +79,8 @@ pub struct Transaction {
     /// The latest buffered state of every written key.
     writes: BTreeMap<String, Slot>,
     events: Vec<Event>,
+    /// Bytes of the buffered values and event payloads.
+    bytes: usize,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -80,7 +95,14 @@ impl std::fmt::Debug for Transaction {
 
 impl Transaction {
     pub fn new(snapshot: Box<dyn Snapshot>, limits: TxLimits) -> Self {
-        Transaction { snapshot, limits, reads: BTreeMap::new(), writes: BTreeMap::new(), events: Vec::new() }
+        Transaction {
+            snapshot,
+            limits,
+            reads: BTreeMap::new(),
+            writes: BTreeMap::new(),
+            events: Vec::new(),
+            bytes: 0,
+        }
     }
 
     /// The record at `key` as this transaction sees it (its own writes included).
@@ -131,15 +153,38 @@ impl Transaction {
         let in_range = |key: &str| key.starts_with(prefix) && start_after.is_none_or(|after| key > after);
         let buffered: Vec<(&String, &Slot)> = self.writes.iter().filter(|(k, _)| in_range(k)).collect();
         // Buffered deletes can hide at most `buffered.len()` stored rows.
-        let stored = self.snapshot.scan(prefix, start_after, limit + buffered.len())?;
-        let mut merged: BTreeMap<String, Entry> = stored.into_iter().collect();
+        let stored =
+            self.snapshot.scan(prefix, start_after, limit + buffered.len(), self.limits.max_scan_bytes)?;
+        // A scan cut short may have stored records past its last one, unseen: buffered
+        // records past it wait for the next page, so that no record is skipped.
+        let cut = (!stored.complete).then(|| stored.rows.last().map(|(k, _)| k.clone())).flatten();
+        let mut merged: BTreeMap<String, Entry> = stored.rows.into_iter().collect();
         for (key, slot) in buffered {
+            if cut.as_ref().is_some_and(|cut| key > cut) {
+                continue;
+            }
             match slot.entry() {
                 Some(entry) => merged.insert(key.clone(), entry),
                 None => merged.remove(key),
             };
         }
-        let rows: Vec<(String, Entry)> = merged.into_iter().take(limit).collect();
+        // At most `max_scan_bytes` of values (always at least one record, so that a
+        // plugin paging with `start-after` moves on).
+        let mut budget = self.limits.max_scan_bytes;
+        let rows: Vec<(String, Entry)> = merged
+            .into_iter()
+            .take(limit)
+            .enumerate()
+            .take_while(|(i, (_, entry))| {
+                let fits = *i == 0 || entry.value.len() <= budget;
+                budget = budget.saturating_sub(entry.value.len());
+                fits
+            })
+            .map(|(_, row)| row)
+            .collect();
+        let new_reads =
+            rows.iter().filter(|(k, _)| !self.writes.contains_key(k) && !self.reads.contains_key(k)).count();
+        self.check_reads(new_reads)?;
         // Only what is returned joins the read set (a buffered key is there already).
         for (key, entry) in &rows {
             if !self.writes.contains_key(key) {
@@ -172,6 +217,7 @@ impl Transaction {
                 self.limits.max_events
             )));
         }
+        self.add_bytes(payload.len())?;
         if let Some(id) = &correlation_id {
             crate::service::validate_correlation_id(id)
                 .map_err(|e| StoreError::Invalid(format!("an event's correlation id: {e}")))?;
@@ -236,7 +282,34 @@ impl Transaction {
                 self.limits.max_writes
             )));
         }
+        let replaced = self.writes.get(key).and_then(|s| s.value.as_ref()).map_or(0, Vec::len);
+        self.add_bytes(slot.value.as_ref().map_or(0, Vec::len))?;
+        self.bytes -= replaced;
         self.writes.insert(key.to_owned(), slot);
+        Ok(())
+    }
+
+    /// Counts `len` more bytes of values and payloads, within `max_total_bytes`.
+    fn add_bytes(&mut self, len: usize) -> Result<(), StoreError> {
+        if self.bytes + len > self.limits.max_total_bytes {
+            return Err(StoreError::Invalid(format!(
+                "more than {} bytes of values and events in one invocation",
+                self.limits.max_total_bytes
+            )));
+        }
+        self.bytes += len;
+        Ok(())
+    }
+
+    /// Refuses reading `more` records past `max_reads` (the read set is checked at
+    /// commit, one lookup each).
+    fn check_reads(&self, more: usize) -> Result<(), StoreError> {
+        if self.reads.len() + more > self.limits.max_reads {
+            return Err(StoreError::Invalid(format!(
+                "more than {} records read in one invocation",
+                self.limits.max_reads
+            )));
+        }
         Ok(())
     }
 
@@ -244,6 +317,9 @@ impl Transaction {
     fn slot(&mut self, key: &str) -> Result<Slot, StoreError> {
         if let Some(slot) = self.writes.get(key) {
             return Ok(slot.clone());
+        }
+        if !self.reads.contains_key(key) {
+            self.check_reads(1)?;
         }
         let slot = self.snapshot.get(key)?;
         self.reads.entry(key.to_owned()).or_insert(slot.version);
@@ -267,5 +343,75 @@ impl Transaction {
             "{what} of {len} bytes is over the limit of {} bytes",
             self.limits.max_value_bytes
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Commit, MemoryStore, RecordStore};
+
+    fn tx(store: &MemoryStore, limits: TxLimits) -> Transaction {
+        Transaction::new(store.snapshot("svc").unwrap(), limits)
+    }
+
+    fn refused(error: StoreError, expected: &str) {
+        match error {
+            StoreError::Invalid(message) => assert!(message.contains(expected), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Values and event payloads together stay within `max_total_bytes`; writing a key
+    /// again counts its latest value only.
+    #[test]
+    fn one_invocation_writes_a_bounded_number_of_bytes() {
+        let store = MemoryStore::new();
+        let limits = TxLimits { max_total_bytes: 10, ..TxLimits::default() };
+        let mut t = tx(&store, limits);
+        t.set("a", vec![0; 4]).unwrap();
+        t.set("a", vec![0; 6]).unwrap();
+        t.publish("topic", vec![0; 4], None).unwrap();
+        refused(t.set("b", vec![0; 1]).unwrap_err(), "more than 10 bytes of values and events");
+        refused(t.publish("topic", vec![0; 1], None).unwrap_err(), "more than 10 bytes");
+        t.delete("a", None).unwrap();
+        t.set("b", vec![0; 6]).unwrap();
+    }
+
+    /// The read set is bounded: each record read counts once, scans included.
+    #[tokio::test]
+    async fn one_invocation_reads_a_bounded_number_of_records() {
+        let store = MemoryStore::new();
+        let mut seed = tx(&store, TxLimits::default());
+        for key in ["p/1", "p/2", "p/3"] {
+            seed.set(key, b"x".to_vec()).unwrap();
+        }
+        let commit = Commit { service: "svc".into(), changes: seed.into_changes(), ..Commit::default() };
+        store.commit(commit).await.unwrap();
+        let mut t = tx(&store, TxLimits { max_reads: 3, ..TxLimits::default() });
+        t.get("a").unwrap();
+        t.get("a").unwrap();
+        t.get("p/1").unwrap();
+        assert_eq!(t.scan("p/", Some("p/1"), 1).unwrap().len(), 1, "p/2: the third read");
+        refused(t.scan("p/", Some("p/2"), 10).unwrap_err(), "more than 3 records read");
+        refused(t.get("z").unwrap_err(), "more than 3 records read");
+    }
+
+    /// A scan returns at most `max_scan_bytes` of values, and always one record.
+    #[tokio::test]
+    async fn a_scan_stops_at_its_byte_budget() {
+        let store = MemoryStore::new();
+        let mut seed = tx(&store, TxLimits::default());
+        for (key, size) in [("k/1", 6), ("k/2", 6), ("k/3", 1)] {
+            seed.set(key, vec![b'x'; size]).unwrap();
+        }
+        let commit = Commit { service: "svc".into(), changes: seed.into_changes(), ..Commit::default() };
+        store.commit(commit).await.unwrap();
+        let mut t = tx(&store, TxLimits { max_scan_bytes: 10, ..TxLimits::default() });
+        let keys = |rows: Vec<(String, Entry)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(t.scan("k/", None, 10).unwrap()), ["k/1"], "k/2 would pass 10 bytes");
+        assert_eq!(keys(t.scan("k/", Some("k/1"), 10).unwrap()), ["k/2", "k/3"]);
+        let mut tight = tx(&store, TxLimits { max_scan_bytes: 1, ..TxLimits::default() });
+        assert_eq!(keys(tight.scan("k/", None, 10).unwrap()), ["k/1"], "one record at least");
     }
 }

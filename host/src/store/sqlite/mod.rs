@@ -21,8 +21,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    Commit, CommitFuture, DefinitionRow, DeliveryRow, Entry, EventRow, IdempotencyKey, RecordStore, SagaRow,
-    Slot, Snapshot, StoreError, StoredOutcome,
+    ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, Entry, EventRow, IdempotencyKey,
+    RecordStore, SagaRow, Scanned, Slot, Snapshot, StoreError, StoredOutcome,
 };
 
 /// SQLite's `synchronous` setting for commits.
@@ -188,11 +188,6 @@ impl SqliteStore {
         self.read_events("WHERE id > ?1 ORDER BY id LIMIT ?2", params![after, limit as i64])
     }
 
-    /// The events of one correlation id, oldest first.
-    pub fn events_of(&self, correlation_id: &str) -> Result<Vec<EventRow>, StoreError> {
-        self.read_events("WHERE correlation_id = ?1 ORDER BY id LIMIT 10000", params![correlation_id])
-    }
-
     pub fn event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
         self.read_events("WHERE id = ?1", params![id]).map(|mut rows| rows.pop())
     }
@@ -209,11 +204,6 @@ impl SqliteStore {
              ORDER BY d.event_id LIMIT ?2",
             params![now, limit as i64],
         )
-    }
-
-    /// The deliveries of one event.
-    pub fn deliveries_of(&self, event_id: i64) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.read_deliveries("WHERE d.event_id = ?1 ORDER BY d.subscriber", params![event_id])
     }
 
     /// How many deliveries are in each status.
@@ -233,18 +223,7 @@ impl SqliteStore {
         filter: &str,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<EventRow>, StoreError> {
-        let sql =
-            format!("SELECT id, service, topic, payload, correlation_id, created_at FROM outbox {filter}");
-        self.rows(&sql, params, |row| {
-            Ok(EventRow {
-                id: row.get(0)?,
-                service: row.get(1)?,
-                topic: row.get(2)?,
-                payload: row.get(3)?,
-                correlation_id: row.get(4)?,
-                created_at: row.get(5)?,
-            })
-        })
+        self.rows(&format!("SELECT {EVENT_COLUMNS} FROM outbox {filter}"), params, event_row)
     }
 
     fn read_deliveries(
@@ -252,25 +231,17 @@ impl SqliteStore {
         filter: &str,
         params: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        let sql = format!(
-            "SELECT d.event_id, d.subscriber, d.operation, d.topic, d.correlation_id, d.status, d.attempts, d.next_at, d.outcome, d.last_error, d.created_at, d.done_at FROM deliveries d {filter}"
-        );
-        self.rows(&sql, params, |row| {
-            Ok(DeliveryRow {
-                event_id: row.get(0)?,
-                subscriber: row.get(1)?,
-                operation: row.get(2)?,
-                topic: row.get(3)?,
-                correlation_id: row.get(4)?,
-                status: row.get(5)?,
-                attempts: row.get(6)?,
-                next_at: row.get(7)?,
-                outcome: row.get(8)?,
-                last_error: row.get(9)?,
-                created_at: row.get(10)?,
-                done_at: row.get(11)?,
-            })
-        })
+        self.rows(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries d {filter}"), params, delivery_row)
+    }
+
+    /// A page of one chain: its events after event `after`, oldest first, at most
+    /// `limit`, with their deliveries and the dispatcher's cursor, read in one snapshot
+    /// (a chain shown while deliveries happen is still one moment of it).
+    pub fn chain(&self, correlation_id: &str, after: i64, limit: usize) -> Result<ChainPage, StoreError> {
+        let mut conn = self.readers.take()?;
+        let page = read_chain(&mut conn, correlation_id, after, limit).map_err(unavailable);
+        self.readers.put(conn);
+        page
     }
 
     fn read_sagas(&self, filter: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<SagaRow>, StoreError> {
@@ -388,6 +359,66 @@ impl RecordStore for SqliteStore {
     }
 }
 
+const EVENT_COLUMNS: &str = "id, service, topic, payload, correlation_id, created_at";
+const DELIVERY_COLUMNS: &str = "d.event_id, d.subscriber, d.operation, d.topic, d.correlation_id, d.status, \
+     d.attempts, d.next_at, d.outcome, d.last_error, d.created_at, d.done_at";
+
+fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        id: row.get(0)?,
+        service: row.get(1)?,
+        topic: row.get(2)?,
+        payload: row.get(3)?,
+        correlation_id: row.get(4)?,
+        created_at: row.get(5)?,
+    })
+}
+
+fn delivery_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    Ok(DeliveryRow {
+        event_id: row.get(0)?,
+        subscriber: row.get(1)?,
+        operation: row.get(2)?,
+        topic: row.get(3)?,
+        correlation_id: row.get(4)?,
+        status: row.get(5)?,
+        attempts: row.get(6)?,
+        next_at: row.get(7)?,
+        outcome: row.get(8)?,
+        last_error: row.get(9)?,
+        created_at: row.get(10)?,
+        done_at: row.get(11)?,
+    })
+}
+
+fn read_chain(
+    conn: &mut Connection,
+    correlation_id: &str,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<ChainPage> {
+    let tx = conn.transaction()?;
+    let dispatched_through = tx.query_row("SELECT through FROM dispatch WHERE id = 1", [], |r| r.get(0))?;
+    let events = tx
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM outbox WHERE correlation_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+        ))?
+        .query_map(params![correlation_id, after, limit as i64], event_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let deliveries = match (events.first(), events.last()) {
+        (Some(first), Some(last)) => tx
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries d WHERE d.correlation_id = ?1
+                   AND d.event_id BETWEEN ?2 AND ?3 ORDER BY d.event_id, d.subscriber"
+            ))?
+            .query_map(params![correlation_id, first.id, last.id], delivery_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
+    tx.commit()?;
+    Ok(ChainPage { events, deliveries, dispatched_through })
+}
+
 const SAGA_COLUMNS: &str =
     "id, name, status, input, state, version, key, fingerprint, created_at, updated_at";
 
@@ -476,7 +507,8 @@ impl Snapshot for SqliteSnapshot {
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, Entry)>, StoreError> {
+        max_bytes: usize,
+    ) -> Result<Scanned, StoreError> {
         let service = self.service.clone();
         // Keys with a prefix are one contiguous range in byte order (SQLite's BINARY
         // collation), so reading on from its start and stopping at the first key
@@ -503,14 +535,20 @@ impl Snapshot for SqliteSnapshot {
             })
             .map_err(unavailable)?;
         let mut found = Vec::new();
+        let mut bytes = 0;
         for row in rows {
             let (key, entry) = row.map_err(unavailable)?;
             if !key.starts_with(prefix) {
-                break;
+                return Ok(Scanned { rows: found, complete: true });
+            }
+            bytes += entry.value.len();
+            if !found.is_empty() && bytes > max_bytes {
+                return Ok(Scanned { rows: found, complete: false });
             }
             found.push((key, entry));
         }
-        Ok(found)
+        let complete = found.len() < limit;
+        Ok(Scanned { rows: found, complete })
     }
 }
 
