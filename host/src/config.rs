@@ -52,19 +52,21 @@ impl PluginSettings {
     }
 }
 
-/// Parses `250ms`, `5s`, `1.5s`, `2m`, `24h`. A positive amount and a unit are required.
+/// Parses `250ms`, `5s`, `1.5s`, `2m`, `24h`, `7d`. A positive amount and a unit are
+/// required.
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let (number, unit) = split_number(text);
     let value: f64 = number
         .parse()
-        .map_err(|_| anyhow::anyhow!("`{text}` is not a duration like 250ms, 5s, 2m or 24h"))?;
+        .map_err(|_| anyhow::anyhow!("`{text}` is not a duration like 250ms, 5s, 2m, 24h or 7d"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        "" => anyhow::bail!("`{text}` needs a unit: ms, s, m or h"),
-        other => anyhow::bail!("unknown unit `{other}` in `{text}`: use ms, s, m or h"),
+        "d" => value * 86400.0,
+        "" => anyhow::bail!("`{text}` needs a unit: ms, s, m, h or d"),
+        other => anyhow::bail!("unknown unit `{other}` in `{text}`: use ms, s, m, h or d"),
     };
     anyhow::ensure!(seconds > 0.0, "`{text}` must be more than zero");
     Duration::try_from_secs_f64(seconds).map_err(|_| anyhow::anyhow!("`{text}` is too long a duration"))
@@ -103,7 +105,8 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        for bad in ["5", "s", "0s", "-1s", "5d", "abc", "1.2.3s"] {
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        for bad in ["5", "s", "0s", "-1s", "5w", "abc", "1.2.3s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
         // Found by a request with ?wait=: too long for a Duration, and once a panic.

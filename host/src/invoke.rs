@@ -406,7 +406,7 @@ impl Invoker {
             digest: plugin.digest().to_string(),
             correlation_id: Some(request.correlation_id.clone()),
             created_at: now,
-            expires_at: now + options.retention.as_millis() as i64,
+            expires_at: now.saturating_add(i64::try_from(options.retention.as_millis()).unwrap_or(i64::MAX)),
         };
         let written: Vec<String> = changes.writes.iter().map(|w| w.key.clone()).collect();
         let produced = Produced { result: &result, digest: &stored.digest, written: &written };

@@ -13,6 +13,8 @@
 //! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
 //! - [`lifecycle`]: hot reload, uploads and removals of plugins, checked against the sagas.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`retention`]: how long the store keeps finished sagas, delivered events,
+//!   tombstones and expired idempotency records, and the task that prunes them.
 //! - [`rates`]: per-minute counts of the last hour (sagas ended, step failures) for the
 //!   dashboard's trend.
 //! - [`events`]: choreography: the dispatcher delivering outbox events to subscribers.
@@ -33,6 +35,7 @@ pub mod invoke;
 pub mod lifecycle;
 pub mod metrics;
 pub mod rates;
+pub mod retention;
 pub mod runtime;
 pub mod saga;
 pub mod service;

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub replays: Family<Labels, Counter>,
     /// Invocations per SQLite transaction.
     pub commit_batch: Histogram,
+    /// The WAL's size, after the last batch.
+    pub wal_bytes: Gauge,
+    /// Checkpoints that restart the WAL, in seconds: the time commits waited.
+    pub wal_checkpoint: Histogram,
     /// Saga step calls, by saga, step, direction (`do`, `undo`) and outcome, in seconds.
     pub step_seconds: HistogramFamily,
     /// Whole sagas, start to end, by saga and final status, in seconds.
@@ -49,6 +53,9 @@ pub struct Metrics {
     /// Event delivery attempts by subscriber and result (`delivered`, `pending`: failed
     /// and to be retried, `dead`).
     pub deliveries: Family<Labels, Counter>,
+    /// What retention forgot, by kind (`idempotency_records`, `sagas`, `events`,
+    /// `tombstones`).
+    pub pruned: Family<Labels, Counter>,
     /// Alerts raised, by kind; and webhook deliveries that failed for good.
     pub alerts: Family<Labels, Counter>,
     pub alert_failures: Counter,
@@ -68,6 +75,8 @@ impl Metrics {
             conflicts: Family::default(),
             replays: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            wal_bytes: Gauge::default(),
+            wal_checkpoint: latency_histogram(),
             step_seconds: Family::new_with_constructor(latency_histogram),
             saga_seconds: Family::new_with_constructor(latency_histogram),
             sagas: Family::default(),
@@ -75,6 +84,7 @@ impl Metrics {
             reloads: Counter::default(),
             refused: Counter::default(),
             deliveries: Family::default(),
+            pruned: Family::default(),
             alerts: Family::default(),
             alert_failures: Counter::default(),
             registry: Registry::default(),
@@ -104,13 +114,23 @@ impl Metrics {
             "Invocations per SQLite transaction",
             metrics.commit_batch.clone(),
         );
+        registry.register("wal_bytes", "The SQLite WAL's size, in bytes", metrics.wal_bytes.clone());
+        registry.register(
+            "wal_checkpoint_seconds",
+            "Checkpoints that restart the WAL, in seconds (commits wait meanwhile)",
+            metrics.wal_checkpoint.clone(),
+        );
         registry.register("saga_step_seconds", "Saga step calls, in seconds", metrics.step_seconds.clone());
         registry.register(
             "saga_seconds",
             "Sagas from start to end, in seconds",
             metrics.saga_seconds.clone(),
         );
-        registry.register("sagas", "Sagas by status", metrics.sagas.clone());
+        registry.register(
+            "sagas",
+            "Sagas in the store, by status (finished ones leave after the saga retention)",
+            metrics.sagas.clone(),
+        );
         registry.register("sagas_stuck", "Sagas stuck and waiting for an operator", metrics.stuck.clone());
         registry.register("plugin_reloads", "Plugin versions replaced", metrics.reloads.clone());
         registry.register("plugin_refusals", "Plugin versions refused", metrics.refused.clone());
@@ -119,6 +139,7 @@ impl Metrics {
             "Event delivery attempts by subscriber and result",
             metrics.deliveries.clone(),
         );
+        registry.register("pruned", "What retention forgot, by kind", metrics.pruned.clone());
         registry.register("alerts", "Alerts raised, by kind", metrics.alerts.clone());
         registry.register(
             "alert_webhook_failures",

@@ -10,6 +10,7 @@ mod invocations;
 mod overload;
 mod readme;
 mod reload;
+mod retention;
 mod runtime;
 mod saga_crash;
 mod sagas;

@@ -11,11 +11,12 @@ use super::RuntimeArgs;
 use super::tokens::{ServerTokens, Tokens};
 use crate::alert::Alerter;
 use crate::clock::SystemClock;
-use crate::config::parse_duration;
+use crate::config::{parse_bytes, parse_duration};
 use crate::events::Dispatcher;
 use crate::http::{Access, AppState, Secret, router};
 use crate::invoke::{InvokeOptions, Invoker};
 use crate::lifecycle::PluginManager;
+use crate::retention::Retention;
 use crate::runtime::{Registry, Runtime};
 use crate::saga::SagaEngine;
 use crate::store::{SqliteOptions, SqliteStore, Synchronous};
@@ -64,10 +65,35 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "Storage", env = "WASAGA_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
     synchronous: Synchronous,
 
+    /// The SQLite WAL's size past which the writer checkpoints and starts it again (and
+    /// the file is cut back to it), e.g. 64MiB. Commits wait while it does.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_WAL_LIMIT", default_value = "64MiB", value_parser = parse_bytes)]
+    wal_limit: u64,
+
     /// The most invocations committed in one SQLite transaction (group commit);
     /// 1 commits each invocation on its own.
     #[arg(long, help_heading = "Storage", env = "WASAGA_MAX_BATCH", default_value_t = 256)]
     max_batch: usize,
+
+    /// How long finished sagas (completed, compensated) are kept, from their last
+    /// change (e.g. 7d). At least the idempotency retention: a saga outlives the key that
+    /// started it. Running, compensating and stuck sagas are kept.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_SAGA_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    saga_retention: std::time::Duration,
+
+    /// How long events whose deliveries are all made are kept, with their deliveries,
+    /// from their publication (e.g. 7d). Pending and dead deliveries are kept.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    event_retention: std::time::Duration,
+
+    /// How long a deleted record's tombstone is kept (e.g. 7d). Forgotten, its version
+    /// still counts: the key, created again, goes on above it.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_TOMBSTONE_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    tombstone_retention: std::time::Duration,
+
+    /// How often retention looks for what to forget.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_PRUNE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    prune_interval: std::time::Duration,
 
     /// How long the outcome of an idempotent request is kept and replayed for its key
     /// (e.g. 24h, 30m).
@@ -107,6 +133,11 @@ impl ServeArgs {
             tokens: ServerTokens::default(),
             data,
             synchronous: Synchronous::Full,
+            wal_limit: 64 << 20,
+            saga_retention: Retention::default().sagas,
+            event_retention: Retention::default().events,
+            tombstone_retention: Retention::default().tombstones,
+            prune_interval: Retention::default().every,
             max_batch: 256,
             idempotency_retention: std::time::Duration::from_secs(24 * 3600),
             listen,
@@ -138,9 +169,17 @@ pub(super) async fn run_with(
             std::fs::canonicalize(dir).with_context(|| format!("the sagas directory {}", dir.display()))?;
         args.sagas = Some(dir);
     }
+    let retention = Retention {
+        sagas: args.saga_retention,
+        events: args.event_retention,
+        tombstones: args.tombstone_retention,
+        every: args.prune_interval,
+    };
+    retention.check(args.idempotency_retention).map_err(anyhow::Error::msg)?;
     let store_options = SqliteOptions {
         synchronous: args.synchronous,
         max_batch: args.max_batch,
+        wal_limit: args.wal_limit,
         ..SqliteOptions::default()
     };
     let store = Arc::new(
@@ -198,7 +237,7 @@ pub(super) async fn run_with(
         data = %args.data.display(),
         "serving"
     );
-    tokio::spawn(purge_expired(store));
+    tokio::spawn(retention.run(store));
     events.spawn();
     let loopback_only = addr.ip().is_loopback();
     warn_if_exposed(addr, &tokens);
@@ -234,20 +273,6 @@ fn warn_if_exposed(addr: SocketAddr, tokens: &Tokens) {
             "no admin token: operator actions (record writes, retries, plugin uploads) are refused; \
              set WASAGA_ADMIN_TOKEN (or --admin-token-file) to allow them"
         );
-    }
-}
-
-/// Deletes expired idempotency records once a minute, through the writer (so off
-/// the request path, and batched with the commits).
-async fn purge_expired(store: Arc<SqliteStore>) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
-        every.tick().await;
-        match store.purge_expired(crate::clock::now_ms()).await {
-            Ok(0) => {}
-            Ok(purged) => tracing::info!(purged, "expired idempotency records deleted"),
-            Err(e) => tracing::warn!("purging expired idempotency records failed: {e}"),
-        }
     }
 }
 

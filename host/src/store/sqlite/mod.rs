@@ -8,8 +8,12 @@
 //!   switched off on the writer.
 //! - A lock file keeps a second wasaga process off the same data directory.
 
+mod prune;
 mod schema;
+mod wal;
 mod writer;
+
+pub use prune::PruneKind;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,8 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// How often the checkpoint thread copies the WAL into the database.
     pub checkpoint_interval: Duration,
+    /// The WAL's size past which the writer checkpoints and restarts it (see `wal.rs`).
+    pub wal_limit: u64,
 }
 
 impl Default for SqliteOptions {
@@ -51,6 +57,7 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::Full,
             max_batch: 256,
             checkpoint_interval: Duration::from_millis(500),
+            wal_limit: 64 << 20,
         }
     }
 }
@@ -87,12 +94,15 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", synchronous).map_err(unavailable)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(unavailable)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
         schema::migrate(&mut conn).map_err(unavailable)?.map_err(StoreError::Unavailable)?;
 
+        let wal =
+            wal::WalPolicy { path: dir.join("wasaga.db-wal"), limit: options.wal_limit, not_before: None };
+        wal.prepare(&conn).map_err(unavailable)?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_checkpointer(&path, options.checkpoint_interval, stop.clone())?;
-        let writer = writer::spawn(conn, options.max_batch);
+        let writer = writer::spawn(conn, options.max_batch, wal);
         Ok(SqliteStore {
             readers: Arc::new(ReadPool { path: path.clone(), idle: Mutex::default() }),
             path,
@@ -107,10 +117,11 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Deletes idempotency records that expired before `now` (unix ms); returns how many.
-    pub async fn purge_expired(&self, now: i64) -> Result<usize, StoreError> {
+    /// Forgets at most `batch` things of `kind` from before `before` (unix ms), through
+    /// the writer; returns how many (see `prune.rs` for what each kind may forget).
+    pub async fn prune(&self, kind: PruneKind, before: i64, batch: usize) -> Result<usize, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.send(writer::Job::Purge(now, reply))?;
+        self.send(writer::Job::Prune(kind, before, batch, reply))?;
         answer.await.map_err(|_| writer_gone())?
     }
 
@@ -312,6 +323,7 @@ impl RecordStore for SqliteStore {
             pool: self.readers.clone(),
             service: service.to_owned(),
             begun: false,
+            floor: None,
         }))
     }
 
@@ -455,7 +467,7 @@ impl ReadPool {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags).map_err(unavailable)?;
         conn.pragma_update(None, "query_only", true).map_err(unavailable)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
         Ok(conn)
     }
 
@@ -474,6 +486,8 @@ struct SqliteSnapshot {
     pool: Arc<ReadPool>,
     service: String,
     begun: bool,
+    /// The service's version floor, read once (see `prune.rs`).
+    floor: Option<u64>,
 }
 
 impl SqliteSnapshot {
@@ -490,7 +504,8 @@ impl SqliteSnapshot {
 impl Snapshot for SqliteSnapshot {
     fn get(&mut self, key: &str) -> Result<Slot, StoreError> {
         let service = self.service.clone();
-        self.conn()?
+        let found = self
+            .conn()?
             .prepare_cached("SELECT value, version FROM records WHERE service = ?1 AND key = ?2")
             .and_then(|mut q| {
                 q.query_row(params![service, key], |row| {
@@ -498,8 +513,19 @@ impl Snapshot for SqliteSnapshot {
                 })
                 .optional()
             })
-            .map(|found| found.unwrap_or(Slot::EMPTY))
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        if let Some(slot) = found {
+            return Ok(slot);
+        }
+        // No row: never written, or its tombstone forgotten; it reads at the floor.
+        let floor = match self.floor {
+            Some(floor) => floor,
+            None => {
+                let floor = prune::floor(self.conn()?, &service).map_err(unavailable)?;
+                *self.floor.insert(floor)
+            }
+        };
+        Ok(Slot { value: None, version: floor })
     }
 
     fn scan(
@@ -565,7 +591,7 @@ impl Drop for SqliteSnapshot {
 
 fn spawn_checkpointer(path: &Path, interval: Duration, stop: Arc<AtomicBool>) -> Result<(), StoreError> {
     let conn = Connection::open(path).map_err(unavailable)?;
-    conn.busy_timeout(Duration::from_secs(5)).map_err(unavailable)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
     std::thread::Builder::new()
         .name("wasaga-checkpoint".into())
         .spawn(move || {
@@ -580,6 +606,10 @@ fn spawn_checkpointer(path: &Path, interval: Duration, stop: Arc<AtomicBool>) ->
         .map_err(|e| StoreError::Unavailable(format!("starting the checkpoint thread: {e}")))?;
     Ok(())
 }
+
+/// How long a connection waits for a lock another holds before it reports the store
+/// busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(super) fn unavailable(error: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(error.to_string())
@@ -687,8 +717,8 @@ mod tests {
             250,
             "an expired key is reused"
         );
-        assert_eq!(store.purge_expired(399).await.unwrap(), 0);
-        assert_eq!(store.purge_expired(400).await.unwrap(), 1);
+        assert_eq!(store.prune(PruneKind::Outcomes, 399, 500).await.unwrap(), 0);
+        assert_eq!(store.prune(PruneKind::Outcomes, 400, 500).await.unwrap(), 1);
     }
 
     /// A client's key and the host's key with the same text are different keys: one
@@ -761,6 +791,191 @@ mod tests {
         );
         assert_eq!(keys(tx(&store).scan("p/", None, 10).unwrap()), ["p/1", "p/3", "p/4"]);
         assert_eq!(keys(tx(&store).scan("p/", Some("p/1"), 1).unwrap()), ["p/3"]);
+    }
+
+    /// A forgotten tombstone leaves its version behind: the key reads (absent) at its
+    /// service's floor, and created again it goes on above every version it had, so an
+    /// old version number can never match it again. Other services are not moved.
+    #[tokio::test]
+    async fn a_forgotten_tombstone_keeps_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for _ in 0..3 {
+            let mut t = tx(&store);
+            let current = t.get("k").unwrap();
+            t.set("k", format!("{current:?}").into_bytes()).unwrap();
+            store.commit(commit_of(t.into_changes(), None)).await.unwrap();
+        }
+        let mut t = tx(&store);
+        t.delete("k", Some(3)).unwrap();
+        store.commit(commit_of(t.into_changes(), None)).await.unwrap();
+        assert_eq!(store.prune(PruneKind::Tombstones, 0, 100).await.unwrap(), 0, "not old enough");
+        let later = crate::clock::now_ms() + 1;
+        assert_eq!(store.prune(PruneKind::Tombstones, later, 100).await.unwrap(), 1);
+        let conn = Connection::open(store.path()).unwrap();
+        let rows: i64 = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 0, "the tombstone is gone");
+
+        let mut t = tx(&store);
+        assert_eq!(t.get("k").unwrap(), None);
+        assert_eq!(t.put("k", b"again".to_vec(), None), Ok(5), "above the forgotten version 4");
+        store.commit(commit_of(t.into_changes(), None)).await.unwrap();
+        let mut stale = tx(&store);
+        let err = stale.put("k", b"stale".to_vec(), Some(1)).unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+        let mut other = Transaction::new(store.snapshot("other").unwrap(), TxLimits::default());
+        assert_eq!(other.put("k", b"x".to_vec(), None), Ok(1), "another service starts at 1");
+    }
+
+    /// Past (three quarters of) its limit the WAL starts again from its beginning,
+    /// though commits never pause and readers keep coming: without that, nothing
+    /// restarts it and it grows by every commit.
+    #[tokio::test]
+    async fn the_wal_stays_under_its_limit_under_sustained_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = 256 << 10;
+        let options = SqliteOptions { wal_limit: limit, ..SqliteOptions::default() };
+        let store = Arc::new(SqliteStore::open(dir.path(), options).unwrap());
+        let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let reader = {
+            let (store, reading) = (store.clone(), reading.clone());
+            std::thread::spawn(move || {
+                while reading.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.snapshot("svc").unwrap().get("k1").unwrap();
+                }
+            })
+        };
+        let wal = dir.path().join("wasaga.db-wal");
+        let mut largest = 0;
+        for n in 0..2_000 {
+            let mut t = tx(&store);
+            t.set(&format!("k{n}"), vec![b'x'; 1024]).unwrap();
+            store.commit(commit_of(t.into_changes(), None)).await.unwrap();
+            largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+        }
+        reading.store(false, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap();
+        // 2,000 KiB of values alone: the WAL restarted several times.
+        assert!(largest <= limit, "the WAL reached {largest} bytes, over its limit of {limit}");
+    }
+
+    /// A key read as absent at the floor, then the floor raised under it, conflicts at
+    /// commit instead of going back below a forgotten version.
+    #[tokio::test]
+    async fn a_create_read_below_a_raised_floor_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut early = tx(&store);
+        early.get("fresh").unwrap();
+        early.get("gone").unwrap();
+        early.set("fresh", b"1".to_vec()).unwrap();
+        for value in [Some(b"v".to_vec()), None] {
+            let mut t = tx(&store);
+            t.get("gone").unwrap();
+            match value {
+                Some(value) => t.set("gone", value).unwrap(),
+                None => {
+                    t.delete("gone", None).unwrap();
+                    0
+                }
+            };
+            store.commit(commit_of(t.into_changes(), None)).await.unwrap();
+        }
+        store.prune(PruneKind::Tombstones, crate::clock::now_ms() + 1, 100).await.unwrap();
+        let err = store.commit(commit_of(early.into_changes(), None)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(ref c) if c.key == "gone"), "{err:?}");
+    }
+
+    /// Retention forgets only what is past it and finished: a running or stuck saga, an
+    /// event with a pending or dead delivery, an outcome not yet expired stay; in batches.
+    #[tokio::test]
+    async fn retention_forgets_only_what_is_finished_and_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for n in 0..5 {
+            store
+                .commit(commit_of(ChangeSet::default(), Some(outcome(&format!("k{n}"), 1, 10))))
+                .await
+                .unwrap();
+        }
+        store.commit(commit_of(ChangeSet::default(), Some(outcome("fresh", 1, 1_000)))).await.unwrap();
+        assert_eq!(store.prune(PruneKind::Outcomes, 100, 3).await.unwrap(), 3, "a batch");
+        assert_eq!(store.prune(PruneKind::Outcomes, 100, 3).await.unwrap(), 2);
+        assert!(store.outcome(&key("fresh"), 100).unwrap().is_some());
+
+        for (id, status, at) in [
+            ("a", "completed", 5),
+            ("b", "compensated", 5),
+            ("c", "stuck", 5),
+            ("d", "running", 5),
+            ("e", "completed", 500),
+        ] {
+            let row = SagaRow {
+                id: id.into(),
+                name: "s".into(),
+                status: status.into(),
+                input: b"{}".to_vec(),
+                state: "{}".into(),
+                version: 1,
+                key: id.into(),
+                fingerprint: [0; 32],
+                created_at: at,
+                updated_at: at,
+            };
+            store
+                .commit(Commit { saga: Some(crate::store::SagaChange::Create(row)), ..Commit::default() })
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.prune(PruneKind::Sagas, 100, 500).await.unwrap(), 2);
+        let left: Vec<String> =
+            store.sagas(None, None, 10, false).unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(left, ["c", "d", "e"]);
+
+        for n in 0..3 {
+            let mut t = tx(&store);
+            t.publish("topic", format!("{n}").into_bytes(), None).unwrap();
+            let mut commit = commit_of(t.into_changes(), None);
+            commit.correlation_id = Some("chain".into());
+            store.commit(commit).await.unwrap();
+        }
+        let delivery = |event_id: i64, status: &str| DeliveryRow {
+            event_id,
+            subscriber: "sub".into(),
+            operation: "op".into(),
+            topic: "topic".into(),
+            correlation_id: Some("chain".into()),
+            status: status.into(),
+            attempts: 1,
+            next_at: 0,
+            outcome: None,
+            last_error: None,
+            created_at: 0,
+            done_at: None,
+        };
+        let made = crate::store::DeliveryChange::Create {
+            deliveries: vec![delivery(1, "pending"), delivery(2, "pending")],
+            through: 2,
+        };
+        store.commit(Commit { deliveries: vec![made], ..Commit::default() }).await.unwrap();
+        let delivered = crate::store::DeliveryChange::Update {
+            event_id: 1,
+            subscriber: "sub".into(),
+            status: "delivered".into(),
+            attempts: 1,
+            next_at: 0,
+            outcome: Some("ok".into()),
+            last_error: None,
+            done_at: Some(1),
+        };
+        store.commit(Commit { deliveries: vec![delivered], ..Commit::default() }).await.unwrap();
+        let later = crate::clock::now_ms() + 1;
+        assert_eq!(store.prune(PruneKind::Events, later, 500).await.unwrap(), 1, "only the delivered event");
+        let page = store.chain("chain", 0, 10).unwrap();
+        let ids: Vec<i64> = page.events.iter().map(|e| e.id).collect();
+        assert_eq!(ids, [2, 3], "2 has a pending delivery; 3 is not dispatched yet");
+        assert_eq!(page.deliveries.len(), 1);
     }
 
     #[test]

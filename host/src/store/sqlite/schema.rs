@@ -125,6 +125,19 @@ const MIGRATIONS: &[&str] = &[
         saved_at INTEGER NOT NULL    -- unix ms
     );
     ",
+    // 6: retention. A tombstone says when its record was deleted (tombstones from
+    // before count from this migration); a service's version floor is the highest
+    // version of its forgotten tombstones (a key with no row reads at it); indexes find
+    // what retention forgets without scanning.
+    "
+    ALTER TABLE records ADD COLUMN deleted_at INTEGER;
+    UPDATE records SET deleted_at = CAST(unixepoch('subsec') * 1000 AS INTEGER) WHERE value IS NULL;
+    CREATE INDEX records_tombstones ON records (deleted_at) WHERE value IS NULL;
+    CREATE TABLE version_floors (
+        service TEXT PRIMARY KEY,
+        floor   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a

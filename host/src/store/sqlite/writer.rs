@@ -13,13 +13,16 @@ use std::sync::mpsc;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::prune::{self, PruneKind};
 use super::unavailable;
+use super::wal::WalPolicy;
 use crate::store::{Commit, Conflict, DeliveryChange, SagaChange, StoreError, Write};
 
 pub(super) enum Job {
     Commit(Box<Commit>, oneshot::Sender<Result<(), StoreError>>),
-    /// Delete idempotency records that expired before the given unix ms.
-    Purge(i64, oneshot::Sender<Result<usize, StoreError>>),
+    /// Forget a batch of what retention removes (see `prune.rs`): kind, before (unix
+    /// ms), batch size.
+    Prune(PruneKind, i64, usize, oneshot::Sender<Result<usize, StoreError>>),
 }
 
 /// Commits that may wait for the writer. More are refused ([`StoreError::Overloaded`]):
@@ -28,16 +31,16 @@ pub(super) enum Job {
 pub(super) const QUEUE: usize = 4096;
 
 /// Starts the writer thread; it ends when every sender is dropped.
-pub(super) fn spawn(conn: Connection, max_batch: usize) -> mpsc::SyncSender<Job> {
+pub(super) fn spawn(conn: Connection, max_batch: usize, wal: WalPolicy) -> mpsc::SyncSender<Job> {
     let (sender, receiver) = mpsc::sync_channel(QUEUE);
     std::thread::Builder::new()
         .name("wasaga-writer".into())
-        .spawn(move || run(conn, receiver, max_batch.max(1)))
+        .spawn(move || run(conn, receiver, max_batch.max(1), wal))
         .expect("failed to start the writer thread");
     sender
 }
 
-fn run(mut conn: Connection, receiver: mpsc::Receiver<Job>, max_batch: usize) {
+fn run(mut conn: Connection, receiver: mpsc::Receiver<Job>, max_batch: usize, mut wal: WalPolicy) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(job) = receiver.recv() {
         batch.push(job);
@@ -48,12 +51,13 @@ fn run(mut conn: Connection, receiver: mpsc::Receiver<Job>, max_batch: usize) {
             }
         }
         write_batch(&mut conn, &mut batch);
+        wal.enforce(&conn);
     }
 }
 
 enum Reply {
     Commit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
-    Purge(oneshot::Sender<Result<usize, StoreError>>, Result<usize, StoreError>),
+    Prune(oneshot::Sender<Result<usize, StoreError>>, Result<usize, StoreError>),
 }
 
 fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
@@ -74,11 +78,14 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
                 }
                 Err(fatal) => Some((Job::Commit(commit, reply), fatal)),
             },
-            Job::Purge(now, reply) => {
-                let result =
-                    tx.execute("DELETE FROM invocations WHERE expires_at <= ?1", [now]).map_err(unavailable);
-                replies.push(Reply::Purge(reply, result));
-                None
+            Job::Prune(kind, before, size, reply) => {
+                match in_savepoint(&tx, |conn| prune::prune(conn, kind, before, size)) {
+                    Ok(result) => {
+                        replies.push(Reply::Prune(reply, result));
+                        None
+                    }
+                    Err(fatal) => Some((Job::Prune(kind, before, size, reply), fatal)),
+                }
             }
         };
         // A savepoint that could not be rolled back, or a transaction SQLite ended by
@@ -97,7 +104,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
                     Reply::Commit(reply, _) => {
                         let _ = reply.send(Err(error.clone()));
                     }
-                    Reply::Purge(reply, _) => {
+                    Reply::Prune(reply, _) => {
                         let _ = reply.send(Err(error.clone()));
                     }
                 }
@@ -112,7 +119,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
             Reply::Commit(reply, result) => {
                 let _ = reply.send(durable.clone().and(result));
             }
-            Reply::Purge(reply, result) => {
+            Reply::Prune(reply, result) => {
                 let _ = reply.send(durable.clone().and(result));
             }
         }
@@ -129,7 +136,7 @@ fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
             Job::Commit(_, reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
-            Job::Purge(_, reply) => {
+            Job::Prune(_, _, _, reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
         }
@@ -138,13 +145,13 @@ fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
 
 /// Runs `f` in a savepoint: kept if it succeeds, rolled back if not. The outer error
 /// means the savepoint itself failed, and the whole batch must be abandoned.
-fn in_savepoint(
+fn in_savepoint<T>(
     tx: &rusqlite::Transaction<'_>,
-    f: impl FnOnce(&Connection) -> Result<(), StoreError>,
-) -> Result<Result<(), StoreError>, StoreError> {
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<Result<T, StoreError>, StoreError> {
     tx.execute_batch("SAVEPOINT one_commit").map_err(unavailable)?;
     match f(tx) {
-        Ok(()) => tx.execute_batch("RELEASE one_commit").map_err(unavailable).map(Ok),
+        Ok(value) => tx.execute_batch("RELEASE one_commit").map_err(unavailable).map(|()| Ok(value)),
         Err(error) => {
             tx.execute_batch("ROLLBACK TO one_commit; RELEASE one_commit").map_err(unavailable)?;
             Ok(Err(error))
@@ -359,25 +366,24 @@ fn apply_saga(conn: &Connection, change: &SagaChange) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Writes `write` only if the record is still at version `read` (0: never written).
+/// Writes `write` only if the record is still at version `read`: the row's version,
+/// or, for a key with no row (never written, or its tombstone forgotten), the version
+/// the transaction read it at, its service's floor. A concurrent change moves the
+/// row's version, and the write finds nothing to update: a conflict. A delete stamps
+/// the tombstone with the time, for retention.
 /// This and [`check_version`] are the only places where versions are compared.
 fn write_versioned(conn: &Connection, service: &str, write: &Write, read: u64) -> Result<(), StoreError> {
-    let changed = if read == 0 {
-        conn.prepare_cached(
-            "INSERT INTO records (service, key, value, version) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (service, key) DO NOTHING",
+    let deleted_at = write.value.is_none().then(crate::clock::now_ms);
+    let changed = conn
+        .prepare_cached(
+            "INSERT INTO records (service, key, value, version, deleted_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (service, key) DO UPDATE SET
+                 value = excluded.value, version = excluded.version, deleted_at = excluded.deleted_at
+             WHERE records.version = ?6",
         )
         .map_err(unavailable)?
-        .execute(params![service, write.key, write.value, write.version as i64])
-    } else {
-        conn.prepare_cached(
-            "UPDATE records SET value = ?3, version = ?4
-             WHERE service = ?1 AND key = ?2 AND version = ?5",
-        )
-        .map_err(unavailable)?
-        .execute(params![service, write.key, write.value, write.version as i64, read as i64])
-    }
-    .map_err(unavailable)?;
+        .execute(params![service, write.key, write.value, write.version as i64, deleted_at, read as i64])
+        .map_err(unavailable)?;
     if changed == 1 { Ok(()) } else { Err(conflict(conn, service, &write.key, read)) }
 }
 
@@ -387,14 +393,18 @@ fn check_version(conn: &Connection, service: &str, key: &str, read: u64) -> Resu
     if current.0 == read { Ok(()) } else { Err(conflict(conn, service, key, read)) }
 }
 
-/// (version, exists) of a record now; (0, false) if never written.
+/// (version, exists) of a record now; (its service's floor, false) if it has no row.
 fn current_version(conn: &Connection, service: &str, key: &str) -> Result<(u64, bool), StoreError> {
-    conn.prepare_cached("SELECT version, value IS NOT NULL FROM records WHERE service = ?1 AND key = ?2")
+    let found = conn
+        .prepare_cached("SELECT version, value IS NOT NULL FROM records WHERE service = ?1 AND key = ?2")
         .map_err(unavailable)?
         .query_row(params![service, key], |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)))
         .optional()
-        .map_err(unavailable)
-        .map(|found| found.unwrap_or((0, false)))
+        .map_err(unavailable)?;
+    match found {
+        Some(found) => Ok(found),
+        None => Ok((prune::floor(conn, service).map_err(unavailable)?, false)),
+    }
 }
 
 fn conflict(conn: &Connection, service: &str, key: &str, read: u64) -> StoreError {

@@ -1,0 +1,146 @@
+//! How long the store keeps what accumulates, and the task that forgets the rest: a
+//! small batch at a time through the writer (so never for long, and never beside a
+//! commit), every `every`. What each kind may forget, and why that is never needed for
+//! a guarantee, is in `store/sqlite/prune.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metrics::{labels, metrics};
+use crate::store::{PruneKind, SqliteStore};
+
+/// Retention periods. Idempotency records keep their own (`--idempotency-retention`,
+/// written into each record as it is stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Finished sagas (completed or compensated), from their last change.
+    pub sagas: Duration,
+    /// Events whose deliveries are all made, from their publication.
+    pub events: Duration,
+    /// Tombstones of deleted records, from the delete.
+    pub tombstones: Duration,
+    /// How often the pruning task looks.
+    pub every: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        Retention { sagas: week, events: week, tombstones: week, every: Duration::from_secs(10) }
+    }
+}
+
+/// Things forgotten per writer job: small enough that a commit queued behind one waits
+/// a millisecond or two.
+const BATCH: usize = 500;
+
+impl Retention {
+    /// A saga must outlive the key that started it: otherwise a client retrying its
+    /// start after the saga was forgotten would start it again.
+    pub fn check(&self, idempotency: Duration) -> Result<(), String> {
+        if self.sagas < idempotency {
+            return Err(format!(
+                "the saga retention ({:?}) must be at least the idempotency retention ({idempotency:?}): \
+                 a saga outlives the key that started it",
+                self.sagas
+            ));
+        }
+        Ok(())
+    }
+
+    /// Prunes every `every`, until the process ends.
+    pub async fn run(self, store: Arc<SqliteStore>) {
+        let mut ticks = tokio::time::interval(self.every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.prune(&store, crate::clock::now_ms()).await;
+        }
+    }
+
+    /// One pass: everything of each kind past its retention, in batches.
+    pub async fn prune(&self, store: &SqliteStore, now: i64) {
+        // A retention of centuries means "keep", not an overflow.
+        let ago = |d: Duration| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        for kind in PruneKind::ALL {
+            let before = match kind {
+                // Each record carries its own expiry.
+                PruneKind::Outcomes => now,
+                PruneKind::Sagas => ago(self.sagas),
+                PruneKind::Events => ago(self.events),
+                PruneKind::Tombstones => ago(self.tombstones),
+            };
+            let mut forgotten = 0;
+            loop {
+                match store.prune(kind, before, BATCH).await {
+                    Ok(n) => {
+                        forgotten += n;
+                        if n < BATCH {
+                            break;
+                        }
+                        // Let the commits queued meanwhile go first.
+                        tokio::task::yield_now().await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(kind = kind.as_str(), "pruning failed: {error}; tried again later");
+                        break;
+                    }
+                }
+            }
+            if forgotten > 0 {
+                metrics().pruned.get_or_create(&labels(&[("kind", kind.as_str())])).inc_by(forgotten as u64);
+                tracing::debug!(kind = kind.as_str(), forgotten, "retention");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Commit, RecordStore, SqliteOptions, Transaction, TxLimits};
+
+    async fn delete_a_record(store: &SqliteStore) {
+        for delete in [false, true] {
+            let mut tx = Transaction::new(store.snapshot("svc").unwrap(), TxLimits::default());
+            if delete {
+                tx.delete("k", None).unwrap();
+            } else {
+                tx.set("k", b"v".to_vec()).unwrap();
+            }
+            let commit = Commit { service: "svc".into(), changes: tx.into_changes(), ..Commit::default() };
+            store.commit(commit).await.unwrap();
+        }
+    }
+
+    fn tombstones(store: &SqliteStore) -> i64 {
+        let conn = rusqlite::Connection::open(store.path()).unwrap();
+        conn.query_row("SELECT count(*) FROM records WHERE value IS NULL", [], |r| r.get(0)).unwrap()
+    }
+
+    /// A pass forgets what is past its retention, and a retention of centuries keeps
+    /// everything (it once overflowed into "forget everything").
+    #[tokio::test]
+    async fn a_pass_forgets_what_is_past_its_retention_and_centuries_keep() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        delete_a_record(&store).await;
+        let later = crate::clock::now_ms() + 60_000;
+        let centuries = Duration::from_secs(u64::MAX / 2);
+        let keep = Retention { tombstones: centuries, ..Retention::default() };
+        keep.prune(&store, later).await;
+        assert_eq!(tombstones(&store), 1);
+        let minute = Retention { tombstones: Duration::from_secs(30), ..Retention::default() };
+        minute.prune(&store, later).await;
+        assert_eq!(tombstones(&store), 0);
+    }
+
+    #[test]
+    fn a_saga_retention_below_the_key_retention_is_refused() {
+        let day = Duration::from_secs(86_400);
+        let retention = Retention { sagas: day, ..Retention::default() };
+        assert!(retention.check(day).is_ok());
+        let error = retention.check(2 * day).unwrap_err();
+        assert!(error.contains("must be at least the idempotency retention"), "{error}");
+    }
+}

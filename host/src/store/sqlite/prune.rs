@@ -1,0 +1,121 @@
+//! Retention: what the store forgets, a small batch at a time, through the writer (so
+//! never beside a commit, and never for long: each batch is one job among the commits).
+//!
+//! Nothing forgotten is needed for a guarantee:
+//! - idempotency records once they expire (they are replayed until then);
+//! - finished sagas (completed, compensated) after their retention: running,
+//!   compensating and stuck ones stay, and the retention is at least the idempotency
+//!   retention, so a saga outlives its start's key;
+//! - events after their retention once every delivery of theirs is delivered (pending
+//!   ones may still be tried, dead ones still redelivered: they stay), with their
+//!   deliveries; never an event not yet dispatched;
+//! - tombstones after their retention. A tombstone keeps a deleted record's version so
+//!   that the key, created again, goes on from it. Forgetting one raises its service's
+//!   *version floor* to its version: a key with no row reads at the floor, so a record
+//!   created again still starts above every version it ever had.
+
+use rusqlite::{Connection, params};
+
+use super::unavailable;
+use crate::store::StoreError;
+
+/// What a prune job forgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneKind {
+    /// Idempotency records that expired before `before`.
+    Outcomes,
+    /// Completed and compensated sagas last changed before `before`.
+    Sagas,
+    /// Delivered events published before `before`, with their deliveries.
+    Events,
+    /// Tombstones of records deleted before `before`.
+    Tombstones,
+}
+
+impl PruneKind {
+    pub const ALL: [PruneKind; 4] =
+        [PruneKind::Outcomes, PruneKind::Sagas, PruneKind::Events, PruneKind::Tombstones];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PruneKind::Outcomes => "idempotency_records",
+            PruneKind::Sagas => "sagas",
+            PruneKind::Events => "events",
+            PruneKind::Tombstones => "tombstones",
+        }
+    }
+}
+
+/// Forgets at most `batch` things of `kind` older than `before` (unix ms); returns how
+/// many.
+pub(super) fn prune(
+    conn: &Connection,
+    kind: PruneKind,
+    before: i64,
+    batch: usize,
+) -> Result<usize, StoreError> {
+    let batch = batch as i64;
+    match kind {
+        PruneKind::Outcomes => conn.execute(
+            "DELETE FROM invocations WHERE (service, space, key) IN
+                 (SELECT service, space, key FROM invocations WHERE expires_at <= ?1 LIMIT ?2)",
+            params![before, batch],
+        ),
+        PruneKind::Sagas => conn.execute(
+            "DELETE FROM sagas WHERE id IN
+                 (SELECT id FROM sagas WHERE status IN ('completed', 'compensated') AND updated_at < ?1
+                  ORDER BY id LIMIT ?2)",
+            params![before, batch],
+        ),
+        PruneKind::Events => prune_events(conn, before, batch),
+        PruneKind::Tombstones => prune_tombstones(conn, before, batch),
+    }
+    .map_err(unavailable)
+}
+
+fn prune_events(conn: &Connection, before: i64, batch: i64) -> rusqlite::Result<usize> {
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_events (id INTEGER PRIMARY KEY)", [])?;
+    conn.execute("DELETE FROM temp.pruned_events", [])?;
+    conn.execute(
+        "INSERT INTO temp.pruned_events (id)
+         SELECT o.id FROM outbox o
+         WHERE o.id <= (SELECT through FROM dispatch WHERE id = 1) AND o.created_at < ?1
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = o.id AND d.status != 'delivered')
+         ORDER BY o.id LIMIT ?2",
+        params![before, batch],
+    )?;
+    conn.execute("DELETE FROM deliveries WHERE event_id IN (SELECT id FROM temp.pruned_events)", [])?;
+    conn.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM temp.pruned_events)", [])
+}
+
+fn prune_tombstones(conn: &Connection, before: i64, batch: i64) -> rusqlite::Result<usize> {
+    let forgotten: Vec<(String, String, i64)> = conn
+        .prepare_cached(
+            "SELECT service, key, version FROM records
+             WHERE value IS NULL AND deleted_at < ?1 ORDER BY deleted_at LIMIT ?2",
+        )?
+        .query_map(params![before, batch], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut raise = conn.prepare_cached(
+        "INSERT INTO version_floors (service, floor) VALUES (?1, ?2)
+         ON CONFLICT (service) DO UPDATE SET floor = max(floor, excluded.floor)",
+    )?;
+    let mut delete = conn.prepare_cached(
+        "DELETE FROM records WHERE service = ?1 AND key = ?2 AND value IS NULL AND version = ?3",
+    )?;
+    for (service, key, version) in &forgotten {
+        raise.execute(params![service, version])?;
+        delete.execute(params![service, key, version])?;
+    }
+    Ok(forgotten.len())
+}
+
+/// The version a key of `service` with no row reads at: 0, or the highest version of
+/// the service's forgotten tombstones.
+pub(super) fn floor(conn: &Connection, service: &str) -> rusqlite::Result<u64> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached("SELECT floor FROM version_floors WHERE service = ?1")?
+        .query_row([service], |row| row.get::<_, i64>(0))
+        .optional()
+        .map(|floor| floor.unwrap_or(0) as u64)
+}
