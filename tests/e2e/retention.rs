@@ -159,3 +159,30 @@ fn a_saga_retention_shorter_than_the_key_retention_is_refused() {
         "{stderr}"
     );
 }
+
+/// `wasaga bench soak` drives sagas over HTTP against a server of its own and reports
+/// a row per period, with sizes, and what retention forgot (here within seconds).
+#[test]
+fn the_soak_benchmark_reports_each_period() {
+    let out = crate::support::wasaga()
+        .args(["bench", "soak", "--duration", "3s", "--every", "1s", "--concurrency", "4", "--"])
+        .args(SHORT)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 0:"))
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    for row in &rows {
+        let sagas: f64 = row[1].parse().unwrap();
+        assert!(sagas > 0.0, "sagas finished in every period: {stdout}");
+        assert_eq!(row[4], "0", "none failed: {stdout}");
+        assert!(row[5].ends_with("MiB") && row[7].ends_with("MiB"), "{stdout}");
+        assert!(row[8].parse::<u32>().unwrap() > 0, "open fds: {stdout}");
+    }
+    assert!(stdout.contains("retention forgot: "), "{stdout}");
+}

@@ -120,7 +120,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
 
 /// Writes the built-in plugins and saga definition where the server loads them (only
 /// when they differ, so that a restart does not count as a reload).
-fn install(plugins: &Path, sagas: &Path) -> std::io::Result<()> {
+pub(super) fn install(plugins: &Path, sagas: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(plugins)?;
     std::fs::create_dir_all(sagas)?;
     for (name, wasm) in SERVICES {

@@ -6,6 +6,7 @@ mod invoke;
 mod reload;
 mod runtime;
 mod sagas;
+mod soak;
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ pub enum BenchCommand {
     Sagas(sagas::Args),
     Reload(reload::Args),
     Events(events::Args),
+    Soak(soak::Args),
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
@@ -27,6 +29,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<std::process::ExitCode
         BenchCommand::Sagas(args) => sagas::run(args).await,
         BenchCommand::Reload(args) => reload::run(args).await,
         BenchCommand::Events(args) => events::run(args).await,
+        BenchCommand::Soak(args) => soak::run(args).await,
     }
 }
 
