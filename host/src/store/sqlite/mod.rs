@@ -56,7 +56,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             synchronous: Synchronous::Full,
             max_batch: 256,
-            checkpoint_interval: Duration::from_millis(500),
+            checkpoint_interval: Duration::from_millis(50),
             wal_limit: 64 << 20,
         }
     }

@@ -149,9 +149,10 @@ fn in_savepoint<T>(
     tx: &rusqlite::Transaction<'_>,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<Result<T, StoreError>, StoreError> {
-    tx.execute_batch("SAVEPOINT one_commit").map_err(unavailable)?;
+    let run = |sql: &str| tx.prepare_cached(sql).and_then(|mut statement| statement.execute([]));
+    run("SAVEPOINT one_commit").map_err(unavailable)?;
     match f(tx) {
-        Ok(value) => tx.execute_batch("RELEASE one_commit").map_err(unavailable).map(|()| Ok(value)),
+        Ok(value) => run("RELEASE one_commit").map_err(unavailable).map(|_| Ok(value)),
         Err(error) => {
             tx.execute_batch("ROLLBACK TO one_commit; RELEASE one_commit").map_err(unavailable)?;
             Ok(Err(error))
