@@ -179,7 +179,7 @@ impl SqliteStore {
 
     /// How many sagas are in each status.
     pub fn saga_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.rows("SELECT status, count(*) FROM sagas GROUP BY status ORDER BY status", &[], |row| {
+        self.rows("SELECT status, n FROM saga_counts WHERE n > 0 ORDER BY status", &[], |row| {
             Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
         })
     }

@@ -46,6 +46,23 @@ impl PruneKind {
     }
 }
 
+// What each kind forgets, oldest first, `?2` at a time: each a range of an index
+// (`invocations_by_expiry`, `sagas_finished`, `outbox_by_age`, `records_tombstones`),
+// so that a pass costs what it forgets, not what is kept.
+const EXPIRED_OUTCOMES: &str = "DELETE FROM invocations WHERE (service, space, key) IN
+    (SELECT service, space, key FROM invocations WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)";
+const FINISHED_SAGAS: &str = "DELETE FROM sagas WHERE id IN
+    (SELECT id FROM sagas INDEXED BY sagas_finished
+     WHERE status IN ('completed', 'compensated') AND updated_at < ?1
+     ORDER BY updated_at LIMIT ?2)";
+const DELIVERED_EVENTS: &str = "INSERT INTO temp.pruned_events (id)
+    SELECT o.id FROM outbox o INDEXED BY outbox_by_age
+    WHERE o.created_at < ?1 AND o.id <= (SELECT through FROM dispatch WHERE id = 1)
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = o.id AND d.status != 'delivered')
+    ORDER BY o.created_at LIMIT ?2";
+const OLD_TOMBSTONES: &str = "SELECT service, key, version FROM records
+    WHERE value IS NULL AND deleted_at < ?1 ORDER BY deleted_at LIMIT ?2";
+
 /// Forgets at most `batch` things of `kind` older than `before` (unix ms); returns how
 /// many.
 pub(super) fn prune(
@@ -56,44 +73,29 @@ pub(super) fn prune(
 ) -> Result<usize, StoreError> {
     let batch = batch as i64;
     match kind {
-        PruneKind::Outcomes => conn.execute(
-            "DELETE FROM invocations WHERE (service, space, key) IN
-                 (SELECT service, space, key FROM invocations WHERE expires_at <= ?1 LIMIT ?2)",
-            params![before, batch],
-        ),
-        PruneKind::Sagas => conn.execute(
-            "DELETE FROM sagas WHERE id IN
-                 (SELECT id FROM sagas WHERE status IN ('completed', 'compensated') AND updated_at < ?1
-                  ORDER BY id LIMIT ?2)",
-            params![before, batch],
-        ),
+        PruneKind::Outcomes => delete(conn, EXPIRED_OUTCOMES, before, batch),
+        PruneKind::Sagas => delete(conn, FINISHED_SAGAS, before, batch),
         PruneKind::Events => prune_events(conn, before, batch),
         PruneKind::Tombstones => prune_tombstones(conn, before, batch),
     }
     .map_err(unavailable)
 }
 
+fn delete(conn: &Connection, sql: &str, before: i64, batch: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params![before, batch])
+}
+
 fn prune_events(conn: &Connection, before: i64, batch: i64) -> rusqlite::Result<usize> {
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS pruned_events (id INTEGER PRIMARY KEY)", [])?;
     conn.execute("DELETE FROM temp.pruned_events", [])?;
-    conn.execute(
-        "INSERT INTO temp.pruned_events (id)
-         SELECT o.id FROM outbox o
-         WHERE o.id <= (SELECT through FROM dispatch WHERE id = 1) AND o.created_at < ?1
-           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = o.id AND d.status != 'delivered')
-         ORDER BY o.id LIMIT ?2",
-        params![before, batch],
-    )?;
+    conn.prepare_cached(DELIVERED_EVENTS)?.execute(params![before, batch])?;
     conn.execute("DELETE FROM deliveries WHERE event_id IN (SELECT id FROM temp.pruned_events)", [])?;
     conn.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM temp.pruned_events)", [])
 }
 
 fn prune_tombstones(conn: &Connection, before: i64, batch: i64) -> rusqlite::Result<usize> {
     let forgotten: Vec<(String, String, i64)> = conn
-        .prepare_cached(
-            "SELECT service, key, version FROM records
-             WHERE value IS NULL AND deleted_at < ?1 ORDER BY deleted_at LIMIT ?2",
-        )?
+        .prepare_cached(OLD_TOMBSTONES)?
         .query_map(params![before, batch], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let mut raise = conn.prepare_cached(
@@ -118,4 +120,36 @@ pub(super) fn floor(conn: &Connection, service: &str) -> rusqlite::Result<u64> {
         .query_row([service], |row| row.get::<_, i64>(0))
         .optional()
         .map(|floor| floor.unwrap_or(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every selection of what to forget is a range of its index, oldest first: a
+    /// pass over a week of sagas must not read them all (a search by status alone
+    /// would read every finished saga).
+    #[test]
+    fn pruning_reads_ranges_of_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap().unwrap();
+        conn.execute("CREATE TEMP TABLE pruned_events (id INTEGER PRIMARY KEY)", []).unwrap();
+        for (sql, range) in [
+            (EXPIRED_OUTCOMES, "INDEX invocations_by_expiry (expires_at<?)"),
+            (FINISHED_SAGAS, "INDEX sagas_finished (updated_at<?)"),
+            (DELIVERED_EVENTS, "INDEX outbox_by_age (created_at<?)"),
+            (OLD_TOMBSTONES, "INDEX records_tombstones (deleted_at<?)"),
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(params![0, 10], |row| row.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(plan.iter().any(|step| step.contains(range)), "{sql}\nplan: {plan:#?}");
+            let scans: Vec<&String> = plan.iter().filter(|step| step.starts_with("SCAN")).collect();
+            assert!(scans.is_empty(), "{sql}\nscans: {scans:?}");
+        }
+    }
 }
