@@ -278,9 +278,8 @@ impl SagaEngine {
         let Value::Object(input) = input else { return Err(SagaError::InputNotObject) };
         let bytes = serde_json::to_vec(&input).expect("JSON values serialise");
         let fingerprint: [u8; 32] = Sha256::digest(&bytes).into();
-        if let Some(existing) = self.existing(name, key, &fingerprint)? {
-            return Ok((existing, false));
-        }
+        // No look-up of the key first: the store refuses a second saga of the same
+        // name and key, and a repeat (rare) is answered from the first then.
         let id = SagaId::new();
         let at = self.inner.clock.now_ms();
         let mut state = SagaState::new(&def);
@@ -300,7 +299,8 @@ impl SagaEngine {
         let commit = Commit { saga: Some(SagaChange::Create(row.clone())), ..Commit::default() };
         match self.inner.invoker.commit(commit).await {
             Ok(()) => {}
-            // The same key raced us and won: that saga is the one.
+            // The key started a saga before (or a concurrent start won): that saga
+            // is the one.
             Err(StoreError::Duplicate(_)) => {
                 let existing = self.existing(name, key, &fingerprint)?;
                 return existing.map(|e| (e, false)).ok_or_else(|| SagaError::NotFound(key.into()));
@@ -452,6 +452,14 @@ impl SagaEngine {
                 let mut waiters = self.inner.waiters.lock().expect("waiters mutex poisoned");
                 waiters.entry(saga_id.clone()).or_insert_with(|| watch::channel(()).0).subscribe()
             };
+            let left = until.saturating_duration_since(Instant::now());
+            // A saga with a driver here is not settled, and its driver wakes us when it
+            // ends (it leaves `running` before it notifies): no need to read it now.
+            let driven = self.inner.running.lock().expect("running mutex poisoned").contains(&saga_id);
+            if driven && !left.is_zero() {
+                let _ = tokio::time::timeout(left, woken.changed()).await;
+                continue;
+            }
             let record = self.get(id);
             let settled = record
                 .as_ref()
