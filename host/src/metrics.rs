@@ -36,6 +36,8 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     /// The WAL's size, after the last batch.
     pub wal_bytes: Gauge,
+    /// 1 while the store cannot write (disk full, I/O errors), else 0.
+    pub store_failing: Gauge,
     /// Checkpoints that restart the WAL, in seconds: the time commits waited.
     pub wal_checkpoint: Histogram,
     /// Saga step calls, by saga, step, direction (`do`, `undo`) and outcome, in seconds.
@@ -76,6 +78,7 @@ impl Metrics {
             replays: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             wal_bytes: Gauge::default(),
+            store_failing: Gauge::default(),
             wal_checkpoint: latency_histogram(),
             step_seconds: Family::new_with_constructor(latency_histogram),
             saga_seconds: Family::new_with_constructor(latency_histogram),
@@ -115,6 +118,11 @@ impl Metrics {
             metrics.commit_batch.clone(),
         );
         registry.register("wal_bytes", "The SQLite WAL's size, in bytes", metrics.wal_bytes.clone());
+        registry.register(
+            "store_failing",
+            "1 while the store cannot write (disk full, I/O errors): writes are refused",
+            metrics.store_failing.clone(),
+        );
         registry.register(
             "wal_checkpoint_seconds",
             "Checkpoints that restart the WAL, in seconds (commits wait meanwhile)",

@@ -16,4 +16,5 @@ mod saga_crash;
 mod sagas;
 mod security;
 mod serve;
+mod storage_faults;
 mod support;

@@ -24,11 +24,24 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// (so servers have an operator, and the CLI's operator commands send it).
 pub fn wasaga() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wasaga"));
+    with_test_env(&mut command);
+    command
+}
+
+/// The `wasaga` binary run by `program` (`strace`, `unshare`, ...) with `args` before
+/// it, and the environment of [`wasaga`].
+pub fn wasaga_under(program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args).arg(env!("CARGO_BIN_EXE_wasaga"));
+    with_test_env(&mut command);
+    command
+}
+
+fn with_test_env(command: &mut Command) {
     command.env("WASAGA_LOG", "warn").env("WASAGA_ADMIN_TOKEN", ADMIN_TOKEN);
     for name in ["WASAGA_API_TOKEN", "WASAGA_ADMIN_TOKEN_FILE", "WASAGA_API_TOKEN_FILE"] {
         command.env_remove(name);
     }
-    command
 }
 
 /// The saga definitions of the demo.
@@ -189,11 +202,25 @@ impl Server {
         self._data = Some(data);
     }
 
-    /// Kills the process at once (SIGKILL) and reaps it.
+    /// Kills the process at once (SIGKILL) and reaps it; its descendants first (a
+    /// server run by `strace` goes on when strace dies).
     pub fn kill(&mut self) {
+        for pid in descendants(self.child.id()) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The processes below `pid`, from /proc.
+fn descendants(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    let children: Vec<u32> = tasks
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect();
+    children.iter().flat_map(|&child| descendants(child).into_iter().chain([child])).collect()
 }
 
 impl Drop for Server {

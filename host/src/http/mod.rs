@@ -105,6 +105,16 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<&'static str, ApiError> {
+    if let Some(failing) = state.sagas.store().failing() {
+        let since = crate::clock::utc(failing.since);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the store cannot write since {since}: {}; writes are refused until it can",
+                failing.reason
+            ),
+        ));
+    }
     state.sagas.counts().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     if state.invoker.registry().plugins().is_empty() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no plugin is loaded"));

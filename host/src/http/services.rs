@@ -116,8 +116,12 @@ fn error(error: InvokeError, retention: u64) -> ApiError {
         InvokeError::Store(StoreError::Invalid(_)) => StatusCode::BAD_REQUEST,
         InvokeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
-    if let InvokeError::Store(store) = &error {
-        tracing::error!("invocation failed in the store: {store}");
+    match &error {
+        // A store that cannot write says so once (store/sqlite/health.rs), and an
+        // overloaded one is counted: neither is logged per request.
+        InvokeError::Store(StoreError::Unavailable(_) | StoreError::Overloaded(_)) => {}
+        InvokeError::Store(store) => tracing::error!("invocation failed in the store: {store}"),
+        _ => {}
     }
     let api = ApiError::new(status, error.to_string()).with_header(RETENTION, retention);
     match status {

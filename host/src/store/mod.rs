@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use memory::MemoryStore;
-pub use sqlite::{PruneKind, SqliteOptions, SqliteStore, Synchronous};
+pub use sqlite::{Failing, PruneKind, SqliteOptions, SqliteStore, Synchronous};
 pub use transaction::{ChangeSet, Event, Transaction, TxLimits, Write};
 
 /// A stored record as plugins and clients see it.

@@ -8,12 +8,16 @@
 //!   switched off on the writer.
 //! - A lock file keeps a second wasaga process off the same data directory.
 
+mod health;
 mod prune;
 mod schema;
 mod wal;
 mod writer;
 
+pub use health::Failing;
 pub use prune::PruneKind;
+
+use health::Health;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -68,6 +72,7 @@ pub struct SqliteStore {
     path: PathBuf,
     readers: Arc<ReadPool>,
     writer: Mutex<mpsc::SyncSender<writer::Job>>,
+    health: Arc<Health>,
     stop: Arc<AtomicBool>,
     _lock: File,
 }
@@ -102,14 +107,21 @@ impl SqliteStore {
         wal.prepare(&conn).map_err(unavailable)?;
         let stop = Arc::new(AtomicBool::new(false));
         spawn_checkpointer(&path, options.checkpoint_interval, stop.clone())?;
-        let writer = writer::spawn(conn, options.max_batch, wal);
+        let health = Arc::new(Health::default());
+        let writer = writer::spawn(conn, options.max_batch, wal, health.clone());
         Ok(SqliteStore {
+            health,
             readers: Arc::new(ReadPool { path: path.clone(), idle: Mutex::default() }),
             path,
             writer: Mutex::new(writer),
             stop,
             _lock: lock,
         })
+    }
+
+    /// Why the store cannot write, while it cannot (see `health.rs`).
+    pub fn failing(&self) -> Option<Failing> {
+        self.health.failing()
     }
 
     /// The database file.
@@ -595,11 +607,21 @@ fn spawn_checkpointer(path: &Path, interval: Duration, stop: Arc<AtomicBool>) ->
     std::thread::Builder::new()
         .name("wasaga-checkpoint".into())
         .spawn(move || {
+            let mut failing = false;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(interval);
                 // PASSIVE never waits for the writer or readers: it copies what it can.
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!("WAL checkpoint failed: {e}");
+                // A failure (a full disk) is said once, not twenty times a second.
+                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    Err(e) if !failing => {
+                        tracing::warn!("WAL checkpoint failed: {e}; the WAL grows until it can");
+                        failing = true;
+                    }
+                    Ok(()) if failing => {
+                        tracing::info!("WAL checkpoints work again");
+                        failing = false;
+                    }
+                    _ => {}
                 }
             }
         })

@@ -163,6 +163,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX sagas_finished ON sagas (updated_at) WHERE status IN ('completed', 'compensated');
     CREATE INDEX outbox_by_age ON outbox (created_at);
     ",
+    // 8: the writer's probe of a failing store (`health.rs`): a commit of one row.
+    "
+    CREATE TABLE probes (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a

@@ -26,7 +26,8 @@ const READERS_WAIT_AT_LIMIT: Duration = Duration::from_millis(250);
 
 /// After a restart at the limit that still found readers in the WAL, how long the
 /// writer goes on before it waits for them again: a long reader (a big scan) must not
-/// stall every batch by `READERS_WAIT_AT_LIMIT`.
+/// stall every batch by `READERS_WAIT_AT_LIMIT`. Likewise after a restart that failed
+/// (a full disk): it is tried again a second later, not at every batch.
 const AFTER_BUSY: Duration = Duration::from_secs(1);
 
 /// The WAL's limit and where it is.
@@ -34,7 +35,8 @@ const AFTER_BUSY: Duration = Duration::from_secs(1);
 pub(super) struct WalPolicy {
     pub(super) path: PathBuf,
     pub(super) limit: u64,
-    /// No wait at the limit before this (set after one that found readers).
+    /// No restart before this: set after one at the limit that found readers, or one
+    /// that failed.
     pub(super) not_before: Option<Instant>,
 }
 
@@ -60,10 +62,10 @@ impl WalPolicy {
         if size <= self.restart_at() {
             return;
         }
-        let at_limit = size >= self.limit;
-        if at_limit && self.not_before.is_some_and(|at| Instant::now() < at) {
+        if self.not_before.is_some_and(|at| Instant::now() < at) {
             return;
         }
+        let at_limit = size >= self.limit;
         let began = Instant::now();
         let _ = conn.busy_timeout(if at_limit { READERS_WAIT_AT_LIMIT } else { READERS_WAIT });
         let result = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get::<_, i64>(0));

@@ -8,11 +8,12 @@
 //! are sent only after the transaction is durable.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::health::{Health, PROBE_EVERY};
 use super::prune::{self, PruneKind};
 use super::unavailable;
 use super::wal::WalPolicy;
@@ -31,18 +32,44 @@ pub(super) enum Job {
 pub(super) const QUEUE: usize = 4096;
 
 /// Starts the writer thread; it ends when every sender is dropped.
-pub(super) fn spawn(conn: Connection, max_batch: usize, wal: WalPolicy) -> mpsc::SyncSender<Job> {
+pub(super) fn spawn(
+    conn: Connection,
+    max_batch: usize,
+    wal: WalPolicy,
+    health: Arc<Health>,
+) -> mpsc::SyncSender<Job> {
     let (sender, receiver) = mpsc::sync_channel(QUEUE);
     std::thread::Builder::new()
         .name("wasaga-writer".into())
-        .spawn(move || run(conn, receiver, max_batch.max(1), wal))
+        .spawn(move || run(conn, receiver, max_batch.max(1), wal, health))
         .expect("failed to start the writer thread");
     sender
 }
 
-fn run(mut conn: Connection, receiver: mpsc::Receiver<Job>, max_batch: usize, mut wal: WalPolicy) {
+fn run(
+    mut conn: Connection,
+    receiver: mpsc::Receiver<Job>,
+    max_batch: usize,
+    mut wal: WalPolicy,
+    health: Arc<Health>,
+) {
     let mut batch = Vec::with_capacity(max_batch);
-    while let Ok(job) = receiver.recv() {
+    loop {
+        let job = if health.is_failing() {
+            match receiver.recv_timeout(PROBE_EVERY) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    health.probe(&mut conn);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
         batch.push(job);
         while batch.len() < max_batch {
             match receiver.try_recv() {
@@ -50,7 +77,10 @@ fn run(mut conn: Connection, receiver: mpsc::Receiver<Job>, max_batch: usize, mu
                 Err(_) => break,
             }
         }
-        write_batch(&mut conn, &mut batch);
+        match write_batch(&mut conn, &mut batch) {
+            Ok(()) => health.committed(),
+            Err(error) => health.failed(&error.to_string()),
+        }
         wal.enforce(&conn);
     }
 }
@@ -60,19 +90,32 @@ enum Reply {
     Prune(oneshot::Sender<Result<usize, StoreError>>, Result<usize, StoreError>),
 }
 
-fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+/// Writes a batch and answers each job. An error means the storage failed (SQLite could
+/// not begin, write or sync the batch, or a statement failed on it): every job that was
+/// told "stored" is on disk, and none that was told otherwise is.
+fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) -> Result<(), StoreError> {
     let commits = batch.iter().filter(|job| matches!(job, Job::Commit(..))).count();
     crate::metrics::metrics().commit_batch.observe(commits as f64);
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return fail_all(batch.drain(..), &unavailable(e)),
+        Err(e) => {
+            let error = unavailable(e);
+            fail_all(batch.drain(..), &error);
+            return Err(error);
+        }
     };
+    // A statement that failed on the storage (not a version check): the batch goes on
+    // without that commit, but the store is not well.
+    let mut storage_error = None;
     let mut replies = Vec::with_capacity(batch.len());
     let mut jobs = batch.drain(..);
     for job in jobs.by_ref() {
         let fatal = match job {
             Job::Commit(commit, reply) => match in_savepoint(&tx, |conn| apply(conn, &commit)) {
                 Ok(result) => {
+                    if let Err(error @ StoreError::Unavailable(_)) = &result {
+                        storage_error.get_or_insert_with(|| error.clone());
+                    }
                     replies.push(Reply::Commit(reply, result));
                     None
                 }
@@ -109,7 +152,8 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
                     }
                 }
             }
-            return fail_all(job.into_iter().chain(jobs), &error);
+            fail_all(job.into_iter().chain(jobs), &error);
+            return Err(error);
         }
     }
     let durable = tx.commit().map_err(unavailable);
@@ -124,6 +168,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
             }
         }
     }
+    durable.and(storage_error.map_or(Ok(()), Err))
 }
 
 fn lost_transaction() -> StoreError {
