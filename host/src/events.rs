@@ -26,7 +26,7 @@ use crate::clock::now_ms;
 use crate::invoke::{Attached, Caller, InvokeError, Invoker, Produced, Request};
 use crate::metrics::{labels, metrics};
 use crate::runtime::CallError;
-use crate::store::{Commit, DeliveryChange, DeliveryRow, SqliteStore, StoreError};
+use crate::store::{Commit, DeliveryChange, DeliveryRow, Store, StoreError};
 
 /// Attempts of one delivery before it is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -44,14 +44,14 @@ pub struct Dispatcher {
 #[derive(Debug)]
 struct Inner {
     invoker: Invoker,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     alerter: Alerter,
     in_flight: Mutex<HashSet<(i64, String)>>,
     permits: Arc<Semaphore>,
 }
 
 impl Dispatcher {
-    pub fn new(invoker: Invoker, store: Arc<SqliteStore>, alerter: Alerter) -> Self {
+    pub fn new(invoker: Invoker, store: Arc<dyn Store>, alerter: Alerter) -> Self {
         Dispatcher {
             inner: Arc::new(Inner {
                 invoker,
@@ -71,7 +71,7 @@ impl Dispatcher {
                 if let Err(error) = dispatcher.fan_out().await {
                     tracing::warn!("making event deliveries failed: {error}");
                 }
-                if let Err(error) = dispatcher.deliver_due() {
+                if let Err(error) = dispatcher.deliver_due().await {
                     tracing::warn!("reading due deliveries failed: {error}");
                 }
                 tokio::time::sleep(POLL).await;
@@ -83,8 +83,8 @@ impl Dispatcher {
     async fn fan_out(&self) -> Result<(), StoreError> {
         let store = &self.inner.store;
         loop {
-            let through = store.dispatched_through()?;
-            let events = store.events_after(through, 500)?;
+            let through = store.dispatched_through().await?;
+            let events = store.events_after(through, 500).await?;
             let Some(last) = events.last().map(|e| e.id) else { return Ok(()) };
             let plugins = self.inner.invoker.registry().plugins();
             let now = now_ms();
@@ -117,8 +117,8 @@ impl Dispatcher {
     }
 
     /// Starts the due deliveries that are not in flight.
-    fn deliver_due(&self) -> Result<(), StoreError> {
-        let due = self.inner.store.due_deliveries(now_ms(), CONCURRENCY * 2)?;
+    async fn deliver_due(&self) -> Result<(), StoreError> {
+        let due = self.inner.store.due_deliveries(now_ms(), CONCURRENCY * 2).await?;
         for delivery in due {
             let id = (delivery.event_id, delivery.subscriber.clone());
             if !self.inner.in_flight.lock().expect("in-flight mutex poisoned").insert(id.clone()) {
@@ -142,7 +142,7 @@ impl Dispatcher {
     /// mark, so no restart delivers it again, however long after (the idempotency record
     /// that would have caught it may have expired by then).
     async fn deliver(&self, delivery: DeliveryRow) -> Result<(), StoreError> {
-        let Some(event) = self.inner.store.event(delivery.event_id)? else { return Ok(()) };
+        let Some(event) = self.inner.store.event(delivery.event_id).await? else { return Ok(()) };
         let attempt = delivery.attempts + 1;
         let key = format!("event/{}/{}", event.id, delivery.subscriber);
         let mut request = Request::new(

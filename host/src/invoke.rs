@@ -26,8 +26,8 @@ use crate::metrics::{labels, metrics};
 use crate::runtime::{CallError, Plugin, Registry};
 use crate::service::{Failure, Invocation, Visibility};
 use crate::store::{
-    ChangeSet, Commit, Conflict, DeliveryChange, IdempotencyKey, KeySpace, RecordStore, SagaChange,
-    StoreError, StoredOutcome, Transaction, TxLimits,
+    ChangeSet, Commit, Conflict, DeliveryChange, IdempotencyKey, KeySpace, SagaChange, Store, StoreError,
+    StoredOutcome, Transaction, TxLimits,
 };
 
 /// Settings of the invocation path.
@@ -201,7 +201,7 @@ pub struct Invoker {
 
 struct Inner {
     registry: Registry,
-    store: Arc<dyn RecordStore>,
+    store: Arc<dyn Store>,
     options: InvokeOptions,
     /// Keys running in this process; a watcher learns when the key is released.
     running: Mutex<HashMap<IdempotencyKey, watch::Receiver<()>>>,
@@ -221,7 +221,7 @@ impl std::fmt::Debug for Invoker {
 }
 
 impl Invoker {
-    pub fn new(registry: Registry, store: Arc<dyn RecordStore>, options: InvokeOptions) -> Self {
+    pub fn new(registry: Registry, store: Arc<dyn Store>, options: InvokeOptions) -> Self {
         Invoker {
             inner: Arc::new(Inner {
                 registry,
@@ -237,7 +237,7 @@ impl Invoker {
         &self.inner.registry
     }
 
-    pub fn store(&self) -> &Arc<dyn RecordStore> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
     }
 
@@ -310,7 +310,7 @@ impl Invoker {
         };
         // Looked up while the key is claimed, so that no other call of this key can
         // commit between the look-up and the run.
-        if let Some(stored) = self.replay(&request, &fingerprint)? {
+        if let Some(stored) = self.replay(&request, &fingerprint).await? {
             return Ok(stored);
         }
 
@@ -354,7 +354,7 @@ impl Invoker {
                 }
                 // Another process committed this key first: its outcome stands.
                 Err(StoreError::Duplicate(_)) => {
-                    return self.replay(&request, &fingerprint)?.ok_or_else(|| {
+                    return self.replay(&request, &fingerprint).await?.ok_or_else(|| {
                         StoreError::Unavailable("a stored outcome vanished while being read".into()).into()
                     });
                 }
@@ -446,8 +446,12 @@ impl Invoker {
     }
 
     /// The stored outcome of this request's key, if any.
-    fn replay(&self, request: &Request, fingerprint: &[u8; 32]) -> Result<Option<Invoked>, InvokeError> {
-        let Some(stored) = self.inner.store.outcome(&request.idempotency_key(), now_ms())? else {
+    async fn replay(
+        &self,
+        request: &Request,
+        fingerprint: &[u8; 32],
+    ) -> Result<Option<Invoked>, InvokeError> {
+        let Some(stored) = self.inner.store.outcome(&request.idempotency_key(), now_ms()).await? else {
             return Ok(None);
         };
         if &stored.fingerprint != fingerprint {

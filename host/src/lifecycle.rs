@@ -173,7 +173,7 @@ impl PluginManager {
                 found: plugin.service().into(),
             });
         }
-        self.check_sagas(plugin.manifest()).map_err(ChangeError::BreaksSaga)?;
+        self.check_sagas(plugin.manifest()).await.map_err(ChangeError::BreaksSaga)?;
         let file = self.inner.uploads.join(format!("{service}.wasm"));
         // What the directory holds for this service now: if that changes later, even
         // while the server is down, the directory's file wins again.
@@ -199,7 +199,7 @@ impl PluginManager {
         if self.inner.registry.get(service).is_none() {
             return Err(ChangeError::Unknown(service.into()));
         }
-        self.check_unused(service)?;
+        self.check_unused(service).await?;
         let upload = self.inner.uploads.join(format!("{service}.wasm"));
         if upload.exists() {
             std::fs::remove_file(&upload)
@@ -220,7 +220,7 @@ impl PluginManager {
             seen.0.remove(file);
             registry.clear_refusal(file);
             let Some(service) = registry.service_of(file) else { return };
-            match self.check_unused(&service) {
+            match self.check_unused(&service).await {
                 Ok(()) => {
                     registry.remove(&service);
                     tracing::info!(service, file = %file.display(), "plugin file removed: service no longer served");
@@ -254,7 +254,7 @@ impl PluginManager {
             seen.0.insert(file.to_owned(), state);
             return;
         }
-        if let Err(error) = self.check_sagas(plugin.manifest()) {
+        if let Err(error) = self.check_sagas(plugin.manifest()).await {
             return registry.refuse(file, format!("{error}; the version serving stays"));
         }
         // The file is now newer than any upload of this service: the upload must not
@@ -356,8 +356,8 @@ impl PluginManager {
 
     /// Every saga step that uses this service must find its action and compensation:
     /// in the definitions new sagas use, and in the versions unfinished sagas use.
-    fn check_sagas(&self, manifest: &Manifest) -> Result<(), String> {
-        let definitions = self.inner.sagas.definitions_in_use().map_err(|e| e.to_string())?;
+    async fn check_sagas(&self, manifest: &Manifest) -> Result<(), String> {
+        let definitions = self.inner.sagas.definitions_in_use().await.map_err(|e| e.to_string())?;
         for def in definitions {
             for step in def.steps.iter().filter(|s| s.service == manifest.name) {
                 for operation in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
@@ -374,7 +374,7 @@ impl PluginManager {
     }
 
     /// A service that a saga definition or an unfinished saga uses cannot go.
-    fn check_unused(&self, service: &str) -> Result<(), ChangeError> {
+    async fn check_unused(&self, service: &str) -> Result<(), ChangeError> {
         let mut users: Vec<String> = self
             .inner
             .sagas
@@ -384,7 +384,7 @@ impl PluginManager {
             .map(|def| format!("saga definition `{}`", def.name))
             .collect();
         let unfinished =
-            self.inner.sagas.unfinished_using(service).map_err(|e| ChangeError::Io(e.to_string()))?;
+            self.inner.sagas.unfinished_using(service).await.map_err(|e| ChangeError::Io(e.to_string()))?;
         users.extend(unfinished.iter().map(|id| format!("unfinished saga {id}")));
         if users.is_empty() {
             Ok(())

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::metrics::{labels, metrics};
-use crate::store::{PruneKind, SqliteStore};
+use crate::store::{PruneKind, Store};
 
 /// Retention periods. Idempotency records keep their own (`--idempotency-retention`,
 /// written into each record as it is stored).
@@ -49,17 +49,17 @@ impl Retention {
     }
 
     /// Prunes every `every`, until the process ends.
-    pub async fn run(self, store: Arc<SqliteStore>) {
+    pub async fn run(self, store: Arc<dyn Store>) {
         let mut ticks = tokio::time::interval(self.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            self.prune(&store, crate::clock::now_ms()).await;
+            self.prune(&*store, crate::clock::now_ms()).await;
         }
     }
 
     /// One pass: everything of each kind past its retention, in batches.
-    pub async fn prune(&self, store: &SqliteStore, now: i64) {
+    pub async fn prune(&self, store: &dyn Store, now: i64) {
         // A retention of centuries means "keep", not an overflow.
         let ago = |d: Duration| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         for kind in PruneKind::ALL {
@@ -98,7 +98,7 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Commit, RecordStore, SqliteOptions, Transaction, TxLimits};
+    use crate::store::{Commit, SqliteOptions, SqliteStore, Transaction, TxLimits};
 
     async fn delete_a_record(store: &SqliteStore) {
         for delete in [false, true] {

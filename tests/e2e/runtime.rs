@@ -8,16 +8,21 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use wasaga::runtime::{CallError, Limits, LoadError};
 use wasaga::service::Failure;
-use wasaga::store::{ChangeSet, Commit, Event, MemoryStore, RecordStore, Transaction, TxLimits};
+use wasaga::store::{ChangeSet, Commit, Event, SqliteStore, Store, Transaction, TxLimits};
 
 use crate::support::{call, guest, load, runtime};
 
-async fn commit(store: &MemoryStore, changes: ChangeSet) {
+async fn commit(store: &SqliteStore, changes: ChangeSet) {
     let commit = Commit { service: "echo".into(), changes, ..Commit::default() };
     store.commit(commit).await.unwrap();
 }
 
-fn tx(store: &MemoryStore, service: &str) -> Transaction {
+/// A store of its own for each test, removed after it.
+fn scratch() -> Arc<SqliteStore> {
+    Arc::new(SqliteStore::temporary().unwrap())
+}
+
+fn tx(store: &SqliteStore, service: &str) -> Transaction {
     Transaction::new(store.snapshot(service).unwrap(), TxLimits::default())
 }
 
@@ -38,7 +43,7 @@ async fn echo_is_described_at_load() {
 #[tokio::test]
 async fn echo_handles_calls_and_reports_failures() {
     let plugin = load(&runtime(), "echo", Limits::default()).await;
-    let store = MemoryStore::new();
+    let store = scratch();
     let out = plugin.invoke(call("echo", "hello, wasm"), tx(&store, "echo")).await.unwrap();
     assert_eq!(out.result.unwrap(), b"hello, wasm");
 
@@ -63,7 +68,7 @@ async fn echo_handles_calls_and_reports_failures() {
 #[tokio::test]
 async fn echo_reads_and_writes_versioned_records() {
     let plugin = load(&runtime(), "echo", Limits::default()).await;
-    let store = MemoryStore::new();
+    let store = scratch();
     let run = async |op: &str, input: Value| {
         let out = plugin.invoke(call(op, &input.to_string()), tx(&store, "echo")).await.unwrap();
         (out.result.map(|bytes| serde_json::from_slice::<Value>(&bytes).unwrap()), out.changes)
@@ -120,7 +125,7 @@ async fn echo_reads_and_writes_versioned_records() {
 #[tokio::test]
 async fn a_trap_is_a_clean_error_and_the_next_call_succeeds() {
     let plugin = load(&runtime(), "trap", Limits::default()).await;
-    let store = MemoryStore::new();
+    let store = scratch();
     let err = plugin.invoke(call("panic", "the answer was 41"), tx(&store, "trap")).await.unwrap_err();
     eprintln!("trap error: {err}");
     let CallError::Trap { service, message } = &err else { panic!("expected a trap, got {err:?}") };
@@ -141,7 +146,7 @@ async fn a_spinning_plugin_hits_its_deadline_while_others_keep_answering() {
     let deadline = Duration::from_millis(1000);
     let spin = Arc::new(load(&runtime, "spin", Limits { deadline, ..Limits::default() }).await);
     let echo = Arc::new(load(&runtime, "echo", Limits::default()).await);
-    let store = MemoryStore::new();
+    let store = scratch();
     let finished = Arc::new(AtomicUsize::new(0));
 
     let spinners: Vec<_> = (0..3)
@@ -188,7 +193,7 @@ async fn a_spinning_plugin_hits_its_deadline_while_others_keep_answering() {
 async fn a_memory_hog_hits_its_memory_limit() {
     let limit = 16 << 20;
     let plugin = load(&runtime(), "hog", Limits { memory_bytes: limit, ..Limits::default() }).await;
-    let store = MemoryStore::new();
+    let store = scratch();
     let err = plugin.invoke(call("grow", ""), tx(&store, "hog")).await.unwrap_err();
     assert_eq!(err, CallError::MemoryLimit { service: "hog".into(), limit });
     assert_eq!(err.to_string(), "plugin `hog` went over its memory limit of 16777216 bytes");
@@ -204,7 +209,7 @@ async fn every_escape_attempt_is_denied() {
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
     let plugin = load(&runtime(), "escape", Limits::default()).await;
-    let store = MemoryStore::new();
+    let store = scratch();
     let input = format!(r#"{{"port":{port}}}"#);
     let out = plugin.invoke(call("attempt", &input), tx(&store, "escape")).await.unwrap();
     let accepted = listener.accept();
@@ -254,7 +259,7 @@ async fn files_that_are_not_plugins_are_refused_with_the_reason() {
 #[tokio::test]
 async fn a_call_past_its_bounds_ends_with_a_clear_error() {
     let plugin = load(&runtime(), "echo", Limits::default()).await;
-    let store = MemoryStore::new();
+    let store = scratch();
     let limits = TxLimits { max_reads: 0, ..TxLimits::default() };
     let tx = Transaction::new(store.snapshot("echo").unwrap(), limits);
     let err = plugin.invoke(call("get", r#"{"key": "k"}"#), tx).await.unwrap_err();

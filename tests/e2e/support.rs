@@ -262,13 +262,14 @@ pub async fn app_state(plugins: Vec<Plugin>, options: InvokeOptions, data: &Path
     for plugin in plugins {
         registry.insert(plugin);
     }
-    let store = Arc::new(SqliteStore::open(data, SqliteOptions::default()).unwrap());
+    let store: Arc<dyn wasaga::store::Store> =
+        Arc::new(SqliteStore::open(data, SqliteOptions::default()).unwrap());
     let invoker = Invoker::new(registry, store.clone(), options);
     let sagas = SagaEngine::new(invoker.clone(), store.clone(), Arc::new(SystemClock), 16, Alerter::none());
-    let events = Dispatcher::new(invoker.clone(), store, Alerter::none());
+    let events = Dispatcher::new(invoker.clone(), store.clone(), Alerter::none());
     let plugins = PluginManager::new(invoker.registry().clone(), sagas.clone(), Default::default(), data);
     let access = Access { admin_token: Some(Secret::new(ADMIN_TOKEN)), api_token: None, loopback_only: true };
-    AppState { invoker, sagas, plugins, events, access }
+    AppState { store, invoker, sagas, plugins, events, access }
 }
 
 /// The API in this process, over real HTTP on a free loopback port, with the given

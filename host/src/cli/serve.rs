@@ -19,7 +19,7 @@ use crate::lifecycle::PluginManager;
 use crate::retention::Retention;
 use crate::runtime::{Registry, Runtime};
 use crate::saga::SagaEngine;
-use crate::store::{SqliteOptions, SqliteStore, Synchronous};
+use crate::store::{SqliteOptions, SqliteStore, Store, Synchronous};
 
 /// Serve the plugins of a directory over HTTP.
 ///
@@ -182,7 +182,7 @@ pub(super) async fn run_with(
         wal_limit: args.wal_limit,
         ..SqliteOptions::default()
     };
-    let store = Arc::new(
+    let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&args.data, store_options)
             .with_context(|| format!("opening the data directory {}", args.data.display()))?,
     );
@@ -228,7 +228,7 @@ pub(super) async fn run_with(
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let resumed = sagas.resume_all().context("resuming unfinished sagas")?;
+    let resumed = sagas.resume_all().await.context("resuming unfinished sagas")?;
     tracing::info!(
         %addr,
         plugins = registry.plugins().len(),
@@ -237,7 +237,7 @@ pub(super) async fn run_with(
         data = %args.data.display(),
         "serving"
     );
-    tokio::spawn(retention.run(store));
+    tokio::spawn(retention.run(store.clone()));
     events.spawn();
     let loopback_only = addr.ip().is_loopback();
     warn_if_exposed(addr, &tokens);
@@ -246,7 +246,7 @@ pub(super) async fn run_with(
         api_token: tokens.api.as_deref().map(Secret::new),
         loopback_only,
     };
-    let state = AppState { invoker, sagas, plugins, events, access };
+    let state = AppState { store, invoker, sagas, plugins, events, access };
     ready(state.clone(), addr);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped");

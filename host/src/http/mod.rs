@@ -23,13 +23,18 @@ pub use error::ApiError;
 pub use sagas::{SagaList, SagaView, StepView};
 pub use services::{CORRELATION, DIGEST, REPLAYED, RETENTION};
 
+use std::sync::Arc;
+
 use crate::invoke::Invoker;
 use crate::lifecycle::PluginManager;
 use crate::saga::SagaEngine;
+use crate::store::Store;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// Everything persisted: records for the records API, sagas' and events' queries.
+    pub store: Arc<dyn Store>,
     pub invoker: Invoker,
     pub sagas: SagaEngine,
     pub plugins: PluginManager,
@@ -105,7 +110,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<&'static str, ApiError> {
-    if let Some(failing) = state.sagas.store().failing() {
+    if let Some(failing) = state.store.failing() {
         let since = crate::clock::utc(failing.since);
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -115,7 +120,7 @@ async fn readyz(
             ),
         ));
     }
-    state.sagas.counts().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    state.sagas.counts().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     if state.invoker.registry().plugins().is_empty() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no plugin is loaded"));
     }
@@ -129,7 +134,7 @@ async fn metrics(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let m = crate::metrics::metrics();
-    if let Ok(counts) = state.sagas.counts() {
+    if let Ok(counts) = state.sagas.counts().await {
         for status in ["running", "compensating", "completed", "compensated", "stuck"] {
             let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
             m.sagas.get_or_create(&crate::metrics::labels(&[("status", status)])).set(n as i64);

@@ -65,7 +65,7 @@ pub async fn list(
 ) -> Result<axum::Json<RecordPage>, ApiError> {
     known_service(&state, &service)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let mut snapshot = state.invoker.store().snapshot(&service).map_err(store_error)?;
+    let mut snapshot = state.store.snapshot(&service).map_err(store_error)?;
     let scanned =
         snapshot.scan(&query.prefix, query.after.as_deref(), limit, PAGE_BYTES).map_err(store_error)?;
     let next = (!scanned.complete).then(|| scanned.rows.last().map(|(key, _)| key.clone())).flatten();
@@ -173,7 +173,7 @@ fn precondition(headers: &HeaderMap, may_create: bool) -> Result<Precondition, A
 
 fn read(state: &AppState, service: &str, key: &str) -> Result<Slot, ApiError> {
     known_service(state, service)?;
-    let mut snapshot = state.invoker.store().snapshot(service).map_err(store_error)?;
+    let mut snapshot = state.store.snapshot(service).map_err(store_error)?;
     snapshot.get(key).map_err(store_error)
 }
 

@@ -76,7 +76,7 @@ pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SagaView>, ApiError> {
-    let record = state.sagas.get(&id).map_err(error)?;
+    let record = state.sagas.get(&id).await.map_err(error)?;
     Ok(Json(SagaView::from(&record)))
 }
 
@@ -119,7 +119,8 @@ pub async fn list(
             return Err(ApiError::bad_request(format!("unknown order `{other}`: use oldest or newest")));
         }
     };
-    let records = state.sagas.list(status, query.after.as_deref(), limit, newest_first).map_err(error)?;
+    let records =
+        state.sagas.list(status, query.after.as_deref(), limit, newest_first).await.map_err(error)?;
     let next = (records.len() == limit).then(|| records.last().map(|r| r.row.id.clone())).flatten();
     Ok(Json(SagaList { sagas: records.iter().map(SagaView::from).collect(), next }))
 }
@@ -143,8 +144,8 @@ pub async fn search(
         )
     })?;
     let q = q.trim();
-    let sagas = state.sagas.search(q, 20).map_err(error)?;
-    let events = state.sagas.store().count_events_of(q).map_err(SagaError::from).map_err(error)?;
+    let sagas = state.sagas.search(q, 20).await.map_err(error)?;
+    let events = state.store.count_events_of(q).await.map_err(SagaError::from).map_err(error)?;
     let sagas: Vec<SagaView> = sagas.iter().map(SagaView::from).collect();
     Ok(Json(serde_json::json!({ "query": q, "sagas": sagas, "events": events })))
 }
@@ -152,7 +153,7 @@ pub async fn search(
 /// `GET /v1/overview`: sagas by status, and this process's last hour minute by minute
 /// (sagas completed, compensated, stuck; step failures): the dashboard's header.
 pub async fn overview(_: Reader, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let counts = state.sagas.counts().map_err(error)?;
+    let counts = state.sagas.counts().await.map_err(error)?;
     let mut sagas = serde_json::Map::new();
     for status in ["running", "compensating", "completed", "compensated", "stuck"] {
         let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);

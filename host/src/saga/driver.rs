@@ -197,7 +197,7 @@ async fn save(
                 return Ok(actions);
             }
             Err(StoreError::Conflict(_)) => {
-                let row = engine.store.saga(&run.id.to_string())?.ok_or_else(|| {
+                let row = engine.store.saga(&run.id.to_string()).await?.ok_or_else(|| {
                     StoreError::Unavailable(format!("saga {} disappeared from the store", run.id))
                 })?;
                 run.state = serde_json::from_str(&row.state).map_err(|e| {

@@ -29,7 +29,7 @@ pub use machine::{
 use crate::alert::Alerter;
 use crate::clock::Clock;
 use crate::invoke::Invoker;
-use crate::store::{Commit, DefinitionRow, SagaChange, SagaRow, SqliteStore, StoreError};
+use crate::store::{Commit, DefinitionRow, SagaChange, SagaRow, Store, StoreError};
 use driver::Run;
 use machine::{Event, apply, resume};
 
@@ -100,7 +100,7 @@ impl fmt::Debug for SagaEngine {
 
 pub(crate) struct EngineInner {
     invoker: Invoker,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     /// The definition of each name that new sagas use.
     definitions: RwLock<HashMap<String, Arc<SagaDef>>>,
@@ -129,7 +129,7 @@ impl SagaEngine {
     /// `max_running`: how many sagas are driven at once; more wait their turn.
     pub fn new(
         invoker: Invoker,
-        store: Arc<SqliteStore>,
+        store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         max_running: usize,
         alerter: Alerter,
@@ -208,10 +208,10 @@ impl SagaEngine {
 
     /// The definitions that matter now: the ones new sagas use, and every version an
     /// unfinished saga uses (each once). A plugin change is checked against all of them.
-    pub fn definitions_in_use(&self) -> Result<Vec<Arc<SagaDef>>, SagaError> {
+    pub async fn definitions_in_use(&self) -> Result<Vec<Arc<SagaDef>>, SagaError> {
         let mut defs = self.definitions();
-        for row in self.unfinished_rows()? {
-            if let Some(def) = self.decode(row)?.def
+        for row in self.unfinished_rows().await? {
+            if let Some(def) = self.decode(row).await?.def
                 && !defs.iter().any(|d| d.digest == def.digest)
             {
                 defs.push(def);
@@ -223,14 +223,14 @@ impl SagaEngine {
     /// The version `digest` of definition `name`: from memory, else from the store (after
     /// a restart, or for a version replaced since). States from before definitions had
     /// digests (empty) use the current one of the name.
-    fn version(&self, name: &str, digest: &str) -> Result<Option<Arc<SagaDef>>, SagaError> {
+    async fn version(&self, name: &str, digest: &str) -> Result<Option<Arc<SagaDef>>, SagaError> {
         if digest.is_empty() {
             return Ok(self.definition(name));
         }
         if let Some(def) = self.inner.versions.read().expect("versions lock poisoned").get(digest) {
             return Ok(Some(def.clone()));
         }
-        let Some(row) = self.inner.store.definition(digest)? else { return Ok(None) };
+        let Some(row) = self.inner.store.definition(digest).await? else { return Ok(None) };
         match SagaDef::parse_stored(&row.digest, &row.text) {
             Ok(def) if def.digest == digest => {
                 let def = Arc::new(def);
@@ -249,15 +249,10 @@ impl SagaEngine {
     }
 
     /// Running, compensating and stuck sagas.
-    fn unfinished_rows(&self) -> Result<Vec<SagaRow>, SagaError> {
-        let mut rows = self.inner.store.unfinished_sagas()?;
-        rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck.as_str()), None, 10_000, false)?);
+    async fn unfinished_rows(&self) -> Result<Vec<SagaRow>, SagaError> {
+        let mut rows = self.inner.store.unfinished_sagas().await?;
+        rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck.as_str()), None, 10_000, false).await?);
         Ok(rows)
-    }
-
-    /// The durable store sagas (and events) live in.
-    pub fn store(&self) -> &Arc<SqliteStore> {
-        &self.inner.store
     }
 
     pub fn definition(&self, name: &str) -> Option<Arc<SagaDef>> {
@@ -302,7 +297,7 @@ impl SagaEngine {
             // The key started a saga before (or a concurrent start won): that saga
             // is the one.
             Err(StoreError::Duplicate(_)) => {
-                let existing = self.existing(name, key, &fingerprint)?;
+                let existing = self.existing(name, key, &fingerprint).await?;
                 return existing.map(|e| (e, false)).ok_or_else(|| SagaError::NotFound(key.into()));
             }
             Err(error) => return Err(error.into()),
@@ -313,48 +308,48 @@ impl SagaEngine {
         Ok((SagaRecord { row, state, def: Some(def) }, true))
     }
 
-    fn existing(
+    async fn existing(
         &self,
         name: &str,
         key: &str,
         fingerprint: &[u8; 32],
     ) -> Result<Option<SagaRecord>, SagaError> {
-        let Some(row) = self.inner.store.saga_by_key(name, key)? else { return Ok(None) };
+        let Some(row) = self.inner.store.saga_by_key(name, key).await? else { return Ok(None) };
         if &row.fingerprint != fingerprint {
             return Err(SagaError::KeyReused { key: key.into(), id: row.id });
         }
-        Ok(Some(self.decode(row)?))
+        Ok(Some(self.decode(row).await?))
     }
 
     /// The saga with this id.
-    pub fn get(&self, id: &str) -> Result<SagaRecord, SagaError> {
-        let row = self.inner.store.saga(id)?.ok_or_else(|| SagaError::NotFound(id.into()))?;
-        self.decode(row)
+    pub async fn get(&self, id: &str) -> Result<SagaRecord, SagaError> {
+        let row = self.inner.store.saga(id).await?.ok_or_else(|| SagaError::NotFound(id.into()))?;
+        self.decode(row).await
     }
 
     /// Sagas in creation order (or newest first), of one status if given, after the
     /// id `after` in that order.
-    pub fn list(
+    pub async fn list(
         &self,
         status: Option<SagaStatus>,
         after: Option<&str>,
         limit: usize,
         newest_first: bool,
     ) -> Result<Vec<SagaRecord>, SagaError> {
-        let rows = self.inner.store.sagas(status.map(SagaStatus::as_str), after, limit, newest_first)?;
-        rows.into_iter().map(|row| self.decode(row)).collect()
+        let rows = self.inner.store.sagas(status.map(SagaStatus::as_str), after, limit, newest_first).await?;
+        self.decode_all(rows).await
     }
 
-    /// Sagas an operator may be looking for by `text` (see
-    /// [`SqliteStore::search_sagas`]), newest first.
-    pub fn search(&self, text: &str, limit: usize) -> Result<Vec<SagaRecord>, SagaError> {
-        let rows = self.inner.store.search_sagas(text, limit)?;
-        rows.into_iter().map(|row| self.decode(row)).collect()
+    /// Sagas an operator may be looking for by `text` (see [`Store::search_sagas`]),
+    /// newest first.
+    pub async fn search(&self, text: &str, limit: usize) -> Result<Vec<SagaRecord>, SagaError> {
+        let rows = self.inner.store.search_sagas(text, limit).await?;
+        self.decode_all(rows).await
     }
 
     /// How many sagas are in each status.
-    pub fn counts(&self) -> Result<Vec<(String, u64)>, SagaError> {
-        Ok(self.inner.store.saga_counts()?)
+    pub async fn counts(&self) -> Result<Vec<(String, u64)>, SagaError> {
+        Ok(self.inner.store.saga_counts().await?)
     }
 
     /// Resumes a stuck saga: its stuck call is made again, under a new key.
@@ -414,7 +409,7 @@ impl SagaEngine {
         let Some(claim) = self.claim(&saga_id) else {
             return Err(SagaError::Busy(id.into()));
         };
-        let record = self.get(id)?;
+        let record = self.get(id).await?;
         if record.state.status != SagaStatus::Stuck {
             return Err(SagaError::NotStuck { id: id.into(), status: record.row.status });
         }
@@ -440,7 +435,7 @@ impl SagaEngine {
             started_at: record.row.created_at,
         };
         self.drive_claimed(claim, run, actions);
-        self.get(id)
+        self.get(id).await
     }
 
     /// Waits until the saga is finished or stuck, or `timeout` passes; returns it.
@@ -460,7 +455,7 @@ impl SagaEngine {
                 let _ = tokio::time::timeout(left, woken.changed()).await;
                 continue;
             }
-            let record = self.get(id);
+            let record = self.get(id).await;
             let settled = record
                 .as_ref()
                 .map_or(true, |r| r.state.status.is_terminal() || r.state.status == SagaStatus::Stuck);
@@ -481,10 +476,10 @@ impl SagaEngine {
 
     /// Ids of the sagas not yet finished (running, compensating or stuck) whose
     /// definition (the version each started with) uses `service`.
-    pub fn unfinished_using(&self, service: &str) -> Result<Vec<String>, SagaError> {
+    pub async fn unfinished_using(&self, service: &str) -> Result<Vec<String>, SagaError> {
         let mut ids = Vec::new();
-        for row in self.unfinished_rows()? {
-            let record = self.decode(row)?;
+        for row in self.unfinished_rows().await? {
+            let record = self.decode(row).await?;
             if record.def.is_some_and(|d| d.steps.iter().any(|s| s.service == service)) {
                 ids.push(record.row.id);
             }
@@ -494,11 +489,11 @@ impl SagaEngine {
 
     /// Starts a driver for every saga that is running or compensating (after a
     /// restart); returns how many.
-    pub fn resume_all(&self) -> Result<usize, SagaError> {
-        let rows = self.inner.store.unfinished_sagas()?;
+    pub async fn resume_all(&self) -> Result<usize, SagaError> {
+        let rows = self.inner.store.unfinished_sagas().await?;
         let mut resumed = 0;
         for row in rows {
-            let record = self.decode(row)?;
+            let record = self.decode(row).await?;
             let Some(def) = record.def else {
                 tracing::error!(
                     saga = %record.row.id,
@@ -542,11 +537,19 @@ impl SagaEngine {
         });
     }
 
-    fn decode(&self, row: SagaRow) -> Result<SagaRecord, SagaError> {
+    async fn decode_all(&self, rows: Vec<SagaRow>) -> Result<Vec<SagaRecord>, SagaError> {
+        let mut records = Vec::with_capacity(rows.len());
+        for row in rows {
+            records.push(self.decode(row).await?);
+        }
+        Ok(records)
+    }
+
+    async fn decode(&self, row: SagaRow) -> Result<SagaRecord, SagaError> {
         let state: SagaState = serde_json::from_str(&row.state)
             .map_err(|e| StoreError::Unavailable(format!("saga {} has an unreadable state: {e}", row.id)))?;
         // A saga is only ever driven (and shown) with the definition it started with.
-        let def = self.version(&row.name, &state.definition)?;
+        let def = self.version(&row.name, &state.definition).await?;
         Ok(SagaRecord { row, state, def })
     }
 }

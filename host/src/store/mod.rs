@@ -1,28 +1,34 @@
-//! Versioned records: the storage contract behind the plugins' `store` imports.
+//! The storage contract: everything the host persists, behind one trait.
 //!
-//! - [`RecordStore`] is what a storage backend implements: consistent read snapshots
-//!   per service, and an atomic, validated [`RecordStore::commit`].
+//! - [`Store`] is what a backend implements: consistent read snapshots per service, one
+//!   atomic, validated [`Store::commit`] that carries records, the idempotency record,
+//!   outbox events, a saga transition, delivery changes and definition versions
+//!   together, and the queries of sagas (`sagas.rs`), events and deliveries
+//!   (`events.rs`), retention and health. Its behaviour is pinned by one test suite
+//!   (`contract_tests.rs`) that every backend runs.
 //! - [`Transaction`] is one invocation's view: it reads from a snapshot, records every
 //!   version it read (the read set), buffers writes, and produces the [`ChangeSet`]
 //!   that the backend validates and applies at commit.
-//! - [`SqliteStore`] is the durable backend: WAL, one writer thread that group-commits
-//!   (`sqlite/writer.rs`), pooled read snapshots, migrations (`sqlite/schema.rs`).
-//! - [`MemoryStore`] is an in-memory backend with the same semantics, for tests and
-//!   benchmarks of the runtime alone.
+//! - [`SqliteStore`] is the backend: WAL, one writer thread that group-commits, pooled
+//!   read snapshots, migrations, retention, the WAL's bound (`sqlite/`).
 //!
 //! Versions are per key and never go back: a record starts at version 1, every write
 //! adds 1, and a delete leaves a tombstone, so a record created again continues from
 //! the deleted version and an old version number can never match again.
 
-mod memory;
+#[cfg(test)]
+mod contract_tests;
+mod events;
+mod sagas;
 mod sqlite;
 mod transaction;
 
 use std::future::Future;
 use std::pin::Pin;
 
-pub use memory::MemoryStore;
-pub use sqlite::{Failing, PruneKind, SqliteOptions, SqliteStore, Synchronous};
+pub use events::{ChainPage, DeliveryChange, DeliveryRow, EventRow};
+pub use sagas::{DefinitionRow, SagaChange, SagaRow};
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use transaction::{ChangeSet, Event, Transaction, TxLimits, Write};
 
 /// A stored record as plugins and clients see it.
@@ -179,111 +185,6 @@ pub struct StoredOutcome {
     pub expires_at: i64,
 }
 
-/// A saga as stored: its definition's name, its input, and its state machine's state
-/// (JSON), versioned so that only the driver that read a version may write the next.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SagaRow {
-    pub id: String,
-    pub name: String,
-    /// `running`, `compensating`, `completed`, `compensated` or `stuck`.
-    pub status: String,
-    pub input: Vec<u8>,
-    pub state: String,
-    pub version: u64,
-    /// The `Idempotency-Key` that started it, and the sha256 of its input.
-    pub key: String,
-    pub fingerprint: [u8; 32],
-    /// Unix ms.
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-/// A saga definition as kept for the sagas that started with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DefinitionRow {
-    /// The digest of its steps (what a saga records).
-    pub digest: String,
-    pub name: String,
-    /// The TOML.
-    pub text: String,
-    /// Unix ms.
-    pub saved_at: i64,
-}
-
-/// A change to a saga, committed together with the step invocation that caused it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SagaChange {
-    /// A new saga; refused with [`StoreError::Duplicate`] if its (name, key) exists.
-    Create(SagaRow),
-    /// The next state of a saga at `version` (it becomes `version + 1`).
-    Update { id: String, version: u64, status: String, state: String, at: i64 },
-}
-
-/// An event of the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRow {
-    /// Increasing in commit order.
-    pub id: i64,
-    /// The service that published it.
-    pub service: String,
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub correlation_id: Option<String>,
-    /// Unix ms.
-    pub created_at: i64,
-}
-
-/// One event's delivery to one subscriber.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryRow {
-    pub event_id: i64,
-    pub subscriber: String,
-    pub operation: String,
-    pub topic: String,
-    pub correlation_id: Option<String>,
-    /// `pending`, `delivered` or `dead`.
-    pub status: String,
-    pub attempts: u32,
-    /// Unix ms: not before then.
-    pub next_at: i64,
-    /// `ok` or `rejected` once delivered.
-    pub outcome: Option<String>,
-    pub last_error: Option<String>,
-    pub created_at: i64,
-    pub done_at: Option<i64>,
-}
-
-/// One page of an event chain, read in one snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChainPage {
-    /// Oldest first.
-    pub events: Vec<EventRow>,
-    /// The deliveries of those events, by event and subscriber.
-    pub deliveries: Vec<DeliveryRow>,
-    /// The last event the dispatcher has made the deliveries of.
-    pub dispatched_through: i64,
-}
-
-/// A change to the deliveries, committed through the writer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryChange {
-    /// New deliveries, for the events up to `through` (the dispatch cursor moves there).
-    Create { deliveries: Vec<DeliveryRow>, through: i64 },
-    /// The result of one attempt.
-    Update {
-        event_id: i64,
-        subscriber: String,
-        status: String,
-        attempts: u32,
-        next_at: i64,
-        outcome: Option<String>,
-        last_error: Option<String>,
-        done_at: Option<i64>,
-    },
-    /// A dead delivery back to pending (an operator's redelivery).
-    Redeliver { event_id: i64, subscriber: String, at: i64 },
-}
-
 /// One atomic unit for the commit pipeline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Commit {
@@ -304,17 +205,137 @@ pub struct Commit {
 /// Resolves when a commit is durable (or refused).
 pub type CommitFuture = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>;
 
-/// A storage backend for versioned records and idempotency records.
-pub trait RecordStore: Send + Sync + 'static {
-    /// A snapshot of `service`'s records as of now.
+/// Why the store cannot write, since when (unix ms): a full disk, a failing fsync.
+/// Writes are refused meanwhile; the backend recovers by itself once it can write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failing {
+    pub reason: String,
+    pub since: i64,
+}
+
+/// What retention forgets (see [`Store::prune`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneKind {
+    /// Idempotency records that expired before `before`.
+    Outcomes,
+    /// Completed and compensated sagas last changed before `before`.
+    Sagas,
+    /// Events published before `before` whose deliveries are all delivered, with their
+    /// deliveries.
+    Events,
+    /// Tombstones of records deleted before `before`.
+    Tombstones,
+}
+
+impl PruneKind {
+    pub const ALL: [PruneKind; 4] =
+        [PruneKind::Outcomes, PruneKind::Sagas, PruneKind::Events, PruneKind::Tombstones];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PruneKind::Outcomes => "idempotency_records",
+            PruneKind::Sagas => "sagas",
+            PruneKind::Events => "events",
+            PruneKind::Tombstones => "tombstones",
+        }
+    }
+}
+
+/// Everything the host persists. Reads are consistent per call (a [`ChainPage`] is one
+/// moment of its chain); writes happen only through [`Store::commit`] (and
+/// [`Store::prune`]), atomically. `Unavailable` means the backend failed and nothing
+/// was written; `Overloaded` that it refused to queue more (retry shortly).
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    // Records and idempotency.
+
+    /// A snapshot of `service`'s records as of its first read. Plugin imports read
+    /// through it synchronously, inside a call.
     fn snapshot(&self, service: &str) -> Result<Box<dyn Snapshot>, StoreError>;
 
     /// Atomically validate and apply `commit`: every read must still be at the version
-    /// read, every write's version check must hold, and the idempotency record (if any)
-    /// must not exist unexpired. On any mismatch nothing is written: the first conflict
-    /// is returned, or [`StoreError::Duplicate`].
+    /// read, every write's version check must hold, the idempotency record (if any)
+    /// must not exist unexpired, a saga created must be new for its (name, key), a saga
+    /// updated must still be at its version. On any mismatch nothing is written: the
+    /// first conflict is returned, or [`StoreError::Duplicate`]. The commit is queued
+    /// when this is called (before the future is polled): commits made one after the
+    /// other by one task are applied in that order.
     fn commit(&self, commit: Commit) -> CommitFuture;
 
     /// The unexpired stored outcome of `key`, if any.
-    fn outcome(&self, key: &IdempotencyKey, now: i64) -> Result<Option<StoredOutcome>, StoreError>;
+    async fn outcome(&self, key: &IdempotencyKey, now: i64) -> Result<Option<StoredOutcome>, StoreError>;
+
+    // Sagas.
+
+    /// The saga with this id.
+    async fn saga(&self, id: &str) -> Result<Option<SagaRow>, StoreError>;
+
+    /// The saga of definition `name` started with idempotency key `key`.
+    async fn saga_by_key(&self, name: &str, key: &str) -> Result<Option<SagaRow>, StoreError>;
+
+    /// Sagas in id order (ids sort by creation time), optionally of one status, after
+    /// the id `after` (before it, newest first), at most `limit`.
+    async fn sagas(
+        &self,
+        status: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<SagaRow>, StoreError>;
+
+    /// Sagas that are running or compensating, in id order: the ones to resume after a
+    /// restart.
+    async fn unfinished_sagas(&self) -> Result<Vec<SagaRow>, StoreError>;
+
+    /// How many sagas are in each status (statuses with none left out), by status.
+    async fn saga_counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Sagas an operator may be looking for by `text`, newest first, at most `limit`:
+    /// its id or idempotency key (any saga), or a value of its input's top-level fields
+    /// (among the latest 10,000 sagas).
+    async fn search_sagas(&self, text: &str, limit: usize) -> Result<Vec<SagaRow>, StoreError>;
+
+    /// The saga definition kept under `digest`.
+    async fn definition(&self, digest: &str) -> Result<Option<DefinitionRow>, StoreError>;
+
+    // Events and deliveries.
+
+    /// The last event the dispatcher has made the deliveries of (0: none).
+    async fn dispatched_through(&self) -> Result<i64, StoreError>;
+
+    /// Events after `after`, oldest first, at most `limit`.
+    async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRow>, StoreError>;
+
+    /// The event with this id.
+    async fn event(&self, id: i64) -> Result<Option<EventRow>, StoreError>;
+
+    /// Pending deliveries due by `now`, oldest event first, at most `limit`, leaving out
+    /// each one whose group (subscriber, topic, correlation id) has an earlier pending
+    /// delivery: within a correlation, a subscriber gets a topic's events in order.
+    async fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// How many deliveries are in each status.
+    async fn delivery_counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Dead deliveries, oldest event first, at most `limit`.
+    async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRow>, StoreError>;
+
+    /// A page of one chain: its events after event `after`, oldest first, at most
+    /// `limit`, with their deliveries and the dispatcher's cursor, read in one snapshot.
+    async fn chain(&self, correlation_id: &str, after: i64, limit: usize) -> Result<ChainPage, StoreError>;
+
+    /// How many events the chain `correlation_id` has.
+    async fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError>;
+
+    // Retention and health.
+
+    /// Forgets at most `batch` things of `kind` from before `before` (unix ms), off the
+    /// commits' way; returns how many. Nothing it forgets is needed for a guarantee:
+    /// only expired idempotency records; completed and compensated sagas; events whose
+    /// deliveries are all delivered (never one not yet dispatched); tombstones, whose
+    /// versions still count (a key created again goes on above them).
+    async fn prune(&self, kind: PruneKind, before: i64, batch: usize) -> Result<usize, StoreError>;
+
+    /// Why the store cannot write, while it cannot.
+    fn failing(&self) -> Option<Failing>;
 }

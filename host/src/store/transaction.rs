@@ -349,9 +349,9 @@ impl Transaction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Commit, MemoryStore, RecordStore};
+    use crate::store::{Commit, SqliteStore, Store};
 
-    fn tx(store: &MemoryStore, limits: TxLimits) -> Transaction {
+    fn tx(store: &SqliteStore, limits: TxLimits) -> Transaction {
         Transaction::new(store.snapshot("svc").unwrap(), limits)
     }
 
@@ -366,7 +366,7 @@ mod tests {
     /// again counts its latest value only.
     #[test]
     fn one_invocation_writes_a_bounded_number_of_bytes() {
-        let store = MemoryStore::new();
+        let store = SqliteStore::temporary().unwrap();
         let limits = TxLimits { max_total_bytes: 10, ..TxLimits::default() };
         let mut t = tx(&store, limits);
         t.set("a", vec![0; 4]).unwrap();
@@ -381,7 +381,7 @@ mod tests {
     /// The read set is bounded: each record read counts once, scans included.
     #[tokio::test]
     async fn one_invocation_reads_a_bounded_number_of_records() {
-        let store = MemoryStore::new();
+        let store = SqliteStore::temporary().unwrap();
         let mut seed = tx(&store, TxLimits::default());
         for key in ["p/1", "p/2", "p/3"] {
             seed.set(key, b"x".to_vec()).unwrap();
@@ -400,7 +400,7 @@ mod tests {
     /// A scan returns at most `max_scan_bytes` of values, and always one record.
     #[tokio::test]
     async fn a_scan_stops_at_its_byte_budget() {
-        let store = MemoryStore::new();
+        let store = SqliteStore::temporary().unwrap();
         let mut seed = tx(&store, TxLimits::default());
         for (key, size) in [("k/1", 6), ("k/2", 6), ("k/3", 1)] {
             seed.set(key, vec![b'x'; size]).unwrap();

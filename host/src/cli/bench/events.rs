@@ -10,7 +10,7 @@ use crate::alert::Alerter;
 use crate::events::Dispatcher;
 use crate::invoke::{Caller, InvokeOptions, Invoker, Request};
 use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
-use crate::store::{SqliteOptions, SqliteStore};
+use crate::store::{SqliteOptions, SqliteStore, Store};
 
 /// Measure choreography: `echo.publish` invocations publish `journal` events (spread
 /// over 100 correlation ids) as fast as 16 clients can; the dispatcher delivers each to
@@ -55,7 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let published = started.elapsed();
     loop {
-        let counts = store.delivery_counts()?;
+        let counts = store.delivery_counts().await?;
         let done: u64 = counts.iter().filter(|(s, _)| s != "pending").map(|(_, n)| n).sum();
         if done as usize >= args.events {
             break;

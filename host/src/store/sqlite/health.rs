@@ -11,15 +11,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
+use crate::store::Failing;
+
 /// How often the writer probes a failing store.
 pub(super) const PROBE_EVERY: Duration = Duration::from_secs(1);
-
-/// Why the store cannot write, since when (unix ms).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failing {
-    pub reason: String,
-    pub since: i64,
-}
 
 #[derive(Debug, Default)]
 pub(super) struct Health {

@@ -17,34 +17,7 @@
 use rusqlite::{Connection, params};
 
 use super::unavailable;
-use crate::store::StoreError;
-
-/// What a prune job forgets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PruneKind {
-    /// Idempotency records that expired before `before`.
-    Outcomes,
-    /// Completed and compensated sagas last changed before `before`.
-    Sagas,
-    /// Delivered events published before `before`, with their deliveries.
-    Events,
-    /// Tombstones of records deleted before `before`.
-    Tombstones,
-}
-
-impl PruneKind {
-    pub const ALL: [PruneKind; 4] =
-        [PruneKind::Outcomes, PruneKind::Sagas, PruneKind::Events, PruneKind::Tombstones];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PruneKind::Outcomes => "idempotency_records",
-            PruneKind::Sagas => "sagas",
-            PruneKind::Events => "events",
-            PruneKind::Tombstones => "tombstones",
-        }
-    }
-}
+use crate::store::{PruneKind, StoreError};
 
 // What each kind forgets, oldest first, `?2` at a time: each a range of an index
 // (`invocations_by_expiry`, `sagas_finished`, `outbox_by_age`, `records_tombstones`),

@@ -1,0 +1,647 @@
+//! The storage contract's own tests, written once against `&dyn Store`: every backend
+//! runs all of them through [`contract_tests!`], with a function that opens a fresh,
+//! empty store of its kind (the SQLite backend's call is at the end of `sqlite/mod.rs`).
+//! A test here may use only the [`Store`] trait: what it proves holds for any backend.
+
+use crate::store::{
+    ChangeSet, Commit, Conflict, DefinitionRow, DeliveryChange, DeliveryRow, Entry, Event, IdempotencyKey,
+    KeySpace, PruneKind, SagaChange, SagaRow, Store, StoreError, StoredOutcome, Transaction, TxLimits,
+};
+
+/// Runs every contract test against the stores `$open` makes (an async function
+/// returning a fresh, empty backend).
+macro_rules! contract_tests {
+    ($open:path) => {
+        $crate::store::contract_tests::contract_tests!(@each $open;
+            versions_start_at_one_and_grow_by_one_per_write,
+            a_concurrent_write_to_a_read_key_fails_the_later_commit,
+            compare_and_set_checks_at_the_call,
+            a_deleted_record_comes_back_with_a_higher_version,
+            scan_merges_buffered_writes_and_honours_bounds,
+            invalid_requests_are_refused_and_change_nothing,
+            snapshots_do_not_see_later_commits,
+            snapshots_are_stable_and_scans_skip_tombstones,
+            racing_commits_in_one_batch_let_exactly_one_win,
+            a_conflicting_commit_writes_nothing_of_itself,
+            an_idempotency_key_is_stored_once_until_it_expires,
+            key_spaces_keep_the_same_text_apart,
+            a_forgotten_tombstone_keeps_its_version,
+            a_create_read_below_a_raised_floor_conflicts,
+            a_saga_is_created_once_per_name_and_key,
+            a_saga_changes_only_at_the_version_read,
+            sagas_are_listed_by_id_and_status,
+            sagas_are_found_by_id_key_or_input_value,
+            definitions_are_kept_by_digest,
+            events_are_published_in_commit_order_with_their_chain,
+            deliveries_go_out_in_order_within_their_group,
+            only_a_dead_delivery_can_be_redelivered,
+            a_chain_page_is_one_moment_of_its_chain,
+            retention_forgets_only_what_is_finished_and_old,
+        );
+    };
+    (@each $open:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let store = $open().await;
+                $crate::store::contract_tests::$name(&store).await;
+            }
+        )*
+    };
+}
+pub(crate) use contract_tests;
+
+const SERVICE: &str = "svc";
+
+fn tx(store: &dyn Store) -> Transaction {
+    tx_of(store, SERVICE, TxLimits::default())
+}
+
+fn tx_of(store: &dyn Store, service: &str, limits: TxLimits) -> Transaction {
+    Transaction::new(store.snapshot(service).unwrap(), limits)
+}
+
+async fn commit(store: &dyn Store, tx: Transaction) -> Result<(), StoreError> {
+    store.commit(commit_of(tx.into_changes(), None)).await
+}
+
+fn commit_of(changes: ChangeSet, outcome: Option<StoredOutcome>) -> Commit {
+    Commit { service: SERVICE.into(), changes, outcome, ..Commit::default() }
+}
+
+fn key(key: &str) -> IdempotencyKey {
+    IdempotencyKey { service: SERVICE.into(), space: KeySpace::Client, key: key.into() }
+}
+
+fn outcome(key_text: &str, created_at: i64, expires_at: i64) -> StoredOutcome {
+    StoredOutcome {
+        key: key(key_text),
+        fingerprint: [7; 32],
+        operation: "op".into(),
+        result: Ok(b"out".to_vec()),
+        digest: "sha256:00".into(),
+        correlation_id: Some("chain".into()),
+        created_at,
+        expires_at,
+    }
+}
+
+fn keys(rows: Vec<(String, Entry)>) -> Vec<String> {
+    rows.into_iter().map(|(k, _)| k).collect()
+}
+
+fn saga(id: &str, name: &str, key: &str, status: &str, at: i64) -> SagaRow {
+    SagaRow {
+        id: id.into(),
+        name: name.into(),
+        status: status.into(),
+        input: br#"{"order":"o-1"}"#.to_vec(),
+        state: "{}".into(),
+        version: 1,
+        key: key.into(),
+        fingerprint: [0; 32],
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+async fn create_saga(store: &dyn Store, row: SagaRow) -> Result<(), StoreError> {
+    store.commit(Commit { saga: Some(SagaChange::Create(row)), ..Commit::default() }).await
+}
+
+fn delivery(event_id: i64, topic: &str, chain: &str) -> DeliveryRow {
+    DeliveryRow {
+        event_id,
+        subscriber: "sub".into(),
+        operation: "op".into(),
+        topic: topic.into(),
+        correlation_id: Some(chain.into()),
+        status: "pending".into(),
+        attempts: 0,
+        next_at: 0,
+        outcome: None,
+        last_error: None,
+        created_at: 0,
+        done_at: None,
+    }
+}
+
+fn delivery_update(event_id: i64, status: &str) -> DeliveryChange {
+    DeliveryChange::Update {
+        event_id,
+        subscriber: "sub".into(),
+        status: status.into(),
+        attempts: 1,
+        next_at: 0,
+        outcome: (status == "delivered").then(|| "ok".into()),
+        last_error: None,
+        done_at: Some(1),
+    }
+}
+
+async fn deliveries(store: &dyn Store, changes: Vec<DeliveryChange>) -> Result<(), StoreError> {
+    store.commit(Commit { deliveries: changes, ..Commit::default() }).await
+}
+
+/// Publishes one event per payload, each in its own commit, in the chain `chain`.
+async fn publish(store: &dyn Store, topic: &str, chain: &str, payloads: &[&str]) {
+    for payload in payloads {
+        let mut t = tx(store);
+        t.publish(topic, payload.as_bytes().to_vec(), None).unwrap();
+        let mut commit = commit_of(t.into_changes(), None);
+        commit.correlation_id = Some(chain.into());
+        store.commit(commit).await.unwrap();
+    }
+}
+
+pub(crate) async fn versions_start_at_one_and_grow_by_one_per_write(store: &dyn Store) {
+    let mut t = tx(store);
+    assert_eq!(t.set("k", b"a".to_vec()), Ok(1));
+    assert_eq!(t.set("k", b"b".to_vec()), Ok(1), "versions count commits, not calls");
+    commit(store, t).await.unwrap();
+    let mut t = tx(store);
+    assert_eq!(t.get("k").unwrap(), Some(Entry { value: b"b".to_vec(), version: 1 }));
+    assert_eq!(t.set("k", b"c".to_vec()), Ok(2));
+}
+
+pub(crate) async fn a_concurrent_write_to_a_read_key_fails_the_later_commit(store: &dyn Store) {
+    let mut first = tx(store);
+    let mut second = tx(store);
+    first.get("k").unwrap();
+    second.get("k").unwrap();
+    first.set("k", b"1".to_vec()).unwrap();
+    second.set("k", b"2".to_vec()).unwrap();
+    commit(store, first).await.unwrap();
+    let err = commit(store, second).await.unwrap_err();
+    assert_eq!(err, StoreError::Conflict(Conflict { key: "k".into(), expected: None, actual: Some(1) }));
+    assert_eq!(tx(store).get("k").unwrap().unwrap().value, b"1", "the first write stands");
+}
+
+pub(crate) async fn compare_and_set_checks_at_the_call(store: &dyn Store) {
+    let mut t = tx(store);
+    assert_eq!(t.put("k", b"a".to_vec(), None), Ok(1), "create if absent");
+    let err = t.put("k", b"b".to_vec(), None).unwrap_err();
+    assert_eq!(err, StoreError::Conflict(Conflict { key: "k".into(), expected: None, actual: Some(1) }));
+    commit(store, t).await.unwrap();
+    let mut t = tx(store);
+    assert_eq!(t.put("k", b"b".to_vec(), Some(1)), Ok(2));
+    let err = t.delete("k", Some(1)).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(Conflict { actual: Some(2), .. })), "{err:?}");
+}
+
+pub(crate) async fn a_deleted_record_comes_back_with_a_higher_version(store: &dyn Store) {
+    let mut t = tx(store);
+    t.set("k", b"a".to_vec()).unwrap();
+    commit(store, t).await.unwrap();
+    let mut t = tx(store);
+    t.delete("k", Some(1)).unwrap();
+    assert_eq!(t.get("k").unwrap(), None);
+    commit(store, t).await.unwrap();
+    let mut t = tx(store);
+    assert_eq!(t.get("k").unwrap(), None);
+    assert_eq!(t.put("k", b"again".to_vec(), None), Ok(3), "no version is ever reused");
+}
+
+pub(crate) async fn scan_merges_buffered_writes_and_honours_bounds(store: &dyn Store) {
+    let mut t = tx(store);
+    for key in ["a/1", "a/2", "a/3", "b/1"] {
+        t.set(key, key.as_bytes().to_vec()).unwrap();
+    }
+    commit(store, t).await.unwrap();
+    let mut t = tx(store);
+    t.delete("a/1", None).unwrap();
+    t.set("a/4", b"new".to_vec()).unwrap();
+    assert_eq!(keys(t.scan("a/", None, 10).unwrap()), ["a/2", "a/3", "a/4"]);
+    assert_eq!(keys(t.scan("a/", Some("a/2"), 1).unwrap()), ["a/3"]);
+    assert_eq!(keys(t.scan("a/", None, 2).unwrap()), ["a/2", "a/3"]);
+}
+
+pub(crate) async fn invalid_requests_are_refused_and_change_nothing(store: &dyn Store) {
+    let limits = TxLimits { max_value_bytes: 4, max_writes: 1, ..TxLimits::default() };
+    let mut t = tx_of(store, SERVICE, limits);
+    assert!(matches!(t.set("", b"x".to_vec()), Err(StoreError::Invalid(m)) if m.contains("key must be")));
+    assert!(
+        matches!(t.set("k", b"12345".to_vec()), Err(StoreError::Invalid(m)) if m.contains("over the limit"))
+    );
+    t.set("k", b"1".to_vec()).unwrap();
+    assert!(matches!(t.set("j", b"1".to_vec()), Err(StoreError::Invalid(m)) if m.contains("more than 1")));
+    assert_eq!(t.get("").unwrap(), None, "an impossible key reads as absent");
+    let changes = t.into_changes();
+    assert_eq!(changes.writes.len(), 1);
+}
+
+pub(crate) async fn snapshots_do_not_see_later_commits(store: &dyn Store) {
+    let mut reader = tx(store);
+    reader.get("other").unwrap();
+    let mut writer = tx(store);
+    writer.set("k", b"1".to_vec()).unwrap();
+    commit(store, writer).await.unwrap();
+    assert_eq!(reader.get("k").unwrap(), None);
+}
+
+pub(crate) async fn snapshots_are_stable_and_scans_skip_tombstones(store: &dyn Store) {
+    let mut t = tx(store);
+    for key in ["p/1", "p/2", "p/3", "q/1"] {
+        t.set(key, key.as_bytes().to_vec()).unwrap();
+    }
+    commit(store, t).await.unwrap();
+    let mut reader = tx(store);
+    assert_eq!(reader.scan("p/", None, 10).unwrap().len(), 3, "the snapshot starts here");
+    let mut t = tx(store);
+    t.delete("p/2", None).unwrap();
+    t.set("p/4", b"x".to_vec()).unwrap();
+    commit(store, t).await.unwrap();
+    assert_eq!(keys(reader.scan("p/", None, 10).unwrap()), ["p/1", "p/2", "p/3"], "still the old snapshot");
+    assert_eq!(keys(tx(store).scan("p/", None, 10).unwrap()), ["p/1", "p/3", "p/4"]);
+    assert_eq!(keys(tx(store).scan("p/", Some("p/1"), 1).unwrap()), ["p/3"]);
+}
+
+pub(crate) async fn racing_commits_in_one_batch_let_exactly_one_win(store: &dyn Store) {
+    // Every racer reads before any commits: all of them start from "absent".
+    let changes: Vec<ChangeSet> = (0..20u8)
+        .map(|i| {
+            let mut t = tx(store);
+            t.get("counter").unwrap();
+            t.set("counter", vec![i]).unwrap();
+            t.into_changes()
+        })
+        .collect();
+    let racers: Vec<_> = changes.into_iter().map(|c| store.commit(commit_of(c, None))).collect();
+    let mut won = 0;
+    for racer in racers {
+        match racer.await {
+            Ok(()) => won += 1,
+            Err(StoreError::Conflict(c)) => assert_eq!((c.expected, c.actual), (None, Some(1))),
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(tx(store).get("counter").unwrap().unwrap().version, 1);
+}
+
+pub(crate) async fn a_conflicting_commit_writes_nothing_of_itself(store: &dyn Store) {
+    let mut base = tx(store);
+    base.set("a", b"1".to_vec()).unwrap();
+    commit(store, base).await.unwrap();
+
+    let mut stale = tx(store);
+    stale.set("b", b"new".to_vec()).unwrap();
+    stale.get("a").unwrap();
+    let mut fresh = tx(store);
+    fresh.set("a", b"2".to_vec()).unwrap();
+    commit(store, fresh).await.unwrap();
+    let mut changes = stale.into_changes();
+    changes.events.push(Event { topic: "t".into(), payload: b"{}".to_vec(), correlation_id: None });
+    let err = store.commit(commit_of(changes, Some(outcome("stale", 1, i64::MAX)))).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(Conflict { ref key, .. }) if key == "a"), "{err:?}");
+    assert_eq!(tx(store).get("b").unwrap(), None, "the write to b was rolled back");
+    assert!(store.outcome(&key("stale"), 2).await.unwrap().is_none(), "no outcome stored");
+    assert_eq!(store.events_after(0, 10).await.unwrap(), [], "no event stored");
+}
+
+pub(crate) async fn an_idempotency_key_is_stored_once_until_it_expires(store: &dyn Store) {
+    store.commit(commit_of(ChangeSet::default(), Some(outcome("k", 100, 200)))).await.unwrap();
+    let again = store.commit(commit_of(ChangeSet::default(), Some(outcome("k", 150, 300)))).await;
+    assert_eq!(again, Err(StoreError::Duplicate("k".into())));
+    assert!(store.outcome(&key("k"), 199).await.unwrap().is_some());
+    assert!(store.outcome(&key("k"), 200).await.unwrap().is_none(), "expired at 200");
+    store.commit(commit_of(ChangeSet::default(), Some(outcome("k", 250, 400)))).await.unwrap();
+    let stored = store.outcome(&key("k"), 260).await.unwrap().unwrap();
+    assert_eq!(stored, outcome("k", 250, 400), "an expired key is reused; the outcome reads back whole");
+    assert_eq!(store.prune(PruneKind::Outcomes, 399, 500).await.unwrap(), 0);
+    assert_eq!(store.prune(PruneKind::Outcomes, 400, 500).await.unwrap(), 1);
+}
+
+/// A client's key and the host's key with the same text are different keys: one can
+/// neither pre-empt nor replay the other.
+pub(crate) async fn key_spaces_keep_the_same_text_apart(store: &dyn Store) {
+    let text = "saga/01a2/charge/do";
+    let mut planted = outcome(text, 100, i64::MAX);
+    planted.result = Err("planted by a client".into());
+    store.commit(commit_of(ChangeSet::default(), Some(planted))).await.unwrap();
+    let saga_key = IdempotencyKey { space: KeySpace::Saga, ..key(text) };
+    assert_eq!(store.outcome(&saga_key, 101).await.unwrap(), None, "the saga's key is still free");
+    let step = StoredOutcome { key: saga_key.clone(), ..outcome(text, 100, i64::MAX) };
+    store.commit(commit_of(ChangeSet::default(), Some(step))).await.unwrap();
+    assert_eq!(store.outcome(&saga_key, 101).await.unwrap().unwrap().result, Ok(b"out".to_vec()));
+    assert_eq!(
+        store.outcome(&key(text), 101).await.unwrap().unwrap().result,
+        Err("planted by a client".into()),
+        "the client's outcome is its own"
+    );
+}
+
+/// A forgotten tombstone leaves its version behind: the key reads (absent) at its
+/// service's floor, and created again it goes on above every version it had, so an
+/// old version number can never match it again. Other services are not moved.
+pub(crate) async fn a_forgotten_tombstone_keeps_its_version(store: &dyn Store) {
+    for _ in 0..3 {
+        let mut t = tx(store);
+        let current = t.get("k").unwrap();
+        t.set("k", format!("{current:?}").into_bytes()).unwrap();
+        commit(store, t).await.unwrap();
+    }
+    let mut t = tx(store);
+    t.delete("k", Some(3)).unwrap();
+    commit(store, t).await.unwrap();
+    assert_eq!(store.prune(PruneKind::Tombstones, 0, 100).await.unwrap(), 0, "not old enough");
+    let later = crate::clock::now_ms() + 1;
+    assert_eq!(store.prune(PruneKind::Tombstones, later, 100).await.unwrap(), 1);
+    assert_eq!(store.prune(PruneKind::Tombstones, later, 100).await.unwrap(), 0, "the tombstone is gone");
+
+    let mut t = tx(store);
+    assert_eq!(t.get("k").unwrap(), None);
+    assert_eq!(t.put("k", b"again".to_vec(), None), Ok(5), "above the forgotten version 4");
+    commit(store, t).await.unwrap();
+    let mut stale = tx(store);
+    let err = stale.put("k", b"stale".to_vec(), Some(1)).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+    let mut other = tx_of(store, "other", TxLimits::default());
+    assert_eq!(other.put("k", b"x".to_vec(), None), Ok(1), "another service starts at 1");
+}
+
+/// A key read as absent at the floor, then the floor raised under it, conflicts at
+/// commit instead of going back below a forgotten version.
+pub(crate) async fn a_create_read_below_a_raised_floor_conflicts(store: &dyn Store) {
+    let mut early = tx(store);
+    early.get("fresh").unwrap();
+    early.get("gone").unwrap();
+    early.set("fresh", b"1".to_vec()).unwrap();
+    for value in [Some(b"v".to_vec()), None] {
+        let mut t = tx(store);
+        t.get("gone").unwrap();
+        match value {
+            Some(value) => t.set("gone", value).map(|_| ()).unwrap(),
+            None => t.delete("gone", None).unwrap(),
+        };
+        commit(store, t).await.unwrap();
+    }
+    store.prune(PruneKind::Tombstones, crate::clock::now_ms() + 1, 100).await.unwrap();
+    let err = commit(store, early).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(ref c) if c.key == "gone"), "{err:?}");
+}
+
+/// A second saga of the same definition and key is refused as a duplicate (the first
+/// is the one); the same key under another definition is another saga.
+pub(crate) async fn a_saga_is_created_once_per_name_and_key(store: &dyn Store) {
+    create_saga(store, saga("s1", "place-order", "key-1", "running", 1)).await.unwrap();
+    let again = create_saga(store, saga("s2", "place-order", "key-1", "running", 2)).await;
+    assert_eq!(again, Err(StoreError::Duplicate("key-1".into())));
+    assert_eq!(store.saga("s2").await.unwrap(), None, "nothing of the duplicate is stored");
+    create_saga(store, saga("s3", "refund", "key-1", "running", 3)).await.unwrap();
+    assert_eq!(store.saga_by_key("place-order", "key-1").await.unwrap().unwrap().id, "s1");
+    assert_eq!(store.saga_by_key("refund", "key-1").await.unwrap().unwrap().id, "s3");
+    assert_eq!(store.saga("s1").await.unwrap(), Some(saga("s1", "place-order", "key-1", "running", 1)));
+}
+
+/// A saga's next state is written only by whoever read its current version: a second
+/// driver (or a stale one) gets a conflict, and its commit writes nothing else.
+pub(crate) async fn a_saga_changes_only_at_the_version_read(store: &dyn Store) {
+    create_saga(store, saga("s1", "place-order", "k", "running", 1)).await.unwrap();
+    let update = |version: u64, status: &str| SagaChange::Update {
+        id: "s1".into(),
+        version,
+        status: status.into(),
+        state: format!("{{\"v\":{version}}}"),
+        at: 10 + version as i64,
+    };
+    store.commit(Commit { saga: Some(update(1, "compensating")), ..Commit::default() }).await.unwrap();
+    let mut t = tx(store);
+    t.set("effect", b"x".to_vec()).unwrap();
+    let stale = Commit {
+        service: SERVICE.into(),
+        changes: t.into_changes(),
+        saga: Some(update(1, "completed")),
+        ..Commit::default()
+    };
+    let err = store.commit(stale).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(Conflict { expected: Some(1), actual: Some(2), .. })),
+        "{err:?}"
+    );
+    assert_eq!(tx(store).get("effect").unwrap(), None, "the stale step's effect is not stored");
+    let row = store.saga("s1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.version, row.status.as_str(), row.state.as_str(), row.updated_at),
+        (2, "compensating", "{\"v\":1}", 11)
+    );
+    let missing = SagaChange::Update {
+        id: "nope".into(),
+        version: 1,
+        status: "completed".into(),
+        state: "{}".into(),
+        at: 20,
+    };
+    let err = store.commit(Commit { saga: Some(missing), ..Commit::default() }).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(Conflict { actual: None, .. })), "{err:?}");
+}
+
+pub(crate) async fn sagas_are_listed_by_id_and_status(store: &dyn Store) {
+    for (id, status) in
+        [("a", "completed"), ("b", "running"), ("c", "stuck"), ("d", "compensating"), ("e", "running")]
+    {
+        create_saga(store, saga(id, "s", id, status, 1)).await.unwrap();
+    }
+    let ids = |rows: Vec<SagaRow>| rows.into_iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.sagas(None, None, 10, false).await.unwrap()), ["a", "b", "c", "d", "e"]);
+    assert_eq!(ids(store.sagas(None, Some("b"), 2, false).await.unwrap()), ["c", "d"]);
+    assert_eq!(ids(store.sagas(None, None, 2, true).await.unwrap()), ["e", "d"]);
+    assert_eq!(ids(store.sagas(None, Some("d"), 10, true).await.unwrap()), ["c", "b", "a"]);
+    assert_eq!(ids(store.sagas(Some("running"), None, 10, false).await.unwrap()), ["b", "e"]);
+    assert_eq!(ids(store.sagas(Some("running"), Some("e"), 10, true).await.unwrap()), ["b"]);
+    assert_eq!(ids(store.unfinished_sagas().await.unwrap()), ["b", "d", "e"], "running and compensating");
+    let counts = store.saga_counts().await.unwrap();
+    let expected = [("compensating", 1), ("completed", 1), ("running", 2), ("stuck", 1)];
+    assert_eq!(counts, expected.map(|(s, n)| (s.to_owned(), n)));
+    let update = SagaChange::Update {
+        id: "b".into(),
+        version: 1,
+        status: "completed".into(),
+        state: "{}".into(),
+        at: 2,
+    };
+    store.commit(Commit { saga: Some(update), ..Commit::default() }).await.unwrap();
+    let counts = store.saga_counts().await.unwrap();
+    let expected = [("compensating", 1), ("completed", 2), ("running", 1), ("stuck", 1)];
+    assert_eq!(counts, expected.map(|(s, n)| (s.to_owned(), n)), "counts follow a change of status");
+}
+
+pub(crate) async fn sagas_are_found_by_id_key_or_input_value(store: &dyn Store) {
+    let mut first = saga("id-1", "s", "key-1", "completed", 1);
+    first.input = br#"{"order":"o-7","customer":"ada"}"#.to_vec();
+    let mut second = saga("id-2", "s", "key-2", "running", 2);
+    second.input = br#"{"order":"o-8","customer":"ada"}"#.to_vec();
+    create_saga(store, first).await.unwrap();
+    create_saga(store, second).await.unwrap();
+    let found = async |text: &str| -> Vec<String> {
+        store.search_sagas(text, 10).await.unwrap().into_iter().map(|s| s.id).collect()
+    };
+    assert_eq!(found("id-1").await, ["id-1"]);
+    assert_eq!(found("key-2").await, ["id-2"]);
+    assert_eq!(found("o-7").await, ["id-1"]);
+    assert_eq!(found("ada").await, ["id-2", "id-1"], "newest first");
+    assert_eq!(found("nobody").await, Vec::<String>::new());
+    assert_eq!(store.search_sagas("ada", 1).await.unwrap().len(), 1, "at most the limit");
+}
+
+pub(crate) async fn definitions_are_kept_by_digest(store: &dyn Store) {
+    let def = |digest: &str, text: &str, at: i64| DefinitionRow {
+        digest: digest.into(),
+        name: "place-order".into(),
+        text: text.into(),
+        saved_at: at,
+    };
+    let keep = |rows: Vec<DefinitionRow>| Commit { definitions: rows, ..Commit::default() };
+    store.commit(keep(vec![def("sha256:a", "v1", 1), def("sha256:b", "v2", 2)])).await.unwrap();
+    assert_eq!(store.definition("sha256:a").await.unwrap(), Some(def("sha256:a", "v1", 1)));
+    store.commit(keep(vec![def("sha256:a", "v1 with a comment", 3)])).await.unwrap();
+    assert_eq!(store.definition("sha256:a").await.unwrap(), Some(def("sha256:a", "v1 with a comment", 3)));
+    assert_eq!(store.definition("sha256:b").await.unwrap(), Some(def("sha256:b", "v2", 2)));
+    assert_eq!(store.definition("sha256:c").await.unwrap(), None);
+}
+
+/// Events get increasing ids in commit order; an event without a chain of its own is
+/// in its commit's chain.
+pub(crate) async fn events_are_published_in_commit_order_with_their_chain(store: &dyn Store) {
+    let mut t = tx(store);
+    t.publish("placed", b"1".to_vec(), None).unwrap();
+    t.publish("noted", b"2".to_vec(), Some("elsewhere".into())).unwrap();
+    let mut first = commit_of(t.into_changes(), None);
+    first.correlation_id = Some("chain".into());
+    store.commit(first).await.unwrap();
+    publish(store, "placed", "chain", &["3"]).await;
+    let events = store.events_after(0, 10).await.unwrap();
+    let seen: Vec<(&str, &str, Option<&str>)> = events
+        .iter()
+        .map(|e| (e.topic.as_str(), std::str::from_utf8(&e.payload).unwrap(), e.correlation_id.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("placed", "1", Some("chain")), ("noted", "2", Some("elsewhere")), ("placed", "3", Some("chain"))]
+    );
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id), "ids increase: {events:?}");
+    assert!(events.iter().all(|e| e.service == SERVICE));
+    assert_eq!(store.events_after(events[0].id, 1).await.unwrap(), [events[1].clone()]);
+    assert_eq!(store.event(events[2].id).await.unwrap(), Some(events[2].clone()));
+    assert_eq!(store.count_events_of("chain").await.unwrap(), 2);
+    assert_eq!(store.dispatched_through().await.unwrap(), 0, "nothing dispatched yet");
+}
+
+/// Within a group (subscriber, topic, correlation id) a delivery is due only when no
+/// earlier one is pending; other groups do not wait for it.
+pub(crate) async fn deliveries_go_out_in_order_within_their_group(store: &dyn Store) {
+    publish(store, "placed", "chain-a", &["1", "2"]).await;
+    publish(store, "placed", "chain-b", &["3"]).await;
+    let ids: Vec<i64> = store.events_after(0, 10).await.unwrap().iter().map(|e| e.id).collect();
+    let made = DeliveryChange::Create {
+        deliveries: vec![
+            delivery(ids[0], "placed", "chain-a"),
+            delivery(ids[1], "placed", "chain-a"),
+            delivery(ids[2], "placed", "chain-b"),
+        ],
+        through: ids[2],
+    };
+    deliveries(store, vec![made.clone()]).await.unwrap();
+    deliveries(store, vec![made]).await.unwrap();
+    assert_eq!(store.dispatched_through().await.unwrap(), ids[2]);
+    let due = |now| async move {
+        store.due_deliveries(now, 10).await.unwrap().into_iter().map(|d| d.event_id).collect::<Vec<_>>()
+    };
+    assert_eq!(due(0).await, [ids[0], ids[2]], "the second of chain-a waits for the first");
+    deliveries(store, vec![delivery_update(ids[0], "delivered")]).await.unwrap();
+    assert_eq!(due(0).await, [ids[1], ids[2]]);
+    let later = DeliveryChange::Update {
+        event_id: ids[1],
+        subscriber: "sub".into(),
+        status: "pending".into(),
+        attempts: 1,
+        next_at: 100,
+        outcome: None,
+        last_error: Some("busy".into()),
+        done_at: None,
+    };
+    deliveries(store, vec![later]).await.unwrap();
+    assert_eq!(due(99).await, [ids[2]], "not before its next attempt");
+    assert_eq!(due(100).await, [ids[1], ids[2]]);
+    let mut counts = store.delivery_counts().await.unwrap();
+    counts.sort();
+    assert_eq!(counts, [("delivered".to_owned(), 1), ("pending".to_owned(), 2)]);
+}
+
+pub(crate) async fn only_a_dead_delivery_can_be_redelivered(store: &dyn Store) {
+    publish(store, "placed", "chain", &["1"]).await;
+    let id = store.events_after(0, 1).await.unwrap()[0].id;
+    let made = DeliveryChange::Create { deliveries: vec![delivery(id, "placed", "chain")], through: id };
+    deliveries(store, vec![made]).await.unwrap();
+    let redeliver = DeliveryChange::Redeliver { event_id: id, subscriber: "sub".into(), at: 50 };
+    let err = deliveries(store, vec![redeliver.clone()]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(ref m) if m.contains("no dead delivery")), "{err:?}");
+    deliveries(store, vec![delivery_update(id, "dead")]).await.unwrap();
+    assert_eq!(store.dead_deliveries(10).await.unwrap().len(), 1);
+    assert_eq!(store.due_deliveries(i64::MAX, 10).await.unwrap(), []);
+    deliveries(store, vec![redeliver]).await.unwrap();
+    assert_eq!(store.dead_deliveries(10).await.unwrap(), []);
+    let due = store.due_deliveries(50, 10).await.unwrap();
+    assert_eq!((due.len(), due[0].attempts, due[0].next_at), (1, 1, 50), "pending again; attempts go on");
+}
+
+pub(crate) async fn a_chain_page_is_one_moment_of_its_chain(store: &dyn Store) {
+    publish(store, "placed", "chain", &["1", "2", "3"]).await;
+    publish(store, "placed", "other", &["4"]).await;
+    let ids: Vec<i64> = store.events_after(0, 10).await.unwrap().iter().map(|e| e.id).collect();
+    let made = DeliveryChange::Create {
+        deliveries: vec![delivery(ids[0], "placed", "chain"), delivery(ids[1], "placed", "chain")],
+        through: ids[1],
+    };
+    deliveries(store, vec![made]).await.unwrap();
+    let page = store.chain("chain", 0, 2).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[0], ids[1]]);
+    assert_eq!(page.deliveries.iter().map(|d| d.event_id).collect::<Vec<_>>(), [ids[0], ids[1]]);
+    assert_eq!(page.dispatched_through, ids[1]);
+    let next = store.chain("chain", ids[1], 2).await.unwrap();
+    assert_eq!(next.events.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[2]]);
+    assert_eq!(next.deliveries, [], "not dispatched yet");
+    assert_eq!(store.chain("nobody", 0, 10).await.unwrap().events, []);
+}
+
+/// Retention forgets only what is past it and finished: a running or stuck saga, an
+/// event with a pending or dead delivery, an outcome not yet expired stay; in batches.
+pub(crate) async fn retention_forgets_only_what_is_finished_and_old(store: &dyn Store) {
+    for n in 0..5 {
+        store.commit(commit_of(ChangeSet::default(), Some(outcome(&format!("k{n}"), 1, 10)))).await.unwrap();
+    }
+    store.commit(commit_of(ChangeSet::default(), Some(outcome("fresh", 1, 1_000)))).await.unwrap();
+    assert_eq!(store.prune(PruneKind::Outcomes, 100, 3).await.unwrap(), 3, "a batch");
+    assert_eq!(store.prune(PruneKind::Outcomes, 100, 3).await.unwrap(), 2);
+    assert!(store.outcome(&key("fresh"), 100).await.unwrap().is_some());
+
+    for (id, status, at) in [
+        ("a", "completed", 5),
+        ("b", "compensated", 5),
+        ("c", "stuck", 5),
+        ("d", "running", 5),
+        ("e", "completed", 500),
+    ] {
+        create_saga(store, saga(id, "s", id, status, at)).await.unwrap();
+    }
+    assert_eq!(store.prune(PruneKind::Sagas, 100, 500).await.unwrap(), 2);
+    let left: Vec<String> =
+        store.sagas(None, None, 10, false).await.unwrap().into_iter().map(|s| s.id).collect();
+    assert_eq!(left, ["c", "d", "e"]);
+
+    publish(store, "topic", "chain", &["0", "1", "2"]).await;
+    let ids: Vec<i64> = store.events_after(0, 10).await.unwrap().iter().map(|e| e.id).collect();
+    let made = DeliveryChange::Create {
+        deliveries: vec![delivery(ids[0], "topic", "chain"), delivery(ids[1], "topic", "chain")],
+        through: ids[1],
+    };
+    deliveries(store, vec![made]).await.unwrap();
+    deliveries(store, vec![delivery_update(ids[0], "delivered")]).await.unwrap();
+    let later = crate::clock::now_ms() + 1;
+    assert_eq!(store.prune(PruneKind::Events, later, 500).await.unwrap(), 1, "only the delivered event");
+    let page = store.chain("chain", 0, 10).await.unwrap();
+    let left: Vec<i64> = page.events.iter().map(|e| e.id).collect();
+    assert_eq!(left, [ids[1], ids[2]], "the second has a pending delivery; the third is not dispatched yet");
+    assert_eq!(page.deliveries.len(), 1);
+}

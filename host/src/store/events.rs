@@ -1,0 +1,67 @@
+//! What the store keeps of choreography: the outbox's events, their deliveries to
+//! subscribers, and the dispatcher's cursor.
+
+/// An event of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Increasing in commit order.
+    pub id: i64,
+    /// The service that published it.
+    pub service: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub correlation_id: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// One event's delivery to one subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    pub event_id: i64,
+    pub subscriber: String,
+    pub operation: String,
+    pub topic: String,
+    pub correlation_id: Option<String>,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    pub attempts: u32,
+    /// Unix ms: not before then.
+    pub next_at: i64,
+    /// `ok` or `rejected` once delivered.
+    pub outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub done_at: Option<i64>,
+}
+
+/// One page of an event chain, read in one snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainPage {
+    /// Oldest first.
+    pub events: Vec<EventRow>,
+    /// The deliveries of those events, by event and subscriber.
+    pub deliveries: Vec<DeliveryRow>,
+    /// The last event the dispatcher has made the deliveries of.
+    pub dispatched_through: i64,
+}
+
+/// A change to the deliveries, committed through the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryChange {
+    /// New deliveries, for the events up to `through` (the dispatch cursor moves there).
+    Create { deliveries: Vec<DeliveryRow>, through: i64 },
+    /// The result of one attempt.
+    Update {
+        event_id: i64,
+        subscriber: String,
+        status: String,
+        attempts: u32,
+        next_at: i64,
+        outcome: Option<String>,
+        last_error: Option<String>,
+        done_at: Option<i64>,
+    },
+    /// A dead delivery back to pending (an operator's redelivery).
+    Redeliver { event_id: i64, subscriber: String, at: i64 },
+}

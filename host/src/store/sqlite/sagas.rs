@@ -1,0 +1,160 @@
+//! Sagas and saga definitions in SQLite: the queries, and the changes a commit carries.
+//! A saga's row changes only at its version (`UPDATE … WHERE version = ?`): a driver
+//! that read an older version cannot write over a newer one.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::unavailable;
+use crate::store::{Conflict, DefinitionRow, SagaChange, SagaRow, StoreError};
+
+const SAGA_COLUMNS: &str =
+    "id, name, status, input, state, version, key, fingerprint, created_at, updated_at";
+
+fn saga_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SagaRow> {
+    Ok(SagaRow {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        status: row.get(2)?,
+        input: row.get(3)?,
+        state: row.get(4)?,
+        version: row.get::<_, i64>(5)? as u64,
+        key: row.get(6)?,
+        fingerprint: row.get(7)?,
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
+    })
+}
+
+fn read(conn: &Connection, filter: &str, params: &[&dyn rusqlite::ToSql]) -> rusqlite::Result<Vec<SagaRow>> {
+    super::rows(conn, &format!("SELECT {SAGA_COLUMNS} FROM sagas {filter}"), params, saga_row)
+}
+
+pub(super) fn saga(conn: &Connection, id: &str) -> rusqlite::Result<Option<SagaRow>> {
+    read(conn, "WHERE id = ?1", params![id]).map(|mut rows| rows.pop())
+}
+
+pub(super) fn saga_by_key(conn: &Connection, name: &str, key: &str) -> rusqlite::Result<Option<SagaRow>> {
+    read(conn, "WHERE name = ?1 AND key = ?2", params![name, key]).map(|mut rows| rows.pop())
+}
+
+pub(super) fn sagas(
+    conn: &Connection,
+    status: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+    newest_first: bool,
+) -> rusqlite::Result<Vec<SagaRow>> {
+    let (compare, order) = if newest_first { ("<", "DESC") } else { (">", "ASC") };
+    let after = after.unwrap_or(if newest_first { "~" } else { "" });
+    match status {
+        Some(status) => read(
+            conn,
+            &format!("WHERE status = ?1 AND id {compare} ?2 ORDER BY id {order} LIMIT ?3"),
+            params![status, after, limit as i64],
+        ),
+        None => read(
+            conn,
+            &format!("WHERE id {compare} ?1 ORDER BY id {order} LIMIT ?2"),
+            params![after, limit as i64],
+        ),
+    }
+}
+
+pub(super) fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<SagaRow>> {
+    read(conn, "WHERE status IN ('running', 'compensating') ORDER BY id", params![])
+}
+
+/// From `saga_counts`, which triggers keep (counting the table would read every saga).
+pub(super) fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    super::rows(conn, "SELECT status, n FROM saga_counts WHERE n > 0 ORDER BY status", &[], |row| {
+        Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+    })
+}
+
+/// By id or key (any saga, through their indexes), or by a top-level input value
+/// among the latest 10,000 (a scan, so bounded).
+pub(super) fn search(conn: &Connection, text: &str, limit: usize) -> rusqlite::Result<Vec<SagaRow>> {
+    let sql = format!(
+        "SELECT {SAGA_COLUMNS} FROM sagas WHERE id = ?1 OR key = ?1
+         UNION
+         SELECT {SAGA_COLUMNS} FROM (SELECT * FROM sagas ORDER BY id DESC LIMIT 10000) AS latest
+         WHERE EXISTS (SELECT 1 FROM json_each(CAST(latest.input AS TEXT)) WHERE json_each.value = ?1)
+         ORDER BY id DESC LIMIT ?2"
+    );
+    super::rows(conn, &sql, params![text, limit as i64], saga_row)
+}
+
+pub(super) fn definition(conn: &Connection, digest: &str) -> rusqlite::Result<Option<DefinitionRow>> {
+    let sql = "SELECT digest, name, text, saved_at FROM saga_definitions WHERE digest = ?1";
+    super::rows(conn, sql, params![digest], |row| {
+        Ok(DefinitionRow { digest: row.get(0)?, name: row.get(1)?, text: row.get(2)?, saved_at: row.get(3)? })
+    })
+    .map(|mut rows| rows.pop())
+}
+
+/// Keeps a definition version (replacing the text kept for the same digest).
+pub(super) fn save_definition(conn: &Connection, def: &DefinitionRow) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO saga_definitions (digest, name, text, saved_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (digest) DO UPDATE SET name = excluded.name, text = excluded.text,
+             saved_at = excluded.saved_at",
+    )
+    .map_err(unavailable)?
+    .execute(params![def.digest, def.name, def.text, def.saved_at])
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+pub(super) fn apply(conn: &Connection, change: &SagaChange) -> Result<(), StoreError> {
+    match change {
+        SagaChange::Create(row) => {
+            let created = conn
+                .prepare_cached(
+                    "INSERT INTO sagas
+                         (id, name, status, input, state, version, key, fingerprint, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT DO NOTHING",
+                )
+                .map_err(unavailable)?
+                .execute(params![
+                    row.id,
+                    row.name,
+                    row.status,
+                    row.input,
+                    row.state,
+                    row.version as i64,
+                    row.key,
+                    row.fingerprint,
+                    row.created_at,
+                    row.updated_at
+                ])
+                .map_err(unavailable)?;
+            if created == 0 {
+                return Err(StoreError::Duplicate(row.key.clone()));
+            }
+        }
+        SagaChange::Update { id, version, status, state, at } => {
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE sagas SET status = ?3, state = ?4, version = ?2 + 1, updated_at = ?5
+                     WHERE id = ?1 AND version = ?2",
+                )
+                .map_err(unavailable)?
+                .execute(params![id, *version as i64, status, state, at])
+                .map_err(unavailable)?;
+            if updated == 0 {
+                let actual: Option<i64> = conn
+                    .query_row("SELECT version FROM sagas WHERE id = ?1", [id], |row| row.get(0))
+                    .optional()
+                    .map_err(unavailable)?;
+                return Err(Conflict {
+                    key: format!("saga {id}"),
+                    expected: Some(*version),
+                    actual: actual.map(|v| v as u64),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
