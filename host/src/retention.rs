@@ -31,8 +31,9 @@ impl Default for Retention {
 }
 
 /// Things forgotten per writer job: small enough that a commit queued behind one waits
-/// a millisecond or two.
-const BATCH: usize = 500;
+/// a millisecond or two. With 500, sagas at 1,370/s over HTTP had a p99 of 28–36 ms
+/// once retention acted, against 17 ms before; with 100 it stays at 17 ms.
+const BATCH: usize = 100;
 
 impl Retention {
     /// A saga must outlive the key that started it: otherwise a client retrying its
