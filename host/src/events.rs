@@ -63,8 +63,8 @@ impl Dispatcher {
         }
     }
 
-    /// Runs the dispatcher until the process ends.
-    pub fn spawn(&self) {
+    /// Runs the dispatcher until the process ends (or the task is aborted).
+    pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let dispatcher = self.clone();
         tokio::spawn(async move {
             loop {
@@ -76,7 +76,7 @@ impl Dispatcher {
                 }
                 tokio::time::sleep(POLL).await;
             }
-        });
+        })
     }
 
     /// Makes the deliveries of the events not yet seen.

@@ -2,13 +2,18 @@
 //!
 //! Where things live:
 //!
+//! - [`app`]: the host wired together (store, plugins, sagas, background tasks), used
+//!   by `serve`, the demo, the benchmarks and the tests.
 //! - [`alert`]: alerts (log, metric, webhook) when a saga cannot finish by itself.
 //! - [`service`]: the plugin contract in the host's types (manifest, invocation, failure).
 //! - [`runtime`]: wasmtime: the engine, the sandbox and its limits, loading and
 //!   validating plugins, the registry of the versions that serve. The only module
 //!   that sees wasmtime or generated types.
-//! - [`store`]: versioned records: the backend trait, the per-invocation transaction
-//!   (read set, buffered writes), the in-memory backend.
+//! - [`store`]: the storage contract (`Store`: records, idempotency records, sagas,
+//!   definitions, outbox, deliveries, retention), the per-invocation transaction (read
+//!   set, buffered writes), the contract's test suite, and the SQLite backend
+//!   (`store/sqlite/`: records, sagas, events, schema, the group-commit writer, the
+//!   WAL's bound, retention, health).
 //! - [`invoke`]: one idempotent, optimistic invocation: replay, claim, run, commit, re-run.
 //! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
 //! - [`lifecycle`]: hot reload, uploads and removals of plugins, checked against the sagas.
@@ -25,6 +30,7 @@
 //! - [`guests`]: paths of the guest components built with this crate.
 
 pub mod alert;
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -3,19 +3,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use wasaga::alert::Alerter;
-use wasaga::clock::SystemClock;
-use wasaga::events::Dispatcher;
+use wasaga::app::{App, AppConfig};
 use wasaga::http::{Access, AppState, Secret, router};
-use wasaga::invoke::{InvokeOptions, Invoker};
-use wasaga::lifecycle::PluginManager;
-use wasaga::runtime::{Limits, Plugin, Registry, Runtime, RuntimeOptions};
-use wasaga::saga::SagaEngine;
+use wasaga::invoke::InvokeOptions;
+use wasaga::runtime::{Limits, Plugin, Runtime, RuntimeOptions};
 use wasaga::service::Invocation;
-use wasaga::store::{SqliteOptions, SqliteStore};
 
 /// The admin token of every server the tests start (through `WASAGA_ADMIN_TOKEN`).
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -258,18 +252,11 @@ pub async fn wait_settled(server: &Server, client: &reqwest::Client, id: &str) -
 /// The host's shared state in this process, with the given plugins and options, on a
 /// SQLite store in `data`, with [`ADMIN_TOKEN`] as its admin token.
 pub async fn app_state(plugins: Vec<Plugin>, options: InvokeOptions, data: &Path) -> AppState {
-    let registry = Registry::new(runtime());
+    let app = App::start(AppConfig { invoke: options, ..AppConfig::new(data) }).await.unwrap();
     for plugin in plugins {
-        registry.insert(plugin);
+        app.registry().insert(plugin);
     }
-    let store: Arc<dyn wasaga::store::Store> =
-        Arc::new(SqliteStore::open(data, SqliteOptions::default()).unwrap());
-    let invoker = Invoker::new(registry, store.clone(), options);
-    let sagas = SagaEngine::new(invoker.clone(), store.clone(), Arc::new(SystemClock), 16, Alerter::none());
-    let events = Dispatcher::new(invoker.clone(), store.clone(), Alerter::none());
-    let plugins = PluginManager::new(invoker.registry().clone(), sagas.clone(), Default::default(), data);
-    let access = Access { admin_token: Some(Secret::new(ADMIN_TOKEN)), api_token: None, loopback_only: true };
-    AppState { store, invoker, sagas, plugins, events, access }
+    app.state(Access { admin_token: Some(Secret::new(ADMIN_TOKEN)), api_token: None, loopback_only: true })
 }
 
 /// The API in this process, over real HTTP on a free loopback port, with the given

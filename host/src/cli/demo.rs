@@ -96,7 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         .with_context(|| format!("writing the demo's plugins under {}", data.display()))?;
     let seeded = data.join("demo").join("seeded");
     let (traffic, declined, flaky) = (args.traffic, args.declined_share, args.flaky_share);
-    let server = ServeArgs::demo(plugins, sagas, data.clone(), args.listen, args.runtime)
+    let server = ServeArgs::demo(plugins, sagas, data.clone(), args.listen, args.runtime)?
         .alert_webhook(args.alert_webhook);
     run_with(server, tokens, move |state, addr| {
         print_welcome(addr, &data, &admin_token);

@@ -1,25 +1,20 @@
 //! `wasaga serve`: the server.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 
 use super::RuntimeArgs;
 use super::tokens::{ServerTokens, Tokens};
-use crate::alert::Alerter;
-use crate::clock::SystemClock;
+use crate::app::{App, AppConfig};
 use crate::config::{parse_bytes, parse_duration};
-use crate::events::Dispatcher;
 use crate::http::{Access, AppState, Secret, router};
-use crate::invoke::{InvokeOptions, Invoker};
-use crate::lifecycle::PluginManager;
+use crate::invoke::InvokeOptions;
 use crate::retention::Retention;
-use crate::runtime::{Registry, Runtime};
-use crate::saga::SagaEngine;
-use crate::store::{SqliteOptions, SqliteStore, Store, Synchronous};
+use crate::store::{SqliteOptions, Synchronous};
 
 /// Serve the plugins of a directory over HTTP.
 ///
@@ -116,38 +111,59 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
 }
 
 impl ServeArgs {
-    /// The server the demo runs.
+    /// The server the demo runs: `serve`'s own defaults (and `WASAGA_*` settings), with
+    /// the demo's directories, address and runtime settings.
     pub(super) fn demo(
         plugins: PathBuf,
         sagas: PathBuf,
         data: PathBuf,
         listen: SocketAddr,
         runtime: RuntimeArgs,
-    ) -> Self {
-        ServeArgs {
-            plugins,
-            sagas: Some(sagas),
-            max_running_sagas: 256,
-            alert_webhook: None,
-            no_watch: false,
-            tokens: ServerTokens::default(),
-            data,
-            synchronous: Synchronous::Full,
-            wal_limit: 64 << 20,
-            saga_retention: Retention::default().sagas,
-            event_retention: Retention::default().events,
-            tombstone_retention: Retention::default().tombstones,
-            prune_interval: Retention::default().every,
-            max_batch: 256,
-            idempotency_retention: std::time::Duration::from_secs(24 * 3600),
-            listen,
-            runtime,
+    ) -> anyhow::Result<Self> {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            args: ServeArgs,
         }
+        let required: [&OsStr; 5] =
+            ["demo".as_ref(), "--plugins".as_ref(), plugins.as_ref(), "--data".as_ref(), data.as_ref()];
+        let mut args = <Serve as clap::Parser>::try_parse_from(required)?.args;
+        args.sagas = Some(sagas);
+        args.listen = listen;
+        args.runtime = runtime;
+        Ok(args)
     }
 
     pub(super) fn alert_webhook(mut self, url: Option<String>) -> Self {
         self.alert_webhook = url;
         self
+    }
+
+    /// The host these flags describe.
+    fn app_config(&self) -> AppConfig {
+        AppConfig {
+            store: SqliteOptions {
+                synchronous: self.synchronous,
+                max_batch: self.max_batch,
+                wal_limit: self.wal_limit,
+                ..SqliteOptions::default()
+            },
+            plugins: Some(self.plugins.clone()),
+            sagas: self.sagas.clone(),
+            watch: !self.no_watch,
+            runtime: self.runtime.options(),
+            plugin_settings: self.runtime.settings(),
+            invoke: InvokeOptions { retention: self.idempotency_retention, ..InvokeOptions::default() },
+            retention: Retention {
+                sagas: self.saga_retention,
+                events: self.event_retention,
+                tombstones: self.tombstone_retention,
+                every: self.prune_interval,
+            },
+            max_running_sagas: self.max_running_sagas,
+            alert_webhook: self.alert_webhook.clone(),
+            ..AppConfig::new(&self.data)
+        }
     }
 }
 
@@ -169,84 +185,26 @@ pub(super) async fn run_with(
             std::fs::canonicalize(dir).with_context(|| format!("the sagas directory {}", dir.display()))?;
         args.sagas = Some(dir);
     }
-    let retention = Retention {
-        sagas: args.saga_retention,
-        events: args.event_retention,
-        tombstones: args.tombstone_retention,
-        every: args.prune_interval,
-    };
-    retention.check(args.idempotency_retention).map_err(anyhow::Error::msg)?;
-    let store_options = SqliteOptions {
-        synchronous: args.synchronous,
-        max_batch: args.max_batch,
-        wal_limit: args.wal_limit,
-        ..SqliteOptions::default()
-    };
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&args.data, store_options)
-            .with_context(|| format!("opening the data directory {}", args.data.display()))?,
-    );
-    let registry = Registry::new(Runtime::new(args.runtime.options())?);
-    let options = InvokeOptions { retention: args.idempotency_retention, ..InvokeOptions::default() };
-    let invoker = Invoker::new(registry.clone(), store.clone(), options);
-    let alerter = match &args.alert_webhook {
-        Some(url) => Alerter::with_webhook(url.clone()),
-        None => Alerter::none(),
-    };
-    let sagas = SagaEngine::new(
-        invoker.clone(),
-        store.clone(),
-        Arc::new(SystemClock),
-        args.max_running_sagas,
-        alerter.clone(),
-    );
-    let events = Dispatcher::new(invoker.clone(), store.clone(), alerter);
-    let plugins = PluginManager::new(registry.clone(), sagas.clone(), args.runtime.settings(), &args.data);
-    plugins
-        .load(&args.plugins)
-        .await
-        .with_context(|| format!("reading the plugins directory {}", args.plugins.display()))?;
-    if let Some(dir) = &args.sagas {
-        sagas
-            .load_definitions(dir)
-            .await
-            .with_context(|| format!("reading the sagas directory {}", dir.display()))?;
-    }
-    if !args.no_watch {
-        plugins
-            .watch(&args.plugins)
-            .with_context(|| format!("watching the plugins directory {}", args.plugins.display()))?;
-        if let Some(dir) = &args.sagas {
-            plugins
-                .watch_sagas(dir)
-                .with_context(|| format!("watching the sagas directory {}", dir.display()))?;
-        }
-    }
-
     let shutdown = shutdown_signal()?;
+    let app = App::start(args.app_config()).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    let resumed = sagas.resume_all().await.context("resuming unfinished sagas")?;
     tracing::info!(
         %addr,
-        plugins = registry.plugins().len(),
-        refused = registry.refused().len(),
-        resumed,
+        plugins = app.registry().plugins().len(),
+        refused = app.registry().refused().len(),
+        resumed = app.resumed,
         data = %args.data.display(),
         "serving"
     );
-    tokio::spawn(retention.run(store.clone()));
-    events.spawn();
-    let loopback_only = addr.ip().is_loopback();
     warn_if_exposed(addr, &tokens);
-    let access = Access {
+    let state = app.state(Access {
         admin_token: tokens.admin.as_deref().map(Secret::new),
         api_token: tokens.api.as_deref().map(Secret::new),
-        loopback_only,
-    };
-    let state = AppState { store, invoker, sagas, plugins, events, access };
+        loopback_only: addr.ip().is_loopback(),
+    });
     ready(state.clone(), addr);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     tracing::info!("stopped");

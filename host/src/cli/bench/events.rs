@@ -1,16 +1,13 @@
 //! `wasaga bench events`: events delivered end to end per second.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 
-use crate::alert::Alerter;
-use crate::events::Dispatcher;
-use crate::invoke::{Caller, InvokeOptions, Invoker, Request};
-use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
-use crate::store::{SqliteOptions, SqliteStore, Store};
+use crate::app::{App, AppConfig};
+use crate::invoke::{Caller, Request};
+use crate::runtime::Limits;
 
 /// Measure choreography: `echo.publish` invocations publish `journal` events (spread
 /// over 100 correlation ids) as fast as 16 clients can; the dispatcher delivers each to
@@ -25,13 +22,12 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir()?;
-    let store = Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default())?);
-    let runtime = Runtime::new(RuntimeOptions::default())?;
-    let registry = Registry::new(runtime.clone());
-    registry
-        .insert(runtime.load("echo", std::fs::read(crate::guests::path("echo"))?, Limits::default()).await?);
-    let invoker = Invoker::new(registry, store.clone(), InvokeOptions::default());
-    Dispatcher::new(invoker.clone(), store.clone(), Alerter::none()).spawn();
+    // The app's dispatcher delivers the events.
+    let app = App::start(AppConfig::new(dir.path())).await?;
+    let registry = app.registry();
+    let echo = std::fs::read(crate::guests::path("echo"))?;
+    registry.insert(registry.runtime().load("echo", echo, Limits::default()).await?);
+    let (invoker, store) = (app.invoker.clone(), app.store.clone());
 
     let started = Instant::now();
     let publishers: Vec<_> = (0..16usize)
@@ -67,6 +63,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let delivered = started.elapsed();
+    app.stop();
     println!("{} journal events, 100 correlation ids, 16 publishers", args.events);
     println!("| published/s | delivered end to end/s | last delivery after |");
     println!("|---|---|---|");

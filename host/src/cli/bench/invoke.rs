@@ -12,9 +12,10 @@ use clap::Args as ClapArgs;
 use rand::Rng;
 
 use super::{cpu_time, millis, percentile};
-use crate::invoke::{Caller, InvokeOptions, Invoker, Request};
-use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
-use crate::store::{SqliteOptions, SqliteStore, Synchronous};
+use crate::app::{App, AppConfig};
+use crate::invoke::{Caller, Invoker, Request};
+use crate::runtime::Limits;
+use crate::store::{SqliteOptions, Synchronous};
 
 /// Measure durable invocations: `inventory.reserve` (reads a SKU's stock and the
 /// order's reservation, writes both) with 1, 8 and 64 concurrent clients, group commit
@@ -53,7 +54,6 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let file = args.plugin.clone().unwrap_or_else(|| crate::guests::path("inventory"));
     let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-    let runtime = Runtime::new(RuntimeOptions::default())?;
     println!(
         "inventory.reserve over {} SKUs, synchronous={:?}, {}s per run",
         args.skus, args.synchronous, args.seconds
@@ -68,10 +68,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let options =
                 SqliteOptions { synchronous: args.synchronous, max_batch, ..SqliteOptions::default() };
-            let store = Arc::new(SqliteStore::open(dir.path(), options)?);
-            let registry = Registry::new(runtime.clone());
-            registry.insert(runtime.load("inventory", wasm.clone(), Limits::default()).await?);
-            let invoker = Invoker::new(registry, store, InvokeOptions::default());
+            let app = App::start(AppConfig { store: options, ..AppConfig::new(dir.path()) }).await?;
+            let registry = app.registry();
+            registry.insert(registry.runtime().load("inventory", wasm.clone(), Limits::default()).await?);
+            let invoker = app.invoker.clone();
             restock(&invoker, args.skus).await?;
             let seconds = Duration::from_secs_f64(args.seconds);
             measure(&invoker, clients, args.skus, seconds / 5).await?;
@@ -90,6 +90,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 100.0 * result.reruns as f64 / count,
                 cpu.as_secs_f64() * 1e6 / count,
             );
+            app.stop();
         }
     }
     Ok(ExitCode::SUCCESS)

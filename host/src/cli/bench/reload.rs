@@ -9,14 +9,8 @@ use std::time::{Duration, Instant};
 use clap::Args as ClapArgs;
 
 use super::{millis, percentile};
-use crate::alert::Alerter;
-use crate::clock::SystemClock;
-use crate::config::PluginSettings;
-use crate::invoke::{Caller, InvokeOptions, Invoker, Request};
-use crate::lifecycle::PluginManager;
-use crate::runtime::{Registry, Runtime, RuntimeOptions};
-use crate::saga::SagaEngine;
-use crate::store::{SqliteOptions, SqliteStore};
+use crate::app::{App, AppConfig};
+use crate::invoke::{Caller, Request};
 
 /// Measure hot reload: the `hello` fixture's file is replaced again and again by its
 /// other version while clients call it; reports the time from the file's rename to the
@@ -40,13 +34,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let file = plugins.path().join("hello.wasm");
     std::fs::write(&file, &versions[0])?;
 
-    let store = Arc::new(SqliteStore::open(data.path(), SqliteOptions::default())?);
-    let registry = Registry::new(Runtime::new(RuntimeOptions::default())?);
-    let invoker = Invoker::new(registry.clone(), store.clone(), InvokeOptions::default());
-    let sagas = SagaEngine::new(invoker.clone(), store, Arc::new(SystemClock), 16, Alerter::none());
-    let manager = PluginManager::new(registry, sagas, PluginSettings::default(), data.path());
-    manager.load(plugins.path()).await?;
-    manager.watch(plugins.path())?;
+    let app = App::start(AppConfig {
+        plugins: Some(plugins.path().to_owned()),
+        watch: true,
+        ..AppConfig::new(data.path())
+    })
+    .await?;
+    let invoker = app.invoker.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
     let (calls, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

@@ -2,7 +2,6 @@
 //! saga engine (no HTTP).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,12 +10,11 @@ use rand::Rng;
 use serde_json::json;
 
 use super::{cpu_time, millis, percentile};
-use crate::alert::Alerter;
-use crate::clock::SystemClock;
-use crate::invoke::{Caller, InvokeOptions, Invoker, Request};
-use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
+use crate::app::{App, AppConfig};
+use crate::invoke::{Caller, Invoker, Request};
+use crate::runtime::Limits;
 use crate::saga::{SagaDef, SagaEngine, SagaStatus};
-use crate::store::{SqliteOptions, SqliteStore, Synchronous};
+use crate::store::{SqliteOptions, Synchronous};
 
 /// The demo's saga definition, built in.
 const PLACE_ORDER: &str = include_str!("../../../../plugins/sagas/place-order.toml");
@@ -43,37 +41,33 @@ const SKUS: u64 = 1000;
 const CUSTOMERS: u64 = 1000;
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::new(RuntimeOptions::default())?;
     println!("place-order sagas, synchronous={:?}, {}s per run", args.synchronous, args.seconds);
     println!("| concurrent sagas | completed sagas/s | p50 | p99 | CPU per saga |");
     println!("|---|---|---|---|---|");
     for &concurrency in &args.concurrency {
         let dir = tempfile::tempdir()?;
-        let options = SqliteOptions { synchronous: args.synchronous, ..SqliteOptions::default() };
-        let store = Arc::new(SqliteStore::open(dir.path(), options)?);
-        let registry = Registry::new(runtime.clone());
+        let app = App::start(AppConfig {
+            store: SqliteOptions { synchronous: args.synchronous, ..SqliteOptions::default() },
+            max_running_sagas: concurrency.max(1) * 2,
+            ..AppConfig::new(dir.path())
+        })
+        .await?;
+        let registry = app.registry();
         for service in ["order", "inventory", "payment", "notification"] {
             let wasm = std::fs::read(crate::guests::path(service))?;
-            registry.insert(runtime.load(service, wasm, Limits::default()).await?);
+            registry.insert(registry.runtime().load(service, wasm, Limits::default()).await?);
         }
-        let invoker = Invoker::new(registry.clone(), store.clone(), InvokeOptions::default());
-        let engine = SagaEngine::new(
-            invoker.clone(),
-            store,
-            Arc::new(SystemClock),
-            concurrency.max(1) * 2,
-            Alerter::none(),
-        );
+        let (invoker, engine) = (&app.invoker, &app.sagas);
         let plugins = registry.plugins();
         let manifest = |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
         let def = SagaDef::parse("place-order.toml".as_ref(), PLACE_ORDER, manifest)?;
         engine.add_definition(def).await?;
-        seed(&invoker).await?;
+        seed(invoker).await?;
 
         let length = Duration::from_secs_f64(args.seconds);
-        measure(&engine, concurrency, length / 5).await?;
+        measure(engine, concurrency, length / 5).await?;
         let cpu = cpu_time();
-        let (mut latencies, elapsed) = measure(&engine, concurrency, length).await?;
+        let (mut latencies, elapsed) = measure(engine, concurrency, length).await?;
         let cpu = cpu_time().saturating_sub(cpu);
         latencies.sort();
         let count = latencies.len() as f64;
@@ -84,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             millis(percentile(&latencies, 0.99)),
             cpu.as_secs_f64() * 1e3 / count,
         );
+        app.stop();
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,159 @@
+//! The host wired together, in one place: [`App::start`] opens the store, loads the
+//! plugins and the saga definitions, resumes the unfinished sagas and starts the
+//! background tasks (event dispatcher, retention, watchers). `wasaga serve`, the demo,
+//! the benchmarks and the tests all start the host through it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::alert::Alerter;
+use crate::clock::SystemClock;
+use crate::config::PluginSettings;
+use crate::events::Dispatcher;
+use crate::http::{Access, AppState};
+use crate::invoke::{InvokeOptions, Invoker};
+use crate::lifecycle::PluginManager;
+use crate::retention::Retention;
+use crate::runtime::{Registry, Runtime, RuntimeOptions};
+use crate::saga::SagaEngine;
+use crate::store::{SqliteOptions, SqliteStore, Store};
+
+/// What the host is made of. `Default` is what `wasaga serve` does without flags,
+/// except for the directories.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// wasaga's data: the database and the kept uploads.
+    pub data: PathBuf,
+    pub store: SqliteOptions,
+    /// The plugins directory, loaded at start (none: start with no plugin).
+    pub plugins: Option<PathBuf>,
+    /// The saga definitions directory, checked against the plugins.
+    pub sagas: Option<PathBuf>,
+    /// Reload the directories' files when they change.
+    pub watch: bool,
+    pub runtime: RuntimeOptions,
+    pub plugin_settings: PluginSettings,
+    pub invoke: InvokeOptions,
+    pub retention: Retention,
+    /// Sagas driven at once; more wait their turn.
+    pub max_running_sagas: usize,
+    /// Where alerts are POSTed, besides the log and the metrics.
+    pub alert_webhook: Option<String>,
+}
+
+impl AppConfig {
+    /// The defaults, with wasaga's data in `data`.
+    pub fn new(data: impl Into<PathBuf>) -> Self {
+        AppConfig {
+            data: data.into(),
+            store: SqliteOptions::default(),
+            plugins: None,
+            sagas: None,
+            watch: false,
+            runtime: RuntimeOptions::default(),
+            plugin_settings: PluginSettings::default(),
+            invoke: InvokeOptions::default(),
+            retention: Retention::default(),
+            max_running_sagas: 256,
+            alert_webhook: None,
+        }
+    }
+}
+
+/// The running host's parts. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub invoker: Invoker,
+    pub sagas: SagaEngine,
+    pub plugins: PluginManager,
+    pub events: Dispatcher,
+    /// How many unfinished sagas were resumed at start.
+    pub resumed: usize,
+    /// The dispatcher's and retention's tasks, stopped by [`App::stop`].
+    tasks: Arc<[tokio::task::AbortHandle]>,
+}
+
+impl App {
+    /// Opens the store in `config.data`, loads what the config names, resumes the
+    /// unfinished sagas, and starts the dispatcher, retention and (if asked) the
+    /// watchers. The plugins directory's files that fail to load are refused and
+    /// reported (`GET /v1/plugins`); an unreadable directory is an error.
+    pub async fn start(config: AppConfig) -> anyhow::Result<App> {
+        config.retention.check(config.invoke.retention).map_err(anyhow::Error::msg)?;
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&config.data, config.store)
+                .with_context(|| format!("opening the data directory {}", config.data.display()))?,
+        );
+        let registry = Registry::new(Runtime::new(config.runtime)?);
+        let invoker = Invoker::new(registry.clone(), store.clone(), config.invoke);
+        let alerter = match &config.alert_webhook {
+            Some(url) => Alerter::with_webhook(url.clone()),
+            None => Alerter::none(),
+        };
+        let sagas = SagaEngine::new(
+            invoker.clone(),
+            store.clone(),
+            Arc::new(SystemClock),
+            config.max_running_sagas,
+            alerter.clone(),
+        );
+        let events = Dispatcher::new(invoker.clone(), store.clone(), alerter);
+        let plugins = PluginManager::new(registry, sagas.clone(), config.plugin_settings, &config.data);
+        if let Some(dir) = &config.plugins {
+            plugins
+                .load(dir)
+                .await
+                .with_context(|| format!("reading the plugins directory {}", dir.display()))?;
+        }
+        if let Some(dir) = &config.sagas {
+            sagas
+                .load_definitions(dir)
+                .await
+                .with_context(|| format!("reading the sagas directory {}", dir.display()))?;
+        }
+        if config.watch {
+            if let Some(dir) = &config.plugins {
+                plugins
+                    .watch(dir)
+                    .with_context(|| format!("watching the plugins directory {}", dir.display()))?;
+            }
+            if let Some(dir) = &config.sagas {
+                plugins
+                    .watch_sagas(dir)
+                    .with_context(|| format!("watching the sagas directory {}", dir.display()))?;
+            }
+        }
+        let resumed = sagas.resume_all().await.context("resuming unfinished sagas")?;
+        let tasks =
+            [tokio::spawn(config.retention.run(store.clone())).abort_handle(), events.spawn().abort_handle()];
+        Ok(App { store, invoker, sagas, plugins, events, resumed, tasks: Arc::new(tasks) })
+    }
+
+    /// The HTTP API's state, with `access` deciding who may do what.
+    pub fn state(&self, access: Access) -> AppState {
+        AppState {
+            store: self.store.clone(),
+            invoker: self.invoker.clone(),
+            sagas: self.sagas.clone(),
+            plugins: self.plugins.clone(),
+            events: self.events.clone(),
+            access,
+        }
+    }
+
+    /// Stops the dispatcher and retention (a benchmark that starts one app per run
+    /// stops the last one first). Sagas being driven finish their current step.
+    pub fn stop(&self) {
+        for task in self.tasks.iter() {
+            task.abort();
+        }
+    }
+
+    /// The plugin registry (what serves now).
+    pub fn registry(&self) -> &Registry {
+        self.invoker.registry()
+    }
+}
