@@ -10,13 +10,13 @@ use anyhow::Context;
 
 use crate::alert::Alerter;
 use crate::clock::SystemClock;
-use crate::config::PluginSettings;
+
 use crate::events::Dispatcher;
 use crate::http::{Access, AppState};
 use crate::invoke::{InvokeOptions, Invoker};
 use crate::lifecycle::PluginManager;
 use crate::retention::Retention;
-use crate::runtime::{Registry, Runtime, RuntimeOptions};
+use crate::runtime::{PluginSettings, Registry, Runtime, RuntimeOptions};
 use crate::saga::SagaEngine;
 use crate::store::{SqliteOptions, SqliteStore, Store};
 

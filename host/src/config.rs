@@ -1,56 +1,7 @@
-//! Settings that come from flags and files: per-plugin limits, and the parsers for
-//! the durations (`250ms`, `5s`, `2m`) and sizes (`64MiB`, `512KiB`) they use.
+//! The parsers for the durations (`250ms`, `5s`, `2m`) and sizes (`64MiB`, `512KiB`)
+//! that flags and files use. A leaf: it uses nothing of the host.
 
-use std::path::Path;
 use std::time::Duration;
-
-use anyhow::Context;
-use serde::Deserialize;
-
-use crate::runtime::Limits;
-
-/// Limits for plugins: defaults from the command line, overridden per plugin by a
-/// `<name>.toml` file beside `<name>.wasm`:
-///
-/// ```toml
-/// deadline = "2s"     # wall-clock time per call
-/// memory = "32MiB"    # linear memory per instance
-/// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PluginSettings {
-    pub defaults: Limits,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsFile {
-    deadline: Option<String>,
-    memory: Option<String>,
-}
-
-impl PluginSettings {
-    /// The limits for the plugin in `wasm_file`: the defaults, with what its sidecar
-    /// `.toml` sets. A sidecar that does not parse is an error (never silently ignored).
-    pub fn limits_for(&self, wasm_file: &Path) -> anyhow::Result<Limits> {
-        let sidecar = wasm_file.with_extension("toml");
-        let text = match std::fs::read_to_string(&sidecar) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(self.defaults),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", sidecar.display())),
-        };
-        let file: LimitsFile = toml::from_str(&text).with_context(|| format!("in {}", sidecar.display()))?;
-        let mut limits = self.defaults;
-        if let Some(deadline) = &file.deadline {
-            limits.deadline =
-                parse_duration(deadline).with_context(|| format!("`deadline` in {}", sidecar.display()))?;
-        }
-        if let Some(memory) = &file.memory {
-            limits.memory_bytes =
-                parse_bytes(memory).with_context(|| format!("`memory` in {}", sidecar.display()))?;
-        }
-        Ok(limits)
-    }
-}
 
 /// Parses `250ms`, `5s`, `1.5s`, `2m`, `24h`, `7d`. A positive amount and a unit are
 /// required.
@@ -125,22 +76,5 @@ mod tests {
         for bad in ["", "0", "12XB", "MiB", "99999999999999GiB"] {
             assert!(parse_bytes(bad).is_err(), "{bad:?} should be refused");
         }
-    }
-
-    #[test]
-    fn a_sidecar_overrides_the_defaults_and_a_bad_one_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = PluginSettings::default();
-        let wasm = dir.path().join("svc.wasm");
-        assert_eq!(settings.limits_for(&wasm).unwrap(), Limits::default(), "no sidecar: defaults");
-
-        std::fs::write(dir.path().join("svc.toml"), "deadline = \"200ms\"\n").unwrap();
-        let limits = settings.limits_for(&wasm).unwrap();
-        assert_eq!(limits.deadline, Duration::from_millis(200));
-        assert_eq!(limits.memory_bytes, Limits::default().memory_bytes);
-
-        std::fs::write(dir.path().join("svc.toml"), "memroy = \"1MiB\"\n").unwrap();
-        let err = format!("{:#}", settings.limits_for(&wasm).unwrap_err());
-        assert!(err.contains("svc.toml") && err.contains("memroy"), "{err}");
     }
 }

@@ -25,7 +25,6 @@ use crate::alert::{Alert, Alerter};
 use crate::clock::now_ms;
 use crate::invoke::{Attached, Caller, InvokeError, Invoker, Produced, Request};
 use crate::metrics::{labels, metrics};
-use crate::runtime::CallError;
 use crate::store::{Commit, DeliveryChange, DeliveryRow, Store, StoreError};
 
 /// Attempts of one delivery before it is dead-lettered.
@@ -178,7 +177,7 @@ impl Dispatcher {
             Err(InvokeError::Store(error)) => return Err(error),
             // Every instance is busy: this says nothing about the delivery. It stays
             // pending, its attempts unspent, and the next round takes it again.
-            Err(InvokeError::Call(CallError::Busy { .. })) => return Ok(()),
+            Err(error) if error.is_busy() => return Ok(()),
             Err(error) => error.to_string(),
         };
         let status = if attempt >= MAX_ATTEMPTS { "dead" } else { "pending" };

@@ -193,6 +193,15 @@ pub enum InvokeError {
     Store(#[from] StoreError),
 }
 
+impl InvokeError {
+    /// Every instance of the plugin was busy: nothing ran, and nothing is wrong with
+    /// the request. Sagas and deliveries wait and call again without spending an
+    /// attempt; HTTP callers get 503 with `Retry-After`.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, InvokeError::Call(CallError::Busy { .. }))
+    }
+}
+
 /// Runs invocations. Cheap to clone.
 #[derive(Clone)]
 pub struct Invoker {

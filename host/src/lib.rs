@@ -25,7 +25,7 @@
 //! - [`events`]: choreography: the dispatcher delivering outbox events to subscribers.
 //! - [`http`]: the axum API and its problem+json errors.
 //! - [`clock`]: wall-clock time as stored (unix ms).
-//! - [`config`]: per-plugin limits and the duration/size parsers.
+//! - [`config`]: the duration and size parsers (a leaf: it uses nothing of the host).
 //! - [`cli`]: the `wasaga` command line, one file per command.
 //! - [`guests`]: paths of the guest components built with this crate.
 

@@ -14,8 +14,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::time::Instant;
 
-use crate::config::PluginSettings;
-use crate::runtime::{Limits, LoadError, Plugin, PluginDigest, Registry, is_plugin_file};
+use crate::runtime::{Limits, LoadError, Plugin, PluginDigest, PluginSettings, Registry, is_plugin_file};
 use crate::saga::SagaEngine;
 use crate::service::Manifest;
 

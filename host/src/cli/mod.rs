@@ -11,8 +11,8 @@ mod tokens;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{PluginSettings, parse_bytes, parse_duration};
-use crate::runtime::{Allocator, Limits, RuntimeOptions};
+use crate::config::{parse_bytes, parse_duration};
+use crate::runtime::{Allocator, Limits, PluginSettings, RuntimeOptions};
 
 /// `wasaga --version`: the version, the commit it was built from, and the contract it
 /// serves to plugins.

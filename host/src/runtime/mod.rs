@@ -4,12 +4,15 @@
 //! - [`Runtime`] is the cheap-to-clone handle: engine, linker, epoch ticker.
 //! - [`Plugin`] is one loaded, validated version of a service (`plugin.rs`).
 //! - [`Registry`] maps service names to the version that serves them (`registry.rs`).
-//! - `sandbox.rs` holds what a call's store contains and the limits around it;
+//! - `limits.rs`: what each plugin may use (deadline, memory), from the command line
+//!   and its own `<name>.toml`.
+//! - `sandbox.rs` holds what a call's store contains and the walls around it;
 //!   `imports.rs` the host side of the plugin's imports; `bindings.rs` the generated
 //!   code. Nothing outside this module names a wasmtime type.
 
 mod bindings;
 mod imports;
+mod limits;
 mod plugin;
 mod registry;
 mod sandbox;
@@ -20,9 +23,9 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use limits::{Limits, PluginSettings};
 pub use plugin::{CallError, LoadError, Outcome, Plugin, PluginDigest, WIT_VERSION};
 pub use registry::{PastVersion, Refusal, Registry, is_plugin_file};
-pub use sandbox::Limits;
 
 use sandbox::CallState;
 

@@ -10,9 +10,10 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Store, UpdateDeadline};
 
+use super::Limits;
 use super::Runtime;
 use super::bindings;
-use super::sandbox::{CallState, Limits, MemoryLimitExceeded};
+use super::sandbox::{CallState, MemoryLimitExceeded};
 use crate::service::{Failure, Invocation, Manifest};
 use crate::store::{ChangeSet, Transaction};
 

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use super::{Limits, LoadError, Plugin, PluginDigest, Runtime};
-use crate::config::PluginSettings;
+use super::{Limits, LoadError, Plugin, PluginDigest, PluginSettings, Runtime};
 
 /// A plugin file or upload that could not be loaded, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -3,7 +3,6 @@
 //! and the memory cap.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use wasmtime::ResourceLimiter;
@@ -12,22 +11,8 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::Limits;
 use crate::store::Transaction;
-
-/// Per-plugin limits, enforced on every call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Wall-clock time one call may run, instantiation included.
-    pub deadline: Duration,
-    /// The most linear memory one instance may have, in bytes.
-    pub memory_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { deadline: Duration::from_secs(5), memory_bytes: 64 << 20 }
-    }
-}
 
 /// How much of a call's stdout and of its stderr is kept for the log; the rest is
 /// counted and dropped, so a chatty plugin cannot fill the host's memory.

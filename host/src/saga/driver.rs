@@ -17,7 +17,6 @@ use crate::alert::Alert;
 use crate::invoke::{Attached, Caller, InvokeError, Produced, Request};
 use crate::metrics::{labels, metrics};
 use crate::rates::{Rate, rates};
-use crate::runtime::CallError;
 use crate::store::{Commit, SagaChange, StoreError};
 
 /// Everything the driver keeps between actions.
@@ -154,7 +153,7 @@ async fn call_until_answered(
                 engine.clock.sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            Err(InvokeError::Call(CallError::Busy { .. })) => {
+            Err(error) if error.is_busy() => {
                 // Every instance is busy: capacity, not the step, is short. The same call
                 // again shortly, no attempt spent (overload must not compensate a saga).
                 let wait = Duration::from_millis(rand::rng().random_range(10..100));
