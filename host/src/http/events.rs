@@ -100,7 +100,7 @@ pub async fn chain(
         .correlation
         .ok_or_else(|| ApiError::bad_request("give the chain's correlation id: /v1/events?correlation=ID"))?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let page = state.store.chain(&correlation, query.after.unwrap_or(0), limit).await.map_err(store_error)?;
+    let page = state.store.chain(&correlation, query.after.unwrap_or(0), limit).await?;
     let next = (page.events.len() == limit).then(|| page.events.last().map(|e| e.id)).flatten();
     let mut deliveries = page.deliveries.into_iter().peekable();
     let events = page
@@ -119,7 +119,7 @@ pub async fn chain(
 
 /// `GET /v1/events/dead`: deliveries that failed every attempt, oldest first.
 pub async fn dead(_: Reader, State(state): State<AppState>) -> Result<Json<Vec<DeliveryView>>, ApiError> {
-    let dead = state.store.dead_deliveries(1000).await.map_err(store_error)?;
+    let dead = state.store.dead_deliveries(1000).await?;
     Ok(Json(dead.into_iter().map(Into::into).collect()))
 }
 
@@ -140,11 +140,6 @@ pub async fn redeliver(
     match state.events.redeliver(id, &subscriber).await {
         Ok(()) => Ok(StatusCode::ACCEPTED),
         Err(StoreError::Invalid(message)) => Err(ApiError::new(StatusCode::CONFLICT, message)),
-        Err(error) => Err(store_error(error)),
+        Err(error) => Err(error.into()),
     }
-}
-
-fn store_error(error: StoreError) -> ApiError {
-    tracing::error!("event request failed in the store: {error}");
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
 }

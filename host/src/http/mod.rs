@@ -120,7 +120,7 @@ async fn readyz(
             ),
         ));
     }
-    state.sagas.counts().await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    state.sagas.counts().await?;
     if state.invoker.registry().plugins().is_empty() {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no plugin is loaded"));
     }

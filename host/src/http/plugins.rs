@@ -11,8 +11,7 @@ use serde::Serialize;
 
 use super::auth::{Operator, Reader};
 use super::{ApiError, AppState};
-use crate::lifecycle::ChangeError;
-use crate::runtime::{LoadError, Plugin, Refusal, Registry};
+use crate::runtime::{Plugin, Refusal, Registry};
 use crate::service::OperationInfo;
 
 /// The largest component accepted by upload.
@@ -99,7 +98,7 @@ pub async fn upload(
             format!("a plugin may be at most {MAX_UPLOAD_BYTES} bytes"),
         )
     })?;
-    let (plugin, created) = state.plugins.upload(&service, wasm.to_vec()).await.map_err(change_error)?;
+    let (plugin, created) = state.plugins.upload(&service, wasm.to_vec()).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(PluginView::new(&plugin, state.invoker.registry()))).into_response())
 }
@@ -110,19 +109,6 @@ pub async fn remove(
     State(state): State<AppState>,
     Path(service): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.plugins.remove(&service).await.map_err(change_error)?;
+    state.plugins.remove(&service).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn change_error(error: ChangeError) -> ApiError {
-    let status = match &error {
-        ChangeError::Load(LoadError::NotWasm | LoadError::CoreModule | LoadError::Invalid(_)) => {
-            StatusCode::BAD_REQUEST
-        }
-        ChangeError::Load(_) | ChangeError::WrongService { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        ChangeError::BreaksSaga(_) | ChangeError::InUse { .. } => StatusCode::CONFLICT,
-        ChangeError::Unknown(_) => StatusCode::NOT_FOUND,
-        ChangeError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError::new(status, error.to_string())
 }

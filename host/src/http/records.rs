@@ -65,9 +65,8 @@ pub async fn list(
 ) -> Result<axum::Json<RecordPage>, ApiError> {
     known_service(&state, &service)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let mut snapshot = state.store.snapshot(&service).map_err(store_error)?;
-    let scanned =
-        snapshot.scan(&query.prefix, query.after.as_deref(), limit, PAGE_BYTES).map_err(store_error)?;
+    let mut snapshot = state.store.snapshot(&service)?;
+    let scanned = snapshot.scan(&query.prefix, query.after.as_deref(), limit, PAGE_BYTES)?;
     let next = (!scanned.complete).then(|| scanned.rows.last().map(|(key, _)| key.clone())).flatten();
     let records = scanned
         .rows
@@ -173,8 +172,8 @@ fn precondition(headers: &HeaderMap, may_create: bool) -> Result<Precondition, A
 
 fn read(state: &AppState, service: &str, key: &str) -> Result<Slot, ApiError> {
     known_service(state, service)?;
-    let mut snapshot = state.store.snapshot(service).map_err(store_error)?;
-    snapshot.get(key).map_err(store_error)
+    let mut snapshot = state.store.snapshot(service)?;
+    Ok(snapshot.get(key)?)
 }
 
 /// Writes (or deletes, with `None`) under the precondition; returns the new version and
@@ -216,7 +215,7 @@ async fn write(
         Ok(()) => Ok((version, current.value.is_none())),
         // Changed between the check and the commit: the precondition no longer holds.
         Err(StoreError::Conflict(conflict)) => Err(precondition_failed(service, key, conflict.actual)),
-        Err(error) => Err(store_error(error)),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -241,9 +240,4 @@ fn known_service(state: &AppState, service: &str) -> Result<(), ApiError> {
 
 fn etag(version: u64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are a valid header")
-}
-
-fn store_error(error: StoreError) -> ApiError {
-    tracing::error!("record access failed: {error}");
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_header(header::RETRY_AFTER, 1)
 }

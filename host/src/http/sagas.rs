@@ -15,7 +15,7 @@ use super::auth::{Operator, Reader};
 use super::services::{REPLAYED, idempotency_key};
 use super::{ApiError, AppState, body_bytes, json_value};
 use crate::config::parse_duration;
-use crate::saga::{HistoryEntry, OperatorNote, SagaError, SagaRecord, SagaStatus, StepStatus};
+use crate::saga::{HistoryEntry, OperatorNote, SagaRecord, SagaStatus, StepStatus};
 
 /// The longest `?wait=` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -40,8 +40,7 @@ impl WaitQuery {
 /// The saga, once it settled or `wait` passed: 200 if it is finished or stuck, 202 if
 /// it is still on its way.
 async fn settled_answer(state: &AppState, record: SagaRecord, wait: Duration) -> Result<Response, ApiError> {
-    let record =
-        if wait.is_zero() { record } else { state.sagas.wait(&record.row.id, wait).await.map_err(error)? };
+    let record = if wait.is_zero() { record } else { state.sagas.wait(&record.row.id, wait).await? };
     let status = if settled(&record) { StatusCode::OK } else { StatusCode::ACCEPTED };
     let mut response = (status, Json(SagaView::from(&record))).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/sagas/{}", record.row.id)) {
@@ -63,7 +62,7 @@ pub async fn start(
     let key = idempotency_key(&headers)?;
     let wait = query.wait()?;
     let input = json_value(&body_bytes(body)?)?;
-    let (record, created) = state.sagas.start(&name, &key, input).await.map_err(error)?;
+    let (record, created) = state.sagas.start(&name, &key, input).await?;
     let mut response = settled_answer(&state, record, wait).await?;
     let replayed = HeaderValue::from_static(if created { "false" } else { "true" });
     response.headers_mut().insert(REPLAYED, replayed);
@@ -76,7 +75,7 @@ pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SagaView>, ApiError> {
-    let record = state.sagas.get(&id).await.map_err(error)?;
+    let record = state.sagas.get(&id).await?;
     Ok(Json(SagaView::from(&record)))
 }
 
@@ -119,8 +118,7 @@ pub async fn list(
             return Err(ApiError::bad_request(format!("unknown order `{other}`: use oldest or newest")));
         }
     };
-    let records =
-        state.sagas.list(status, query.after.as_deref(), limit, newest_first).await.map_err(error)?;
+    let records = state.sagas.list(status, query.after.as_deref(), limit, newest_first).await?;
     let next = (records.len() == limit).then(|| records.last().map(|r| r.row.id.clone())).flatten();
     Ok(Json(SagaList { sagas: records.iter().map(SagaView::from).collect(), next }))
 }
@@ -144,8 +142,8 @@ pub async fn search(
         )
     })?;
     let q = q.trim();
-    let sagas = state.sagas.search(q, 20).await.map_err(error)?;
-    let events = state.store.count_events_of(q).await.map_err(SagaError::from).map_err(error)?;
+    let sagas = state.sagas.search(q, 20).await?;
+    let events = state.store.count_events_of(q).await?;
     let sagas: Vec<SagaView> = sagas.iter().map(SagaView::from).collect();
     Ok(Json(serde_json::json!({ "query": q, "sagas": sagas, "events": events })))
 }
@@ -153,7 +151,7 @@ pub async fn search(
 /// `GET /v1/overview`: sagas by status, and this process's last hour minute by minute
 /// (sagas completed, compensated, stuck; step failures): the dashboard's header.
 pub async fn overview(_: Reader, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let counts = state.sagas.counts().await.map_err(error)?;
+    let counts = state.sagas.counts().await?;
     let mut sagas = serde_json::Map::new();
     for status in ["running", "compensating", "completed", "compensated", "stuck"] {
         let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
@@ -229,32 +227,12 @@ pub async fn act(
                 "no saga action `{other}`: use retry, compensate or resolve"
             )));
         }
-    }
-    .map_err(error)?;
+    }?;
     settled_answer(&state, record, wait).await
 }
 
 fn settled(record: &SagaRecord) -> bool {
     record.state.status.is_terminal() || record.state.status == SagaStatus::Stuck
-}
-
-fn error(error: SagaError) -> ApiError {
-    let status = match &error {
-        SagaError::UnknownDefinition(_) | SagaError::NotFound(_) => StatusCode::NOT_FOUND,
-        SagaError::InputNotObject => StatusCode::BAD_REQUEST,
-        SagaError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        SagaError::NotStuck { .. }
-        | SagaError::PastThePivot { .. }
-        | SagaError::NotTheStuckStep { .. }
-        | SagaError::DefinitionGone { .. }
-        | SagaError::Busy(_) => StatusCode::CONFLICT,
-        SagaError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    if let SagaError::Store(store) = &error {
-        tracing::error!("saga request failed in the store: {store}");
-    }
-    let api = ApiError::new(status, error.to_string());
-    if status == StatusCode::SERVICE_UNAVAILABLE { api.with_header(header::RETRY_AFTER, 1) } else { api }
 }
 
 /// A saga as the API shows it.

@@ -8,9 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::Reader;
 use super::{ApiError, AppState, json_body};
-use crate::invoke::{Caller, InvokeError, Invoked, Request};
-use crate::runtime::CallError;
-use crate::store::StoreError;
+use crate::invoke::{Caller, Invoked, Request};
 
 /// `true` on a response that is the stored outcome of an earlier request.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -40,11 +38,9 @@ pub async fn invoke(
     }
     let correlation = request.correlation_id.clone();
     let retention = state.invoker.options().retention.as_secs();
-    let invoked = state
-        .invoker
-        .invoke(request)
-        .await
-        .map_err(|e| error(e, retention).with_header(CORRELATION, &correlation))?;
+    let invoked = state.invoker.invoke(request).await.map_err(|e| {
+        ApiError::from(e).with_header(RETENTION, retention).with_header(CORRELATION, &correlation)
+    })?;
     Ok(answer(invoked, retention))
 }
 
@@ -96,36 +92,4 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
         )));
     }
     Ok(key.to_owned())
-}
-
-fn error(error: InvokeError, retention: u64) -> ApiError {
-    let status = match &error {
-        InvokeError::UnknownService(_) | InvokeError::UnknownOperation { .. } => StatusCode::NOT_FOUND,
-        InvokeError::Internal { .. } => StatusCode::FORBIDDEN,
-        InvokeError::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        InvokeError::InFlight { .. } | InvokeError::Conflict { .. } => StatusCode::CONFLICT,
-        InvokeError::Transient { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        InvokeError::Call(CallError::UnknownOperation { .. }) => StatusCode::NOT_FOUND,
-        InvokeError::Call(CallError::Deadline { .. }) => StatusCode::GATEWAY_TIMEOUT,
-        InvokeError::Call(CallError::Busy { .. } | CallError::StoreUnavailable { .. }) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        InvokeError::Call(
-            CallError::Trap { .. } | CallError::MemoryLimit { .. } | CallError::OverLimit { .. },
-        ) => StatusCode::INTERNAL_SERVER_ERROR,
-        InvokeError::Store(StoreError::Invalid(_)) => StatusCode::BAD_REQUEST,
-        InvokeError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    match &error {
-        // A store that cannot write says so once (store/sqlite/health.rs), and an
-        // overloaded one is counted: neither is logged per request.
-        InvokeError::Store(StoreError::Unavailable(_) | StoreError::Overloaded(_)) => {}
-        InvokeError::Store(store) => tracing::error!("invocation failed in the store: {store}"),
-        _ => {}
-    }
-    let api = ApiError::new(status, error.to_string()).with_header(RETENTION, retention);
-    match status {
-        StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE => api.with_header(header::RETRY_AFTER, 1),
-        _ => api,
-    }
 }
