@@ -25,7 +25,7 @@ use crate::alert::{Alert, Alerter};
 use crate::clock::now_ms;
 use crate::invoke::{Attached, Caller, InvokeError, Invoker, Produced, Request};
 use crate::metrics::{labels, metrics};
-use crate::store::{Commit, DeliveryChange, DeliveryRow, Store, StoreError};
+use crate::store::{Commit, DeliveryChange, DeliveryRow, DeliveryStatus, Store, StoreError};
 
 /// Attempts of one delivery before it is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -98,7 +98,7 @@ impl Dispatcher {
                                 operation: operation.clone(),
                                 topic: topic.clone(),
                                 correlation_id: event.correlation_id.clone(),
-                                status: "pending".into(),
+                                status: DeliveryStatus::Pending,
                                 attempts: 0,
                                 next_at: now,
                                 outcome: None,
@@ -180,9 +180,9 @@ impl Dispatcher {
             Err(error) if error.is_busy() => return Ok(()),
             Err(error) => error.to_string(),
         };
-        let status = if attempt >= MAX_ATTEMPTS { "dead" } else { "pending" };
-        count(&delivery.subscriber, status);
-        if status == "dead" {
+        let status = if attempt >= MAX_ATTEMPTS { DeliveryStatus::Dead } else { DeliveryStatus::Pending };
+        count(&delivery.subscriber, status.as_str());
+        if status == DeliveryStatus::Dead {
             self.inner.alerter.raise(Alert {
                 kind: "delivery_dead_lettered",
                 saga_id: event.correlation_id.clone().unwrap_or_default(),
@@ -195,16 +195,17 @@ impl Dispatcher {
                 at: now_ms(),
             });
         }
-        let next_at = if status == "pending" { now + backoff(attempt).as_millis() as i64 } else { now };
+        let next_at =
+            if status == DeliveryStatus::Pending { now + backoff(attempt).as_millis() as i64 } else { now };
         let change = DeliveryChange::Update {
             event_id: event.id,
             subscriber: delivery.subscriber.clone(),
-            status: status.into(),
+            status,
             attempts: attempt,
             next_at,
             outcome: None,
             last_error: Some(error),
-            done_at: (status == "dead").then_some(now_ms()),
+            done_at: (status == DeliveryStatus::Dead).then_some(now_ms()),
         };
         self.commit(change).await
     }
@@ -232,7 +233,7 @@ fn delivered(
     DeliveryChange::Update {
         event_id,
         subscriber: subscriber.to_owned(),
-        status: "delivered".into(),
+        status: DeliveryStatus::Delivered,
         attempts: attempt,
         next_at: now,
         outcome: Some(if result.is_ok() { "ok" } else { "rejected" }.into()),

@@ -24,7 +24,7 @@ use tokio::sync::{RwLock, watch};
 use crate::clock::now_ms;
 use crate::metrics::{labels, metrics};
 use crate::runtime::{CallError, Plugin, Registry};
-use crate::service::{Failure, Invocation, Visibility};
+use crate::service::{Failure, Invocation, PluginDigest, Visibility};
 use crate::store::{
     ChangeSet, Commit, Conflict, DeliveryChange, IdempotencyKey, KeySpace, SagaChange, Store, StoreError,
     StoredOutcome, Transaction, TxLimits,
@@ -129,7 +129,7 @@ pub struct Produced<'a> {
     /// The output, or the rejection reason.
     pub result: &'a Result<Vec<u8>, String>,
     /// The plugin version that produced it.
-    pub digest: &'a str,
+    pub digest: &'a PluginDigest,
     /// The keys of the records it writes (none for a rejection).
     pub written: &'a [String],
 }
@@ -153,7 +153,7 @@ pub struct Invoked {
     /// True when this is the stored outcome of an earlier call.
     pub replayed: bool,
     /// The plugin version that produced the outcome.
-    pub digest: String,
+    pub digest: PluginDigest,
     /// The chain the call belongs to: the first call's, for a replay.
     pub correlation_id: String,
     /// Unix ms after which the key is forgotten.
@@ -412,7 +412,7 @@ impl Invoker {
             fingerprint,
             operation: request.operation.clone(),
             result: result.clone(),
-            digest: plugin.digest().to_string(),
+            digest: plugin.digest(),
             correlation_id: Some(request.correlation_id.clone()),
             created_at: now,
             expires_at: now.saturating_add(i64::try_from(options.retention.as_millis()).unwrap_or(i64::MAX)),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::time::Instant;
 
-use crate::runtime::{Limits, LoadError, Plugin, PluginDigest, PluginSettings, Registry, is_plugin_file};
+use crate::runtime::{Limits, LoadError, Plugin, PluginDigest, PluginSettings, Registry};
 use crate::saga::SagaEngine;
 use crate::service::Manifest;
 
@@ -103,7 +103,7 @@ impl PluginManager {
     /// in `<service>.base`): the latest change wins, across restarts too.
     pub async fn load(&self, plugins_dir: &Path) -> std::io::Result<()> {
         let registry = &self.inner.registry;
-        registry.load_dir(plugins_dir, &self.inner.settings).await?;
+        self.load_dir(plugins_dir).await?;
         let mut seen = self.inner.changing.lock().await;
         for (file, service) in registry.sources() {
             if let Some(plugin) = registry.get(&service) {
@@ -118,7 +118,7 @@ impl PluginManager {
             .collect();
         uploads.sort();
         for file in uploads {
-            let plugin = match registry.load_file(&file, &self.inner.settings).await {
+            let plugin = match registry.runtime().load_file(&file, &self.inner.settings).await {
                 Ok(plugin) => plugin,
                 Err(error) => {
                     registry.refuse(&file, format!("{error:#}"));
@@ -141,6 +141,43 @@ impl PluginManager {
             }
             tracing::info!(service, digest = %plugin.digest(), "uploaded plugin loaded");
             registry.swap(plugin, Some(&file));
+        }
+        Ok(())
+    }
+
+    /// Loads every `*.wasm` in `dir` (in name order). A file that fails is recorded in
+    /// the registry's refusals and logged; the others still load. The service is the one
+    /// the manifest names; a second file for the same service is refused.
+    async fn load_dir(&self, dir: &Path) -> std::io::Result<()> {
+        let registry = &self.inner.registry;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| is_plugin_file(path))
+            .collect();
+        files.sort();
+        for file in files {
+            match registry.runtime().load_file(&file, &self.inner.settings).await {
+                Ok(plugin) => {
+                    let taken = registry.file_of(plugin.service()).filter(|f| *f != file);
+                    if let Some(first) = taken {
+                        let error = format!(
+                            "service `{}` is already served by {}",
+                            plugin.service(),
+                            first.display()
+                        );
+                        registry.refuse(&file, error);
+                        continue;
+                    }
+                    tracing::info!(
+                        service = plugin.service(),
+                        digest = %plugin.digest(),
+                        file = %file.display(),
+                        "plugin loaded"
+                    );
+                    registry.swap(plugin, Some(&file));
+                }
+                Err(error) => registry.refuse(&file, format!("{error:#}")),
+            }
         }
         Ok(())
     }
@@ -230,7 +267,7 @@ impl PluginManager {
             }
             return;
         }
-        let plugin = match registry.load_file(file, &self.inner.settings).await {
+        let plugin = match registry.runtime().load_file(file, &self.inner.settings).await {
             Ok(plugin) => plugin,
             Err(error) => return registry.refuse(file, format!("{error:#}; the version serving stays")),
         };
@@ -312,45 +349,11 @@ impl PluginManager {
         )
     }
 
-    /// Applies a change of one saga definition file.
+    /// Applies a change of one saga definition file, one change at a time with the
+    /// plugin changes (a definition is checked against the plugins serving).
     pub async fn reload_definition(&self, file: &Path) {
         let _one_at_a_time = self.inner.changing.lock().await;
-        let sagas = &self.inner.sagas;
-        if !file.exists() {
-            let Some(def) = sagas.definitions().into_iter().find(|d| d.source == file) else { return };
-            sagas.remove_definition(&def.name);
-            tracing::info!(saga = %def.name, "saga definition removed; its unfinished sagas finish on their version");
-            return;
-        }
-        let text = match std::fs::read_to_string(file) {
-            Ok(text) => text,
-            Err(error) => {
-                return tracing::error!(file = %file.display(), "reading a saga definition: {error}");
-            }
-        };
-        let parsed = {
-            let plugins = self.inner.registry.plugins();
-            let manifest =
-                |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
-            crate::saga::SagaDef::parse(file, &text, manifest)
-        };
-        match parsed {
-            Ok(def) => {
-                let name = def.name.clone();
-                match sagas.add_definition(def).await {
-                    Ok(()) => {
-                        tracing::info!(saga = %name, file = %file.display(), "saga definition reloaded")
-                    }
-                    Err(error) => {
-                        tracing::error!(saga = %name, "keeping the saga definition failed: {error}")
-                    }
-                }
-            }
-            Err(error) => {
-                crate::metrics::metrics().refused.inc();
-                tracing::error!("saga definition refused, the one loaded stays: {error}");
-            }
-        }
+        self.inner.sagas.reload_definition(file).await;
     }
 
     /// Every saga step that uses this service must find its action and compensation:
@@ -359,13 +362,11 @@ impl PluginManager {
         let definitions = self.inner.sagas.definitions_in_use().await.map_err(|e| e.to_string())?;
         for def in definitions {
             for step in def.steps.iter().filter(|s| s.service == manifest.name) {
-                for operation in std::iter::once(&step.action).chain(step.compensation.as_ref()) {
-                    if manifest.operation(operation).is_none() {
-                        return Err(format!(
-                            "saga `{}` step `{}` needs operation `{operation}` of `{}`, which this version does not have",
-                            def.name, step.name, manifest.name
-                        ));
-                    }
+                if let Some((operation, _)) = step.missing_operation(manifest) {
+                    return Err(format!(
+                        "saga `{}` step `{}` needs operation `{operation}` of `{}`, which this version does not have",
+                        def.name, step.name, manifest.name
+                    ));
                 }
             }
         }
@@ -481,4 +482,10 @@ fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(&temporary, bytes)?;
     std::fs::File::open(&temporary)?.sync_all()?;
     std::fs::rename(&temporary, file)
+}
+
+/// A `*.wasm` file (not a hidden or temporary one).
+pub fn is_plugin_file(path: &Path) -> bool {
+    let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    !hidden && path.extension().is_some_and(|ext| ext == "wasm")
 }

@@ -2,7 +2,40 @@
 //! (its [`Manifest`]), what it is asked ([`Invocation`]) and how it refuses
 //! ([`Failure`]). These mirror `wit/service.wit`; `runtime::bindings` converts.
 
+use std::fmt;
+
 use serde::Serialize;
+
+/// A plugin version's identity: the sha256 of its wasm bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PluginDigest([u8; 32]);
+
+impl PluginDigest {
+    pub fn of(wasm: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        PluginDigest(Sha256::digest(wasm).into())
+    }
+
+    /// Reads back what [`fmt::Display`] wrote: `sha256:` and 64 hex digits.
+    pub fn parse(text: &str) -> Option<PluginDigest> {
+        let hex = text.strip_prefix("sha256:")?;
+        let mut bytes = [0; 32];
+        hex::decode_to_slice(hex, &mut bytes).ok()?;
+        Some(PluginDigest(bytes))
+    }
+}
+
+impl fmt::Display for PluginDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for PluginDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
 
 /// Who may call an operation directly over the HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -148,6 +181,24 @@ pub enum Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A digest stored as text reads back as the same digest, and nothing else does.
+    #[test]
+    fn a_plugin_digest_reads_back_what_it_wrote() {
+        let digest = PluginDigest::of(b"\0asm a plugin");
+        assert_eq!(PluginDigest::parse(&digest.to_string()), Some(digest));
+        let hex = "ab".repeat(32);
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:abc",
+            &format!("md5:{hex}"),
+            &format!("sha256:{hex}00"),
+            &format!("sha256:{}", "zz".repeat(32)),
+        ] {
+            assert_eq!(PluginDigest::parse(bad), None, "{bad:?}");
+        }
+    }
 
     fn op(name: &str, undo: Option<&str>) -> OperationInfo {
         OperationInfo {

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use super::RuntimeArgs;
 use super::print::{self, answer, call, text};
 use super::tokens::Remote;
-use crate::runtime::{Registry, Runtime};
+use crate::runtime::Runtime;
 use crate::service::Visibility;
 
 #[derive(Debug, Subcommand)]
@@ -138,8 +138,8 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let registry = Registry::new(Runtime::new(args.runtime.options())?);
-    let plugin = match registry.load_file(&args.file, &args.runtime.settings()).await {
+    let runtime = Runtime::new(args.runtime.options())?;
+    let plugin = match runtime.load_file(&args.file, &args.runtime.settings()).await {
         Ok(plugin) => plugin,
         Err(error) => {
             eprintln!("{}: refused: {error:#}", args.file.display());

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::auth::{Operator, Reader};
 use super::{ApiError, AppState};
-use crate::store::{DeliveryRow, EventRow, StoreError};
+use crate::store::{DeliveryRow, DeliveryStatus, EventRow, StoreError};
 
 #[derive(Debug, Deserialize)]
 pub struct ChainQuery {
@@ -48,7 +48,7 @@ pub struct DeliveryView {
     pub subscriber: String,
     pub operation: String,
     /// `pending`, `delivered` or `dead`.
-    pub status: String,
+    pub status: DeliveryStatus,
     /// `ok` or `rejected` once delivered.
     pub outcome: Option<String>,
     pub attempts: u32,

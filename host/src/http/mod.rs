@@ -10,6 +10,8 @@ mod plugins;
 mod records;
 mod sagas;
 mod services;
+#[cfg(test)]
+mod tests;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -135,10 +137,10 @@ async fn metrics(
     use axum::response::IntoResponse;
     let m = crate::metrics::metrics();
     if let Ok(counts) = state.sagas.counts().await {
-        for status in ["running", "compensating", "completed", "compensated", "stuck"] {
-            let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
-            m.sagas.get_or_create(&crate::metrics::labels(&[("status", status)])).set(n as i64);
-            if status == "stuck" {
+        for status in crate::store::SagaStatus::ALL {
+            let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
+            m.sagas.get_or_create(&crate::metrics::labels(&[("status", status.as_str())])).set(n as i64);
+            if status == crate::store::SagaStatus::Stuck {
                 m.stuck.set(n as i64);
             }
         }

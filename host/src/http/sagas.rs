@@ -153,9 +153,9 @@ pub async fn search(
 pub async fn overview(_: Reader, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let counts = state.sagas.counts().await?;
     let mut sagas = serde_json::Map::new();
-    for status in ["running", "compensating", "completed", "compensated", "stuck"] {
-        let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
-        sagas.insert(status.into(), n.into());
+    for status in SagaStatus::ALL {
+        let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
+        sagas.insert(status.as_str().into(), n.into());
     }
     let rates = crate::rates::rates().last_hour(crate::clock::now_ms());
     Ok(Json(serde_json::json!({ "sagas": sagas, "rates": rates })))

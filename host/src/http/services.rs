@@ -60,7 +60,7 @@ fn answer(invoked: Invoked, retention: u64) -> Response {
     }
     headers.insert(REPLAYED, HeaderValue::from_static(if invoked.replayed { "true" } else { "false" }));
     headers.insert(RETENTION, HeaderValue::from(retention));
-    if let Ok(digest) = HeaderValue::from_str(&invoked.digest) {
+    if let Ok(digest) = HeaderValue::from_str(&invoked.digest.to_string()) {
         headers.insert(DIGEST, digest);
     }
     match invoked.result {

@@ -23,9 +23,10 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use crate::service::PluginDigest;
 pub use limits::{Limits, PluginSettings};
-pub use plugin::{CallError, LoadError, Outcome, Plugin, PluginDigest, WIT_VERSION};
-pub use registry::{PastVersion, Refusal, Registry, is_plugin_file};
+pub use plugin::{CallError, LoadError, Outcome, Plugin, WIT_VERSION};
+pub use registry::{PastVersion, Refusal, Registry};
 
 use sandbox::CallState;
 

@@ -3,18 +3,18 @@
 //! instantiates.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Store, UpdateDeadline};
 
-use super::Limits;
 use super::Runtime;
 use super::bindings;
 use super::sandbox::{CallState, MemoryLimitExceeded};
-use crate::service::{Failure, Invocation, Manifest};
+use super::{Limits, PluginSettings};
+use crate::service::{Failure, Invocation, Manifest, PluginDigest};
 use crate::store::{ChangeSet, Transaction};
 
 /// The version of the WIT package `wasaga:plugin` this host serves (from `wit/`).
@@ -24,28 +24,6 @@ const SERVICE_EXPORT: &str = concat!("wasaga:plugin/service@", env!("WASAGA_WIT_
 /// The export of plugins built against earlier versions of the contract, which this
 /// host no longer serves (see docs/architecture.md, "The contract's versions").
 const RETIRED_EXPORTS: &[&str] = &["wasaga:plugin/service@0.1.0"];
-
-/// A plugin version's identity: the sha256 of its wasm bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PluginDigest([u8; 32]);
-
-impl PluginDigest {
-    pub fn of(wasm: &[u8]) -> Self {
-        PluginDigest(Sha256::digest(wasm).into())
-    }
-}
-
-impl fmt::Display for PluginDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for PluginDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
 
 /// Why a file cannot serve as a plugin. Each message says what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +100,15 @@ impl fmt::Debug for Plugin {
 }
 
 impl Runtime {
+    /// Loads the plugin in `file`, with the limits that apply to it (the defaults, or
+    /// its `<name>.toml`).
+    pub async fn load_file(&self, file: &Path, settings: &PluginSettings) -> anyhow::Result<Plugin> {
+        let limits = settings.limits_for(file)?;
+        let wasm = tokio::fs::read(file).await?;
+        let label = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(self.load(&label, wasm, limits).await?)
+    }
+
     /// Compiles, validates and describes a plugin. Compilation takes tens to hundreds of
     /// milliseconds of CPU, so it runs on the blocking pool, off the request path.
     /// `label` names the plugin in messages until its manifest names it (a file name).

@@ -1,12 +1,13 @@
 //! The registry: which plugin version serves each service, the versions it replaced,
-//! and which files were refused and why.
+//! and which files were refused and why. A map, kept by the plugin lifecycle
+//! (`lifecycle.rs`, which reads the files); calls only look versions up.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use super::{Limits, LoadError, Plugin, PluginDigest, PluginSettings, Runtime};
+use super::{Plugin, PluginDigest, Runtime};
 
 /// A plugin file or upload that could not be loaded, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -152,57 +153,6 @@ impl Registry {
         self.write().refused.insert(source.to_owned(), refusal);
     }
 
-    /// Loads every `*.wasm` in `dir` (in name order). A file that fails is recorded in
-    /// [`Registry::refused`] and logged; the others still load. The service is the one
-    /// the manifest names; a second file for the same service is refused.
-    pub async fn load_dir(&self, dir: &Path, settings: &PluginSettings) -> std::io::Result<()> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| is_plugin_file(path))
-            .collect();
-        files.sort();
-        for file in files {
-            match self.load_file(&file, settings).await {
-                Ok(plugin) => {
-                    let taken = self
-                        .read()
-                        .files
-                        .iter()
-                        .find(|(f, s)| **s == plugin.service() && **f != file)
-                        .map(|(f, _)| f.clone());
-                    if let Some(first) = taken {
-                        let error = format!(
-                            "service `{}` is already served by {}",
-                            plugin.service(),
-                            first.display()
-                        );
-                        self.refuse(&file, error);
-                        continue;
-                    }
-                    tracing::info!(
-                        service = plugin.service(),
-                        digest = %plugin.digest(),
-                        file = %file.display(),
-                        "plugin loaded"
-                    );
-                    self.swap(plugin, Some(&file));
-                }
-                Err(error) => self.refuse(&file, format!("{error:#}")),
-            }
-        }
-        Ok(())
-    }
-
-    /// Loads one file with the limits that apply to it.
-    pub async fn load_file(&self, file: &Path, settings: &PluginSettings) -> anyhow::Result<Plugin> {
-        let limits: Limits = settings.limits_for(file)?;
-        let wasm = tokio::fs::read(file).await?;
-        let label = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let plugin =
-            self.runtime.load(&label, wasm, limits).await.map_err(|e: LoadError| anyhow::Error::new(e))?;
-        Ok(plugin)
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().expect("registry lock poisoned")
     }
@@ -210,10 +160,4 @@ impl Registry {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
         self.inner.write().expect("registry lock poisoned")
     }
-}
-
-/// A `*.wasm` file (not a hidden or temporary one).
-pub fn is_plugin_file(path: &Path) -> bool {
-    let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
-    !hidden && path.extension().is_some_and(|ext| ext == "wasm")
 }

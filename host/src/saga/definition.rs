@@ -64,6 +64,20 @@ pub struct StepDef {
     pub retry: RetryPolicy,
 }
 
+impl StepDef {
+    /// The operation this step calls that `manifest` (its service's) lacks: the action,
+    /// else the compensation (`true`). The one place where "a step's service has the
+    /// operations it calls" is checked: when a definition loads, and when a plugin
+    /// version that sagas use is about to serve.
+    pub fn missing_operation(&self, manifest: &Manifest) -> Option<(&str, bool)> {
+        let lacks = |name: &str| manifest.operation(name).is_none();
+        if lacks(&self.action) {
+            return Some((&self.action, false));
+        }
+        self.compensation.as_deref().filter(|undo| lacks(undo)).map(|undo| (undo, true))
+    }
+}
+
 /// A validated saga definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaDef {
@@ -159,22 +173,23 @@ impl SagaDef {
             if !names.insert(step.name.clone()) {
                 return Err(error(at, "a step of this name comes earlier; step names must be unique".into()));
             }
+            let retry = parse_retry(step.retry).map_err(|problem| error(at, problem))?;
+            let step = StepDef {
+                name: step.name,
+                service: step.service,
+                action: step.action,
+                compensation: step.compensation,
+                retry,
+            };
+            let at = Some(step.name.as_str());
             if let Some(manifest) = manifest {
                 let Some(manifest) = manifest(&step.service) else {
                     return Err(error(at, format!("no service `{}` is loaded", step.service)));
                 };
-                let lacks = |name: &str| manifest.operation(name).is_none();
-                if lacks(&step.action) {
-                    return Err(error(
-                        at,
-                        format!("service `{}` has no operation `{}`", step.service, step.action),
-                    ));
-                }
-                if let Some(undo) = step.compensation.as_deref().filter(|undo| lacks(undo)) {
-                    return Err(error(
-                        at,
-                        format!("service `{}` has no operation `{undo}` (the compensation)", step.service),
-                    ));
+                if let Some((operation, undo)) = step.missing_operation(manifest) {
+                    let which = if undo { " (the compensation)" } else { "" };
+                    let problem = format!("service `{}` has no operation `{operation}`{which}", step.service);
+                    return Err(error(at, problem));
                 }
             }
             match (&step.compensation, pivot) {
@@ -192,14 +207,7 @@ impl SagaDef {
                 (None, None) => pivot = Some(i),
                 _ => {}
             }
-            let retry = parse_retry(step.retry).map_err(|problem| error(at, problem))?;
-            steps.push(StepDef {
-                name: step.name,
-                service: step.service,
-                action: step.action,
-                compensation: step.compensation,
-                retry,
-            });
+            steps.push(step);
         }
         let pivot = pivot.unwrap_or(steps.len());
         let digest = steps_digest(&steps);

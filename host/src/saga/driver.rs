@@ -217,7 +217,7 @@ async fn save(
 
 /// The event an outcome means.
 fn outcome_event(step: usize, direction: Direction, produced: &Produced<'_>, at: i64) -> Event {
-    let (digest, touched) = (produced.digest.to_owned(), produced.written.to_vec());
+    let (digest, touched) = (produced.digest.to_string(), produced.written.to_vec());
     match (direction, produced.result) {
         (Direction::Do, Ok(output)) => Event::Succeeded {
             step,
@@ -260,7 +260,7 @@ pub(super) fn update(id: &SagaId, version: u64, state: &SagaState, at: i64) -> S
     SagaChange::Update {
         id: id.to_string(),
         version,
-        status: state.status.as_str().into(),
+        status: state.status,
         state: serde_json::to_string(state).expect("the saga state serialises"),
         at,
     }

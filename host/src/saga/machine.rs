@@ -11,47 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::definition::SagaDef;
-
-/// Where a saga is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SagaStatus {
-    /// Going forward.
-    Running,
-    /// A step failed; undoing the completed steps in reverse order.
-    Compensating,
-    /// Every step succeeded.
-    Completed,
-    /// Failed and cleanly undone.
-    Compensated,
-    /// Cannot go on by itself: a compensation kept failing, or a step after the pivot
-    /// was refused. An operator retries it, compensates it (while the pivot has not
-    /// committed) or resolves the stuck step by hand.
-    Stuck,
-}
-
-impl SagaStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SagaStatus::Running => "running",
-            SagaStatus::Compensating => "compensating",
-            SagaStatus::Completed => "completed",
-            SagaStatus::Compensated => "compensated",
-            SagaStatus::Stuck => "stuck",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<SagaStatus> {
-        [Self::Running, Self::Compensating, Self::Completed, Self::Compensated, Self::Stuck]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
-
-    /// Completed or compensated: nothing will ever happen to it again.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, SagaStatus::Completed | SagaStatus::Compensated)
-    }
-}
+pub use crate::store::SagaStatus;
 
 /// Where one step is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

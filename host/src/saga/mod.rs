@@ -162,13 +162,7 @@ impl SagaEngine {
         let mut refused = Vec::new();
         for file in files {
             let text = std::fs::read_to_string(&file)?;
-            let parsed = {
-                let plugins = self.inner.invoker.registry().plugins();
-                let manifest =
-                    |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
-                SagaDef::parse(&file, &text, manifest)
-            };
-            match parsed {
+            match self.parse(&file, &text) {
                 Ok(def) => {
                     tracing::info!(saga = %def.name, file = %file.display(), steps = def.steps.len(), "saga definition loaded");
                     self.add_definition(def).await?;
@@ -180,6 +174,49 @@ impl SagaEngine {
             }
         }
         Ok(refused)
+    }
+
+    /// Applies a change of one definition file (the plugin lifecycle's watcher calls
+    /// it): a removed file's definition is no longer offered; a changed or new one is
+    /// checked against the services and offered, or refused with the old one staying.
+    /// Unfinished sagas finish on the version they started with, whatever happens here.
+    pub async fn reload_definition(&self, file: &Path) {
+        if !file.exists() {
+            let Some(def) = self.definitions().into_iter().find(|d| d.source == file) else { return };
+            self.remove_definition(&def.name);
+            tracing::info!(saga = %def.name, "saga definition removed; its unfinished sagas finish on their version");
+            return;
+        }
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(error) => {
+                return tracing::error!(file = %file.display(), "reading a saga definition: {error}");
+            }
+        };
+        match self.parse(file, &text) {
+            Ok(def) => {
+                let name = def.name.clone();
+                match self.add_definition(def).await {
+                    Ok(()) => {
+                        tracing::info!(saga = %name, file = %file.display(), "saga definition reloaded")
+                    }
+                    Err(error) => {
+                        tracing::error!(saga = %name, "keeping the saga definition failed: {error}")
+                    }
+                }
+            }
+            Err(error) => {
+                crate::metrics::metrics().refused.inc();
+                tracing::error!("saga definition refused, the one loaded stays: {error}");
+            }
+        }
+    }
+
+    /// Parses a definition against the services loaded now.
+    fn parse(&self, file: &Path, text: &str) -> Result<SagaDef, DefinitionError> {
+        let plugins = self.inner.invoker.registry().plugins();
+        let manifest = |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
+        SagaDef::parse(file, text, manifest)
     }
 
     /// Makes `def` the definition new sagas of its name use. It is kept in the store
@@ -251,7 +288,7 @@ impl SagaEngine {
     /// Running, compensating and stuck sagas.
     async fn unfinished_rows(&self) -> Result<Vec<SagaRow>, SagaError> {
         let mut rows = self.inner.store.unfinished_sagas().await?;
-        rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck.as_str()), None, 10_000, false).await?);
+        rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck), None, 10_000, false).await?);
         Ok(rows)
     }
 
@@ -282,7 +319,7 @@ impl SagaEngine {
         let row = SagaRow {
             id: id.to_string(),
             name: name.into(),
-            status: state.status.as_str().into(),
+            status: state.status,
             input: bytes,
             state: serde_json::to_string(&state).expect("the saga state serialises"),
             version: 1,
@@ -336,7 +373,7 @@ impl SagaEngine {
         limit: usize,
         newest_first: bool,
     ) -> Result<Vec<SagaRecord>, SagaError> {
-        let rows = self.inner.store.sagas(status.map(SagaStatus::as_str), after, limit, newest_first).await?;
+        let rows = self.inner.store.sagas(status, after, limit, newest_first).await?;
         self.decode_all(rows).await
     }
 
@@ -348,7 +385,7 @@ impl SagaEngine {
     }
 
     /// How many sagas are in each status.
-    pub async fn counts(&self) -> Result<Vec<(String, u64)>, SagaError> {
+    pub async fn counts(&self) -> Result<Vec<(SagaStatus, u64)>, SagaError> {
         Ok(self.inner.store.saga_counts().await?)
     }
 
@@ -411,7 +448,7 @@ impl SagaEngine {
         };
         let record = self.get(id).await?;
         if record.state.status != SagaStatus::Stuck {
-            return Err(SagaError::NotStuck { id: id.into(), status: record.row.status });
+            return Err(SagaError::NotStuck { id: id.into(), status: record.row.status.as_str().into() });
         }
         let def = record
             .def
@@ -570,4 +607,91 @@ impl Drop for Driving {
 
 fn input_object(bytes: &[u8]) -> Map<String, Value> {
     serde_json::from_slice(bytes).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
+    use crate::store::SqliteStore;
+
+    /// A clock whose sleeps return at once and move its time on by what they asked.
+    #[derive(Default)]
+    struct ManualClock {
+        now: AtomicI64,
+        slept: Mutex<Vec<Duration>>,
+    }
+
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> i64 {
+            self.now.load(Ordering::SeqCst)
+        }
+
+        fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+            self.slept.lock().unwrap().push(duration);
+            self.now.fetch_add(duration.as_millis() as i64, Ordering::SeqCst);
+            Box::pin(tokio::task::yield_now())
+        }
+    }
+
+    /// One step whose retries wait an hour each (full jitter: up to an hour).
+    const HOURLY: &str = r#"
+        name = "notify-hourly"
+        [[step]]
+        name = "send"
+        service = "notification"
+        action = "send-confirmation"
+        retry = { max_attempts = 10, initial_backoff = "1h", max_backoff = "1h" }
+    "#;
+
+    /// The driver waits between attempts on the engine's clock, never on the wall
+    /// clock: three planned failures an hour apart finish at once here, the clock saw
+    /// the three waits (each at most the policy's hour), and the step's times are the
+    /// clock's.
+    #[tokio::test]
+    async fn retries_wait_on_the_injected_clock() {
+        let store: Arc<dyn crate::store::Store> = Arc::new(SqliteStore::temporary().unwrap());
+        let runtime =
+            Runtime::new(RuntimeOptions { max_concurrent_calls: 8, ..RuntimeOptions::default() }).unwrap();
+        let registry = Registry::new(runtime.clone());
+        let wasm = std::fs::read(crate::guests::path("notification")).unwrap();
+        registry.insert(runtime.load("notification", wasm, Limits::default()).await.unwrap());
+        let invoker = Invoker::new(registry.clone(), store.clone(), Default::default());
+        let clock = Arc::new(ManualClock::default());
+        let engine = SagaEngine::new(invoker, store, clock.clone(), 4, Alerter::none());
+        let plugins = registry.plugins();
+        let def =
+            SagaDef::parse(Path::new("notify-hourly.toml"), HOURLY, |_| Some(plugins[0].manifest())).unwrap();
+        engine.add_definition(def).await.unwrap();
+
+        let input = json!({"order": "o-1", "notification_transient_failures": 3});
+        let (started, _) = engine.start("notify-hourly", "key-1", input).await.unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let record = engine.get(&started.row.id).await.unwrap();
+                if record.state.status.is_terminal() {
+                    return record;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the saga finished without waiting hours");
+
+        assert_eq!(done.state.status, SagaStatus::Completed);
+        let step = &done.state.steps[0];
+        assert_eq!(step.attempts, 4, "three failures, then the call that succeeded");
+        let slept = clock.slept.lock().unwrap().clone();
+        assert_eq!(slept.len(), 3, "one wait before each retry: {slept:?}");
+        assert!(slept.iter().all(|wait| *wait <= Duration::from_secs(3600)), "{slept:?}");
+        let waited: i64 = slept.iter().map(|d| d.as_millis() as i64).sum();
+        let (began, ended) = (step.started_at.unwrap(), step.finished_at.unwrap());
+        assert_eq!(ended - began, waited, "the step's time is the clock's: its waits, nothing else");
+    }
 }

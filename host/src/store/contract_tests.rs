@@ -3,9 +3,11 @@
 //! empty store of its kind (the SQLite backend's call is at the end of `sqlite/mod.rs`).
 //! A test here may use only the [`Store`] trait: what it proves holds for any backend.
 
+use crate::service::PluginDigest;
 use crate::store::{
-    ChangeSet, Commit, Conflict, DefinitionRow, DeliveryChange, DeliveryRow, Entry, Event, IdempotencyKey,
-    KeySpace, PruneKind, SagaChange, SagaRow, Store, StoreError, StoredOutcome, Transaction, TxLimits,
+    ChangeSet, Commit, Conflict, DefinitionRow, DeliveryChange, DeliveryRow, DeliveryStatus, Entry, Event,
+    IdempotencyKey, KeySpace, PruneKind, SagaChange, SagaRow, SagaStatus, Store, StoreError, StoredOutcome,
+    Transaction, TxLimits,
 };
 
 /// Runs every contract test against the stores `$open` makes (an async function
@@ -65,21 +67,21 @@ async fn commit(store: &dyn Store, tx: Transaction) -> Result<(), StoreError> {
     store.commit(commit_of(tx.into_changes(), None)).await
 }
 
-fn commit_of(changes: ChangeSet, outcome: Option<StoredOutcome>) -> Commit {
+pub(crate) fn commit_of(changes: ChangeSet, outcome: Option<StoredOutcome>) -> Commit {
     Commit { service: SERVICE.into(), changes, outcome, ..Commit::default() }
 }
 
-fn key(key: &str) -> IdempotencyKey {
+pub(crate) fn key(key: &str) -> IdempotencyKey {
     IdempotencyKey { service: SERVICE.into(), space: KeySpace::Client, key: key.into() }
 }
 
-fn outcome(key_text: &str, created_at: i64, expires_at: i64) -> StoredOutcome {
+pub(crate) fn outcome(key_text: &str, created_at: i64, expires_at: i64) -> StoredOutcome {
     StoredOutcome {
         key: key(key_text),
         fingerprint: [7; 32],
         operation: "op".into(),
         result: Ok(b"out".to_vec()),
-        digest: "sha256:00".into(),
+        digest: PluginDigest::of(b"the plugin"),
         correlation_id: Some("chain".into()),
         created_at,
         expires_at,
@@ -90,11 +92,11 @@ fn keys(rows: Vec<(String, Entry)>) -> Vec<String> {
     rows.into_iter().map(|(k, _)| k).collect()
 }
 
-fn saga(id: &str, name: &str, key: &str, status: &str, at: i64) -> SagaRow {
+fn saga(id: &str, name: &str, key: &str, status: SagaStatus, at: i64) -> SagaRow {
     SagaRow {
         id: id.into(),
         name: name.into(),
-        status: status.into(),
+        status,
         input: br#"{"order":"o-1"}"#.to_vec(),
         state: "{}".into(),
         version: 1,
@@ -116,7 +118,7 @@ fn delivery(event_id: i64, topic: &str, chain: &str) -> DeliveryRow {
         operation: "op".into(),
         topic: topic.into(),
         correlation_id: Some(chain.into()),
-        status: "pending".into(),
+        status: DeliveryStatus::Pending,
         attempts: 0,
         next_at: 0,
         outcome: None,
@@ -126,14 +128,14 @@ fn delivery(event_id: i64, topic: &str, chain: &str) -> DeliveryRow {
     }
 }
 
-fn delivery_update(event_id: i64, status: &str) -> DeliveryChange {
+fn delivery_update(event_id: i64, status: DeliveryStatus) -> DeliveryChange {
     DeliveryChange::Update {
         event_id,
         subscriber: "sub".into(),
-        status: status.into(),
+        status,
         attempts: 1,
         next_at: 0,
-        outcome: (status == "delivered").then(|| "ok".into()),
+        outcome: (status == DeliveryStatus::Delivered).then(|| "ok".into()),
         last_error: None,
         done_at: Some(1),
     }
@@ -385,34 +387,40 @@ pub(crate) async fn a_create_read_below_a_raised_floor_conflicts(store: &dyn Sto
 /// A second saga of the same definition and key is refused as a duplicate (the first
 /// is the one); the same key under another definition is another saga.
 pub(crate) async fn a_saga_is_created_once_per_name_and_key(store: &dyn Store) {
-    create_saga(store, saga("s1", "place-order", "key-1", "running", 1)).await.unwrap();
-    let again = create_saga(store, saga("s2", "place-order", "key-1", "running", 2)).await;
+    create_saga(store, saga("s1", "place-order", "key-1", SagaStatus::Running, 1)).await.unwrap();
+    let again = create_saga(store, saga("s2", "place-order", "key-1", SagaStatus::Running, 2)).await;
     assert_eq!(again, Err(StoreError::Duplicate("key-1".into())));
     assert_eq!(store.saga("s2").await.unwrap(), None, "nothing of the duplicate is stored");
-    create_saga(store, saga("s3", "refund", "key-1", "running", 3)).await.unwrap();
+    create_saga(store, saga("s3", "refund", "key-1", SagaStatus::Running, 3)).await.unwrap();
     assert_eq!(store.saga_by_key("place-order", "key-1").await.unwrap().unwrap().id, "s1");
     assert_eq!(store.saga_by_key("refund", "key-1").await.unwrap().unwrap().id, "s3");
-    assert_eq!(store.saga("s1").await.unwrap(), Some(saga("s1", "place-order", "key-1", "running", 1)));
+    assert_eq!(
+        store.saga("s1").await.unwrap(),
+        Some(saga("s1", "place-order", "key-1", SagaStatus::Running, 1))
+    );
 }
 
 /// A saga's next state is written only by whoever read its current version: a second
 /// driver (or a stale one) gets a conflict, and its commit writes nothing else.
 pub(crate) async fn a_saga_changes_only_at_the_version_read(store: &dyn Store) {
-    create_saga(store, saga("s1", "place-order", "k", "running", 1)).await.unwrap();
-    let update = |version: u64, status: &str| SagaChange::Update {
+    create_saga(store, saga("s1", "place-order", "k", SagaStatus::Running, 1)).await.unwrap();
+    let update = |version: u64, status: SagaStatus| SagaChange::Update {
         id: "s1".into(),
         version,
-        status: status.into(),
+        status,
         state: format!("{{\"v\":{version}}}"),
         at: 10 + version as i64,
     };
-    store.commit(Commit { saga: Some(update(1, "compensating")), ..Commit::default() }).await.unwrap();
+    store
+        .commit(Commit { saga: Some(update(1, SagaStatus::Compensating)), ..Commit::default() })
+        .await
+        .unwrap();
     let mut t = tx(store);
     t.set("effect", b"x".to_vec()).unwrap();
     let stale = Commit {
         service: SERVICE.into(),
         changes: t.into_changes(),
-        saga: Some(update(1, "completed")),
+        saga: Some(update(1, SagaStatus::Completed)),
         ..Commit::default()
     };
     let err = store.commit(stale).await.unwrap_err();
@@ -429,7 +437,7 @@ pub(crate) async fn a_saga_changes_only_at_the_version_read(store: &dyn Store) {
     let missing = SagaChange::Update {
         id: "nope".into(),
         version: 1,
-        status: "completed".into(),
+        status: SagaStatus::Completed,
         state: "{}".into(),
         at: 20,
     };
@@ -438,9 +446,13 @@ pub(crate) async fn a_saga_changes_only_at_the_version_read(store: &dyn Store) {
 }
 
 pub(crate) async fn sagas_are_listed_by_id_and_status(store: &dyn Store) {
-    for (id, status) in
-        [("a", "completed"), ("b", "running"), ("c", "stuck"), ("d", "compensating"), ("e", "running")]
-    {
+    for (id, status) in [
+        ("a", SagaStatus::Completed),
+        ("b", SagaStatus::Running),
+        ("c", SagaStatus::Stuck),
+        ("d", SagaStatus::Compensating),
+        ("e", SagaStatus::Running),
+    ] {
         create_saga(store, saga(id, "s", id, status, 1)).await.unwrap();
     }
     let ids = |rows: Vec<SagaRow>| rows.into_iter().map(|s| s.id).collect::<Vec<_>>();
@@ -448,29 +460,33 @@ pub(crate) async fn sagas_are_listed_by_id_and_status(store: &dyn Store) {
     assert_eq!(ids(store.sagas(None, Some("b"), 2, false).await.unwrap()), ["c", "d"]);
     assert_eq!(ids(store.sagas(None, None, 2, true).await.unwrap()), ["e", "d"]);
     assert_eq!(ids(store.sagas(None, Some("d"), 10, true).await.unwrap()), ["c", "b", "a"]);
-    assert_eq!(ids(store.sagas(Some("running"), None, 10, false).await.unwrap()), ["b", "e"]);
-    assert_eq!(ids(store.sagas(Some("running"), Some("e"), 10, true).await.unwrap()), ["b"]);
+    assert_eq!(ids(store.sagas(Some(SagaStatus::Running), None, 10, false).await.unwrap()), ["b", "e"]);
+    assert_eq!(ids(store.sagas(Some(SagaStatus::Running), Some("e"), 10, true).await.unwrap()), ["b"]);
     assert_eq!(ids(store.unfinished_sagas().await.unwrap()), ["b", "d", "e"], "running and compensating");
     let counts = store.saga_counts().await.unwrap();
     let expected = [("compensating", 1), ("completed", 1), ("running", 2), ("stuck", 1)];
-    assert_eq!(counts, expected.map(|(s, n)| (s.to_owned(), n)));
+    assert_eq!(counts, expected.map(|(s, n)| (SagaStatus::parse(s).unwrap(), n)));
     let update = SagaChange::Update {
         id: "b".into(),
         version: 1,
-        status: "completed".into(),
+        status: SagaStatus::Completed,
         state: "{}".into(),
         at: 2,
     };
     store.commit(Commit { saga: Some(update), ..Commit::default() }).await.unwrap();
     let counts = store.saga_counts().await.unwrap();
     let expected = [("compensating", 1), ("completed", 2), ("running", 1), ("stuck", 1)];
-    assert_eq!(counts, expected.map(|(s, n)| (s.to_owned(), n)), "counts follow a change of status");
+    assert_eq!(
+        counts,
+        expected.map(|(s, n)| (SagaStatus::parse(s).unwrap(), n)),
+        "counts follow a change of status"
+    );
 }
 
 pub(crate) async fn sagas_are_found_by_id_key_or_input_value(store: &dyn Store) {
-    let mut first = saga("id-1", "s", "key-1", "completed", 1);
+    let mut first = saga("id-1", "s", "key-1", SagaStatus::Completed, 1);
     first.input = br#"{"order":"o-7","customer":"ada"}"#.to_vec();
-    let mut second = saga("id-2", "s", "key-2", "running", 2);
+    let mut second = saga("id-2", "s", "key-2", SagaStatus::Running, 2);
     second.input = br#"{"order":"o-8","customer":"ada"}"#.to_vec();
     create_saga(store, first).await.unwrap();
     create_saga(store, second).await.unwrap();
@@ -549,12 +565,12 @@ pub(crate) async fn deliveries_go_out_in_order_within_their_group(store: &dyn St
         store.due_deliveries(now, 10).await.unwrap().into_iter().map(|d| d.event_id).collect::<Vec<_>>()
     };
     assert_eq!(due(0).await, [ids[0], ids[2]], "the second of chain-a waits for the first");
-    deliveries(store, vec![delivery_update(ids[0], "delivered")]).await.unwrap();
+    deliveries(store, vec![delivery_update(ids[0], DeliveryStatus::Delivered)]).await.unwrap();
     assert_eq!(due(0).await, [ids[1], ids[2]]);
     let later = DeliveryChange::Update {
         event_id: ids[1],
         subscriber: "sub".into(),
-        status: "pending".into(),
+        status: DeliveryStatus::Pending,
         attempts: 1,
         next_at: 100,
         outcome: None,
@@ -566,7 +582,7 @@ pub(crate) async fn deliveries_go_out_in_order_within_their_group(store: &dyn St
     assert_eq!(due(100).await, [ids[1], ids[2]]);
     let mut counts = store.delivery_counts().await.unwrap();
     counts.sort();
-    assert_eq!(counts, [("delivered".to_owned(), 1), ("pending".to_owned(), 2)]);
+    assert_eq!(counts, [(DeliveryStatus::Pending, 2), (DeliveryStatus::Delivered, 1)]);
 }
 
 pub(crate) async fn only_a_dead_delivery_can_be_redelivered(store: &dyn Store) {
@@ -577,7 +593,7 @@ pub(crate) async fn only_a_dead_delivery_can_be_redelivered(store: &dyn Store) {
     let redeliver = DeliveryChange::Redeliver { event_id: id, subscriber: "sub".into(), at: 50 };
     let err = deliveries(store, vec![redeliver.clone()]).await.unwrap_err();
     assert!(matches!(err, StoreError::Invalid(ref m) if m.contains("no dead delivery")), "{err:?}");
-    deliveries(store, vec![delivery_update(id, "dead")]).await.unwrap();
+    deliveries(store, vec![delivery_update(id, DeliveryStatus::Dead)]).await.unwrap();
     assert_eq!(store.dead_deliveries(10).await.unwrap().len(), 1);
     assert_eq!(store.due_deliveries(i64::MAX, 10).await.unwrap(), []);
     deliveries(store, vec![redeliver]).await.unwrap();
@@ -617,11 +633,11 @@ pub(crate) async fn retention_forgets_only_what_is_finished_and_old(store: &dyn 
     assert!(store.outcome(&key("fresh"), 100).await.unwrap().is_some());
 
     for (id, status, at) in [
-        ("a", "completed", 5),
-        ("b", "compensated", 5),
-        ("c", "stuck", 5),
-        ("d", "running", 5),
-        ("e", "completed", 500),
+        ("a", SagaStatus::Completed, 5),
+        ("b", SagaStatus::Compensated, 5),
+        ("c", SagaStatus::Stuck, 5),
+        ("d", SagaStatus::Running, 5),
+        ("e", SagaStatus::Completed, 500),
     ] {
         create_saga(store, saga(id, "s", id, status, at)).await.unwrap();
     }
@@ -637,7 +653,7 @@ pub(crate) async fn retention_forgets_only_what_is_finished_and_old(store: &dyn 
         through: ids[1],
     };
     deliveries(store, vec![made]).await.unwrap();
-    deliveries(store, vec![delivery_update(ids[0], "delivered")]).await.unwrap();
+    deliveries(store, vec![delivery_update(ids[0], DeliveryStatus::Delivered)]).await.unwrap();
     let later = crate::clock::now_ms() + 1;
     assert_eq!(store.prune(PruneKind::Events, later, 500).await.unwrap(), 1, "only the delivered event");
     let page = store.chain("chain", 0, 10).await.unwrap();

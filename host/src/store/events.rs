@@ -1,6 +1,34 @@
 //! What the store keeps of choreography: the outbox's events, their deliveries to
 //! subscribers, and the dispatcher's cursor.
 
+use serde::Serialize;
+
+/// Where one delivery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Not made yet: due at its `next_at`, or waiting for an earlier one of its group.
+    Pending,
+    /// The subscriber answered (`ok`, or a refusal: a business answer).
+    Delivered,
+    /// Out of attempts: an operator may redeliver it.
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeliveryStatus> {
+        [Self::Pending, Self::Delivered, Self::Dead].into_iter().find(|s| s.as_str() == text)
+    }
+}
+
 /// An event of the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
@@ -23,8 +51,7 @@ pub struct DeliveryRow {
     pub operation: String,
     pub topic: String,
     pub correlation_id: Option<String>,
-    /// `pending`, `delivered` or `dead`.
-    pub status: String,
+    pub status: DeliveryStatus,
     pub attempts: u32,
     /// Unix ms: not before then.
     pub next_at: i64,
@@ -55,7 +82,7 @@ pub enum DeliveryChange {
     Update {
         event_id: i64,
         subscriber: String,
-        status: String,
+        status: DeliveryStatus,
         attempts: u32,
         next_at: i64,
         outcome: Option<String>,

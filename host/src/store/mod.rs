@@ -24,10 +24,12 @@ mod sqlite;
 mod transaction;
 
 use std::future::Future;
+
+use crate::service::PluginDigest;
 use std::pin::Pin;
 
-pub use events::{ChainPage, DeliveryChange, DeliveryRow, EventRow};
-pub use sagas::{DefinitionRow, SagaChange, SagaRow};
+pub use events::{ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, EventRow};
+pub use sagas::{DefinitionRow, SagaChange, SagaRow, SagaStatus};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use transaction::{ChangeSet, Event, Transaction, TxLimits, Write};
 
@@ -174,8 +176,8 @@ pub struct StoredOutcome {
     pub operation: String,
     /// `Ok(output)` or `Err(rejection reason)`.
     pub result: Result<Vec<u8>, String>,
-    /// The digest of the plugin version that produced it.
-    pub digest: String,
+    /// The plugin version that produced it.
+    pub digest: PluginDigest,
     /// The chain the invocation belonged to, answered again on a replay (`None` for
     /// outcomes stored before every call had one).
     pub correlation_id: Option<String>,
@@ -277,7 +279,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// the id `after` (before it, newest first), at most `limit`.
     async fn sagas(
         &self,
-        status: Option<&str>,
+        status: Option<SagaStatus>,
         after: Option<&str>,
         limit: usize,
         newest_first: bool,
@@ -288,7 +290,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn unfinished_sagas(&self) -> Result<Vec<SagaRow>, StoreError>;
 
     /// How many sagas are in each status (statuses with none left out), by status.
-    async fn saga_counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    async fn saga_counts(&self) -> Result<Vec<(SagaStatus, u64)>, StoreError>;
 
     /// Sagas an operator may be looking for by `text`, newest first, at most `limit`:
     /// its id or idempotency key (any saga), or a value of its input's top-level fields
@@ -315,7 +317,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRow>, StoreError>;
 
     /// How many deliveries are in each status.
-    async fn delivery_counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    async fn delivery_counts(&self) -> Result<Vec<(DeliveryStatus, u64)>, StoreError>;
 
     /// Dead deliveries, oldest event first, at most `limit`.
     async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRow>, StoreError>;

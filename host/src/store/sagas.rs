@@ -1,14 +1,62 @@
 //! What the store keeps of sagas: each saga's row (its state machine's state, guarded
 //! by a version) and the definition versions sagas started with.
 
+use serde::{Deserialize, Serialize};
+
+/// Where a saga is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    /// Going forward.
+    Running,
+    /// A step failed; undoing the completed steps in reverse order.
+    Compensating,
+    /// Every step succeeded.
+    Completed,
+    /// Failed and cleanly undone.
+    Compensated,
+    /// Cannot go on by itself: a compensation kept failing, or a step after the pivot
+    /// was refused. An operator retries it, compensates it (while the pivot has not
+    /// committed) or resolves the stuck step by hand.
+    Stuck,
+}
+
+impl SagaStatus {
+    pub const ALL: [SagaStatus; 5] = [
+        SagaStatus::Running,
+        SagaStatus::Compensating,
+        SagaStatus::Completed,
+        SagaStatus::Compensated,
+        SagaStatus::Stuck,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Running => "running",
+            SagaStatus::Compensating => "compensating",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensated => "compensated",
+            SagaStatus::Stuck => "stuck",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SagaStatus> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Completed or compensated: nothing will ever happen to it again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SagaStatus::Completed | SagaStatus::Compensated)
+    }
+}
+
 /// A saga as stored: its definition's name, its input, and its state machine's state
 /// (JSON), versioned so that only the driver that read a version may write the next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SagaRow {
     pub id: String,
     pub name: String,
-    /// `running`, `compensating`, `completed`, `compensated` or `stuck`.
-    pub status: String,
+    pub status: SagaStatus,
     pub input: Vec<u8>,
     pub state: String,
     pub version: u64,
@@ -38,5 +86,5 @@ pub enum SagaChange {
     /// A new saga; refused with [`StoreError::Duplicate`] if its (name, key) exists.
     Create(SagaRow),
     /// The next state of a saga at `version` (it becomes `version + 1`).
-    Update { id: String, version: u64, status: String, state: String, at: i64 },
+    Update { id: String, version: u64, status: SagaStatus, state: String, at: i64 },
 }

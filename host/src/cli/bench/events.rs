@@ -8,6 +8,7 @@ use clap::Args as ClapArgs;
 use crate::app::{App, AppConfig};
 use crate::invoke::{Caller, Request};
 use crate::runtime::Limits;
+use crate::store::DeliveryStatus;
 
 /// Measure choreography: `echo.publish` invocations publish `journal` events (spread
 /// over 100 correlation ids) as fast as 16 clients can; the dispatcher delivers each to
@@ -52,7 +53,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let published = started.elapsed();
     loop {
         let counts = store.delivery_counts().await?;
-        let done: u64 = counts.iter().filter(|(s, _)| s != "pending").map(|(_, n)| n).sum();
+        let done: u64 = counts.iter().filter(|(s, _)| *s != DeliveryStatus::Pending).map(|(_, n)| n).sum();
         if done as usize >= args.events {
             break;
         }

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, params};
 
 use super::unavailable;
-use crate::store::{ChainPage, DeliveryChange, DeliveryRow, Event, EventRow, StoreError};
+use crate::store::{ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, Event, EventRow, StoreError};
 
 const EVENT_COLUMNS: &str = "id, service, topic, payload, correlation_id, created_at";
 const DELIVERY_COLUMNS: &str = "d.event_id, d.subscriber, d.operation, d.topic, d.correlation_id, d.status, \
@@ -28,7 +28,7 @@ fn delivery_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeliveryRow> {
         operation: row.get(2)?,
         topic: row.get(3)?,
         correlation_id: row.get(4)?,
-        status: row.get(5)?,
+        status: super::status(row, 5, DeliveryStatus::parse)?,
         attempts: row.get(6)?,
         next_at: row.get(7)?,
         outcome: row.get(8)?,
@@ -83,9 +83,9 @@ pub(super) fn due_deliveries(
     )
 }
 
-pub(super) fn delivery_counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
-    super::rows(conn, "SELECT status, count(*) FROM deliveries GROUP BY status", &[], |row| {
-        Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+pub(super) fn delivery_counts(conn: &Connection) -> rusqlite::Result<Vec<(DeliveryStatus, u64)>> {
+    super::rows(conn, "SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status", &[], |row| {
+        Ok((super::status(row, 0, DeliveryStatus::parse)?, row.get::<_, i64>(1)? as u64))
     })
 }
 
@@ -194,7 +194,16 @@ pub(super) fn apply(conn: &Connection, change: &DeliveryChange) -> Result<(), St
                  WHERE event_id = ?1 AND subscriber = ?2",
             )
             .map_err(unavailable)?
-            .execute(params![event_id, subscriber, status, attempts, next_at, outcome, last_error, done_at])
+            .execute(params![
+                event_id,
+                subscriber,
+                status.as_str(),
+                attempts,
+                next_at,
+                outcome,
+                last_error,
+                done_at
+            ])
             .map_err(unavailable)?;
         }
         DeliveryChange::Redeliver { event_id, subscriber, at } => {

@@ -29,8 +29,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use super::{
-    ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, EventRow, Failing, IdempotencyKey,
-    PruneKind, SagaRow, Snapshot, Store, StoreError, StoredOutcome,
+    ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
+    IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome,
 };
 
 /// SQLite's `synchronous` setting for commits.
@@ -207,7 +207,7 @@ impl Store for SqliteStore {
 
     async fn sagas(
         &self,
-        status: Option<&str>,
+        status: Option<SagaStatus>,
         after: Option<&str>,
         limit: usize,
         newest_first: bool,
@@ -219,7 +219,7 @@ impl Store for SqliteStore {
         self.read(|conn| sagas::unfinished(conn))
     }
 
-    async fn saga_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn saga_counts(&self) -> Result<Vec<(SagaStatus, u64)>, StoreError> {
         self.read(|conn| sagas::counts(conn))
     }
 
@@ -247,7 +247,7 @@ impl Store for SqliteStore {
         self.read(|conn| events::due_deliveries(conn, now, limit))
     }
 
-    async fn delivery_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn delivery_counts(&self) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
         self.read(|conn| events::delivery_counts(conn))
     }
 
@@ -274,6 +274,16 @@ impl Store for SqliteStore {
     fn failing(&self) -> Option<Failing> {
         self.health.failing()
     }
+}
+
+/// A status column read back into its enum; a status it does not know is a row this
+/// version cannot read.
+fn status<T>(row: &rusqlite::Row<'_>, column: usize, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    let text: String = row.get(column)?;
+    parse(&text).ok_or_else(|| {
+        let unknown = format!("unknown status `{text}`");
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, unknown.into())
+    })
 }
 
 /// Runs one query and maps every row.
@@ -363,7 +373,8 @@ fn writer_gone() -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ChangeSet, Entry, KeySpace, Transaction, TxLimits};
+    use crate::store::contract_tests::{commit_of, key, outcome};
+    use crate::store::{Entry, Transaction, TxLimits};
 
     async fn scratch() -> SqliteStore {
         SqliteStore::temporary().unwrap()
@@ -377,27 +388,6 @@ mod tests {
 
     fn tx(store: &SqliteStore) -> Transaction {
         Transaction::new(store.snapshot("svc").unwrap(), TxLimits::default())
-    }
-
-    fn commit_of(changes: ChangeSet, outcome: Option<StoredOutcome>) -> Commit {
-        Commit { service: "svc".into(), changes, outcome, ..Commit::default() }
-    }
-
-    fn key(key: &str) -> IdempotencyKey {
-        IdempotencyKey { service: "svc".into(), space: KeySpace::Client, key: key.into() }
-    }
-
-    fn outcome(key_text: &str, created_at: i64, expires_at: i64) -> StoredOutcome {
-        StoredOutcome {
-            key: key(key_text),
-            fingerprint: [7; 32],
-            operation: "op".into(),
-            result: Ok(b"out".to_vec()),
-            digest: "sha256:00".into(),
-            correlation_id: None,
-            created_at,
-            expires_at,
-        }
     }
 
     #[tokio::test]

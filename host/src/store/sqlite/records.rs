@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{ReadPool, prune, unavailable};
+use crate::service::PluginDigest;
 use crate::store::{
     ChangeSet, Conflict, Entry, IdempotencyKey, Scanned, Slot, Snapshot, StoreError, StoredOutcome, Write,
 };
@@ -143,7 +144,13 @@ pub(super) fn outcome(
             fingerprint: row.get(0)?,
             operation: row.get(1)?,
             result: if ok { Ok(output) } else { Err(String::from_utf8_lossy(&output).into_owned()) },
-            digest: row.get(4)?,
+            digest: {
+                let text: String = row.get(4)?;
+                PluginDigest::parse(&text).ok_or_else(|| {
+                    let bad = format!("not a plugin digest: `{text}`");
+                    rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, bad.into())
+                })?
+            },
             correlation_id: row.get(5)?,
             created_at: row.get(6)?,
             expires_at: row.get(7)?,
@@ -181,7 +188,7 @@ pub(super) fn store_outcome(conn: &Connection, outcome: &StoredOutcome) -> Resul
             outcome.operation,
             ok,
             output,
-            outcome.digest,
+            outcome.digest.to_string(),
             outcome.correlation_id,
             outcome.created_at,
             outcome.expires_at

@@ -5,7 +5,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::unavailable;
-use crate::store::{Conflict, DefinitionRow, SagaChange, SagaRow, StoreError};
+use crate::store::{Conflict, DefinitionRow, SagaChange, SagaRow, SagaStatus, StoreError};
 
 const SAGA_COLUMNS: &str =
     "id, name, status, input, state, version, key, fingerprint, created_at, updated_at";
@@ -14,7 +14,7 @@ fn saga_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SagaRow> {
     Ok(SagaRow {
         id: row.get(0)?,
         name: row.get(1)?,
-        status: row.get(2)?,
+        status: super::status(row, 2, SagaStatus::parse)?,
         input: row.get(3)?,
         state: row.get(4)?,
         version: row.get::<_, i64>(5)? as u64,
@@ -39,7 +39,7 @@ pub(super) fn saga_by_key(conn: &Connection, name: &str, key: &str) -> rusqlite:
 
 pub(super) fn sagas(
     conn: &Connection,
-    status: Option<&str>,
+    status: Option<SagaStatus>,
     after: Option<&str>,
     limit: usize,
     newest_first: bool,
@@ -50,7 +50,7 @@ pub(super) fn sagas(
         Some(status) => read(
             conn,
             &format!("WHERE status = ?1 AND id {compare} ?2 ORDER BY id {order} LIMIT ?3"),
-            params![status, after, limit as i64],
+            params![status.as_str(), after, limit as i64],
         ),
         None => read(
             conn,
@@ -65,9 +65,9 @@ pub(super) fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<SagaRow>> {
 }
 
 /// From `saga_counts`, which triggers keep (counting the table would read every saga).
-pub(super) fn counts(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+pub(super) fn counts(conn: &Connection) -> rusqlite::Result<Vec<(SagaStatus, u64)>> {
     super::rows(conn, "SELECT status, n FROM saga_counts WHERE n > 0 ORDER BY status", &[], |row| {
-        Ok((row.get(0)?, row.get::<_, i64>(1)? as u64))
+        Ok((super::status(row, 0, SagaStatus::parse)?, row.get::<_, i64>(1)? as u64))
     })
 }
 
@@ -119,7 +119,7 @@ pub(super) fn apply(conn: &Connection, change: &SagaChange) -> Result<(), StoreE
                 .execute(params![
                     row.id,
                     row.name,
-                    row.status,
+                    row.status.as_str(),
                     row.input,
                     row.state,
                     row.version as i64,
@@ -140,7 +140,7 @@ pub(super) fn apply(conn: &Connection, change: &SagaChange) -> Result<(), StoreE
                      WHERE id = ?1 AND version = ?2",
                 )
                 .map_err(unavailable)?
-                .execute(params![id, *version as i64, status, state, at])
+                .execute(params![id, *version as i64, status.as_str(), state, at])
                 .map_err(unavailable)?;
             if updated == 0 {
                 let actual: Option<i64> = conn

@@ -1,0 +1,106 @@
+//! The API in process (`router(state).oneshot(..)`): the edge cases of HTTP that need
+//! no server process, over a real app (SQLite in a temporary directory, the `echo`
+//! and `inventory` plugins built with the crate).
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::{Access, AppState, Secret, router};
+use crate::app::{App, AppConfig};
+use crate::runtime::Limits;
+
+const ADMIN: &str = "in-process-admin-token";
+
+/// An app with `echo` and `inventory`, its data in `dir`.
+async fn state(dir: &std::path::Path) -> AppState {
+    let app = App::start(AppConfig::new(dir)).await.unwrap();
+    for service in ["echo", "inventory"] {
+        let wasm = std::fs::read(crate::guests::path(service)).unwrap();
+        app.registry().insert(app.registry().runtime().load(service, wasm, Limits::default()).await.unwrap());
+    }
+    app.state(Access { admin_token: Some(Secret::new(ADMIN)), api_token: None, loopback_only: true })
+}
+
+/// Sends one request; returns the status, the content type and the body as JSON (or
+/// as a string when it is not JSON).
+async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, String, Value) {
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type =
+        response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, content_type, body)
+}
+
+/// A POST as an operator (like the e2e tests' client, which holds the admin token).
+fn post(path: &str, key: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut request =
+        Request::post(path).header("host", "localhost").header("authorization", format!("Bearer {ADMIN}"));
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    request.body(body.into()).unwrap()
+}
+
+/// Bad requests get a precise problem+json and change nothing.
+#[tokio::test]
+async fn bad_requests_get_precise_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let cases = [
+        (post("/v1/services/echo/echo", None, "{}"), 400, "Idempotency-Key header is required"),
+        (post("/v1/services/echo/echo", Some(&"k".repeat(256)), "{}"), 400, "1 to 255 visible ASCII"),
+        (post("/v1/services/echo/echo", Some("a b"), "{}"), 400, "1 to 255 visible ASCII"),
+        (
+            post("/v1/services/echo/echo", Some("k1"), "{\"a\": }"),
+            400,
+            "not valid JSON: expected value at line 1 column 7",
+        ),
+        (post("/v1/services/nobody/echo", Some("k2"), "{}"), 404, "no service `nobody` is loaded"),
+        (post("/v1/services/echo/fly", Some("k3"), "{}"), 404, "service `echo` has no operation `fly`"),
+        (post("/v1/services/echo/echo", Some("k4"), vec![b' '; 2 << 20]), 413, "larger than the limit"),
+        (post("/v1/services/inventory/reserve", Some("k5"), "{\"sku\": 1}"), 422, "invalid input"),
+    ];
+    for (request, status, detail) in cases {
+        let (got, content_type, problem) = send(&state, request).await;
+        assert_eq!(got, status, "{problem}");
+        assert_eq!(content_type, "application/problem+json");
+        assert!(problem["detail"].as_str().unwrap().contains(detail), "expected {detail:?} in {problem}");
+        assert_eq!(problem["status"], status);
+    }
+    let missing = Request::get("/v1/services/echo/records/none").header("host", "localhost");
+    let (status, _, _) = send(&state, missing.body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Routes that do not exist, methods a route does not have, and writes without a
+/// precondition answer problem+json that says what to do.
+#[tokio::test]
+async fn unknown_routes_methods_and_missing_preconditions_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let request = |method: &str, path: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {ADMIN}"))
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let cases = [
+        (request("GET", "/v1/nothing"), 404, "no route for /v1/nothing"),
+        (request("DELETE", "/v1/sagas"), 405, "DELETE is not allowed on /v1/sagas"),
+        (request("PUT", "/v1/services/echo/records/k"), 428, "If-Match: \"<version>\" to replace"),
+        (request("DELETE", "/v1/services/echo/records/k"), 428, "If-Match"),
+    ];
+    for (request, status, detail) in cases {
+        let (got, content_type, problem) = send(&state, request).await;
+        assert_eq!((got.as_u16(), content_type.as_str()), (status, "application/problem+json"), "{problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(detail), "expected {detail:?} in {problem}");
+    }
+}
