@@ -10,7 +10,6 @@ use anyhow::Context;
 
 use crate::alert::Alerter;
 use crate::clock::SystemClock;
-
 use crate::events::Dispatcher;
 use crate::http::{Access, AppState};
 use crate::invoke::{InvokeOptions, Invoker};
@@ -20,8 +19,8 @@ use crate::runtime::{PluginSettings, Registry, Runtime, RuntimeOptions};
 use crate::saga::SagaEngine;
 use crate::store::{SqliteOptions, SqliteStore, Store};
 
-/// What the host is made of. `Default` is what `wasaga serve` does without flags,
-/// except for the directories.
+/// What the host is made of. [`AppConfig::new`] gives `wasaga serve`'s defaults, for
+/// a data directory.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
     /// wasaga's data: the database and the kept uploads.
