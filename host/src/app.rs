@@ -100,7 +100,8 @@ impl App {
             alerter.clone(),
         );
         let events = Dispatcher::new(invoker.clone(), store.clone(), alerter);
-        let plugins = PluginManager::new(registry, sagas.clone(), config.plugin_settings, &config.data);
+        let plugins =
+            PluginManager::new(registry, sagas.clone(), config.plugin_settings, store.clone(), &config.data);
         if let Some(dir) = &config.plugins {
             plugins
                 .load(dir)

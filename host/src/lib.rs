@@ -10,10 +10,10 @@
 //!   validating plugins, the registry of the versions that serve. The only module
 //!   that sees wasmtime or generated types.
 //! - [`store`]: the storage contract (`Store`: records, idempotency records, sagas,
-//!   definitions, outbox, deliveries, retention), the per-invocation transaction (read
-//!   set, buffered writes), the contract's test suite, and the SQLite backend
-//!   (`store/sqlite/`: records, sagas, events, schema, the group-commit writer, the
-//!   WAL's bound, retention, health).
+//!   definitions, outbox, deliveries, uploaded plugins, retention), the per-invocation
+//!   transaction (read set, buffered writes), the contract's test suite, and the
+//!   SQLite backend (`store/sqlite/`: records, sagas, events, plugins, schema, the
+//!   group-commit writer, the WAL's bound, retention, health).
 //! - [`invoke`]: one idempotent, optimistic invocation: replay, claim, run, commit, re-run.
 //! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
 //! - [`lifecycle`]: hot reload, uploads and removals of plugins, checked against the sagas.

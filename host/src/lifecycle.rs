@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::runtime::{Limits, LoadError, Plugin, PluginDigest, PluginSettings, Registry};
 use crate::saga::SagaEngine;
 use crate::service::Manifest;
+use crate::store::{Commit, Store, StoreError, UploadChange, UploadRow};
 
 /// Changes to one file closer together than this are one change: an editor or a `cp`
 /// writes a file in several steps, and a half-written file must not be loaded.
@@ -37,6 +38,8 @@ pub enum ChangeError {
     InUse { service: String, users: String },
     #[error("{0}")]
     Io(String),
+    #[error("keeping the change failed: {0}")]
+    Store(StoreError),
 }
 
 /// Manages the plugin versions. Cheap to clone.
@@ -51,7 +54,10 @@ struct Inner {
     sagas: SagaEngine,
     settings: PluginSettings,
     /// Where uploads are kept, so that a restart serves the same versions.
-    uploads: PathBuf,
+    store: Arc<dyn Store>,
+    /// Where an older wasaga kept uploads as files (`<data>/plugins/`): moved into the
+    /// store at start.
+    legacy_uploads: PathBuf,
     /// One change at a time: an upload, a removal and a file reload that overlapped
     /// could otherwise undo each other (a slow compile swapping in after a newer
     /// upload, a removal deleting a fresh upload). It also guards `seen`.
@@ -73,21 +79,33 @@ struct FileState {
 
 impl Seen {
     /// The digest of the directory's file for `service`, if it has one.
-    fn digest_for(&self, service: &str) -> Option<String> {
-        self.0.values().find(|f| f.service == service).map(|f| f.digest.to_string())
+    fn digest_for(&self, service: &str) -> Option<PluginDigest> {
+        self.0.values().find(|f| f.service == service).map(|f| f.digest)
     }
 }
 
+/// The name an upload of `service` serves under in the registry (and its refusals).
+fn upload_source(service: &str) -> PathBuf {
+    PathBuf::from(format!("upload:{service}"))
+}
+
 impl PluginManager {
-    /// `data_dir/plugins` keeps the uploads.
-    pub fn new(registry: Registry, sagas: SagaEngine, settings: PluginSettings, data_dir: &Path) -> Self {
-        let uploads = data_dir.join("plugins");
+    /// Uploads are kept in `store`; `data_dir/plugins` is where an older wasaga kept
+    /// them as files.
+    pub fn new(
+        registry: Registry,
+        sagas: SagaEngine,
+        settings: PluginSettings,
+        store: Arc<dyn Store>,
+        data_dir: &Path,
+    ) -> Self {
         PluginManager {
             inner: Arc::new(Inner {
                 registry,
                 sagas,
                 settings,
-                uploads,
+                store,
+                legacy_uploads: data_dir.join("plugins"),
                 changing: tokio::sync::Mutex::new(Seen::default()),
             }),
         }
@@ -97,10 +115,10 @@ impl PluginManager {
         &self.inner.registry
     }
 
-    /// Loads the plugins directory, then the uploads kept from earlier runs. An upload
-    /// wins over the directory's file for its service, unless that file's content
-    /// changed since the upload (the upload keeps the digest of the file it replaced,
-    /// in `<service>.base`): the latest change wins, across restarts too.
+    /// Loads the plugins directory, then the uploads kept in the store. An upload wins
+    /// over the directory's file for its service, unless that file's content changed
+    /// since the upload (the upload keeps the digest of the file it replaced): the
+    /// latest change wins, across restarts too.
     pub async fn load(&self, plugins_dir: &Path) -> std::io::Result<()> {
         let registry = &self.inner.registry;
         self.load_dir(plugins_dir).await?;
@@ -111,36 +129,27 @@ impl PluginManager {
                 seen.0.insert(file, state);
             }
         }
-        std::fs::create_dir_all(&self.inner.uploads)?;
-        let mut uploads: Vec<PathBuf> = std::fs::read_dir(&self.inner.uploads)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_plugin_file(p))
-            .collect();
-        uploads.sort();
-        for file in uploads {
-            let plugin = match registry.runtime().load_file(&file, &self.inner.settings).await {
-                Ok(plugin) => plugin,
-                Err(error) => {
-                    registry.refuse(&file, format!("{error:#}"));
-                    continue;
-                }
-            };
-            let service = plugin.service().to_owned();
-            let on_disk = seen.digest_for(&service);
-            match std::fs::read_to_string(file.with_extension("base")) {
-                Ok(base) if base.trim() != on_disk.as_deref().unwrap_or("") => {
-                    tracing::info!(
-                        service,
-                        "the plugins directory's file changed since the upload of this service; \
-                         it serves, and the upload is discarded"
-                    );
-                    discard_upload(&file);
-                    continue;
-                }
-                _ => {}
+        self.import_legacy_uploads().await?;
+        let uploads = self.inner.store.uploads().await.map_err(std::io::Error::other)?;
+        for upload in uploads {
+            let service = upload.service.clone();
+            if upload.base != seen.digest_for(&service) {
+                tracing::info!(
+                    service,
+                    "the plugins directory's file changed since the upload of this service; \
+                     it serves, and the upload is discarded"
+                );
+                self.discard_upload(&service).await.map_err(std::io::Error::other)?;
+                continue;
             }
-            tracing::info!(service, digest = %plugin.digest(), "uploaded plugin loaded");
-            registry.swap(plugin, Some(&file));
+            let source = upload_source(&service);
+            match registry.runtime().load(&service, upload.wasm, self.inner.settings.defaults).await {
+                Ok(plugin) => {
+                    tracing::info!(service, digest = %plugin.digest(), "uploaded plugin loaded");
+                    registry.swap(plugin, Some(&source));
+                }
+                Err(error) => registry.refuse(&source, format!("{error:#}")),
+            }
         }
         Ok(())
     }
@@ -210,15 +219,19 @@ impl PluginManager {
             });
         }
         self.check_sagas(plugin.manifest()).await.map_err(ChangeError::BreaksSaga)?;
-        let file = self.inner.uploads.join(format!("{service}.wasm"));
         // What the directory holds for this service now: if that changes later, even
         // while the server is down, the directory's file wins again.
-        let base = seen.digest_for(service);
-        write_atomically(&file.with_extension("base"), base.unwrap_or_default().as_bytes())
-            .and_then(|()| write_atomically(&file, &wasm))
-            .map_err(|e| ChangeError::Io(format!("keeping the upload: {e}")))?;
+        let upload = UploadRow {
+            service: service.to_owned(),
+            digest: plugin.digest(),
+            base: seen.digest_for(service),
+            wasm,
+            uploaded_at: crate::clock::now_ms(),
+        };
+        let keep = Commit { uploads: vec![UploadChange::Keep(upload)], ..Commit::default() };
+        self.inner.store.commit(keep).await.map_err(ChangeError::Store)?;
         let digest = plugin.digest();
-        let previous = self.inner.registry.swap(plugin, Some(&file));
+        let previous = self.inner.registry.swap(plugin, Some(&upload_source(service)));
         tracing::info!(
             service,
             %digest,
@@ -236,12 +249,7 @@ impl PluginManager {
             return Err(ChangeError::Unknown(service.into()));
         }
         self.check_unused(service).await?;
-        let upload = self.inner.uploads.join(format!("{service}.wasm"));
-        if upload.exists() {
-            std::fs::remove_file(&upload)
-                .map_err(|e| ChangeError::Io(format!("removing the upload: {e}")))?;
-            discard_upload(&upload);
-        }
+        self.discard_upload(service).await.map_err(ChangeError::Store)?;
         self.inner.registry.remove(service);
         tracing::info!(service, "plugin removed");
         Ok(())
@@ -279,7 +287,7 @@ impl PluginManager {
             registry.clear_refusal(file);
             return;
         }
-        let upload = self.inner.uploads.join(format!("{service}.wasm"));
+        let upload = upload_source(&service);
         if let Some(other) = registry.file_of(&service).filter(|f| f != file && *f != upload) {
             let error = format!("service `{service}` is already served by {}", other.display());
             return registry.refuse(file, error);
@@ -295,8 +303,8 @@ impl PluginManager {
         }
         // The file is now newer than any upload of this service: the upload must not
         // come back at the next start.
-        if upload.exists() {
-            discard_upload(&upload);
+        if let Err(error) = self.discard_upload(&service).await {
+            return registry.refuse(file, format!("forgetting the upload it replaces failed: {error}"));
         }
         let digest = plugin.digest();
         registry.swap(plugin, Some(file));
@@ -307,6 +315,52 @@ impl PluginManager {
             previous = current.map(|p| p.digest().to_string()).unwrap_or_default(),
             "plugin reloaded"
         );
+    }
+
+    /// Forgets the kept upload of `service`, if there is one.
+    async fn discard_upload(&self, service: &str) -> Result<(), StoreError> {
+        let discard = UploadChange::Discard { service: service.to_owned() };
+        self.inner.store.commit(Commit { uploads: vec![discard], ..Commit::default() }).await
+    }
+
+    /// Moves the uploads an older wasaga kept as files (`<data>/plugins/<service>.wasm`,
+    /// with the digest of the file it replaced in `<service>.base`) into the store, and
+    /// deletes the files once the store has them.
+    async fn import_legacy_uploads(&self) -> std::io::Result<()> {
+        let dir = &self.inner.legacy_uploads;
+        let files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_plugin_file(p)).collect()
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        for file in files {
+            let (Some(service), wasm) =
+                (file.file_stem().map(|s| s.to_string_lossy().into_owned()), std::fs::read(&file)?)
+            else {
+                continue;
+            };
+            let base = std::fs::read_to_string(file.with_extension("base")).unwrap_or_default();
+            let upload = UploadRow {
+                digest: PluginDigest::of(&wasm),
+                base: PluginDigest::parse(base.trim()),
+                service,
+                wasm,
+                uploaded_at: crate::clock::now_ms(),
+            };
+            let keep = Commit { uploads: vec![UploadChange::Keep(upload)], ..Commit::default() };
+            self.inner.store.commit(keep).await.map_err(std::io::Error::other)?;
+            for kept in [file.clone(), file.with_extension("base")] {
+                if let Err(error) = std::fs::remove_file(&kept)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!("removing {}: {error}", kept.display());
+                }
+            }
+            tracing::info!(file = %file.display(), "an upload kept as a file moved into the store");
+        }
+        Ok(())
     }
 
     /// Watches `dir` and applies each change to a `.wasm` (or its `.toml` limits), a
@@ -463,27 +517,6 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// Deletes a kept upload and the digest of the file it had replaced.
-fn discard_upload(upload: &Path) {
-    for file in [upload.to_owned(), upload.with_extension("base")] {
-        if let Err(error) = std::fs::remove_file(&file)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!("removing {}: {error}", file.display());
-        }
-    }
-}
-
-/// Writes through a temporary file and a rename, so that a crash never leaves half a
-/// component where a restart would load it.
-fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut temporary = file.as_os_str().to_owned();
-    temporary.push(".part");
-    let temporary = PathBuf::from(temporary);
-    std::fs::write(&temporary, bytes)?;
-    std::fs::File::open(&temporary)?.sync_all()?;
-    std::fs::rename(&temporary, file)
-}
-
 /// A `*.wasm` file (not a hidden or temporary one).
 pub fn is_plugin_file(path: &Path) -> bool {
     let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));

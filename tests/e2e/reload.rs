@@ -154,6 +154,34 @@ async fn uploading_under_load_fails_no_call_and_survives_a_restart() {
 }
 
 /// Uploads `wasm` as `service`, with `token` if given (and no other).
+/// Whether the store in `data` keeps an upload of `service` (read beside the server).
+fn upload_kept(data: &Path, service: &str) -> bool {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = rusqlite::Connection::open_with_flags(data.join("wasaga.db"), flags).unwrap();
+    let sql = "SELECT count(*) FROM plugin_uploads WHERE service = ?1";
+    conn.query_row(sql, [service], |row| row.get::<_, i64>(0)).unwrap() == 1
+}
+
+/// Uploads an older wasaga kept as files beside the database move into the store at
+/// start, and keep their rule: an upload whose directory file did not change since
+/// serves; the files are gone afterwards.
+#[tokio::test]
+async fn uploads_kept_as_files_by_an_older_wasaga_move_into_the_store() {
+    let plugins = plugins_dir(&[]);
+    let (v1, v2) = (std::fs::read(guest("hello-v1")).unwrap(), std::fs::read(guest("hello-v2")).unwrap());
+    std::fs::write(plugins.path().join("hello.wasm"), &v1).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let legacy = data.path().join("plugins");
+    std::fs::create_dir_all(&legacy).unwrap();
+    std::fs::write(legacy.join("hello.wasm"), &v2).unwrap();
+    std::fs::write(legacy.join("hello.base"), wasaga::runtime::PluginDigest::of(&v1).to_string()).unwrap();
+    let server = Server::start_in(plugins.path(), data.path(), &[]);
+    let answer = server.invoke(&Server::client(), "hello/greet", "legacy", &json!({})).send().await.unwrap();
+    assert_eq!(answer.text().await.unwrap(), "{\"version\":2}", "the upload serves");
+    assert!(upload_kept(data.path(), "hello"), "the store keeps it");
+    assert!(!legacy.join("hello.wasm").exists() && !legacy.join("hello.base").exists(), "the files are gone");
+}
+
 async fn upload(url: &str, service: &str, token: Option<&str>, wasm: Vec<u8>) -> (u16, Value) {
     let mut request = Server::anonymous().put(format!("{url}/v1/plugins/{service}")).body(wasm);
     if let Some(token) = token {
@@ -394,7 +422,7 @@ async fn a_pushed_plugin_stays_until_the_file_really_changes() {
     let (v1, v2) = (std::fs::read(guest("hello-v1")).unwrap(), std::fs::read(guest("hello-v2")).unwrap());
     std::fs::write(&file, &v1).unwrap();
     let data = tempfile::tempdir().unwrap();
-    let kept = data.path().join("plugins").join("hello.wasm");
+    let kept = || upload_kept(data.path(), "hello");
     // The plugins directory is given as a relative path, as people type it.
     let start = || {
         let mut command = crate::support::wasaga();
@@ -423,7 +451,7 @@ async fn a_pushed_plugin_stays_until_the_file_really_changes() {
         "{\"version\":2}",
         "reads, touches and the same bytes change nothing"
     );
-    assert!(kept.exists(), "the kept upload is still there");
+    assert!(kept(), "the kept upload is still there");
 
     server.kill();
     let mut server = start();
@@ -436,7 +464,7 @@ async fn a_pushed_plugin_stays_until_the_file_really_changes() {
     server.kill();
     std::fs::write(&file, &v2).unwrap();
     let server = start();
-    assert!(!kept.exists(), "the file changed while the server was down: the upload is discarded");
+    assert!(!kept(), "the file changed while the server was down: the upload is discarded");
     assert_eq!(version(&server, "e").await, "{\"version\":2}");
 
     std::fs::write(&file, &v1).unwrap();

@@ -154,7 +154,12 @@ impl From<SagaError> for ApiError {
 
 impl From<ChangeError> for ApiError {
     fn from(error: ChangeError) -> Self {
+        let error = match error {
+            ChangeError::Store(store) => return store.into(),
+            other => other,
+        };
         let status = match &error {
+            ChangeError::Store(_) => unreachable!("answered above"),
             ChangeError::Load(LoadError::NotWasm | LoadError::CoreModule | LoadError::Invalid(_)) => {
                 StatusCode::BAD_REQUEST
             }

@@ -7,7 +7,7 @@ use crate::service::PluginDigest;
 use crate::store::{
     ChangeSet, Commit, Conflict, DefinitionRow, DeliveryChange, DeliveryRow, DeliveryStatus, Entry, Event,
     IdempotencyKey, KeySpace, PruneKind, SagaChange, SagaRow, SagaStatus, Store, StoreError, StoredOutcome,
-    Transaction, TxLimits,
+    Transaction, TxLimits, UploadChange, UploadRow,
 };
 
 /// Runs every contract test against the stores `$open` makes (an async function
@@ -39,6 +39,7 @@ macro_rules! contract_tests {
             only_a_dead_delivery_can_be_redelivered,
             a_chain_page_is_one_moment_of_its_chain,
             retention_forgets_only_what_is_finished_and_old,
+            uploads_are_kept_replaced_and_discarded_per_service,
         );
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
@@ -660,4 +661,40 @@ pub(crate) async fn retention_forgets_only_what_is_finished_and_old(store: &dyn 
     let left: Vec<i64> = page.events.iter().map(|e| e.id).collect();
     assert_eq!(left, [ids[1], ids[2]], "the second has a pending delivery; the third is not dispatched yet");
     assert_eq!(page.deliveries.len(), 1);
+}
+
+/// An upload is kept per service with its bytes and the digest of the file it replaced;
+/// a second replaces the first; a discard forgets it; a commit that fails keeps none.
+pub(crate) async fn uploads_are_kept_replaced_and_discarded_per_service(store: &dyn Store) {
+    let upload = |service: &str, wasm: &[u8], base: Option<&[u8]>| UploadRow {
+        service: service.into(),
+        digest: PluginDigest::of(wasm),
+        base: base.map(PluginDigest::of),
+        wasm: wasm.to_vec(),
+        uploaded_at: 7,
+    };
+    let keep = |rows: Vec<UploadRow>| Commit {
+        uploads: rows.into_iter().map(UploadChange::Keep).collect(),
+        ..Commit::default()
+    };
+    store.commit(keep(vec![upload("hello", b"v2", Some(b"v1")), upload("echo", b"e2", None)])).await.unwrap();
+    assert_eq!(
+        store.uploads().await.unwrap(),
+        [upload("echo", b"e2", None), upload("hello", b"v2", Some(b"v1"))]
+    );
+    store.commit(keep(vec![upload("hello", b"v3", None)])).await.unwrap();
+    let discard =
+        Commit { uploads: vec![UploadChange::Discard { service: "echo".into() }], ..Commit::default() };
+    store.commit(discard).await.unwrap();
+    assert_eq!(store.uploads().await.unwrap(), [upload("hello", b"v3", None)]);
+
+    let mut failing = keep(vec![upload("hello", b"v4", None)]);
+    failing.outcome = Some(outcome("k", 1, i64::MAX));
+    store.commit(commit_of(ChangeSet::default(), Some(outcome("k", 1, i64::MAX)))).await.unwrap();
+    assert!(matches!(store.commit(failing).await, Err(StoreError::Duplicate(_))));
+    assert_eq!(
+        store.uploads().await.unwrap(),
+        [upload("hello", b"v3", None)],
+        "a failed commit keeps no upload"
+    );
 }

@@ -4,7 +4,7 @@
 //!   atomic, validated [`Store::commit`] that carries records, the idempotency record,
 //!   outbox events, a saga transition, delivery changes and definition versions
 //!   together, and the queries of sagas (`sagas.rs`), events and deliveries
-//!   (`events.rs`), retention and health. Its behaviour is pinned by one test suite
+//!   (`events.rs`), uploaded plugins, retention and health. Its behaviour is pinned by one test suite
 //!   (`contract_tests.rs`) that every backend runs.
 //! - [`Transaction`] is one invocation's view: it reads from a snapshot, records every
 //!   version it read (the read set), buffers writes, and produces the [`ChangeSet`]
@@ -187,6 +187,29 @@ pub struct StoredOutcome {
     pub expires_at: i64,
 }
 
+/// A plugin version uploaded through the admin API, kept so that a restart serves it
+/// again (and, with a shared store, every host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRow {
+    pub service: String,
+    pub digest: PluginDigest,
+    /// The digest of the plugins directory's file for the service when it was
+    /// uploaded (`None`: there was none). If that file changes later, the file wins.
+    pub base: Option<PluginDigest>,
+    pub wasm: Vec<u8>,
+    /// Unix ms.
+    pub uploaded_at: i64,
+}
+
+/// A change to the kept uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadChange {
+    /// Keep this upload for its service (replacing the one kept).
+    Keep(UploadRow),
+    /// Forget the upload of this service, if one is kept.
+    Discard { service: String },
+}
+
 /// One atomic unit for the commit pipeline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Commit {
@@ -202,6 +225,8 @@ pub struct Commit {
     pub deliveries: Vec<DeliveryChange>,
     /// Saga definition versions to keep (replacing the text kept for the same digest).
     pub definitions: Vec<DefinitionRow>,
+    /// Uploaded plugin versions to keep or forget.
+    pub uploads: Vec<UploadChange>,
 }
 
 /// Resolves when a commit is durable (or refused).
@@ -328,6 +353,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// How many events the chain `correlation_id` has.
     async fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError>;
+
+    // Plugins.
+
+    /// The uploaded plugin versions kept, by service.
+    async fn uploads(&self) -> Result<Vec<UploadRow>, StoreError>;
 
     // Retention and health.
 

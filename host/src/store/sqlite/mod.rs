@@ -10,6 +10,7 @@
 
 mod events;
 mod health;
+mod plugins;
 mod prune;
 mod records;
 mod sagas;
@@ -30,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::{
     ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
-    IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome,
+    IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, UploadRow,
 };
 
 /// SQLite's `synchronous` setting for commits.
@@ -261,6 +262,10 @@ impl Store for SqliteStore {
 
     async fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError> {
         self.read(|conn| events::count_of(conn, correlation_id))
+    }
+
+    async fn uploads(&self) -> Result<Vec<UploadRow>, StoreError> {
+        self.read(|conn| plugins::uploads(conn))
     }
 
     /// Through the writer, as one job among the commits (see `prune.rs`).

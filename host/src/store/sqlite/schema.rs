@@ -167,6 +167,17 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE probes (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);
     ",
+    // 9: uploaded plugin versions, kept in the store instead of files beside it (the
+    // lifecycle moves files an older wasaga kept into it at start).
+    "
+    CREATE TABLE plugin_uploads (
+        service     TEXT PRIMARY KEY,
+        digest      TEXT NOT NULL,
+        base        TEXT,               -- the directory file's digest it replaced
+        wasm        BLOB NOT NULL,
+        uploaded_at INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a

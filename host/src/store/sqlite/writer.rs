@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::health::{Health, PROBE_EVERY};
 use super::wal::WalPolicy;
-use super::{events, prune, records, sagas, unavailable};
+use super::{events, plugins, prune, records, sagas, unavailable};
 use crate::store::{Commit, PruneKind, StoreError};
 
 pub(super) enum Job {
@@ -220,6 +220,9 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     }
     for def in &commit.definitions {
         sagas::save_definition(conn, def)?;
+    }
+    for change in &commit.uploads {
+        plugins::apply(conn, change)?;
     }
     if !commit.changes.events.is_empty() {
         let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
