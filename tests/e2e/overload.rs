@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{SAGAS, Server, plugins_dir, seed_shop, wait_settled};
+use crate::support::{SAGAS, Server, plugins_dir, seed_shop, start_saga, wait_settled};
 
 /// Three instances in the pool, and 24 clients keeping them busy with slow calls: the
 /// clients that find no instance get 503 with `Retry-After: 1`. Twenty sagas and ten
@@ -66,17 +66,7 @@ async fn a_full_instance_pool_delays_sagas_and_deliveries_but_fails_none() {
     for n in 0..20 {
         let input =
             json!({"order": format!("o-{n}"), "customer": "ada", "sku": "lamp", "qty": 1, "amount": 100});
-        let started: Value = client
-            .post(format!("{}/v1/sagas/place-order", server.url))
-            .header("Idempotency-Key", format!("order-{n}"))
-            .json(&input)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        sagas.push(started["id"].as_str().unwrap().to_owned());
+        sagas.push(start_saga(&server, &client, &format!("order-{n}"), &input).await);
     }
     for n in 0..10 {
         let input =

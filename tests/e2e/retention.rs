@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{SAGAS, Server, plugins_dir, seed_shop, wait_settled};
+use crate::support::{SAGAS, Server, plugins_dir, seed_shop, start_saga, wait_settled};
 
 const SHORT: &[&str] = &[
     "--idempotency-retention",
@@ -19,19 +19,6 @@ const SHORT: &[&str] = &[
     "--prune-interval",
     "200ms",
 ];
-
-async fn start_saga(server: &Server, client: &reqwest::Client, key: &str, input: Value) -> String {
-    let response = client
-        .post(format!("{}/v1/sagas/place-order", server.url))
-        .header("Idempotency-Key", key)
-        .json(&input)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
-    let saga: Value = response.json().await.unwrap();
-    saga["id"].as_str().unwrap().to_owned()
-}
 
 async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
     let response = client.get(url).send().await.unwrap();
@@ -65,12 +52,12 @@ async fn finished_things_are_forgotten_and_what_is_needed_stays() {
         input.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         input
     };
-    let completed = start_saga(&server, &client, "s-1", order("o-1", "ada", json!({}))).await;
+    let completed = start_saga(&server, &client, "s-1", &order("o-1", "ada", json!({}))).await;
     let compensated =
-        start_saga(&server, &client, "s-2", order("o-2", "poor", json!({"amount": 5_000}))).await;
+        start_saga(&server, &client, "s-2", &order("o-2", "poor", json!({"amount": 5_000}))).await;
     // The release fails on all its 3 attempts: stuck.
     let stuck_input = order("o-3", "poor", json!({"amount": 5_000, "release_transient_failures": 3}));
-    let stuck = start_saga(&server, &client, "s-3", stuck_input).await;
+    let stuck = start_saga(&server, &client, "s-3", &stuck_input).await;
     for id in [&completed, &compensated, &stuck] {
         wait_settled(&server, &client, id).await;
     }

@@ -56,6 +56,27 @@ async fn write_until_acknowledged(server: &Server, client: &reqwest::Client, key
     panic!("the store never wrote again");
 }
 
+/// Writes `value` under new keys (at most `tries`) until one is refused, and checks the
+/// fault's signs: the refusal is a 503, the refused write is not seen, /readyz answers
+/// 503 naming `cause`, every acknowledged write is kept. Returns the acknowledged keys.
+async fn writes_stop_and_say_why(
+    server: &Server,
+    client: &reqwest::Client,
+    value: &Value,
+    tries: usize,
+    cause: &str,
+) -> Vec<String> {
+    let (acknowledged, refused) = write_until_refused(server, client, "k", value, tries).await;
+    assert_eq!(refused, 503, "a write the store could not make durable is not acknowledged");
+    let unacknowledged = format!("k-{}", acknowledged.len());
+    assert_eq!(server.record(client, "echo", &unacknowledged).await, None, "nor seen");
+    let (status, why) = readyz(server, client).await;
+    assert_eq!(status, 503);
+    assert!(why.contains("the store cannot write since") && why.contains(cause), "{why}");
+    assert_kept(server, client, &acknowledged, value).await;
+    acknowledged
+}
+
 async fn assert_kept(server: &Server, client: &reqwest::Client, keys: &[String], value: &Value) {
     assert!(!keys.is_empty(), "some writes were acknowledged before the fault");
     for key in keys {
@@ -81,14 +102,7 @@ async fn a_failing_fsync_refuses_writes_until_it_works_again() {
     assert_eq!(readyz(&server, &client).await.0, 200);
 
     let value = json!("before");
-    let (acknowledged, refused) = write_until_refused(&server, &client, "k", &value, 100).await;
-    assert_eq!(refused, 503, "a write whose fsync failed is not acknowledged");
-    let unacknowledged = format!("k-{}", acknowledged.len());
-    assert_eq!(server.record(&client, "echo", &unacknowledged).await, None, "nor seen");
-    let (status, why) = readyz(&server, &client).await;
-    assert_eq!(status, 503);
-    assert!(why.contains("the store cannot write since") && why.contains("disk I/O error"), "{why}");
-    assert_kept(&server, &client, &acknowledged, &value).await;
+    let acknowledged = writes_stop_and_say_why(&server, &client, &value, 100, "disk I/O error").await;
 
     let refused = write_until_acknowledged(&server, &client, "after").await;
     assert!(refused > 0, "writes were refused while fsync failed");
@@ -128,14 +142,7 @@ async fn a_full_disk_refuses_writes_until_there_is_room() {
     fill(&ballast, 12 << 20);
 
     let value = json!("x".repeat(256 << 10));
-    let (acknowledged, refused) = write_until_refused(&server, &client, "k", &value, 200).await;
-    assert_eq!(refused, 503, "a write that does not fit is not acknowledged");
-    let unacknowledged = format!("k-{}", acknowledged.len());
-    assert_eq!(server.record(&client, "echo", &unacknowledged).await, None, "nor seen");
-    let (status, why) = readyz(&server, &client).await;
-    assert_eq!(status, 503);
-    assert!(why.contains("the store cannot write since") && why.contains("full"), "{why}");
-    assert_kept(&server, &client, &acknowledged, &value).await;
+    let acknowledged = writes_stop_and_say_why(&server, &client, &value, 200, "full").await;
 
     std::fs::remove_file(&ballast).unwrap();
     // No write meanwhile: the probe finds the room.

@@ -236,6 +236,26 @@ pub async fn seed_shop(server: &Server, client: &reqwest::Client, lamps: u64, ad
     }
 }
 
+/// Starts `place-order` with `input` under idempotency key `key` (not waiting for it);
+/// returns the saga's id.
+pub async fn start_saga(
+    server: &Server,
+    client: &reqwest::Client,
+    key: &str,
+    input: &serde_json::Value,
+) -> String {
+    let response = client
+        .post(format!("{}/v1/sagas/place-order", server.url))
+        .header("Idempotency-Key", key)
+        .json(input)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap());
+    let saga: serde_json::Value = response.json().await.unwrap();
+    saga["id"].as_str().unwrap().to_owned()
+}
+
 /// Polls the saga until it is finished or stuck (at most 20 s); returns it.
 pub async fn wait_settled(server: &Server, client: &reqwest::Client, id: &str) -> serde_json::Value {
     for _ in 0..400 {
