@@ -105,9 +105,9 @@ mod tests {
         for delete in [false, true] {
             let mut tx = Transaction::new(store.snapshot("svc").unwrap(), TxLimits::default());
             if delete {
-                tx.delete("k", None).unwrap();
+                tx.delete("k", None).await.unwrap();
             } else {
-                tx.set("k", b"v".to_vec()).unwrap();
+                tx.set("k", b"v".to_vec()).await.unwrap();
             }
             let commit = Commit { service: "svc".into(), changes: tx.into_changes(), ..Commit::default() };
             store.commit(commit).await.unwrap();

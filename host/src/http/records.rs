@@ -16,7 +16,7 @@ pub async fn get(
     State(state): State<AppState>,
     Path((service, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let slot = read(&state, &service, &key)?;
+    let slot = read(&state, &service, &key).await?;
     let Some(entry) = slot.entry() else {
         return Err(ApiError::not_found(format!("service `{service}` has no record `{key}`")));
     };
@@ -66,7 +66,7 @@ pub async fn list(
     known_service(&state, &service)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let mut snapshot = state.store.snapshot(&service)?;
-    let scanned = snapshot.scan(&query.prefix, query.after.as_deref(), limit, PAGE_BYTES)?;
+    let scanned = snapshot.scan(&query.prefix, query.after.as_deref(), limit, PAGE_BYTES).await?;
     let next = (!scanned.complete).then(|| scanned.rows.last().map(|(key, _)| key.clone())).flatten();
     let records = scanned
         .rows
@@ -170,10 +170,10 @@ fn precondition(headers: &HeaderMap, may_create: bool) -> Result<Precondition, A
     ))
 }
 
-fn read(state: &AppState, service: &str, key: &str) -> Result<Slot, ApiError> {
+async fn read(state: &AppState, service: &str, key: &str) -> Result<Slot, ApiError> {
     known_service(state, service)?;
     let mut snapshot = state.store.snapshot(service)?;
-    Ok(snapshot.get(key)?)
+    Ok(snapshot.get(key).await?)
 }
 
 /// Writes (or deletes, with `None`) under the precondition; returns the new version and
@@ -197,7 +197,7 @@ async fn write(
             format!("a value may be at most {} bytes", limits.max_value_bytes),
         ));
     }
-    let current = read(state, service, key)?;
+    let current = read(state, service, key).await?;
     if !precondition.holds(&current) {
         return Err(precondition_failed(service, key, current.visible_version()));
     }

@@ -5,8 +5,16 @@ wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit",
     // Every import may trap: a store import used outside `handle`, or a backend
-    // failure, ends the call rather than lying to the plugin.
-    imports: { default: trappable },
+    // failure, ends the call rather than lying to the plugin. The record imports are
+    // async: they await the store's snapshot, which a network database answers later.
+    imports: {
+        "wasaga:plugin/store.get": async | trappable,
+        "wasaga:plugin/store.set": async | trappable,
+        "wasaga:plugin/store.put": async | trappable,
+        "wasaga:plugin/store.delete": async | trappable,
+        "wasaga:plugin/store.scan": async | trappable,
+        default: trappable,
+    },
     exports: { default: async },
 });
 

@@ -36,38 +36,38 @@ fn answer<T>(result: Result<T, StoreError>) -> wasmtime::Result<Result<T, wit_st
 }
 
 impl wit_store::Host for CallState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<wit_store::Entry>> {
-        Ok(self.tx()?.get(&key)?.map(Into::into))
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<wit_store::Entry>> {
+        Ok(self.tx()?.get(&key).await?.map(Into::into))
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<u64, wit_store::StoreError>> {
-        answer(self.tx()?.set(&key, value))
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<u64, wit_store::StoreError>> {
+        answer(self.tx()?.set(&key, value).await)
     }
 
-    fn put(
+    async fn put(
         &mut self,
         key: String,
         value: Vec<u8>,
         expected: Option<u64>,
     ) -> wasmtime::Result<Result<u64, wit_store::StoreError>> {
-        answer(self.tx()?.put(&key, value, expected))
+        answer(self.tx()?.put(&key, value, expected).await)
     }
 
-    fn delete(
+    async fn delete(
         &mut self,
         key: String,
         expected: Option<u64>,
     ) -> wasmtime::Result<Result<(), wit_store::StoreError>> {
-        answer(self.tx()?.delete(&key, expected))
+        answer(self.tx()?.delete(&key, expected).await)
     }
 
-    fn scan(
+    async fn scan(
         &mut self,
         prefix: String,
         start_after: Option<String>,
         limit: u32,
     ) -> wasmtime::Result<Vec<(String, wit_store::Entry)>> {
-        let rows = self.tx()?.scan(&prefix, start_after.as_deref(), limit as usize)?;
+        let rows = self.tx()?.scan(&prefix, start_after.as_deref(), limit as usize).await?;
         Ok(rows.into_iter().map(|(key, entry)| (key, entry.into())).collect())
     }
 }

@@ -159,116 +159,115 @@ async fn publish(store: &dyn Store, topic: &str, chain: &str, payloads: &[&str])
 
 pub(crate) async fn versions_start_at_one_and_grow_by_one_per_write(store: &dyn Store) {
     let mut t = tx(store);
-    assert_eq!(t.set("k", b"a".to_vec()), Ok(1));
-    assert_eq!(t.set("k", b"b".to_vec()), Ok(1), "versions count commits, not calls");
+    assert_eq!(t.set("k", b"a".to_vec()).await, Ok(1));
+    assert_eq!(t.set("k", b"b".to_vec()).await, Ok(1), "versions count commits, not calls");
     commit(store, t).await.unwrap();
     let mut t = tx(store);
-    assert_eq!(t.get("k").unwrap(), Some(Entry { value: b"b".to_vec(), version: 1 }));
-    assert_eq!(t.set("k", b"c".to_vec()), Ok(2));
+    assert_eq!(t.get("k").await.unwrap(), Some(Entry { value: b"b".to_vec(), version: 1 }));
+    assert_eq!(t.set("k", b"c".to_vec()).await, Ok(2));
 }
 
 pub(crate) async fn a_concurrent_write_to_a_read_key_fails_the_later_commit(store: &dyn Store) {
     let mut first = tx(store);
     let mut second = tx(store);
-    first.get("k").unwrap();
-    second.get("k").unwrap();
-    first.set("k", b"1".to_vec()).unwrap();
-    second.set("k", b"2".to_vec()).unwrap();
+    first.get("k").await.unwrap();
+    second.get("k").await.unwrap();
+    first.set("k", b"1".to_vec()).await.unwrap();
+    second.set("k", b"2".to_vec()).await.unwrap();
     commit(store, first).await.unwrap();
     let err = commit(store, second).await.unwrap_err();
     assert_eq!(err, StoreError::Conflict(Conflict { key: "k".into(), expected: None, actual: Some(1) }));
-    assert_eq!(tx(store).get("k").unwrap().unwrap().value, b"1", "the first write stands");
+    assert_eq!(tx(store).get("k").await.unwrap().unwrap().value, b"1", "the first write stands");
 }
 
 pub(crate) async fn compare_and_set_checks_at_the_call(store: &dyn Store) {
     let mut t = tx(store);
-    assert_eq!(t.put("k", b"a".to_vec(), None), Ok(1), "create if absent");
-    let err = t.put("k", b"b".to_vec(), None).unwrap_err();
+    assert_eq!(t.put("k", b"a".to_vec(), None).await, Ok(1), "create if absent");
+    let err = t.put("k", b"b".to_vec(), None).await.unwrap_err();
     assert_eq!(err, StoreError::Conflict(Conflict { key: "k".into(), expected: None, actual: Some(1) }));
     commit(store, t).await.unwrap();
     let mut t = tx(store);
-    assert_eq!(t.put("k", b"b".to_vec(), Some(1)), Ok(2));
-    let err = t.delete("k", Some(1)).unwrap_err();
+    assert_eq!(t.put("k", b"b".to_vec(), Some(1)).await, Ok(2));
+    let err = t.delete("k", Some(1)).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(Conflict { actual: Some(2), .. })), "{err:?}");
 }
 
 pub(crate) async fn a_deleted_record_comes_back_with_a_higher_version(store: &dyn Store) {
     let mut t = tx(store);
-    t.set("k", b"a".to_vec()).unwrap();
+    t.set("k", b"a".to_vec()).await.unwrap();
     commit(store, t).await.unwrap();
     let mut t = tx(store);
-    t.delete("k", Some(1)).unwrap();
-    assert_eq!(t.get("k").unwrap(), None);
+    t.delete("k", Some(1)).await.unwrap();
+    assert_eq!(t.get("k").await.unwrap(), None);
     commit(store, t).await.unwrap();
     let mut t = tx(store);
-    assert_eq!(t.get("k").unwrap(), None);
-    assert_eq!(t.put("k", b"again".to_vec(), None), Ok(3), "no version is ever reused");
+    assert_eq!(t.get("k").await.unwrap(), None);
+    assert_eq!(t.put("k", b"again".to_vec(), None).await, Ok(3), "no version is ever reused");
 }
 
 pub(crate) async fn scan_merges_buffered_writes_and_honours_bounds(store: &dyn Store) {
     let mut t = tx(store);
     for key in ["a/1", "a/2", "a/3", "b/1"] {
-        t.set(key, key.as_bytes().to_vec()).unwrap();
+        t.set(key, key.as_bytes().to_vec()).await.unwrap();
     }
     commit(store, t).await.unwrap();
     let mut t = tx(store);
-    t.delete("a/1", None).unwrap();
-    t.set("a/4", b"new".to_vec()).unwrap();
-    assert_eq!(keys(t.scan("a/", None, 10).unwrap()), ["a/2", "a/3", "a/4"]);
-    assert_eq!(keys(t.scan("a/", Some("a/2"), 1).unwrap()), ["a/3"]);
-    assert_eq!(keys(t.scan("a/", None, 2).unwrap()), ["a/2", "a/3"]);
+    t.delete("a/1", None).await.unwrap();
+    t.set("a/4", b"new".to_vec()).await.unwrap();
+    assert_eq!(keys(t.scan("a/", None, 10).await.unwrap()), ["a/2", "a/3", "a/4"]);
+    assert_eq!(keys(t.scan("a/", Some("a/2"), 1).await.unwrap()), ["a/3"]);
+    assert_eq!(keys(t.scan("a/", None, 2).await.unwrap()), ["a/2", "a/3"]);
 }
 
 pub(crate) async fn invalid_requests_are_refused_and_change_nothing(store: &dyn Store) {
     let limits = TxLimits { max_value_bytes: 4, max_writes: 1, ..TxLimits::default() };
     let mut t = tx_of(store, SERVICE, limits);
-    assert!(matches!(t.set("", b"x".to_vec()), Err(StoreError::Invalid(m)) if m.contains("key must be")));
+    assert!(matches!(t.set("", b"x".to_vec()).await, Err(StoreError::Invalid(m)) if m.contains("key must be")));
     assert!(
-        matches!(t.set("k", b"12345".to_vec()), Err(StoreError::Invalid(m)) if m.contains("over the limit"))
+        matches!(t.set("k", b"12345".to_vec()).await, Err(StoreError::Invalid(m)) if m.contains("over the limit"))
     );
-    t.set("k", b"1".to_vec()).unwrap();
-    assert!(matches!(t.set("j", b"1".to_vec()), Err(StoreError::Invalid(m)) if m.contains("more than 1")));
-    assert_eq!(t.get("").unwrap(), None, "an impossible key reads as absent");
+    t.set("k", b"1".to_vec()).await.unwrap();
+    assert!(matches!(t.set("j", b"1".to_vec()).await, Err(StoreError::Invalid(m)) if m.contains("more than 1")));
+    assert_eq!(t.get("").await.unwrap(), None, "an impossible key reads as absent");
     let changes = t.into_changes();
     assert_eq!(changes.writes.len(), 1);
 }
 
 pub(crate) async fn snapshots_do_not_see_later_commits(store: &dyn Store) {
     let mut reader = tx(store);
-    reader.get("other").unwrap();
+    reader.get("other").await.unwrap();
     let mut writer = tx(store);
-    writer.set("k", b"1".to_vec()).unwrap();
+    writer.set("k", b"1".to_vec()).await.unwrap();
     commit(store, writer).await.unwrap();
-    assert_eq!(reader.get("k").unwrap(), None);
+    assert_eq!(reader.get("k").await.unwrap(), None);
 }
 
 pub(crate) async fn snapshots_are_stable_and_scans_skip_tombstones(store: &dyn Store) {
     let mut t = tx(store);
     for key in ["p/1", "p/2", "p/3", "q/1"] {
-        t.set(key, key.as_bytes().to_vec()).unwrap();
+        t.set(key, key.as_bytes().to_vec()).await.unwrap();
     }
     commit(store, t).await.unwrap();
     let mut reader = tx(store);
-    assert_eq!(reader.scan("p/", None, 10).unwrap().len(), 3, "the snapshot starts here");
+    assert_eq!(reader.scan("p/", None, 10).await.unwrap().len(), 3, "the snapshot starts here");
     let mut t = tx(store);
-    t.delete("p/2", None).unwrap();
-    t.set("p/4", b"x".to_vec()).unwrap();
+    t.delete("p/2", None).await.unwrap();
+    t.set("p/4", b"x".to_vec()).await.unwrap();
     commit(store, t).await.unwrap();
-    assert_eq!(keys(reader.scan("p/", None, 10).unwrap()), ["p/1", "p/2", "p/3"], "still the old snapshot");
-    assert_eq!(keys(tx(store).scan("p/", None, 10).unwrap()), ["p/1", "p/3", "p/4"]);
-    assert_eq!(keys(tx(store).scan("p/", Some("p/1"), 1).unwrap()), ["p/3"]);
+    assert_eq!(keys(reader.scan("p/", None, 10).await.unwrap()), ["p/1", "p/2", "p/3"], "still the old snapshot");
+    assert_eq!(keys(tx(store).scan("p/", None, 10).await.unwrap()), ["p/1", "p/3", "p/4"]);
+    assert_eq!(keys(tx(store).scan("p/", Some("p/1"), 1).await.unwrap()), ["p/3"]);
 }
 
 pub(crate) async fn racing_commits_in_one_batch_let_exactly_one_win(store: &dyn Store) {
     // Every racer reads before any commits: all of them start from "absent".
-    let changes: Vec<ChangeSet> = (0..20u8)
-        .map(|i| {
-            let mut t = tx(store);
-            t.get("counter").unwrap();
-            t.set("counter", vec![i]).unwrap();
-            t.into_changes()
-        })
-        .collect();
+    let mut changes: Vec<ChangeSet> = Vec::new();
+    for i in 0..20u8 {
+        let mut t = tx(store);
+        t.get("counter").await.unwrap();
+        t.set("counter", vec![i]).await.unwrap();
+        changes.push(t.into_changes());
+    }
     let racers: Vec<_> = changes.into_iter().map(|c| store.commit(commit_of(c, None))).collect();
     let mut won = 0;
     for racer in racers {
@@ -279,25 +278,25 @@ pub(crate) async fn racing_commits_in_one_batch_let_exactly_one_win(store: &dyn 
         }
     }
     assert_eq!(won, 1);
-    assert_eq!(tx(store).get("counter").unwrap().unwrap().version, 1);
+    assert_eq!(tx(store).get("counter").await.unwrap().unwrap().version, 1);
 }
 
 pub(crate) async fn a_conflicting_commit_writes_nothing_of_itself(store: &dyn Store) {
     let mut base = tx(store);
-    base.set("a", b"1".to_vec()).unwrap();
+    base.set("a", b"1".to_vec()).await.unwrap();
     commit(store, base).await.unwrap();
 
     let mut stale = tx(store);
-    stale.set("b", b"new".to_vec()).unwrap();
-    stale.get("a").unwrap();
+    stale.set("b", b"new".to_vec()).await.unwrap();
+    stale.get("a").await.unwrap();
     let mut fresh = tx(store);
-    fresh.set("a", b"2".to_vec()).unwrap();
+    fresh.set("a", b"2".to_vec()).await.unwrap();
     commit(store, fresh).await.unwrap();
     let mut changes = stale.into_changes();
     changes.events.push(Event { topic: "t".into(), payload: b"{}".to_vec(), correlation_id: None });
     let err = store.commit(commit_of(changes, Some(outcome("stale", 1, i64::MAX)))).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(Conflict { ref key, .. }) if key == "a"), "{err:?}");
-    assert_eq!(tx(store).get("b").unwrap(), None, "the write to b was rolled back");
+    assert_eq!(tx(store).get("b").await.unwrap(), None, "the write to b was rolled back");
     assert!(store.outcome(&key("stale"), 2).await.unwrap().is_none(), "no outcome stored");
     assert_eq!(store.events_after(0, 10).await.unwrap(), [], "no event stored");
 }
@@ -340,12 +339,12 @@ pub(crate) async fn key_spaces_keep_the_same_text_apart(store: &dyn Store) {
 pub(crate) async fn a_forgotten_tombstone_keeps_its_version(store: &dyn Store) {
     for _ in 0..3 {
         let mut t = tx(store);
-        let current = t.get("k").unwrap();
-        t.set("k", format!("{current:?}").into_bytes()).unwrap();
+        let current = t.get("k").await.unwrap();
+        t.set("k", format!("{current:?}").into_bytes()).await.unwrap();
         commit(store, t).await.unwrap();
     }
     let mut t = tx(store);
-    t.delete("k", Some(3)).unwrap();
+    t.delete("k", Some(3)).await.unwrap();
     commit(store, t).await.unwrap();
     assert_eq!(store.prune(PruneKind::Tombstones, 0, 100).await.unwrap(), 0, "not old enough");
     let later = crate::clock::now_ms() + 1;
@@ -353,30 +352,30 @@ pub(crate) async fn a_forgotten_tombstone_keeps_its_version(store: &dyn Store) {
     assert_eq!(store.prune(PruneKind::Tombstones, later, 100).await.unwrap(), 0, "the tombstone is gone");
 
     let mut t = tx(store);
-    assert_eq!(t.get("k").unwrap(), None);
-    assert_eq!(t.put("k", b"again".to_vec(), None), Ok(5), "above the forgotten version 4");
+    assert_eq!(t.get("k").await.unwrap(), None);
+    assert_eq!(t.put("k", b"again".to_vec(), None).await, Ok(5), "above the forgotten version 4");
     commit(store, t).await.unwrap();
     let mut stale = tx(store);
-    let err = stale.put("k", b"stale".to_vec(), Some(1)).unwrap_err();
+    let err = stale.put("k", b"stale".to_vec(), Some(1)).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 
     let mut other = tx_of(store, "other", TxLimits::default());
-    assert_eq!(other.put("k", b"x".to_vec(), None), Ok(1), "another service starts at 1");
+    assert_eq!(other.put("k", b"x".to_vec(), None).await, Ok(1), "another service starts at 1");
 }
 
 /// A key read as absent at the floor, then the floor raised under it, conflicts at
 /// commit instead of going back below a forgotten version.
 pub(crate) async fn a_create_read_below_a_raised_floor_conflicts(store: &dyn Store) {
     let mut early = tx(store);
-    early.get("fresh").unwrap();
-    early.get("gone").unwrap();
-    early.set("fresh", b"1".to_vec()).unwrap();
+    early.get("fresh").await.unwrap();
+    early.get("gone").await.unwrap();
+    early.set("fresh", b"1".to_vec()).await.unwrap();
     for value in [Some(b"v".to_vec()), None] {
         let mut t = tx(store);
-        t.get("gone").unwrap();
+        t.get("gone").await.unwrap();
         match value {
-            Some(value) => t.set("gone", value).map(|_| ()).unwrap(),
-            None => t.delete("gone", None).unwrap(),
+            Some(value) => t.set("gone", value).await.map(|_| ()).unwrap(),
+            None => t.delete("gone", None).await.unwrap(),
         };
         commit(store, t).await.unwrap();
     }
@@ -417,7 +416,7 @@ pub(crate) async fn a_saga_changes_only_at_the_version_read(store: &dyn Store) {
         .await
         .unwrap();
     let mut t = tx(store);
-    t.set("effect", b"x".to_vec()).unwrap();
+    t.set("effect", b"x".to_vec()).await.unwrap();
     let stale = Commit {
         service: SERVICE.into(),
         changes: t.into_changes(),
@@ -429,7 +428,7 @@ pub(crate) async fn a_saga_changes_only_at_the_version_read(store: &dyn Store) {
         matches!(err, StoreError::Conflict(Conflict { expected: Some(1), actual: Some(2), .. })),
         "{err:?}"
     );
-    assert_eq!(tx(store).get("effect").unwrap(), None, "the stale step's effect is not stored");
+    assert_eq!(tx(store).get("effect").await.unwrap(), None, "the stale step's effect is not stored");
     let row = store.saga("s1").await.unwrap().unwrap();
     assert_eq!(
         (row.version, row.status.as_str(), row.state.as_str(), row.updated_at),

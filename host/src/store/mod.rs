@@ -102,15 +102,17 @@ pub enum StoreError {
     Overloaded(String),
 }
 
-/// A consistent, read-only view of one service's records.
+/// A consistent, read-only view of one service's records. Its reads are `async`: a
+/// network database answers later, and plugin imports await them.
+#[async_trait::async_trait]
 pub trait Snapshot: Send {
     /// The slot at `key` (tombstones included; [`Slot::EMPTY`] if never written).
-    fn get(&mut self, key: &str) -> Result<Slot, StoreError>;
+    async fn get(&mut self, key: &str) -> Result<Slot, StoreError>;
 
     /// Existing records whose key starts with `prefix` and sorts after `start_after`,
     /// in key order: at most `limit`, and no more than `max_bytes` of values past the
     /// first record (a scan of large values stops early; the caller pages on).
-    fn scan(
+    async fn scan(
         &mut self,
         prefix: &str,
         start_after: Option<&str>,

@@ -107,29 +107,29 @@ impl Transaction {
 
     /// The record at `key` as this transaction sees it (its own writes included).
     /// A key that cannot exist (empty, too long) reads as absent and is not tracked.
-    pub fn get(&mut self, key: &str) -> Result<Option<Entry>, StoreError> {
+    pub async fn get(&mut self, key: &str) -> Result<Option<Entry>, StoreError> {
         if self.check_key(key).is_err() {
             return Ok(None);
         }
-        Ok(self.slot(key)?.entry())
+        Ok(self.slot(key).await?.entry())
     }
 
     /// Writes `value` at `key` on top of whatever this transaction sees there.
-    pub fn set(&mut self, key: &str, value: Vec<u8>) -> Result<u64, StoreError> {
-        self.write(key, Some(value), None)
+    pub async fn set(&mut self, key: &str, value: Vec<u8>) -> Result<u64, StoreError> {
+        self.write(key, Some(value), None).await
     }
 
     /// Compare-and-set: `expected` `None` creates only if absent; `Some(v)` replaces
     /// only if the record is at `v`.
-    pub fn put(&mut self, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64, StoreError> {
-        self.write(key, Some(value), Some(expected))
+    pub async fn put(&mut self, key: &str, value: Vec<u8>, expected: Option<u64>) -> Result<u64, StoreError> {
+        self.write(key, Some(value), Some(expected)).await
     }
 
     /// Deletes the record; with `Some(v)`, only if it is at `v`. Deleting an absent
     /// record succeeds and changes nothing.
-    pub fn delete(&mut self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
+    pub async fn delete(&mut self, key: &str, expected: Option<u64>) -> Result<(), StoreError> {
         self.check_key(key)?;
-        let current = self.slot(key)?;
+        let current = self.slot(key).await?;
         if let Some(v) = expected {
             Self::expect(key, &current, Some(v))?;
         }
@@ -143,7 +143,7 @@ impl Transaction {
     /// Records with `prefix`, after `start_after`, in key order, at most `limit`
     /// (capped by [`TxLimits::max_scan`]); buffered writes included. Returned records
     /// join the read set.
-    pub fn scan(
+    pub async fn scan(
         &mut self,
         prefix: &str,
         start_after: Option<&str>,
@@ -154,7 +154,7 @@ impl Transaction {
         let buffered: Vec<(&String, &Slot)> = self.writes.iter().filter(|(k, _)| in_range(k)).collect();
         // Buffered deletes can hide at most `buffered.len()` stored rows.
         let stored =
-            self.snapshot.scan(prefix, start_after, limit + buffered.len(), self.limits.max_scan_bytes)?;
+            self.snapshot.scan(prefix, start_after, limit + buffered.len(), self.limits.max_scan_bytes).await?;
         // A scan cut short may have stored records past its last one, unseen: buffered
         // records past it wait for the next page, so that no record is skipped.
         let cut = (!stored.complete).then(|| stored.rows.last().map(|(k, _)| k.clone())).flatten();
@@ -239,7 +239,7 @@ impl Transaction {
         }
     }
 
-    fn write(
+    async fn write(
         &mut self,
         key: &str,
         value: Option<Vec<u8>>,
@@ -251,7 +251,7 @@ impl Transaction {
         {
             return Err(self.too_large("a value", value.len()));
         }
-        let current = self.slot(key)?;
+        let current = self.slot(key).await?;
         if let Some(expected) = expected {
             Self::expect(key, &current, expected)?;
         }
@@ -314,14 +314,14 @@ impl Transaction {
     }
 
     /// The current slot: the buffered write, else the snapshot (recorded in the read set).
-    fn slot(&mut self, key: &str) -> Result<Slot, StoreError> {
+    async fn slot(&mut self, key: &str) -> Result<Slot, StoreError> {
         if let Some(slot) = self.writes.get(key) {
             return Ok(slot.clone());
         }
         if !self.reads.contains_key(key) {
             self.check_reads(1)?;
         }
-        let slot = self.snapshot.get(key)?;
+        let slot = self.snapshot.get(key).await?;
         self.reads.entry(key.to_owned()).or_insert(slot.version);
         Ok(slot)
     }
@@ -364,18 +364,18 @@ mod tests {
 
     /// Values and event payloads together stay within `max_total_bytes`; writing a key
     /// again counts its latest value only.
-    #[test]
-    fn one_invocation_writes_a_bounded_number_of_bytes() {
+    #[tokio::test]
+    async fn one_invocation_writes_a_bounded_number_of_bytes() {
         let store = SqliteStore::temporary().unwrap();
         let limits = TxLimits { max_total_bytes: 10, ..TxLimits::default() };
         let mut t = tx(&store, limits);
-        t.set("a", vec![0; 4]).unwrap();
-        t.set("a", vec![0; 6]).unwrap();
+        t.set("a", vec![0; 4]).await.unwrap();
+        t.set("a", vec![0; 6]).await.unwrap();
         t.publish("topic", vec![0; 4], None).unwrap();
-        refused(t.set("b", vec![0; 1]).unwrap_err(), "more than 10 bytes of values and events");
+        refused(t.set("b", vec![0; 1]).await.unwrap_err(), "more than 10 bytes of values and events");
         refused(t.publish("topic", vec![0; 1], None).unwrap_err(), "more than 10 bytes");
-        t.delete("a", None).unwrap();
-        t.set("b", vec![0; 6]).unwrap();
+        t.delete("a", None).await.unwrap();
+        t.set("b", vec![0; 6]).await.unwrap();
     }
 
     /// The read set is bounded: each record read counts once, scans included.
@@ -384,17 +384,17 @@ mod tests {
         let store = SqliteStore::temporary().unwrap();
         let mut seed = tx(&store, TxLimits::default());
         for key in ["p/1", "p/2", "p/3"] {
-            seed.set(key, b"x".to_vec()).unwrap();
+            seed.set(key, b"x".to_vec()).await.unwrap();
         }
         let commit = Commit { service: "svc".into(), changes: seed.into_changes(), ..Commit::default() };
         store.commit(commit).await.unwrap();
         let mut t = tx(&store, TxLimits { max_reads: 3, ..TxLimits::default() });
-        t.get("a").unwrap();
-        t.get("a").unwrap();
-        t.get("p/1").unwrap();
-        assert_eq!(t.scan("p/", Some("p/1"), 1).unwrap().len(), 1, "p/2: the third read");
-        refused(t.scan("p/", Some("p/2"), 10).unwrap_err(), "more than 3 records read");
-        refused(t.get("z").unwrap_err(), "more than 3 records read");
+        t.get("a").await.unwrap();
+        t.get("a").await.unwrap();
+        t.get("p/1").await.unwrap();
+        assert_eq!(t.scan("p/", Some("p/1"), 1).await.unwrap().len(), 1, "p/2: the third read");
+        refused(t.scan("p/", Some("p/2"), 10).await.unwrap_err(), "more than 3 records read");
+        refused(t.get("z").await.unwrap_err(), "more than 3 records read");
     }
 
     /// A scan returns at most `max_scan_bytes` of values, and always one record.
@@ -403,15 +403,15 @@ mod tests {
         let store = SqliteStore::temporary().unwrap();
         let mut seed = tx(&store, TxLimits::default());
         for (key, size) in [("k/1", 6), ("k/2", 6), ("k/3", 1)] {
-            seed.set(key, vec![b'x'; size]).unwrap();
+            seed.set(key, vec![b'x'; size]).await.unwrap();
         }
         let commit = Commit { service: "svc".into(), changes: seed.into_changes(), ..Commit::default() };
         store.commit(commit).await.unwrap();
         let mut t = tx(&store, TxLimits { max_scan_bytes: 10, ..TxLimits::default() });
         let keys = |rows: Vec<(String, Entry)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-        assert_eq!(keys(t.scan("k/", None, 10).unwrap()), ["k/1"], "k/2 would pass 10 bytes");
-        assert_eq!(keys(t.scan("k/", Some("k/1"), 10).unwrap()), ["k/2", "k/3"]);
+        assert_eq!(keys(t.scan("k/", None, 10).await.unwrap()), ["k/1"], "k/2 would pass 10 bytes");
+        assert_eq!(keys(t.scan("k/", Some("k/1"), 10).await.unwrap()), ["k/2", "k/3"]);
         let mut tight = tx(&store, TxLimits { max_scan_bytes: 1, ..TxLimits::default() });
-        assert_eq!(keys(tight.scan("k/", None, 10).unwrap()), ["k/1"], "one record at least");
+        assert_eq!(keys(tight.scan("k/", None, 10).await.unwrap()), ["k/1"], "one record at least");
     }
 }

@@ -401,12 +401,12 @@ mod tests {
         {
             let store = open(dir.path());
             let mut t = tx(&store);
-            t.set("k", b"v".to_vec()).unwrap();
+            t.set("k", b"v".to_vec()).await.unwrap();
             t.publish("topic", b"{}".to_vec(), None).unwrap();
             store.commit(commit_of(t.into_changes(), Some(outcome("key-1", 1, i64::MAX)))).await.unwrap();
         }
         let store = open(dir.path());
-        assert_eq!(tx(&store).get("k").unwrap(), Some(Entry { value: b"v".to_vec(), version: 1 }));
+        assert_eq!(tx(&store).get("k").await.unwrap(), Some(Entry { value: b"v".to_vec(), version: 1 }));
         let stored = store.outcome(&key("key-1"), 2).await.unwrap().unwrap();
         assert_eq!(stored.result, Ok(b"out".to_vec()));
         assert_eq!(store.events_after(0, 10).await.unwrap().len(), 1);
@@ -415,7 +415,7 @@ mod tests {
     /// Past (three quarters of) its limit the WAL starts again from its beginning,
     /// though commits never pause and readers keep coming: without that, nothing
     /// restarts it and it grows by every commit.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_stays_under_its_limit_under_sustained_commits() {
         let dir = tempfile::tempdir().unwrap();
         let limit = 256 << 10;
@@ -424,9 +424,10 @@ mod tests {
         let reading = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let reader = {
             let (store, reading) = (store.clone(), reading.clone());
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 while reading.load(std::sync::atomic::Ordering::Relaxed) {
-                    store.snapshot("svc").unwrap().get("k1").unwrap();
+                    store.snapshot("svc").unwrap().get("k1").await.unwrap();
+                    tokio::task::yield_now().await;
                 }
             })
         };
@@ -434,12 +435,12 @@ mod tests {
         let mut largest = 0;
         for n in 0..2_000 {
             let mut t = tx(&store);
-            t.set(&format!("k{n}"), vec![b'x'; 1024]).unwrap();
+            t.set(&format!("k{n}"), vec![b'x'; 1024]).await.unwrap();
             store.commit(commit_of(t.into_changes(), None)).await.unwrap();
             largest = largest.max(std::fs::metadata(&wal).unwrap().len());
         }
         reading.store(false, std::sync::atomic::Ordering::Relaxed);
-        reader.join().unwrap();
+        reader.await.unwrap();
         // 2,000 KiB of values alone: the WAL restarted several times.
         assert!(largest <= limit, "the WAL reached {largest} bytes, over its limit of {limit}");
     }

@@ -38,8 +38,9 @@ impl SqliteSnapshot {
     }
 }
 
+#[async_trait::async_trait]
 impl Snapshot for SqliteSnapshot {
-    fn get(&mut self, key: &str) -> Result<Slot, StoreError> {
+    async fn get(&mut self, key: &str) -> Result<Slot, StoreError> {
         let service = self.service.clone();
         let found = self
             .conn()?
@@ -65,7 +66,7 @@ impl Snapshot for SqliteSnapshot {
         Ok(Slot { value: None, version: floor })
     }
 
-    fn scan(
+    async fn scan(
         &mut self,
         prefix: &str,
         start_after: Option<&str>,
