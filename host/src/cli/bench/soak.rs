@@ -87,6 +87,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         started: Instant::now(),
         rate: args.rate,
         declined: args.declined_share.clamp(0.0, 1.0),
+        run: format!("{:08x}", rand::rng().random::<u32>()),
         next: AtomicU64::new(0),
         latencies: Mutex::new(Vec::new()),
         failed: AtomicU64::new(0),
@@ -224,6 +225,9 @@ struct Load {
     started: Instant,
     rate: Option<f64>,
     declined: f64,
+    /// This run's mark in order ids and keys: a run on the `--data` of an earlier one
+    /// starts new orders, not replays of its keys.
+    run: String,
     /// The number of the next saga.
     next: AtomicU64,
     /// Latencies of the sagas finished in this period.
@@ -265,7 +269,7 @@ impl Load {
                 format!("c-{}", rng.random_range(0..CUSTOMERS))
             };
             json!({
-                "order": format!("o-{n}"), "customer": customer,
+                "order": format!("o-{}-{n}", self.run), "customer": customer,
                 "sku": format!("sku-{}", rng.random_range(0..SKUS)), "qty": 1, "amount": 100,
             })
         };
@@ -273,7 +277,7 @@ impl Load {
             .client
             .post(format!("{}/v1/sagas/place-order?wait=60s", self.url))
             .bearer_auth(&self.token)
-            .header("Idempotency-Key", format!("order-{n}"))
+            .header("Idempotency-Key", format!("order-{}-{n}", self.run))
             .json(&input)
             .send()
             .await?;
