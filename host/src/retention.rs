@@ -53,16 +53,26 @@ impl Retention {
     pub async fn run(self, store: Arc<dyn Store>) {
         let mut ticks = tokio::time::interval(self.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pace = Pace::default();
         loop {
             ticks.tick().await;
-            self.prune(&*store, crate::clock::now_ms()).await;
+            let batches = self.prune_paced(&*store, crate::clock::now_ms(), &pace).await;
+            pace = Pace { last_batches: batches, spread: self.every / 2 };
         }
     }
 
-    /// One pass: everything of each kind past its retention, in batches.
-    pub async fn prune(&self, store: &dyn Store, now: i64) {
+    /// One pass: everything of each kind past its retention, in batches, back to back
+    /// (a pass by hand, and the tests).
+    pub async fn prune(&self, store: &dyn Store, now: i64) -> usize {
+        self.prune_paced(store, now, &Pace::default()).await
+    }
+
+    /// One pass, its batches `pace` apart; returns how many batches it took.
+    async fn prune_paced(&self, store: &dyn Store, now: i64, pace: &Pace) -> usize {
         // A retention of centuries means "keep", not an overflow.
         let ago = |d: Duration| now.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let gap = pace.gap();
+        let mut batches = 0;
         for kind in PruneKind::ALL {
             let before = match kind {
                 // Each record carries its own expiry.
@@ -76,11 +86,17 @@ impl Retention {
                 match store.prune(kind, before, BATCH).await {
                     Ok(n) => {
                         forgotten += n;
+                        batches += 1;
                         if n < BATCH {
                             break;
                         }
-                        // Let the commits queued meanwhile go first.
-                        tokio::task::yield_now().await;
+                        // Let the commits queued meanwhile go first; past as many
+                        // batches as the last pass took, the rest goes back to back.
+                        if gap.is_zero() || batches >= pace.last_batches {
+                            tokio::task::yield_now().await;
+                        } else {
+                            tokio::time::sleep(gap).await;
+                        }
                     }
                     Err(error) => {
                         tracing::warn!(kind = kind.as_str(), "pruning failed: {error}; tried again later");
@@ -93,6 +109,32 @@ impl Retention {
                 tracing::debug!(kind = kind.as_str(), forgotten, "retention");
             }
         }
+        batches
+    }
+}
+
+/// How far apart a pass's batches go. A pass run back to back under steady load puts
+/// a prune job beside every commit batch for a second or two, every period: those are
+/// the slowest commits of the period, and the p99 of a saga's latency rose with them
+/// (16.6 to ~19.7 ms at 1,370 sagas/s). Spread over half the period instead, as many
+/// batches as the last pass needed, a commit batch meets one now and then. Batches
+/// beyond that many (a backlog larger than the last pass's) go back to back, so that
+/// a pass never falls behind what accumulates.
+#[derive(Debug, Default)]
+struct Pace {
+    last_batches: usize,
+    spread: Duration,
+}
+
+/// Never so far apart that a single kind's backlog outlasts the period by much.
+const MAX_GAP: Duration = Duration::from_millis(50);
+
+impl Pace {
+    fn gap(&self) -> Duration {
+        if self.last_batches == 0 {
+            return Duration::ZERO;
+        }
+        (self.spread / self.last_batches as u32).min(MAX_GAP)
     }
 }
 
@@ -134,6 +176,17 @@ mod tests {
         let minute = Retention { tombstones: Duration::from_secs(30), ..Retention::default() };
         minute.prune(&store, later).await;
         assert_eq!(tombstones(&store), 0);
+    }
+
+    /// The first pass goes back to back; later ones spread as many batches as the last
+    /// needed over half the period, never further apart than `MAX_GAP`.
+    #[test]
+    fn a_pass_spreads_its_batches_over_half_the_period() {
+        assert_eq!(Pace::default().gap(), Duration::ZERO);
+        let pace = |last_batches| Pace { last_batches, spread: Duration::from_secs(5) };
+        assert_eq!(pace(1_000).gap(), Duration::from_millis(5));
+        assert_eq!(pace(100_000).gap(), Duration::from_micros(50));
+        assert_eq!(pace(4).gap(), MAX_GAP);
     }
 
     #[test]
