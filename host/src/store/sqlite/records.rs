@@ -217,16 +217,21 @@ pub(super) fn apply_changes(conn: &Connection, service: &str, changes: &ChangeSe
 }
 
 /// Writes `write` only if the record is still at version `read`: the row's version,
-/// or, for a key with no row (never written, or its tombstone forgotten), the version
-/// the transaction read it at, its service's floor. A concurrent change moves the
-/// row's version, and the write finds nothing to update: a conflict. A delete stamps
-/// the tombstone with the time, for retention.
+/// or, for a key with no row (never written, or its tombstone forgotten), its
+/// service's floor, which is what the transaction read it at unless retention raised
+/// the floor since (creating it then would go back below a forgotten version). A
+/// concurrent change moves the row's version or the floor, and the write finds
+/// nothing to insert or update: a conflict. A delete stamps the tombstone with the
+/// time, for retention.
 /// This and [`check_version`] are the only places where versions are compared.
 fn write_versioned(conn: &Connection, service: &str, write: &Write, read: u64) -> Result<(), StoreError> {
     let deleted_at = write.value.is_none().then(crate::clock::now_ms);
     let changed = conn
         .prepare_cached(
-            "INSERT INTO records (service, key, value, version, deleted_at) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO records (service, key, value, version, deleted_at)
+             SELECT ?1, ?2, ?3, ?4, ?5
+             WHERE ?6 = coalesce((SELECT floor FROM version_floors WHERE service = ?1), 0)
+                OR EXISTS (SELECT 1 FROM records WHERE service = ?1 AND key = ?2)
              ON CONFLICT (service, key) DO UPDATE SET
                  value = excluded.value, version = excluded.version, deleted_at = excluded.deleted_at
              WHERE records.version = ?6",
