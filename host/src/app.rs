@@ -17,15 +17,40 @@ use crate::lifecycle::PluginManager;
 use crate::retention::Retention;
 use crate::runtime::{PluginSettings, Registry, Runtime, RuntimeOptions};
 use crate::saga::SagaEngine;
-use crate::store::{SqliteOptions, SqliteStore, Store};
+use crate::store::{PgOptions, PgStore, SqliteOptions, SqliteStore, Store};
+
+/// Where the host keeps everything.
+#[derive(Clone)]
+pub enum Storage {
+    /// SQLite in `<data>/wasaga.db`: the embedded default, one process per directory.
+    Sqlite { data: PathBuf, options: SqliteOptions },
+    /// A PostgreSQL database (a connection string).
+    Postgres { url: String, options: PgOptions },
+}
+
+impl std::fmt::Debug for Storage {
+    /// A connection string may carry a password: only its hosts are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Sqlite { data, options } => {
+                f.debug_struct("Sqlite").field("data", data).field("options", options).finish()
+            }
+            Storage::Postgres { url, options } => {
+                let hosts = url.parse::<tokio_postgres::Config>().map(|c| format!("{:?}", c.get_hosts()));
+                f.debug_struct("Postgres")
+                    .field("hosts", &hosts.unwrap_or_default())
+                    .field("options", options)
+                    .finish()
+            }
+        }
+    }
+}
 
 /// What the host is made of. [`AppConfig::new`] gives `wasaga serve`'s defaults, for
 /// a data directory.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
-    /// wasaga's data: the database and the kept uploads.
-    pub data: PathBuf,
-    pub store: SqliteOptions,
+    pub storage: Storage,
     /// The plugins directory, loaded at start (none: start with no plugin).
     pub plugins: Option<PathBuf>,
     /// The saga definitions directory, checked against the plugins.
@@ -43,11 +68,15 @@ pub struct AppConfig {
 }
 
 impl AppConfig {
-    /// The defaults, with wasaga's data in `data`.
+    /// The defaults, with wasaga's data in SQLite in `data`.
     pub fn new(data: impl Into<PathBuf>) -> Self {
+        Self::with_storage(Storage::Sqlite { data: data.into(), options: SqliteOptions::default() })
+    }
+
+    /// The defaults, with wasaga's data in `storage`.
+    pub fn with_storage(storage: Storage) -> Self {
         AppConfig {
-            data: data.into(),
-            store: SqliteOptions::default(),
+            storage,
             plugins: None,
             sagas: None,
             watch: false,
@@ -76,16 +105,26 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the store in `config.data`, loads what the config names, resumes the
+    /// Opens the store, loads what the config names, resumes the
     /// unfinished sagas, and starts the dispatcher, retention and (if asked) the
     /// watchers. The plugins directory's files that fail to load are refused and
     /// reported (`GET /v1/plugins`); an unreadable directory is an error.
     pub async fn start(config: AppConfig) -> anyhow::Result<App> {
         config.retention.check(config.invoke.retention).map_err(anyhow::Error::msg)?;
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&config.data, config.store)
-                .with_context(|| format!("opening the data directory {}", config.data.display()))?,
-        );
+        let store: Arc<dyn Store> = match &config.storage {
+            Storage::Sqlite { data, options } => Arc::new(
+                SqliteStore::open(data, *options)
+                    .with_context(|| format!("opening the data directory {}", data.display()))?,
+            ),
+            Storage::Postgres { url, options } => {
+                Arc::new(PgStore::connect(url, *options).await.context("opening the PostgreSQL database")?)
+            }
+        };
+        // Where an older wasaga kept uploads as files, moved into the store at start.
+        let legacy_uploads = match &config.storage {
+            Storage::Sqlite { data, .. } => Some(data.as_path()),
+            Storage::Postgres { .. } => None,
+        };
         let registry = Registry::new(Runtime::new(config.runtime)?);
         let invoker = Invoker::new(registry.clone(), store.clone(), config.invoke);
         let alerter = match &config.alert_webhook {
@@ -100,8 +139,13 @@ impl App {
             alerter.clone(),
         );
         let events = Dispatcher::new(invoker.clone(), store.clone(), alerter);
-        let plugins =
-            PluginManager::new(registry, sagas.clone(), config.plugin_settings, store.clone(), &config.data);
+        let plugins = PluginManager::new(
+            registry,
+            sagas.clone(),
+            config.plugin_settings,
+            store.clone(),
+            legacy_uploads,
+        );
         if let Some(dir) = &config.plugins {
             plugins
                 .load(dir)

@@ -57,7 +57,7 @@ struct Inner {
     store: Arc<dyn Store>,
     /// Where an older wasaga kept uploads as files (`<data>/plugins/`): moved into the
     /// store at start.
-    legacy_uploads: PathBuf,
+    legacy_uploads: Option<PathBuf>,
     /// One change at a time: an upload, a removal and a file reload that overlapped
     /// could otherwise undo each other (a slow compile swapping in after a newer
     /// upload, a removal deleting a fresh upload). It also guards `seen`.
@@ -90,14 +90,14 @@ fn upload_source(service: &str) -> PathBuf {
 }
 
 impl PluginManager {
-    /// Uploads are kept in `store`; `data_dir/plugins` is where an older wasaga kept
-    /// them as files.
+    /// Uploads are kept in `store`; `data_dir/plugins` (SQLite's data directory) is
+    /// where an older wasaga kept them as files.
     pub fn new(
         registry: Registry,
         sagas: SagaEngine,
         settings: PluginSettings,
         store: Arc<dyn Store>,
-        data_dir: &Path,
+        data_dir: Option<&Path>,
     ) -> Self {
         PluginManager {
             inner: Arc::new(Inner {
@@ -105,7 +105,7 @@ impl PluginManager {
                 sagas,
                 settings,
                 store,
-                legacy_uploads: data_dir.join("plugins"),
+                legacy_uploads: data_dir.map(|dir| dir.join("plugins")),
                 changing: tokio::sync::Mutex::new(Seen::default()),
             }),
         }
@@ -327,7 +327,7 @@ impl PluginManager {
     /// with the digest of the file it replaced in `<service>.base`) into the store, and
     /// deletes the files once the store has them.
     async fn import_legacy_uploads(&self) -> std::io::Result<()> {
-        let dir = &self.inner.legacy_uploads;
+        let Some(dir) = &self.inner.legacy_uploads else { return Ok(()) };
         let files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(entries) => {
                 entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_plugin_file(p)).collect()

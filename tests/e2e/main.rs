@@ -8,6 +8,7 @@ mod events;
 mod http_props;
 mod invocations;
 mod overload;
+mod postgres;
 mod readme;
 mod reload;
 mod retention;

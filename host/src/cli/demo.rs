@@ -40,7 +40,8 @@ const CUSTOMERS: &[(&str, i64)] = &[
 ///
 /// Four services (order, inventory, payment, notification) and the place-order saga,
 /// all built into this binary, on SQLite in a fresh temporary directory (or --data,
-/// where a second start resumes where the first stopped and seeds nothing again).
+/// where a second start resumes where the first stopped and seeds nothing again), or
+/// on PostgreSQL with --database.
 /// Prints the URL and a few curl lines to try. --traffic generates orders, some
 /// declined and some with a flaky mail server, so that the dashboard shows life.
 #[derive(Debug, Args)]
@@ -48,6 +49,11 @@ pub struct DemoArgs {
     /// Keep the demo's data here (default: a fresh temporary directory).
     #[arg(long, env = "WASAGA_DATA")]
     data: Option<PathBuf>,
+
+    /// Keep the demo's data in PostgreSQL instead (a connection string; see `wasaga
+    /// serve --help`). A second start on it resumes and seeds nothing again.
+    #[arg(long, env = "WASAGA_DATABASE", hide_env_values = true)]
+    database: Option<String>,
 
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "WASAGA_LISTEN", default_value = "127.0.0.1:8080")]
@@ -94,15 +100,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     let sagas = data.join("demo").join("sagas");
     install(&plugins, &sagas)
         .with_context(|| format!("writing the demo's plugins under {}", data.display()))?;
-    let seeded = data.join("demo").join("seeded");
     let (traffic, declined, flaky) = (args.traffic, args.declined_share, args.flaky_share);
-    let server = ServeArgs::demo(plugins, sagas, data.clone(), args.listen, args.runtime)?
+    let stored_in = match &args.database {
+        Some(_) => "PostgreSQL (--database)".to_owned(),
+        None => data.display().to_string(),
+    };
+    let server = ServeArgs::demo(plugins, sagas, data.clone(), args.database, args.listen, args.runtime)?
         .alert_webhook(args.alert_webhook);
     run_with(server, tokens, move |state, addr| {
-        print_welcome(addr, &data, &admin_token);
+        print_welcome(addr, &stored_in, &admin_token);
         tokio::spawn(async move {
             let mut tries = 0;
-            while let Err(error) = seed(&state, &seeded).await {
+            while let Err(error) = seed(&state).await {
                 tries += 1;
                 tracing::error!("seeding the demo failed ({tries} of 10): {error:#}");
                 if tries == 10 {
@@ -136,9 +145,10 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Stock and accounts, once per data directory.
-async fn seed(state: &AppState, marker: &Path) -> anyhow::Result<()> {
-    if marker.exists() {
+/// Stock and accounts, once per store: the last account opened says it was done.
+async fn seed(state: &AppState) -> anyhow::Result<()> {
+    let (last, _) = CUSTOMERS[CUSTOMERS.len() - 1];
+    if state.store.snapshot("payment")?.get(&format!("account/{last}")).await?.value.is_some() {
         tracing::info!("demo data already seeded");
         return Ok(());
     }
@@ -157,7 +167,6 @@ async fn seed(state: &AppState, marker: &Path) -> anyhow::Result<()> {
         let input = json!({"customer": customer, "balance": balance});
         call("payment", "open-account", format!("demo-open-{customer}"), input).await?;
     }
-    std::fs::write(marker, b"seeded\n")?;
     tracing::info!(products = PRODUCTS.len(), customers = CUSTOMERS.len(), "demo data seeded");
     Ok(())
 }
@@ -215,7 +224,7 @@ async fn generate(state: AppState, rate: f64, declined: f64, flaky: f64) {
     }
 }
 
-fn print_welcome(addr: SocketAddr, data: &Path, admin_token: &str) {
+fn print_welcome(addr: SocketAddr, data: &str, admin_token: &str) {
     let url = format!("http://{addr}");
     super::say(&format!("listening on {url}"));
     super::say(&format!(
@@ -245,6 +254,6 @@ One that gets stuck (releasing the stock keeps failing), then an operator finish
 Look at a record:
   curl -s {url}/v1/services/inventory/records/stock/lamp
 "#,
-        data.display()
+        data
     ));
 }

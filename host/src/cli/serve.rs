@@ -9,12 +9,12 @@ use clap::Args;
 
 use super::RuntimeArgs;
 use super::tokens::{ServerTokens, Tokens};
-use crate::app::{App, AppConfig};
+use crate::app::{App, AppConfig, Storage};
 use crate::config::{parse_bytes, parse_duration};
 use crate::http::{Access, AppState, Secret, router};
 use crate::invoke::InvokeOptions;
 use crate::retention::Retention;
-use crate::store::{SqliteOptions, Synchronous};
+use crate::store::{PgOptions, SqliteOptions, Synchronous};
 
 /// Serve the plugins of a directory over HTTP.
 ///
@@ -51,9 +51,17 @@ pub struct ServeArgs {
     tokens: ServerTokens,
 
     /// Directory for wasaga's data: the SQLite database `wasaga.db` (created if
-    /// missing). One wasaga process at a time may use it.
-    #[arg(long, help_heading = "Storage", env = "WASAGA_DATA")]
-    data: PathBuf,
+    /// missing). One wasaga process at a time may use it. Not needed with --database.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_DATA", required_unless_present = "database")]
+    data: Option<PathBuf>,
+
+    /// Keep everything in PostgreSQL instead of SQLite: a connection string, e.g.
+    /// `postgres://wasaga@db1,db2/wasaga?target_session_attrs=read-write` (with several
+    /// hosts, the one that accepts writes is used, and a failover is followed). Pass a
+    /// password through WASAGA_DATABASE, not on the command line. The schema is created
+    /// or migrated at start. For now one wasaga host per database.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_DATABASE", hide_env_values = true)]
+    database: Option<String>,
 
     /// When a commit counts as done: `full` waits for the disk (fsync) before
     /// answering; `normal` is faster, and a power loss may lose the last commits.
@@ -65,8 +73,8 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "Storage", env = "WASAGA_WAL_LIMIT", default_value = "64MiB", value_parser = parse_bytes)]
     wal_limit: u64,
 
-    /// The most invocations committed in one SQLite transaction (group commit);
-    /// 1 commits each invocation on its own.
+    /// The most invocations committed in one transaction (group commit); 1 commits
+    /// each invocation on its own.
     #[arg(long, help_heading = "Storage", env = "WASAGA_MAX_BATCH", default_value_t = 256)]
     max_batch: usize,
 
@@ -117,6 +125,7 @@ impl ServeArgs {
         plugins: PathBuf,
         sagas: PathBuf,
         data: PathBuf,
+        database: Option<String>,
         listen: SocketAddr,
         runtime: RuntimeArgs,
     ) -> anyhow::Result<Self> {
@@ -129,6 +138,7 @@ impl ServeArgs {
             ["demo".as_ref(), "--plugins".as_ref(), plugins.as_ref(), "--data".as_ref(), data.as_ref()];
         let mut args = <Serve as clap::Parser>::try_parse_from(required)?.args;
         args.sagas = Some(sagas);
+        args.database = database;
         args.listen = listen;
         args.runtime = runtime;
         Ok(args)
@@ -141,13 +151,21 @@ impl ServeArgs {
 
     /// The host these flags describe.
     fn app_config(&self) -> AppConfig {
-        AppConfig {
-            store: SqliteOptions {
-                synchronous: self.synchronous,
-                max_batch: self.max_batch,
-                wal_limit: self.wal_limit,
-                ..SqliteOptions::default()
+        let storage = match (&self.database, &self.data) {
+            (Some(url), _) => {
+                Storage::Postgres { url: url.clone(), options: PgOptions { max_batch: self.max_batch } }
+            }
+            (None, data) => Storage::Sqlite {
+                data: data.clone().expect("clap requires --data without --database"),
+                options: SqliteOptions {
+                    synchronous: self.synchronous,
+                    max_batch: self.max_batch,
+                    wal_limit: self.wal_limit,
+                    ..SqliteOptions::default()
+                },
             },
+        };
+        AppConfig {
             plugins: Some(self.plugins.clone()),
             sagas: self.sagas.clone(),
             watch: !self.no_watch,
@@ -162,7 +180,7 @@ impl ServeArgs {
             },
             max_running_sagas: self.max_running_sagas,
             alert_webhook: self.alert_webhook.clone(),
-            ..AppConfig::new(&self.data)
+            ..AppConfig::with_storage(storage)
         }
     }
 }
@@ -196,7 +214,7 @@ pub(super) async fn run_with(
         plugins = app.registry().plugins().len(),
         refused = app.registry().refused().len(),
         resumed = app.resumed,
-        data = %args.data.display(),
+        storage = ?args.app_config().storage,
         "serving"
     );
     warn_if_exposed(addr, &tokens);

@@ -40,7 +40,11 @@ impl wit_store::Host for CallState {
         Ok(self.tx()?.get(&key).await?.map(Into::into))
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<u64, wit_store::StoreError>> {
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<u64, wit_store::StoreError>> {
         answer(self.tx()?.set(&key, value).await)
     }
 

@@ -19,6 +19,8 @@
 #[cfg(test)]
 mod contract_tests;
 mod events;
+pub(crate) mod health;
+mod postgres;
 mod sagas;
 mod sqlite;
 mod transaction;
@@ -29,6 +31,9 @@ use crate::service::PluginDigest;
 use std::pin::Pin;
 
 pub use events::{ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, EventRow};
+#[doc(hidden)]
+pub use postgres::testing as postgres_testing;
+pub use postgres::{PgOptions, PgStore};
 pub use sagas::{DefinitionRow, SagaChange, SagaRow, SagaStatus};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use transaction::{ChangeSet, Event, Transaction, TxLimits, Write};

@@ -153,8 +153,10 @@ impl Transaction {
         let in_range = |key: &str| key.starts_with(prefix) && start_after.is_none_or(|after| key > after);
         let buffered: Vec<(&String, &Slot)> = self.writes.iter().filter(|(k, _)| in_range(k)).collect();
         // Buffered deletes can hide at most `buffered.len()` stored rows.
-        let stored =
-            self.snapshot.scan(prefix, start_after, limit + buffered.len(), self.limits.max_scan_bytes).await?;
+        let stored = self
+            .snapshot
+            .scan(prefix, start_after, limit + buffered.len(), self.limits.max_scan_bytes)
+            .await?;
         // A scan cut short may have stored records past its last one, unseen: buffered
         // records past it wait for the next page, so that no record is skipped.
         let cut = (!stored.complete).then(|| stored.rows.last().map(|(k, _)| k.clone())).flatten();

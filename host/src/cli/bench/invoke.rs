@@ -12,7 +12,7 @@ use clap::Args as ClapArgs;
 use rand::Rng;
 
 use super::{cpu_time, millis, percentile};
-use crate::app::{App, AppConfig};
+use crate::app::{App, AppConfig, Storage};
 use crate::invoke::{Caller, Invoker, Request};
 use crate::runtime::Limits;
 use crate::store::{SqliteOptions, Synchronous};
@@ -68,7 +68,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             let options =
                 SqliteOptions { synchronous: args.synchronous, max_batch, ..SqliteOptions::default() };
-            let app = App::start(AppConfig { store: options, ..AppConfig::new(dir.path()) }).await?;
+            let storage = Storage::Sqlite { data: dir.path().into(), options };
+            let app = App::start(AppConfig { storage, ..AppConfig::new(dir.path()) }).await?;
             let registry = app.registry();
             registry.insert(registry.runtime().load("inventory", wasm.clone(), Limits::default()).await?);
             let invoker = app.invoker.clone();

@@ -10,7 +10,7 @@ use rand::Rng;
 use serde_json::json;
 
 use super::{cpu_time, millis, percentile};
-use crate::app::{App, AppConfig};
+use crate::app::{App, AppConfig, Storage};
 use crate::invoke::{Caller, Invoker, Request};
 use crate::runtime::Limits;
 use crate::saga::{SagaDef, SagaEngine, SagaStatus};
@@ -47,7 +47,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for &concurrency in &args.concurrency {
         let dir = tempfile::tempdir()?;
         let app = App::start(AppConfig {
-            store: SqliteOptions { synchronous: args.synchronous, ..SqliteOptions::default() },
+            storage: Storage::Sqlite {
+                data: dir.path().into(),
+                options: SqliteOptions { synchronous: args.synchronous, ..SqliteOptions::default() },
+            },
             max_running_sagas: concurrency.max(1) * 2,
             ..AppConfig::new(dir.path())
         })

@@ -18,7 +18,7 @@ mod schema;
 mod wal;
 mod writer;
 
-use health::Health;
+use super::health::Health;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -12,9 +12,10 @@ use std::sync::{Arc, mpsc};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::health::{Health, PROBE_EVERY};
+use super::health;
 use super::wal::WalPolicy;
 use super::{events, plugins, prune, records, sagas, unavailable};
+use crate::store::health::{Health, PROBE_EVERY};
 use crate::store::{Commit, PruneKind, StoreError};
 
 pub(super) enum Job {
@@ -57,7 +58,7 @@ fn run(
             match receiver.recv_timeout(PROBE_EVERY) {
                 Ok(job) => job,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    health.probe(&mut conn);
+                    health::probe(&health, &mut conn);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,

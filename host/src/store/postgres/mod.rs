@@ -1,0 +1,242 @@
+//! The shared backend: PostgreSQL, for hosts that outgrow one machine's SQLite.
+//!
+//! - One writer task per host owns a connection and group-commits (`writer.rs`):
+//!   a batch is one transaction, each commit checked then written with its statements
+//!   pipelined.
+//! - Snapshots are read-only `REPEATABLE READ` transactions on pooled connections
+//!   (`records.rs`); the other reads run on pooled connections too (`queries.rs`).
+//! - Migrations run at start, one host at a time (`schema.rs`).
+//! - For now one wasaga host per database: the store holds an advisory lock for its
+//!   life, and a second host is refused with a clear message. Sagas, deliveries and
+//!   idempotency claims are still driven by one process's memory; sharing them across
+//!   hosts (leases, fencing) comes next.
+//!
+//! The client is tokio-postgres (see docs/architecture.md for why).
+
+mod conn;
+mod prune;
+mod queries;
+mod records;
+mod schema;
+#[doc(hidden)]
+pub mod testing;
+mod writer;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Config;
+
+use self::conn::{Conn, Pool};
+use super::health::Health;
+use super::{
+    ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
+    IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, UploadRow,
+};
+use crate::service::PluginDigest;
+
+/// How the store writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgOptions {
+    /// The most commits in one transaction; 1 turns group commit off.
+    pub max_batch: usize,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions { max_batch: 256 }
+    }
+}
+
+/// The lock a host holds while it uses the database's schema (see the module's notes);
+/// `schema.rs` takes the same class, 0x7761 ("wa"), with another key per schema.
+const HOST_LOCK: &str = "SELECT pg_try_advisory_lock(x'7761'::int, hashtext(current_schema()) + 1)";
+
+/// Everything the host persists, in a PostgreSQL database.
+#[derive(Debug)]
+pub struct PgStore {
+    pool: Arc<Pool>,
+    writer: mpsc::Sender<writer::Job>,
+    health: Arc<Health>,
+    /// Holds [`HOST_LOCK`] for the store's life.
+    _host: Conn,
+}
+
+
+impl PgStore {
+    /// Connects to `url` (a `postgres://` URL or a `key=value` connection string; several
+    /// hosts with `target_session_attrs=read-write` follow a failover), brings the
+    /// schema up to date and starts the writer.
+    pub async fn connect(url: &str, options: PgOptions) -> Result<PgStore, StoreError> {
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("not a PostgreSQL connection string: {e}")))?;
+        if config.get_application_name().is_none() {
+            config.application_name("wasaga");
+        }
+        let mut host = Conn::open(&config).await?;
+        schema::migrate(&mut host.client).await.map_err(StoreError::Unavailable)?;
+        let locked = host.query(HOST_LOCK, &[]).await?;
+        if !locked.first().is_some_and(|row| row.get::<_, bool>(0)) {
+            return Err(StoreError::Unavailable(
+                "another wasaga host uses this database; for now one host per database \
+                 (several hosts on one database need leases on sagas and deliveries, not built yet)"
+                    .into(),
+            ));
+        }
+        let health = Arc::new(Health::default());
+        let writer =
+            writer::spawn(Conn::open(&config).await?, config.clone(), options.max_batch, health.clone());
+        Ok(PgStore { pool: Arc::new(Pool::new(config)), writer, health, _host: host })
+    }
+
+    fn send(&self, job: writer::Job) -> Result<(), StoreError> {
+        self.writer.try_send(job).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded(format!(
+                "{} commits are waiting for the database; retry in a moment",
+                writer::QUEUE
+            )),
+            mpsc::error::TrySendError::Closed(_) => writer_gone(),
+        })
+    }
+}
+
+/// Runs a read on a pooled connection, then gives the connection back: the one place
+/// that borrows one for a query.
+macro_rules! read {
+    ($store:expr, $conn:ident => $read:expr) => {{
+        let mut taken = $store.pool.take().await?;
+        let $conn = &mut taken;
+        let result = $read.await;
+        $store.pool.put(taken);
+        result
+    }};
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Unavailable("the writer task has stopped".into())
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    fn snapshot(&self, service: &str) -> Result<Box<dyn Snapshot>, StoreError> {
+        Ok(Box::new(records::PgSnapshot::new(self.pool.clone(), service)))
+    }
+
+    fn commit(&self, commit: Commit) -> CommitFuture {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.send(writer::Job::Commit(Box::new(commit), reply));
+        Box::pin(async move {
+            sent?;
+            answer.await.map_err(|_| writer_gone())?
+        })
+    }
+
+    async fn outcome(&self, key: &IdempotencyKey, now: i64) -> Result<Option<StoredOutcome>, StoreError> {
+        read!(self, conn => records::outcome(conn, key, now))
+    }
+
+    async fn saga(&self, id: &str) -> Result<Option<SagaRow>, StoreError> {
+        read!(self, conn => queries::saga(conn, id))
+    }
+
+    async fn saga_by_key(&self, name: &str, key: &str) -> Result<Option<SagaRow>, StoreError> {
+        read!(self, conn => queries::saga_by_key(conn, name, key))
+    }
+
+    async fn sagas(
+        &self,
+        status: Option<SagaStatus>,
+        after: Option<&str>,
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Vec<SagaRow>, StoreError> {
+        read!(self, conn => queries::sagas(conn, status, after, limit, newest_first))
+    }
+
+    async fn unfinished_sagas(&self) -> Result<Vec<SagaRow>, StoreError> {
+        read!(self, conn => queries::unfinished(conn))
+    }
+
+    async fn saga_counts(&self) -> Result<Vec<(SagaStatus, u64)>, StoreError> {
+        read!(self, conn => queries::counts(conn))
+    }
+
+    async fn search_sagas(&self, text: &str, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
+        read!(self, conn => queries::search(conn, text, limit))
+    }
+
+    async fn definition(&self, digest: &str) -> Result<Option<DefinitionRow>, StoreError> {
+        read!(self, conn => queries::definition(conn, digest))
+    }
+
+    async fn dispatched_through(&self) -> Result<i64, StoreError> {
+        read!(self, conn => queries::dispatched_through(conn))
+    }
+
+    async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        read!(self, conn => queries::events_after(conn, after, limit))
+    }
+
+    async fn event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
+        read!(self, conn => queries::event(conn, id))
+    }
+
+    async fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
+        read!(self, conn => queries::due_deliveries(conn, now, limit))
+    }
+
+    async fn delivery_counts(&self) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
+        read!(self, conn => queries::delivery_counts(conn))
+    }
+
+    async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
+        read!(self, conn => queries::dead_deliveries(conn, limit))
+    }
+
+    async fn chain(&self, correlation_id: &str, after: i64, limit: usize) -> Result<ChainPage, StoreError> {
+        read!(self, conn => queries::chain(conn, correlation_id, after, limit))
+    }
+
+    async fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError> {
+        read!(self, conn => queries::count_of(conn, correlation_id))
+    }
+
+    async fn uploads(&self) -> Result<Vec<UploadRow>, StoreError> {
+        read!(self, conn => queries::uploads(conn))
+    }
+
+    /// Through the writer, as one job among the commits.
+    async fn prune(&self, kind: PruneKind, before: i64, batch: usize) -> Result<usize, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(writer::Job::Prune(kind, before, batch, reply))?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    fn failing(&self) -> Option<Failing> {
+        self.health.failing()
+    }
+}
+
+/// A status column read back into its enum; a status this version does not know is a
+/// row it cannot read.
+fn status<T>(text: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    parse(text)
+        .ok_or_else(|| StoreError::Unavailable(format!("a stored row with the unknown status `{text}`")))
+}
+
+/// A digest column read back.
+fn digest(text: &str) -> Result<PluginDigest, StoreError> {
+    PluginDigest::parse(text).ok_or_else(|| StoreError::Unavailable(format!("not a plugin digest: `{text}`")))
+}
+
+/// Opens a store on a fresh schema of the test server (see `testing.rs`).
+#[cfg(test)]
+pub(crate) async fn scratch() -> PgStore {
+    PgStore::connect(&testing::scratch().await, PgOptions::default()).await.unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    crate::store::contract_tests::contract_tests!(super::scratch);
+}

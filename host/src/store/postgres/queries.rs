@@ -1,0 +1,273 @@
+//! The reads of sagas, definitions, events, deliveries and uploads in PostgreSQL: the
+//! same queries as SQLite's (`store/sqlite/sagas.rs`, `events.rs`, `plugins.rs`).
+
+use tokio_postgres::Row;
+
+use super::conn::{Conn, unavailable};
+use super::records::fingerprint;
+use crate::store::{
+    ChainPage, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, SagaRow, SagaStatus, StoreError,
+    UploadRow,
+};
+
+fn saga_row(row: &Row) -> Result<SagaRow, StoreError> {
+    Ok(SagaRow {
+        id: row.get(0),
+        name: row.get(1),
+        status: super::status(row.get(2), SagaStatus::parse)?,
+        input: row.get(3),
+        state: row.get(4),
+        version: row.get::<_, i64>(5) as u64,
+        key: row.get(6),
+        fingerprint: fingerprint(row.get(7))?,
+        created_at: row.get(8),
+        updated_at: row.get(9),
+    })
+}
+
+fn sagas_of(rows: Vec<Row>) -> Result<Vec<SagaRow>, StoreError> {
+    rows.iter().map(saga_row).collect()
+}
+
+macro_rules! sagas_where {
+    ($filter:literal) => {
+        concat!(
+            "SELECT id, name, status, input, state, version, key, fingerprint, created_at, updated_at FROM sagas ",
+            $filter
+        )
+    };
+}
+
+pub(super) async fn saga(conn: &mut Conn, id: &str) -> Result<Option<SagaRow>, StoreError> {
+    sagas_of(conn.query(sagas_where!("WHERE id = $1"), &[&id]).await?).map(|mut rows| rows.pop())
+}
+
+pub(super) async fn saga_by_key(
+    conn: &mut Conn,
+    name: &str,
+    key: &str,
+) -> Result<Option<SagaRow>, StoreError> {
+    let rows = conn.query(sagas_where!("WHERE name = $1 AND key = $2"), &[&name, &key]).await?;
+    sagas_of(rows).map(|mut rows| rows.pop())
+}
+
+pub(super) async fn sagas(
+    conn: &mut Conn,
+    status: Option<SagaStatus>,
+    after: Option<&str>,
+    limit: usize,
+    newest_first: bool,
+) -> Result<Vec<SagaRow>, StoreError> {
+    let limit = limit as i64;
+    let rows = match (status, newest_first) {
+        (Some(status), false) => {
+            let sql = sagas_where!("WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3");
+            conn.query(sql, &[&status.as_str(), &after.unwrap_or(""), &limit]).await?
+        }
+        (Some(status), true) => {
+            let sql = sagas_where!("WHERE status = $1 AND id < $2 ORDER BY id DESC LIMIT $3");
+            conn.query(sql, &[&status.as_str(), &after.unwrap_or("~"), &limit]).await?
+        }
+        (None, false) => {
+            let sql = sagas_where!("WHERE id > $1 ORDER BY id LIMIT $2");
+            conn.query(sql, &[&after.unwrap_or(""), &limit]).await?
+        }
+        (None, true) => {
+            let sql = sagas_where!("WHERE id < $1 ORDER BY id DESC LIMIT $2");
+            conn.query(sql, &[&after.unwrap_or("~"), &limit]).await?
+        }
+    };
+    sagas_of(rows)
+}
+
+pub(super) async fn unfinished(conn: &mut Conn) -> Result<Vec<SagaRow>, StoreError> {
+    sagas_of(conn.query(sagas_where!("WHERE status IN ('running', 'compensating') ORDER BY id"), &[]).await?)
+}
+
+pub(super) async fn counts(conn: &mut Conn) -> Result<Vec<(SagaStatus, u64)>, StoreError> {
+    let rows = conn.query("SELECT status, n FROM saga_counts WHERE n > 0 ORDER BY status", &[]).await?;
+    rows.iter()
+        .map(|row| Ok((super::status(row.get(0), SagaStatus::parse)?, row.get::<_, i64>(1) as u64)))
+        .collect()
+}
+
+/// By id or key (any saga), or by a top-level input value among the latest 10,000.
+pub(super) async fn search(conn: &mut Conn, text: &str, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
+    let sql = sagas_where!(
+        "WHERE id = $1 OR key = $1
+         OR id IN (SELECT latest.id FROM (SELECT id, input FROM sagas ORDER BY id DESC LIMIT 10000) AS latest
+                   WHERE EXISTS (SELECT 1 FROM jsonb_each_text(
+                       CASE WHEN jsonb_typeof(convert_from(latest.input, 'UTF8')::jsonb) = 'object'
+                            THEN convert_from(latest.input, 'UTF8')::jsonb ELSE '{}'::jsonb END) AS f
+                       WHERE f.value = $1))
+         ORDER BY id DESC LIMIT $2"
+    );
+    sagas_of(conn.query(sql, &[&text, &(limit as i64)]).await?)
+}
+
+pub(super) async fn definition(conn: &mut Conn, digest: &str) -> Result<Option<DefinitionRow>, StoreError> {
+    let sql = "SELECT digest, name, text, saved_at FROM saga_definitions WHERE digest = $1";
+    Ok(conn.query_opt(sql, &[&digest]).await?.map(|row| DefinitionRow {
+        digest: row.get(0),
+        name: row.get(1),
+        text: row.get(2),
+        saved_at: row.get(3),
+    }))
+}
+
+fn event_row(row: &Row) -> EventRow {
+    EventRow {
+        id: row.get(0),
+        service: row.get(1),
+        topic: row.get(2),
+        payload: row.get(3),
+        correlation_id: row.get(4),
+        created_at: row.get(5),
+    }
+}
+
+fn delivery_row(row: &Row) -> Result<DeliveryRow, StoreError> {
+    Ok(DeliveryRow {
+        event_id: row.get(0),
+        subscriber: row.get(1),
+        operation: row.get(2),
+        topic: row.get(3),
+        correlation_id: row.get(4),
+        status: super::status(row.get(5), DeliveryStatus::parse)?,
+        attempts: row.get::<_, i32>(6) as u32,
+        next_at: row.get(7),
+        outcome: row.get(8),
+        last_error: row.get(9),
+        created_at: row.get(10),
+        done_at: row.get(11),
+    })
+}
+
+macro_rules! events_where {
+    ($filter:literal) => {
+        concat!("SELECT id, service, topic, payload, correlation_id, created_at FROM outbox ", $filter)
+    };
+}
+
+macro_rules! deliveries_where {
+    ($filter:literal) => {
+        concat!(
+            "SELECT d.event_id, d.subscriber, d.operation, d.topic, d.correlation_id, d.status,
+                    d.attempts, d.next_at, d.outcome, d.last_error, d.created_at, d.done_at
+             FROM deliveries d ",
+            $filter
+        )
+    };
+}
+
+pub(super) const DISPATCHED_THROUGH: &str = "SELECT through FROM dispatch WHERE id = 1";
+
+pub(super) async fn dispatched_through(conn: &mut Conn) -> Result<i64, StoreError> {
+    Ok(conn.query(DISPATCHED_THROUGH, &[]).await?.first().map_or(0, |row| row.get(0)))
+}
+
+pub(super) async fn events_after(
+    conn: &mut Conn,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<EventRow>, StoreError> {
+    let rows =
+        conn.query(events_where!("WHERE id > $1 ORDER BY id LIMIT $2"), &[&after, &(limit as i64)]).await?;
+    Ok(rows.iter().map(event_row).collect())
+}
+
+pub(super) async fn event(conn: &mut Conn, id: i64) -> Result<Option<EventRow>, StoreError> {
+    Ok(conn.query_opt(events_where!("WHERE id = $1"), &[&id]).await?.as_ref().map(event_row))
+}
+
+pub(super) async fn due_deliveries(
+    conn: &mut Conn,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<DeliveryRow>, StoreError> {
+    let sql = deliveries_where!(
+        "WHERE d.status = 'pending' AND d.next_at <= $1 AND NOT EXISTS (
+             SELECT 1 FROM deliveries e
+             WHERE e.subscriber = d.subscriber AND e.topic = d.topic
+               AND e.correlation_id = d.correlation_id AND e.status = 'pending'
+               AND e.event_id < d.event_id)
+         ORDER BY d.event_id LIMIT $2"
+    );
+    conn.query(sql, &[&now, &(limit as i64)]).await?.iter().map(delivery_row).collect()
+}
+
+pub(super) async fn delivery_counts(conn: &mut Conn) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
+    let sql = "SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status";
+    let rows = conn.query(sql, &[]).await?;
+    rows.iter()
+        .map(|row| Ok((super::status(row.get(0), DeliveryStatus::parse)?, row.get::<_, i64>(1) as u64)))
+        .collect()
+}
+
+pub(super) async fn dead_deliveries(conn: &mut Conn, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
+    let sql = deliveries_where!("WHERE d.status = 'dead' ORDER BY d.event_id LIMIT $1");
+    conn.query(sql, &[&(limit as i64)]).await?.iter().map(delivery_row).collect()
+}
+
+pub(super) async fn count_of(conn: &mut Conn, correlation_id: &str) -> Result<u64, StoreError> {
+    let rows =
+        conn.query("SELECT count(*) FROM outbox WHERE correlation_id = $1", &[&correlation_id]).await?;
+    Ok(rows.first().map_or(0, |row| row.get::<_, i64>(0) as u64))
+}
+
+/// One page of a chain, in one repeatable-read transaction.
+pub(super) async fn chain(
+    conn: &mut Conn,
+    correlation_id: &str,
+    after: i64,
+    limit: usize,
+) -> Result<ChainPage, StoreError> {
+    conn.client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(unavailable)?;
+    let page = async {
+        let dispatched_through = dispatched_through(conn).await?;
+        let sql = events_where!("WHERE correlation_id = $1 AND id > $2 ORDER BY id LIMIT $3");
+        let events: Vec<EventRow> = conn
+            .query(sql, &[&correlation_id, &after, &(limit as i64)])
+            .await?
+            .iter()
+            .map(event_row)
+            .collect();
+        let deliveries = match (events.first(), events.last()) {
+            (Some(first), Some(last)) => {
+                let sql = deliveries_where!(
+                    "WHERE d.correlation_id = $1 AND d.event_id BETWEEN $2 AND $3
+                     ORDER BY d.event_id, d.subscriber"
+                );
+                conn.query(sql, &[&correlation_id, &first.id, &last.id])
+                    .await?
+                    .iter()
+                    .map(delivery_row)
+                    .collect::<Result<_, _>>()?
+            }
+            _ => Vec::new(),
+        };
+        Ok(ChainPage { events, deliveries, dispatched_through })
+    }
+    .await;
+    conn.client.batch_execute("COMMIT").await.map_err(unavailable)?;
+    page
+}
+
+pub(super) async fn uploads(conn: &mut Conn) -> Result<Vec<UploadRow>, StoreError> {
+    let sql = "SELECT service, digest, base, wasm, uploaded_at FROM plugin_uploads ORDER BY service";
+    let rows = conn.query(sql, &[]).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(UploadRow {
+                service: row.get(0),
+                digest: super::digest(row.get(1))?,
+                base: row.get::<_, Option<&str>>(2).map(super::digest).transpose()?,
+                wasm: row.get(3),
+                uploaded_at: row.get(4),
+            })
+        })
+        .collect()
+}

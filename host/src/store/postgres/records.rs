@@ -1,0 +1,164 @@
+//! Records and idempotency records in PostgreSQL: snapshots (read-only repeatable-read
+//! transactions on pooled connections) and the stored outcomes. The commit's checks and
+//! writes are in `writer.rs`.
+
+use std::sync::Arc;
+
+use tokio_postgres::Row;
+
+use super::conn::{Conn, Pool, unavailable};
+use crate::store::{Entry, IdempotencyKey, Scanned, Slot, Snapshot, StoreError, StoredOutcome};
+
+const GET: &str = "SELECT value, version FROM records WHERE service = $1 AND key = $2";
+const FLOOR: &str = "SELECT floor FROM version_floors WHERE service = $1";
+const SCAN_FROM: &str = "SELECT key, value, version FROM records
+     WHERE service = $1 AND key >= $2 AND value IS NOT NULL ORDER BY key LIMIT $3";
+const SCAN_AFTER: &str = "SELECT key, value, version FROM records
+     WHERE service = $1 AND key > $2 AND value IS NOT NULL ORDER BY key LIMIT $3";
+
+/// A read-only transaction on one service's records, at `REPEATABLE READ`: every read
+/// sees the state of its first. It takes a connection and begins at the first read
+/// (sent together with it), and ends when dropped.
+pub(super) struct PgSnapshot {
+    conn: Option<Conn>,
+    pool: Arc<Pool>,
+    service: String,
+    begun: bool,
+    /// The service's version floor, read once.
+    floor: Option<u64>,
+}
+
+impl PgSnapshot {
+    pub(super) fn new(pool: Arc<Pool>, service: &str) -> PgSnapshot {
+        PgSnapshot { conn: None, pool, service: service.to_owned(), begun: false, floor: None }
+    }
+
+    /// Runs `sql` in the snapshot, beginning it with this first query (one round trip).
+    async fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.take().await?);
+        }
+        let conn = self.conn.as_mut().expect("taken above");
+        let statement = conn.statement(sql).await?;
+        if self.begun {
+            return conn.client.query(&statement, params).await.map_err(unavailable);
+        }
+        let begin = conn.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+        let (begun, rows) = tokio::join!(begin, conn.client.query(&statement, params));
+        begun.map_err(unavailable)?;
+        self.begun = true;
+        rows.map_err(unavailable)
+    }
+}
+
+#[async_trait::async_trait]
+impl Snapshot for PgSnapshot {
+    async fn get(&mut self, key: &str) -> Result<Slot, StoreError> {
+        let service = self.service.clone();
+        if let Some(row) = self.query(GET, &[&service, &key]).await?.pop() {
+            return Ok(Slot { value: row.get(0), version: row.get::<_, i64>(1) as u64 });
+        }
+        // No row: never written, or its tombstone forgotten; it reads at the floor.
+        let floor = match self.floor {
+            Some(floor) => floor,
+            None => {
+                let rows = self.query(FLOOR, &[&service]).await?;
+                *self.floor.insert(rows.first().map_or(0, |row| row.get::<_, i64>(0) as u64))
+            }
+        };
+        Ok(Slot { value: None, version: floor })
+    }
+
+    async fn scan(
+        &mut self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Scanned, StoreError> {
+        let service = self.service.clone();
+        // Keys sort in byte order (COLLATE "C"): a prefix is one range, read on from its
+        // start until the first key without it.
+        let (sql, from) = match start_after {
+            Some(after) if after >= prefix => (SCAN_AFTER, after),
+            _ => (SCAN_FROM, prefix),
+        };
+        let rows = self.query(sql, &[&service, &from, &(limit as i64)]).await?;
+        let mut found = Vec::new();
+        let mut bytes = 0;
+        let total = rows.len();
+        for row in rows {
+            let key: String = row.get(0);
+            if !key.starts_with(prefix) {
+                return Ok(Scanned { rows: found, complete: true });
+            }
+            let entry = Entry { value: row.get(1), version: row.get::<_, i64>(2) as u64 };
+            bytes += entry.value.len();
+            if !found.is_empty() && bytes > max_bytes {
+                return Ok(Scanned { rows: found, complete: false });
+            }
+            found.push((key, entry));
+        }
+        Ok(Scanned { rows: found, complete: total < limit })
+    }
+}
+
+impl Drop for PgSnapshot {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if !self.begun {
+            self.pool.put(conn);
+            return;
+        }
+        // Ending the transaction is a round trip: done on a task of its own, and the
+        // connection goes back to the pool once it is out of the transaction.
+        let pool = self.pool.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if conn.client.batch_execute("ROLLBACK").await.is_ok() {
+                    pool.put(conn);
+                }
+            });
+        }
+    }
+}
+
+pub(super) const OUTCOME: &str =
+    "SELECT fingerprint, operation, ok, output, digest, correlation_id, created_at, expires_at
+     FROM invocations WHERE service = $1 AND space = $2 AND key = $3 AND expires_at > $4";
+
+/// The unexpired stored outcome of `key`.
+pub(super) async fn outcome(
+    conn: &mut Conn,
+    key: &IdempotencyKey,
+    now: i64,
+) -> Result<Option<StoredOutcome>, StoreError> {
+    let Some(row) = conn.query_opt(OUTCOME, &[&key.service, &key.space.as_str(), &key.key, &now]).await?
+    else {
+        return Ok(None);
+    };
+    let ok: bool = row.get(2);
+    let output: Vec<u8> = row.get(3);
+    let digest: String = row.get(4);
+    Ok(Some(StoredOutcome {
+        key: key.clone(),
+        fingerprint: fingerprint(row.get(0))?,
+        operation: row.get(1),
+        result: if ok { Ok(output) } else { Err(String::from_utf8_lossy(&output).into_owned()) },
+        digest: super::digest(&digest)?,
+        correlation_id: row.get(5),
+        created_at: row.get(6),
+        expires_at: row.get(7),
+    }))
+}
+
+/// A stored sha256, which must be 32 bytes.
+pub(super) fn fingerprint(bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    bytes.try_into().map_err(|bytes: Vec<u8>| {
+        StoreError::Unavailable(format!("a stored fingerprint of {} bytes, not 32", bytes.len()))
+    })
+}
