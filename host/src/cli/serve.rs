@@ -63,6 +63,11 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "Storage", env = "WASAGA_DATABASE", hide_env_values = true)]
     database: Option<String>,
 
+    /// With --database: the most connections open for reads and plugin snapshots (a
+    /// call waits for one beyond that); the writer has one more of its own.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_DATABASE_CONNECTIONS", default_value_t = 64)]
+    database_connections: usize,
+
     /// When a commit counts as done: `full` waits for the disk (fsync) before
     /// answering; `normal` is faster, and a power loss may lose the last commits.
     #[arg(long, help_heading = "Storage", env = "WASAGA_SYNCHRONOUS", value_enum, default_value_t = Synchronous::Full)]
@@ -153,7 +158,8 @@ impl ServeArgs {
     fn app_config(&self) -> AppConfig {
         let storage = match (&self.database, &self.data) {
             (Some(url), _) => {
-                Storage::Postgres { url: url.clone(), options: PgOptions { max_batch: self.max_batch } }
+                let options = PgOptions { max_batch: self.max_batch, connections: self.database_connections };
+                Storage::Postgres { url: url.clone(), options }
             }
             (None, data) => Storage::Sqlite {
                 data: data.clone().expect("clap requires --data without --database"),

@@ -2,7 +2,9 @@
 //! reads and snapshots.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
@@ -31,6 +33,10 @@ impl Conn {
                 tracing::debug!("a PostgreSQL connection ended: {error}");
             }
         });
+        // Every statement here is a few index lookups, planned once per connection: a
+        // custom plan per execution (PostgreSQL's default for the first ones, and for
+        // good whenever the generic plan looks dearer) cost more than the lookups.
+        client.batch_execute("SET plan_cache_mode = force_generic_plan").await.map_err(unavailable)?;
         Ok(Conn { client, statements: HashMap::new() })
     }
 
@@ -72,37 +78,58 @@ impl Conn {
     }
 }
 
-/// Idle connections for reads; a connection that closed (the server restarted) is
-/// dropped when next taken, and a new one opened.
+/// The connections for reads and snapshots: at most `size` lent at once (a borrower
+/// waits for one beyond that), the others kept open when given back, so that no
+/// request pays for a new connection (a new server process) once the pool is warm. A
+/// connection that closed (the server restarted) is dropped when next taken, and a new
+/// one opened.
 #[derive(Debug)]
 pub(super) struct Pool {
-    pub(super) config: Config,
+    config: Config,
     idle: Mutex<Vec<Conn>>,
+    lends: Arc<Semaphore>,
 }
 
-/// Idle connections kept beyond this are closed.
-const MAX_IDLE: usize = 32;
+/// A connection lent by the pool; give it back with [`Pool::put`] (dropped, it is
+/// closed and its place freed).
+pub(super) struct Lent {
+    conn: Conn,
+    _place: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Lent {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
 
 impl Pool {
-    pub(super) fn new(config: Config) -> Pool {
-        Pool { config, idle: Mutex::default() }
+    pub(super) fn new(config: Config, size: usize) -> Pool {
+        Pool { config, idle: Mutex::default(), lends: Arc::new(Semaphore::new(size.max(1))) }
     }
 
-    pub(super) async fn take(&self) -> Result<Conn, StoreError> {
+    pub(super) async fn take(&self) -> Result<Lent, StoreError> {
+        let place = self.lends.clone().acquire_owned().await.expect("the pool's semaphore is never closed");
         loop {
             let idle = self.idle.lock().expect("pool mutex poisoned").pop();
             match idle {
                 Some(conn) if conn.client.is_closed() => continue,
-                Some(conn) => return Ok(conn),
-                None => return Conn::open(&self.config).await,
+                Some(conn) => return Ok(Lent { conn, _place: place }),
+                None => return Ok(Lent { conn: Conn::open(&self.config).await?, _place: place }),
             }
         }
     }
 
-    pub(super) fn put(&self, conn: Conn) {
-        let mut idle = self.idle.lock().expect("pool mutex poisoned");
-        if idle.len() < MAX_IDLE && !conn.client.is_closed() {
-            idle.push(conn);
+    pub(super) fn put(&self, lent: Lent) {
+        if !lent.conn.client.is_closed() {
+            self.idle.lock().expect("pool mutex poisoned").push(lent.conn);
         }
     }
 }

@@ -40,11 +40,13 @@ use crate::service::PluginDigest;
 pub struct PgOptions {
     /// The most commits in one transaction; 1 turns group commit off.
     pub max_batch: usize,
+    /// Connections for reads and snapshots (the writer has one more of its own).
+    pub connections: usize,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { max_batch: 256 }
+        PgOptions { max_batch: 256, connections: 64 }
     }
 }
 
@@ -61,7 +63,6 @@ pub struct PgStore {
     /// Holds [`HOST_LOCK`] for the store's life.
     _host: Conn,
 }
-
 
 impl PgStore {
     /// Connects to `url` (a `postgres://` URL or a `key=value` connection string; several
@@ -87,7 +88,7 @@ impl PgStore {
         let health = Arc::new(Health::default());
         let writer =
             writer::spawn(Conn::open(&config).await?, config.clone(), options.max_batch, health.clone());
-        Ok(PgStore { pool: Arc::new(Pool::new(config)), writer, health, _host: host })
+        Ok(PgStore { pool: Arc::new(Pool::new(config, options.connections)), writer, health, _host: host })
     }
 
     fn send(&self, job: writer::Job) -> Result<(), StoreError> {

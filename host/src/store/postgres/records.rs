@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use tokio_postgres::Row;
 
-use super::conn::{Conn, Pool, unavailable};
+use super::conn::{Conn, Lent, Pool, unavailable};
 use crate::store::{Entry, IdempotencyKey, Scanned, Slot, Snapshot, StoreError, StoredOutcome};
 
-const GET: &str = "SELECT value, version FROM records WHERE service = $1 AND key = $2";
-const FLOOR: &str = "SELECT floor FROM version_floors WHERE service = $1";
+// One row always: the record's value and version (NULL without a row) and the
+// service's floor (NULL: 0), so that a key with no row costs no second query.
+const GET: &str = "SELECT r.value, r.version, (SELECT floor FROM version_floors WHERE service = $1)
+     FROM (SELECT 1) AS one LEFT JOIN records r ON r.service = $1 AND r.key = $2";
 const SCAN_FROM: &str = "SELECT key, value, version FROM records
      WHERE service = $1 AND key >= $2 AND value IS NOT NULL ORDER BY key LIMIT $3";
 const SCAN_AFTER: &str = "SELECT key, value, version FROM records
@@ -20,11 +22,11 @@ const SCAN_AFTER: &str = "SELECT key, value, version FROM records
 /// sees the state of its first. It takes a connection and begins at the first read
 /// (sent together with it), and ends when dropped.
 pub(super) struct PgSnapshot {
-    conn: Option<Conn>,
+    conn: Option<Lent>,
     pool: Arc<Pool>,
     service: String,
     begun: bool,
-    /// The service's version floor, read once.
+    /// The service's version floor, as of the first read.
     floor: Option<u64>,
 }
 
@@ -59,18 +61,14 @@ impl PgSnapshot {
 impl Snapshot for PgSnapshot {
     async fn get(&mut self, key: &str) -> Result<Slot, StoreError> {
         let service = self.service.clone();
-        if let Some(row) = self.query(GET, &[&service, &key]).await?.pop() {
-            return Ok(Slot { value: row.get(0), version: row.get::<_, i64>(1) as u64 });
+        let row = self.query(GET, &[&service, &key]).await?.pop().expect("GET answers one row");
+        let floor = *self.floor.get_or_insert(row.get::<_, Option<i64>>(2).map_or(0, |floor| floor as u64));
+        match row.get::<_, Option<i64>>(1) {
+            Some(version) => Ok(Slot { value: row.get(0), version: version as u64 }),
+            // No row: never written, or its tombstone forgotten; it reads at the floor
+            // (as of the snapshot's first read).
+            None => Ok(Slot { value: None, version: floor }),
         }
-        // No row: never written, or its tombstone forgotten; it reads at the floor.
-        let floor = match self.floor {
-            Some(floor) => floor,
-            None => {
-                let rows = self.query(FLOOR, &[&service]).await?;
-                *self.floor.insert(rows.first().map_or(0, |row| row.get::<_, i64>(0) as u64))
-            }
-        };
-        Ok(Slot { value: None, version: floor })
     }
 
     async fn scan(

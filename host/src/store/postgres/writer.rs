@@ -1,32 +1,40 @@
 //! The writer: one task owns a connection and commits what the invocations send it, in
 //! batches (group commit), like SQLite's writer thread.
 //!
-//! Each batch is one PostgreSQL transaction, so one WAL flush, whatever its size. A
-//! commit inside it is checked first and written after, each phase's statements sent
-//! together (pipelined: one round trip per phase, not per statement):
+//! Each batch is one PostgreSQL transaction, so one WAL flush, whatever its size, and
+//! three round trips, whatever its size: every statement of a phase goes out at once
+//! (pipelined) and the answers are read after.
 //!
-//! 1. the checks read what the commit depends on: its idempotency key, the versions
-//!    of the records it read, its saga's version. A check that fails refuses the
-//!    commit, which wrote nothing: the batch goes on without it.
-//! 2. the writes, each guarded as in SQLite (`… WHERE version = <read>`), so that a
-//!    change the checks did not see is still caught. Only a writer of another process
-//!    could make one (one wasaga host per database for now, see `mod.rs`); then the
-//!    batch is rolled back, that commit refused, and the others written again.
+//! 1. the checks read what every commit depends on: its idempotency key, the versions
+//!    of the records it read, its saga's version. They read the database as it was
+//!    before the batch; what the batch's earlier commits change is overlaid, so each
+//!    commit is checked as if those before it were written. A commit whose checks fail
+//!    is refused and writes nothing; the batch goes on without it.
+//! 2. the writes of the commits that hold, each guarded as in SQLite
+//!    (`… WHERE version = <read>`), so that a change the checks did not see is still
+//!    caught. Only a writer of another process could make one (one wasaga host per
+//!    database for now, see `mod.rs`); then the batch is rolled back, that commit
+//!    refused, and the others written again.
+//! 3. `COMMIT`.
 //!
 //! No savepoints: PostgreSQL keeps a subtransaction per savepoint until the
 //! transaction ends, and past 64 in one transaction every other session's snapshots
 //! slow down (the subtransaction cache overflows). Checking before writing needs none.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::Config;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, Statement};
 
 use super::conn::{Conn, unavailable};
 use super::prune;
 use crate::store::health::{Health, PROBE_EVERY};
-use crate::store::{Commit, Conflict, DeliveryChange, PruneKind, SagaChange, StoreError, UploadChange};
+use crate::store::{
+    Commit, Conflict, DeliveryChange, DeliveryStatus, IdempotencyKey, PruneKind, SagaChange, StoreError,
+    UploadChange,
+};
 
 pub(super) enum Job {
     Commit(Box<Commit>, oneshot::Sender<Result<(), StoreError>>),
@@ -105,21 +113,6 @@ async fn probe(conn: &mut Conn, config: &Config, health: &Health) {
     }
 }
 
-/// Why a job could not go on.
-enum Fail {
-    /// The database failed (or the connection did): the batch is abandoned.
-    Storage(StoreError),
-    /// A write found a change its checks did not see: this commit is refused and the
-    /// batch written again without it.
-    Late(StoreError),
-}
-
-impl From<StoreError> for Fail {
-    fn from(error: StoreError) -> Self {
-        Fail::Storage(error)
-    }
-}
-
 enum Answer {
     Commit(Result<(), StoreError>),
     Prune(Result<usize, StoreError>),
@@ -131,58 +124,96 @@ async fn write_batch(conn: &mut Conn, mut jobs: Vec<Job>) -> Result<(), StoreErr
     let commits = jobs.iter().filter(|job| matches!(job, Job::Commit(..))).count();
     crate::metrics::metrics().commit_batch.observe(commits as f64);
     loop {
-        if let Err(error) = conn.client.batch_execute("BEGIN").await.map_err(unavailable) {
-            fail_all(jobs.into_iter(), &error);
-            return Err(error);
-        }
-        let mut answers = Vec::with_capacity(jobs.len());
-        let mut late = None;
-        for (i, job) in jobs.iter().enumerate() {
-            let answer = match job {
-                Job::Commit(commit, _) => apply(conn, commit).await.map(Answer::Commit),
-                Job::Prune(kind, before, size, _) => prune::prune(conn, *kind, *before, *size)
-                    .await
-                    .map(|n| Answer::Prune(Ok(n)))
-                    .map_err(Fail::Storage),
-            };
-            match answer {
-                Ok(answer) => answers.push(answer),
-                Err(Fail::Late(error)) => {
-                    late = Some((i, error));
-                    break;
-                }
-                Err(Fail::Storage(error)) => {
-                    let _ = conn.client.batch_execute("ROLLBACK").await;
-                    fail_all(jobs.into_iter(), &error);
-                    return Err(error);
+        match try_batch(conn, &jobs).await {
+            Ok(Tried::Late(i, refusal)) => {
+                // Rolled back: that commit is refused, the others go again.
+                if let Job::Commit(_, reply) = jobs.remove(i) {
+                    let _ = reply.send(Err(refusal));
                 }
             }
-        }
-        if let Some((i, error)) = late {
-            if let Err(rollback) = conn.client.batch_execute("ROLLBACK").await.map_err(unavailable) {
-                fail_all(jobs.into_iter(), &rollback);
-                return Err(rollback);
-            }
-            if let Job::Commit(_, reply) = jobs.remove(i) {
-                let _ = reply.send(Err(error));
-            }
-            continue;
-        }
-        let durable = conn.client.batch_execute("COMMIT").await.map_err(unavailable);
-        for (job, answer) in jobs.into_iter().zip(answers) {
-            // A receiver that went away (the caller was cancelled) needs no answer.
-            match (job, answer) {
-                (Job::Commit(_, reply), Answer::Commit(result)) => {
-                    let _ = reply.send(durable.clone().and(result));
+            Ok(Tried::Done(answers)) => {
+                for (job, answer) in jobs.into_iter().zip(answers) {
+                    // A receiver that went away (the caller was cancelled) needs no answer.
+                    match (job, answer) {
+                        (Job::Commit(_, reply), Answer::Commit(result)) => {
+                            let _ = reply.send(result);
+                        }
+                        (Job::Prune(.., reply), Answer::Prune(result)) => {
+                            let _ = reply.send(result);
+                        }
+                        _ => unreachable!("answers follow their jobs"),
+                    }
                 }
-                (Job::Prune(.., reply), Answer::Prune(result)) => {
-                    let _ = reply.send(durable.clone().and(result));
-                }
-                _ => unreachable!("answers follow their jobs"),
+                return Ok(());
+            }
+            Err(error) => {
+                let _ = conn.client.batch_execute("ROLLBACK").await;
+                fail_all(jobs.into_iter(), &error);
+                return Err(error);
             }
         }
-        return durable;
     }
+}
+
+enum Tried {
+    /// Committed; the answers of the jobs, in order.
+    Done(Vec<Answer>),
+    /// Rolled back: job `i`'s write met a change its checks did not see.
+    Late(usize, StoreError),
+}
+
+/// One attempt at a batch, in three round trips whatever its size: the checks of every
+/// commit, the writes of those that hold, the commit. The checks read the database as
+/// it was before the batch; what the batch's own earlier commits changed is overlaid
+/// (`Overlay`), so a commit is checked as if each before it were already written.
+/// Retention's jobs run after the commits, one by one.
+async fn try_batch(conn: &mut Conn, jobs: &[Job]) -> Result<Tried, StoreError> {
+    let statements = Statements::prepare(conn).await?;
+    let client = &conn.client;
+    let commits: Vec<&Commit> = jobs
+        .iter()
+        .filter_map(|job| match job {
+            Job::Commit(commit, _) => Some(&**commit),
+            Job::Prune(..) => None,
+        })
+        .collect();
+    let (begun, facts) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        futures_util::future::join_all(commits.iter().map(|commit| facts(client, &statements, commit)))
+    );
+    begun.map_err(unavailable)?;
+    let mut overlay = Overlay::default();
+    let mut steps = Vec::new();
+    let mut owners = Vec::new();
+    let mut answers = Vec::with_capacity(jobs.len());
+    let mut facts = facts.into_iter();
+    for (i, job) in jobs.iter().enumerate() {
+        let Job::Commit(commit, _) = job else {
+            answers.push(None);
+            continue;
+        };
+        let facts = facts.next().expect("one set of facts per commit")?;
+        let verdict = overlay.check(commit, &facts);
+        if verdict.is_ok() {
+            overlay.apply(commit);
+            let written = writes(commit);
+            owners.extend(std::iter::repeat_n(i, written.len()));
+            steps.extend(written);
+        }
+        answers.push(Some(Answer::Commit(verdict)));
+    }
+    if let Some(step) = pipeline(conn, &steps).await? {
+        conn.client.batch_execute("ROLLBACK").await.map_err(unavailable)?;
+        let refusal = steps.swap_remove(step).guard.expect("only a guarded step is late");
+        return Ok(Tried::Late(owners[step], refusal));
+    }
+    for (job, answer) in jobs.iter().zip(answers.iter_mut()) {
+        if let Job::Prune(kind, before, size, _) = job {
+            *answer = Some(Answer::Prune(Ok(prune::prune(conn, *kind, *before, *size).await?)));
+        }
+    }
+    conn.client.batch_execute("COMMIT").await.map_err(unavailable)?;
+    Ok(Tried::Done(answers.into_iter().map(|a| a.expect("every job answered")).collect()))
 }
 
 fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
@@ -198,122 +229,202 @@ fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
     }
 }
 
-/// Checks one commit, then writes it: `Ok(Err(refusal))` when a check fails (nothing
-/// written).
-async fn apply(conn: &mut Conn, commit: &Commit) -> Result<Result<(), StoreError>, Fail> {
-    if let Err(refusal) = check(conn, commit).await? {
-        return Ok(Err(refusal));
-    }
-    pipeline(conn, writes(commit)).await?;
-    Ok(Ok(()))
-}
-
-const OUTCOME_EXISTS: &str =
-    "SELECT 1 FROM invocations WHERE service = $1 AND space = $2 AND key = $3 AND expires_at > $4";
-const CURRENT_VERSIONS: &str =
-    "SELECT key, version, value IS NOT NULL FROM records WHERE service = $1 AND key = ANY($2)";
-const FLOOR: &str = "SELECT floor FROM version_floors WHERE service = $1";
-const SAGA_BY_KEY: &str = "SELECT 1 FROM sagas WHERE name = $1 AND key = $2";
-const SAGA_VERSION: &str = "SELECT version FROM sagas WHERE id = $1";
+/// Everything one commit's checks need, in one statement: whether its idempotency key
+/// has an unexpired outcome, its service's floor, the records it depends on, its
+/// saga's version (by id for an update, by name and key for a creation). A part the
+/// commit does not have gets NULL parameters and finds nothing.
+const FACTS: &str = "SELECT
+        EXISTS (SELECT 1 FROM invocations WHERE service = $1 AND space = $2 AND key = $3 AND expires_at > $4),
+        (SELECT floor FROM version_floors WHERE service = $5),
+        r.keys, r.versions, r.live,
+        (SELECT version FROM sagas WHERE id = $7),
+        (SELECT version FROM sagas WHERE name = $8 AND key = $9)
+    FROM (SELECT array_agg(key) AS keys, array_agg(version) AS versions, array_agg(value IS NOT NULL) AS live
+          FROM records WHERE service = $5 AND key = ANY($6)) AS r";
 const DELIVERY_STATUS: &str = "SELECT status FROM deliveries WHERE event_id = $1 AND subscriber = $2";
 
-/// The checks of one commit, in SQLite's order: its idempotency key (a duplicate of a
-/// committed invocation learns `Duplicate`, and replays, rather than a conflict on the
-/// records it changed), the records it read, its saga, its redeliveries.
-async fn check(conn: &mut Conn, commit: &Commit) -> Result<Result<(), StoreError>, StoreError> {
-    // Every version the commit depends on: what it read, and for a write without a
-    // read, the version just below it.
+/// The checks' statements, prepared on the writer's connection.
+struct Statements {
+    facts: Statement,
+    delivery: Statement,
+}
+
+impl Statements {
+    async fn prepare(conn: &mut Conn) -> Result<Statements, StoreError> {
+        Ok(Statements {
+            facts: conn.statement(FACTS).await?,
+            delivery: conn.statement(DELIVERY_STATUS).await?,
+        })
+    }
+}
+
+/// What the database says of what one commit depends on, before the batch.
+struct Facts {
+    /// An unexpired outcome is stored for its idempotency key.
+    duplicate: bool,
+    /// (version, exists) of the records it depends on that have a row.
+    records: HashMap<String, (u64, bool)>,
+    /// Its service's version floor: what a key with no row is at.
+    floor: u64,
+    /// The version of its saga: the one it updates, or one of the same name and key.
+    saga: Option<u64>,
+    /// For each redelivery: is that delivery dead.
+    dead: Vec<bool>,
+}
+
+/// Every version the commit depends on: what it read, and for a write without a read,
+/// the version just below it.
+fn expected(commit: &Commit) -> Vec<(&str, u64)> {
     let mut expected: Vec<(&str, u64)> = commit.changes.reads.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     for write in &commit.changes.writes {
         if !commit.changes.reads.iter().any(|(k, _)| *k == write.key) {
             expected.push((&write.key, write.version - 1));
         }
     }
-    let keys: Vec<&str> = expected.iter().map(|(k, _)| *k).collect();
-    let [outcome_exists, versions, floor, saga_by_key, saga_version] = [
-        conn.statement(OUTCOME_EXISTS).await?,
-        conn.statement(CURRENT_VERSIONS).await?,
-        conn.statement(FLOOR).await?,
-        conn.statement(SAGA_BY_KEY).await?,
-        conn.statement(SAGA_VERSION).await?,
-    ];
-    let client = &conn.client;
-    let duplicate = async {
-        match &commit.outcome {
-            Some(o) => {
-                let k = &o.key;
-                let params: [&(dyn ToSql + Sync); 4] = [&k.service, &k.space.as_str(), &k.key, &o.created_at];
-                client.query_opt(&outcome_exists, &params).await.map(|row| row.is_some())
+    expected
+}
+
+/// Reads the facts of one commit (its statement goes out with every other commit's).
+async fn facts(client: &Client, st: &Statements, commit: &Commit) -> Result<Facts, StoreError> {
+    let keys: Vec<&str> = expected(commit).into_iter().map(|(k, _)| k).collect();
+    let outcome = commit.outcome.as_ref();
+    let (service, space, key, at) = (
+        outcome.map(|o| o.key.service.as_str()),
+        outcome.map(|o| o.key.space.as_str()),
+        outcome.map(|o| o.key.key.as_str()),
+        outcome.map(|o| o.created_at),
+    );
+    let (saga_id, saga_name, saga_key) = match &commit.saga {
+        Some(SagaChange::Update { id, .. }) => (Some(id.as_str()), None, None),
+        Some(SagaChange::Create(row)) => (None, Some(row.name.as_str()), Some(row.key.as_str())),
+        None => (None, None, None),
+    };
+    let params: [&(dyn ToSql + Sync); 9] =
+        [&service, &space, &key, &at, &commit.service, &keys, &saga_id, &saga_name, &saga_key];
+    let facts = client.query_one(&st.facts, &params);
+    let dead = futures_util::future::join_all(commit.deliveries.iter().filter_map(|change| match change {
+        DeliveryChange::Redeliver { event_id, subscriber, .. } => Some(async move {
+            let row = client.query_opt(&st.delivery, &[event_id, subscriber]).await?;
+            Ok::<_, tokio_postgres::Error>(row.is_some_and(|row| row.get::<_, &str>(0) == "dead"))
+        }),
+        _ => None,
+    }));
+    let (row, dead) = tokio::join!(facts, dead);
+    let row = row.map_err(unavailable)?;
+    let keys: Vec<String> = row.get::<_, Option<Vec<String>>>(2).unwrap_or_default();
+    let versions: Vec<i64> = row.get::<_, Option<Vec<i64>>>(3).unwrap_or_default();
+    let live: Vec<bool> = row.get::<_, Option<Vec<bool>>>(4).unwrap_or_default();
+    let by_id: Option<i64> = row.get(5);
+    let by_key: Option<i64> = row.get(6);
+    Ok(Facts {
+        duplicate: row.get(0),
+        records: keys.into_iter().zip(versions.into_iter().map(|v| v as u64).zip(live)).collect(),
+        floor: row.get::<_, Option<i64>>(1).map_or(0, |floor| floor as u64),
+        saga: by_id.or(by_key).map(|v| v as u64),
+        dead: dead.into_iter().collect::<Result<_, _>>().map_err(unavailable)?,
+    })
+}
+
+/// What the batch's commits accepted so far changed, keyed like the facts: a later
+/// commit of the batch is checked against it first.
+#[derive(Default)]
+struct Overlay {
+    records: HashMap<(String, String), (u64, bool)>,
+    outcomes: HashSet<IdempotencyKey>,
+    sagas_by_key: HashSet<(String, String)>,
+    saga_versions: HashMap<String, u64>,
+    dead: HashMap<(i64, String), bool>,
+}
+
+impl Overlay {
+    /// The checks of one commit, in SQLite's order: its idempotency key (a duplicate
+    /// of a committed invocation learns `Duplicate`, and replays, rather than a
+    /// conflict on the records it changed), the records it depends on, its saga, its
+    /// redeliveries.
+    fn check(&self, commit: &Commit, facts: &Facts) -> Result<(), StoreError> {
+        if let Some(o) = &commit.outcome
+            && (facts.duplicate || self.outcomes.contains(&o.key))
+        {
+            return Err(StoreError::Duplicate(o.key.key.clone()));
+        }
+        for (key, read) in expected(commit) {
+            let (version, exists) = self
+                .records
+                .get(&(commit.service.clone(), key.to_owned()))
+                .or_else(|| facts.records.get(key))
+                .copied()
+                .unwrap_or((facts.floor, false));
+            if version != read {
+                let conflict = Conflict {
+                    key: key.to_owned(),
+                    expected: (read > 0).then_some(read),
+                    actual: exists.then_some(version),
+                };
+                return Err(conflict.into());
             }
-            None => Ok(false),
         }
-    };
-    let current = async {
-        if keys.is_empty() {
-            return Ok((Vec::new(), None));
+        match &commit.saga {
+            Some(SagaChange::Create(row))
+                if facts.saga.is_some()
+                    || self.sagas_by_key.contains(&(row.name.clone(), row.key.clone())) =>
+            {
+                return Err(StoreError::Duplicate(row.key.clone()));
+            }
+            Some(SagaChange::Update { id, version, .. }) => {
+                let actual = self.saga_versions.get(id).copied().or(facts.saga);
+                if actual != Some(*version) {
+                    return Err(
+                        Conflict { key: format!("saga {id}"), expected: Some(*version), actual }.into()
+                    );
+                }
+            }
+            _ => {}
         }
-        let by_key: [&(dyn ToSql + Sync); 2] = [&commit.service, &keys];
-        let of_service: [&(dyn ToSql + Sync); 1] = [&commit.service];
-        let (rows, floor) =
-            tokio::join!(client.query(&versions, &by_key), client.query_opt(&floor, &of_service));
-        Ok((rows?, floor?))
-    };
-    let saga = async {
+        let redeliveries = commit.deliveries.iter().filter_map(|change| match change {
+            DeliveryChange::Redeliver { event_id, subscriber, .. } => Some((*event_id, subscriber)),
+            _ => None,
+        });
+        for ((event_id, subscriber), dead) in redeliveries.zip(&facts.dead) {
+            if !self.dead.get(&(event_id, subscriber.clone())).copied().unwrap_or(*dead) {
+                return Err(StoreError::Invalid(format!(
+                    "no dead delivery of event {event_id} to `{subscriber}`"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what an accepted commit changes.
+    fn apply(&mut self, commit: &Commit) {
+        if let Some(o) = &commit.outcome {
+            self.outcomes.insert(o.key.clone());
+        }
+        for write in &commit.changes.writes {
+            let slot = (write.version, write.value.is_some());
+            self.records.insert((commit.service.clone(), write.key.clone()), slot);
+        }
         match &commit.saga {
             Some(SagaChange::Create(row)) => {
-                client.query_opt(&saga_by_key, &[&row.name, &row.key]).await.map(|r| r.map(|_| -1))
+                self.sagas_by_key.insert((row.name.clone(), row.key.clone()));
+                self.saga_versions.insert(row.id.clone(), row.version);
             }
-            Some(SagaChange::Update { id, .. }) => {
-                client.query_opt(&saga_version, &[id]).await.map(|r| r.map(|row| row.get::<_, i64>(0)))
+            Some(SagaChange::Update { id, version, .. }) => {
+                self.saga_versions.insert(id.clone(), version + 1);
             }
-            None => Ok(None),
+            None => {}
         }
-    };
-    let (duplicate, current, saga) = tokio::join!(duplicate, current, saga);
-    let (duplicate, (rows, floor), saga) =
-        (duplicate.map_err(unavailable)?, current.map_err(unavailable)?, saga.map_err(unavailable)?);
-    if duplicate {
-        let key = &commit.outcome.as_ref().expect("checked above").key.key;
-        return Ok(Err(StoreError::Duplicate(key.clone())));
-    }
-    let floor = floor.map_or(0, |row| row.get::<_, i64>(0) as u64);
-    for (key, read) in &expected {
-        let (version, exists) = rows
-            .iter()
-            .find(|row| row.get::<_, &str>(0) == *key)
-            .map_or((floor, false), |row| (row.get::<_, i64>(1) as u64, row.get::<_, bool>(2)));
-        if version != *read {
-            return Ok(Err(Conflict {
-                key: (*key).to_owned(),
-                expected: (*read > 0).then_some(*read),
-                actual: exists.then_some(version),
-            }
-            .into()));
-        }
-    }
-    match (&commit.saga, saga) {
-        (Some(SagaChange::Create(row)), Some(_)) => return Ok(Err(StoreError::Duplicate(row.key.clone()))),
-        (Some(SagaChange::Update { id, version, .. }), actual) if actual != Some(*version as i64) => {
-            return Ok(Err(Conflict {
-                key: format!("saga {id}"),
-                expected: Some(*version),
-                actual: actual.map(|v| v as u64),
-            }
-            .into()));
-        }
-        _ => {}
-    }
-    for change in &commit.deliveries {
-        if let DeliveryChange::Redeliver { event_id, subscriber, .. } = change {
-            let status = conn.query_opt(DELIVERY_STATUS, &[event_id, subscriber]).await?;
-            if status.is_none_or(|row| row.get::<_, &str>(0) != "dead") {
-                return Ok(Err(StoreError::Invalid(format!(
-                    "no dead delivery of event {event_id} to `{subscriber}`"
-                ))));
+        for change in &commit.deliveries {
+            match change {
+                DeliveryChange::Update { event_id, subscriber, status, .. } => {
+                    self.dead.insert((*event_id, subscriber.clone()), *status == DeliveryStatus::Dead);
+                }
+                DeliveryChange::Redeliver { event_id, subscriber, .. } => {
+                    self.dead.insert((*event_id, subscriber.clone()), false);
+                }
+                DeliveryChange::Create { .. } => {}
             }
         }
     }
-    Ok(Ok(()))
 }
 
 type Param = Box<dyn ToSql + Sync + Send>;
@@ -334,11 +445,12 @@ fn guarded(sql: &'static str, params: Vec<Param>, refusal: StoreError) -> Step {
     Step { sql, params, guard: Some(refusal) }
 }
 
-/// Sends every statement at once and reads the answers after (one round trip).
-/// PostgreSQL runs them in order.
-async fn pipeline(conn: &mut Conn, steps: Vec<Step>) -> Result<(), Fail> {
+/// Sends every statement at once and reads the answers after (one round trip);
+/// PostgreSQL runs them in order. Returns the first guarded step that did not change
+/// exactly one row.
+async fn pipeline(conn: &mut Conn, steps: &[Step]) -> Result<Option<usize>, StoreError> {
     let mut statements = Vec::with_capacity(steps.len());
-    for step in &steps {
+    for step in steps {
         statements.push(conn.statement(step.sql).await?);
     }
     let client = &conn.client;
@@ -347,15 +459,14 @@ async fn pipeline(conn: &mut Conn, steps: Vec<Step>) -> Result<(), Fail> {
         async move { client.execute(statement, &params).await }
     }))
     .await;
-    for (step, result) in steps.into_iter().zip(results) {
+    let mut late = None;
+    for (i, (step, result)) in steps.iter().zip(results).enumerate() {
         let changed = result.map_err(unavailable)?;
-        if let Some(refusal) = step.guard
-            && changed != 1
-        {
-            return Err(Fail::Late(refusal));
+        if step.guard.is_some() && changed != 1 && late.is_none() {
+            late = Some(i);
         }
     }
-    Ok(())
+    Ok(late)
 }
 
 const STORE_OUTCOME: &str =
