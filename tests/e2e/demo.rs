@@ -68,8 +68,11 @@ async fn the_demo_runs_the_store_and_resumes_on_its_data() {
         let url = &demo.1;
         // The seed opens the last customer's account last.
         for _ in 0..200 {
-            let response =
-                client.get(format!("{url}/v1/services/payment/records/account/poor-paul")).send().await.unwrap();
+            let response = client
+                .get(format!("{url}/v1/services/payment/records/account/poor-paul"))
+                .send()
+                .await
+                .unwrap();
             if response.status() == 200 {
                 break;
             }
