@@ -135,6 +135,34 @@ pub struct Scanned {
     pub complete: bool,
 }
 
+impl Scanned {
+    /// What a backend's scan returns of `rows`, read in key order from the start of
+    /// the range (at most `limit` of them): the rows up to the first key without
+    /// `prefix`, and no more than `max_bytes` of values past the first row.
+    pub(crate) fn collect(
+        rows: impl IntoIterator<Item = Result<(String, Entry), StoreError>>,
+        prefix: &str,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Scanned, StoreError> {
+        let mut found = Vec::new();
+        let mut bytes = 0;
+        for row in rows {
+            let (key, entry) = row?;
+            if !key.starts_with(prefix) {
+                return Ok(Scanned { rows: found, complete: true });
+            }
+            bytes += entry.value.len();
+            if !found.is_empty() && bytes > max_bytes {
+                return Ok(Scanned { rows: found, complete: false });
+            }
+            found.push((key, entry));
+        }
+        let complete = found.len() < limit;
+        Ok(Scanned { rows: found, complete })
+    }
+}
+
 /// Whose idempotency key it is. A client chooses its keys freely; the host's own calls
 /// keep theirs in spaces of their own, so that no key a client sends can ever meet
 /// (and pre-empt) a saga step's or a delivery's.

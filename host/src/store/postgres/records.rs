@@ -86,22 +86,10 @@ impl Snapshot for PgSnapshot {
             _ => (SCAN_FROM, prefix),
         };
         let rows = self.query(sql, &[&service, &from, &(limit as i64)]).await?;
-        let mut found = Vec::new();
-        let mut bytes = 0;
-        let total = rows.len();
-        for row in rows {
-            let key: String = row.get(0);
-            if !key.starts_with(prefix) {
-                return Ok(Scanned { rows: found, complete: true });
-            }
-            let entry = Entry { value: row.get(1), version: row.get::<_, i64>(2) as u64 };
-            bytes += entry.value.len();
-            if !found.is_empty() && bytes > max_bytes {
-                return Ok(Scanned { rows: found, complete: false });
-            }
-            found.push((key, entry));
-        }
-        Ok(Scanned { rows: found, complete: total < limit })
+        let rows = rows
+            .iter()
+            .map(|row| Ok((row.get(0), Entry { value: row.get(1), version: row.get::<_, i64>(2) as u64 })));
+        Scanned::collect(rows, prefix, limit, max_bytes)
     }
 }
 

@@ -98,21 +98,7 @@ impl Snapshot for SqliteSnapshot {
                 ))
             })
             .map_err(unavailable)?;
-        let mut found = Vec::new();
-        let mut bytes = 0;
-        for row in rows {
-            let (key, entry) = row.map_err(unavailable)?;
-            if !key.starts_with(prefix) {
-                return Ok(Scanned { rows: found, complete: true });
-            }
-            bytes += entry.value.len();
-            if !found.is_empty() && bytes > max_bytes {
-                return Ok(Scanned { rows: found, complete: false });
-            }
-            found.push((key, entry));
-        }
-        let complete = found.len() < limit;
-        Ok(Scanned { rows: found, complete })
+        Scanned::collect(rows.map(|row| row.map_err(unavailable)), prefix, limit, max_bytes)
     }
 }
 
