@@ -31,6 +31,8 @@ use crate::store::{Commit, DeliveryChange, DeliveryRow, DeliveryStatus, Store, S
 pub const MAX_ATTEMPTS: u32 = 5;
 /// How often the dispatcher looks for new events and due deliveries.
 const POLL: Duration = Duration::from_millis(20);
+/// How long the dispatcher waits after a pass the store could not answer.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 64;
 
@@ -66,12 +68,30 @@ impl Dispatcher {
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let dispatcher = self.clone();
         tokio::spawn(async move {
+            // While the store cannot answer (a database restarting), say so once and
+            // look again every second, not every poll.
+            let mut failing = false;
             loop {
-                if let Err(error) = dispatcher.fan_out().await {
-                    tracing::warn!("making event deliveries failed: {error}");
-                }
-                if let Err(error) = dispatcher.deliver_due().await {
-                    tracing::warn!("reading due deliveries failed: {error}");
+                let pass = match dispatcher.fan_out().await {
+                    Ok(()) => {
+                        dispatcher.deliver_due().await.map_err(|e| format!("reading due deliveries: {e}"))
+                    }
+                    Err(e) => Err(format!("making event deliveries: {e}")),
+                };
+                match pass {
+                    Err(error) => {
+                        if !failing {
+                            tracing::warn!("event dispatch failed ({error}); trying again every second");
+                            failing = true;
+                        }
+                        tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+                        continue;
+                    }
+                    Ok(()) if failing => {
+                        tracing::info!("event dispatch works again");
+                        failing = false;
+                    }
+                    Ok(()) => {}
                 }
                 tokio::time::sleep(POLL).await;
             }

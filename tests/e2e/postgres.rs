@@ -5,7 +5,7 @@
 use std::io::Read;
 
 use serde_json::{Value, json};
-use wasaga::store::postgres_testing;
+use wasaga::store::postgres_testing::{self, PrivateServer};
 
 use crate::support::{SAGAS, Server, plugins_dir, seed_shop, wait_settled, wasaga};
 
@@ -100,4 +100,54 @@ fn a_bad_connection_string_is_refused() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a PostgreSQL connection string"), "{stderr}");
+}
+
+/// PostgreSQL stopped under a serving host: writes answer 503 and `/readyz` says why
+/// while it is down; once it is back the host serves again by itself, and what was
+/// acknowledged before is there (a server of its own: the other tests share one).
+#[tokio::test]
+async fn a_database_restart_is_weathered() {
+    // Blocking calls of a few hundred milliseconds: the host under test is a process.
+    let database = PrivateServer::start().unwrap();
+    let (plugins, data) = (plugins_dir(&["inventory"]), tempfile::tempdir().unwrap());
+    let server = Server::start_in(plugins.path(), data.path(), &["--database", &database.url()]);
+    let client = Server::client();
+    let restock = async |key: &str| {
+        let body = json!({"sku": "lamp", "qty": 5});
+        server.invoke(&client, "inventory/restock", key, &body).send().await.unwrap().status().as_u16()
+    };
+    let readyz = async || {
+        let response = client.get(format!("{}/readyz", server.url)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(restock("before").await, 200);
+
+    database.stop().unwrap();
+    assert_eq!(restock("while-down").await, 503, "a write while the database is down");
+    let mut down = (0, String::new());
+    for _ in 0..100 {
+        down = readyz().await;
+        if down.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(down.0, 503, "{down:?}");
+    assert!(down.1.contains("PostgreSQL"), "/readyz says why: {}", down.1);
+
+    database.launch().unwrap();
+    let mut back = 0;
+    for _ in 0..100 {
+        back = restock("after").await;
+        if back == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(back, 200, "writes are taken again");
+    assert_eq!(readyz().await.0, 200);
+    assert_eq!(
+        server.record(&client, "inventory", "stock/lamp").await.unwrap(),
+        json!({"available": 10, "reserved": 0})
+    );
 }

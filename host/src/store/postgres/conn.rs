@@ -10,6 +10,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
 use crate::store::StoreError;
+use crate::store::health::Health;
 
 /// One connection to the database, with the statements it prepared: a statement is
 /// parsed once per connection, and each later use is one round trip.
@@ -88,6 +89,8 @@ pub(super) struct Pool {
     config: Config,
     idle: Mutex<Vec<Conn>>,
     lends: Arc<Semaphore>,
+    /// Marked failing when no connection can be made (the writer's probe clears it).
+    health: Arc<Health>,
 }
 
 /// A connection lent by the pool; give it back with [`Pool::put`] (dropped, it is
@@ -111,8 +114,8 @@ impl std::ops::DerefMut for Lent {
 }
 
 impl Pool {
-    pub(super) fn new(config: Config, size: usize) -> Pool {
-        Pool { config, idle: Mutex::default(), lends: Arc::new(Semaphore::new(size.max(1))) }
+    pub(super) fn new(config: Config, size: usize, health: Arc<Health>) -> Pool {
+        Pool { config, idle: Mutex::default(), lends: Arc::new(Semaphore::new(size.max(1))), health }
     }
 
     pub(super) async fn take(&self) -> Result<Lent, StoreError> {
@@ -122,7 +125,11 @@ impl Pool {
             match idle {
                 Some(conn) if conn.client.is_closed() => continue,
                 Some(conn) => return Ok(Lent { conn, _place: place }),
-                None => return Ok(Lent { conn: Conn::open(&self.config).await?, _place: place }),
+                None => {
+                    let conn =
+                        Conn::open(&self.config).await.inspect_err(|e| self.health.failed(&e.to_string()))?;
+                    return Ok(Lent { conn, _place: place });
+                }
             }
         }
     }
@@ -138,6 +145,15 @@ pub(super) fn unavailable(error: tokio_postgres::Error) -> StoreError {
     // The server's message (with its detail), not just "db error".
     match error.as_db_error() {
         Some(db) => StoreError::Unavailable(format!("PostgreSQL: {}", db.message())),
-        None => StoreError::Unavailable(format!("PostgreSQL: {error}")),
+        None => {
+            // "error connecting to server" says little without its causes.
+            let mut message = format!("PostgreSQL: {error}");
+            let mut cause = std::error::Error::source(&error);
+            while let Some(inner) = cause {
+                message.push_str(&format!(": {inner}"));
+                cause = inner.source();
+            }
+            StoreError::Unavailable(message)
+        }
     }
 }

@@ -88,7 +88,8 @@ impl PgStore {
         let health = Arc::new(Health::default());
         let writer =
             writer::spawn(Conn::open(&config).await?, config.clone(), options.max_batch, health.clone());
-        Ok(PgStore { pool: Arc::new(Pool::new(config, options.connections)), writer, health, _host: host })
+        let pool = Arc::new(Pool::new(config, options.connections, health.clone()));
+        Ok(PgStore { pool, writer, health, _host: host })
     }
 
     fn send(&self, job: writer::Job) -> Result<(), StoreError> {

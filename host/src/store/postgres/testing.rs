@@ -68,54 +68,108 @@ fn binaries() -> Option<PathBuf> {
 }
 
 fn start_private() -> Result<String, String> {
-    let bin = binaries().ok_or("no `initdb` and `postgres` on the PATH or under /usr/lib/postgresql")?;
-    let dir =
-        tempfile::Builder::new().prefix("wasaga-test-postgres-").tempdir().map_err(|e| e.to_string())?.keep();
-    // The server refuses to run as root: as root, it runs as `postgres` (Debian's
-    // package makes that user) or `nobody`.
-    let user = as_user();
-    if let Some(user) = &user {
-        run(Command::new("chown").args(["-R", user]).arg(&dir))?;
+    Ok(PrivateServer::start()?.url())
+}
+
+/// A PostgreSQL cluster of this process's own, on a Unix socket in a temporary
+/// directory; stopped and removed when the process ends.
+#[derive(Debug)]
+pub struct PrivateServer {
+    bin: PathBuf,
+    dir: PathBuf,
+    /// Who runs it (as root: `postgres` or `nobody`; the server refuses root).
+    user: Option<String>,
+}
+
+impl PrivateServer {
+    /// Makes a cluster and starts it.
+    pub fn start() -> Result<PrivateServer, String> {
+        let bin = binaries().ok_or("no `initdb` and `postgres` on the PATH or under /usr/lib/postgresql")?;
+        let dir = tempfile::Builder::new()
+            .prefix("wasaga-test-postgres-")
+            .tempdir()
+            .map_err(|e| e.to_string())?
+            .keep();
+        let server = PrivateServer { bin, dir, user: as_user() };
+        if let Some(user) = &server.user {
+            run(Command::new("chown").args(["-R", user]).arg(&server.dir))?;
+        }
+        run(server
+            .command("initdb")
+            .args(["--auth=trust", "--no-sync", "--username=postgres", "-D"])
+            .arg(server.data()))?;
+        watch(std::process::id(), &server.dir)?;
+        server.launch()?;
+        Ok(server)
     }
-    let data = dir.join("data");
-    let command = |program: &str| {
-        let mut command = match &user {
+
+    /// Its connection string.
+    pub fn url(&self) -> String {
+        format!("host={} user=postgres dbname=postgres", self.dir.display())
+    }
+
+    /// Starts the server on its cluster (again), and waits until it accepts connections.
+    pub fn launch(&self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .map_err(|e| e.to_string())?;
+        // It runs on after this process: the watchdog stops it.
+        self.command("postgres")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-k")
+            .arg(&self.dir)
+            // Tests need no durability, and many connections at once.
+            .args(["-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting postgres: {e}"))?;
+        let started = Instant::now();
+        while !self.dir.join(".s.PGSQL.5432").exists() || !self.data().join("postmaster.pid").exists() {
+            if started.elapsed() > Duration::from_secs(30) {
+                let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+                return Err(format!("postgres did not start within 30 s; its log:\n{log}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Stops the server (a fast shutdown: sessions are ended) and waits until it is gone.
+    pub fn stop(&self) -> Result<(), String> {
+        let pid = std::fs::read_to_string(self.data().join("postmaster.pid")).map_err(|e| e.to_string())?;
+        let pid = pid.lines().next().unwrap_or_default().trim().to_owned();
+        run(Command::new("kill").args(["-INT", &pid]))?;
+        let started = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!("postgres {pid} did not stop within 30 s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = match &self.user {
             Some(user) => {
                 let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(bin.join(program));
+                c.args(["-u", user, "--"]).arg(self.bin.join(program));
                 c
             }
-            None => Command::new(bin.join(program)),
+            None => Command::new(self.bin.join(program)),
         };
         command.stdin(Stdio::null());
         command
-    };
-    run(command("initdb").args(["--auth=trust", "--no-sync", "--username=postgres", "-D"]).arg(&data))?;
-    let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
-    // It runs on after this process: the watchdog stops it.
-    command("postgres")
-        .arg("-D")
-        .arg(&data)
-        .arg("-k")
-        .arg(&dir)
-        // Tests need no durability, and many connections at once.
-        .args(["-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off"])
-        .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("starting postgres: {e}"))?;
-    watch(std::process::id(), &dir)?;
-    let socket = dir.join(".s.PGSQL.5432");
-    let started = Instant::now();
-    while !socket.exists() {
-        if started.elapsed() > Duration::from_secs(30) {
-            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            return Err(format!("postgres did not start within 30 s; its log:\n{log}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(format!("host={} user=postgres dbname=postgres", dir.display()))
 }
 
 /// Stops the server and removes its directory once this process is gone (it may end

@@ -59,19 +59,16 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
-        let job = if health.is_failing() {
-            match tokio::time::timeout(PROBE_EVERY, receiver.recv()).await {
-                Ok(Some(job)) => job,
-                Ok(None) => return,
-                Err(_) => {
+        // The store may be marked failing by a read that could not connect as well as
+        // by a batch: an idle writer looks every second, and probes while it fails.
+        let job = match tokio::time::timeout(PROBE_EVERY, receiver.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(_) => {
+                if health.is_failing() {
                     probe(&mut conn, &config, &health).await;
-                    continue;
                 }
-            }
-        } else {
-            match receiver.recv().await {
-                Some(job) => job,
-                None => return,
+                continue;
             }
         };
         batch.push(job);
