@@ -64,8 +64,9 @@ pub struct ServeArgs {
     database: Option<String>,
 
     /// With --database: the most connections open for reads and plugin snapshots (a
-    /// call waits for one beyond that); the writer has one more of its own.
-    #[arg(long, help_heading = "Storage", env = "WASAGA_DATABASE_CONNECTIONS", default_value_t = 64)]
+    /// call waits for one beyond that); the writer has one more of its own. A few per
+    /// core of the database server is plenty: each is a server process.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_DATABASE_CONNECTIONS", default_value_t = 16)]
     database_connections: usize,
 
     /// When a commit counts as done: `full` waits for the disk (fsync) before

@@ -46,7 +46,7 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { max_batch: 256, connections: 64 }
+        PgOptions { max_batch: 256, connections: 16 }
     }
 }
 
