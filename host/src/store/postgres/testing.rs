@@ -129,7 +129,13 @@ impl PrivateServer {
             .spawn()
             .map_err(|e| format!("starting postgres: {e}"))?;
         let started = Instant::now();
-        while !self.dir.join(".s.PGSQL.5432").exists() || !self.data().join("postmaster.pid").exists() {
+        // The pid file's eighth line says `ready` once connections are accepted (the
+        // socket exists earlier, while the server still refuses them).
+        let ready = || {
+            std::fs::read_to_string(self.data().join("postmaster.pid"))
+                .is_ok_and(|pid| pid.lines().nth(7).is_some_and(|status| status.trim() == "ready"))
+        };
+        while !ready() {
             if started.elapsed() > Duration::from_secs(30) {
                 let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
                 return Err(format!("postgres did not start within 30 s; its log:\n{log}"));

@@ -88,9 +88,8 @@ async fn run(
                 }
             }
         }
-        match write_batch(&mut conn, std::mem::take(&mut batch)).await {
-            Ok(()) => health.committed(),
-            Err(error) => health.failed(&error.to_string()),
+        if let Err(error) = write_batch(&mut conn, std::mem::take(&mut batch), &health).await {
+            health.failed(&error.to_string());
         }
     }
 }
@@ -117,7 +116,7 @@ enum Answer {
 
 /// Writes a batch and answers each job. An error means the database failed: every job
 /// told "stored" is committed, and none told otherwise is.
-async fn write_batch(conn: &mut Conn, mut jobs: Vec<Job>) -> Result<(), StoreError> {
+async fn write_batch(conn: &mut Conn, mut jobs: Vec<Job>, health: &Health) -> Result<(), StoreError> {
     let commits = jobs.iter().filter(|job| matches!(job, Job::Commit(..))).count();
     crate::metrics::metrics().commit_batch.observe(commits as f64);
     loop {
@@ -129,6 +128,9 @@ async fn write_batch(conn: &mut Conn, mut jobs: Vec<Job>) -> Result<(), StoreErr
                 }
             }
             Ok(Tried::Done(answers)) => {
+                // Well again before anyone hears of it: a client told "stored" may ask
+                // /readyz next.
+                health.committed();
                 for (job, answer) in jobs.into_iter().zip(answers) {
                     // A receiver that went away (the caller was cancelled) needs no answer.
                     match (job, answer) {

@@ -76,9 +76,8 @@ fn run(
                 Err(_) => break,
             }
         }
-        match write_batch(&mut conn, &mut batch) {
-            Ok(()) => health.committed(),
-            Err(error) => health.failed(&error.to_string()),
+        if let Err(error) = write_batch(&mut conn, &mut batch, &health) {
+            health.failed(&error.to_string());
         }
         wal.enforce(&conn);
     }
@@ -92,7 +91,7 @@ enum Reply {
 /// Writes a batch and answers each job. An error means the storage failed (SQLite could
 /// not begin, write or sync the batch, or a statement failed on it): every job that was
 /// told "stored" is on disk, and none that was told otherwise is.
-fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) -> Result<(), StoreError> {
+fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, health: &Health) -> Result<(), StoreError> {
     let commits = batch.iter().filter(|job| matches!(job, Job::Commit(..))).count();
     crate::metrics::metrics().commit_batch.observe(commits as f64);
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
@@ -156,6 +155,10 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>) -> Result<(), StoreE
         }
     }
     let durable = tx.commit().map_err(unavailable);
+    // Well again before anyone hears of it: a client told "stored" may ask /readyz next.
+    if durable.is_ok() && storage_error.is_none() {
+        health.committed();
+    }
     for reply in replies {
         // A receiver that went away (the caller was cancelled) needs no answer.
         match reply {
