@@ -224,7 +224,7 @@ impl Dispatcher {
             attempts: attempt,
             next_at,
             outcome: None,
-            last_error: Some(error),
+            last_error: Some(storable(&error)),
             done_at: (status == DeliveryStatus::Dead).then_some(now_ms()),
         };
         self.commit(change).await
@@ -257,7 +257,7 @@ fn delivered(
         attempts: attempt,
         next_at: now,
         outcome: Some(if result.is_ok() { "ok" } else { "rejected" }.into()),
-        last_error: result.as_ref().err().cloned(),
+        last_error: result.as_ref().err().map(|e| storable(e)),
         done_at: Some(now),
     }
 }
@@ -270,4 +270,10 @@ fn count(subscriber: &str, status: &str) {
 fn backoff(attempt: u32) -> Duration {
     let ceiling = Duration::from_millis(100).saturating_mul(1 << attempt.saturating_sub(1).min(10));
     ceiling.min(Duration::from_secs(10)).mul_f64(rand::rng().random::<f64>())
+}
+
+/// A plugin's message as kept in the store: text without NUL characters (PostgreSQL's
+/// text cannot hold them).
+fn storable(message: &str) -> String {
+    message.replace('\0', "\u{fffd}")
 }

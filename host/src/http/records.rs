@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::{Operator, Reader};
 use super::{ApiError, AppState, json_body};
-use crate::store::{ChangeSet, Commit, Slot, StoreError, Write};
+use crate::store::{ChangeSet, Commit, NUL_IN_KEY, Slot, StoreError, Write};
 
 pub async fn get(
     _: Reader,
@@ -64,6 +64,8 @@ pub async fn list(
     axum::extract::Query(query): axum::extract::Query<ListQuery>,
 ) -> Result<axum::Json<RecordPage>, ApiError> {
     known_service(&state, &service)?;
+    no_nul(&query.prefix)?;
+    no_nul(query.after.as_deref().unwrap_or_default())?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let mut snapshot = state.store.snapshot(&service)?;
     let scanned = snapshot.scan(&query.prefix, query.after.as_deref(), limit, PAGE_BYTES).await?;
@@ -172,6 +174,7 @@ fn precondition(headers: &HeaderMap, may_create: bool) -> Result<Precondition, A
 
 async fn read(state: &AppState, service: &str, key: &str) -> Result<Slot, ApiError> {
     known_service(state, service)?;
+    no_nul(key)?;
     let mut snapshot = state.store.snapshot(service)?;
     Ok(snapshot.get(key).await?)
 }
@@ -229,6 +232,14 @@ fn precondition_failed(service: &str, key: &str, actual: Option<u64>) -> ApiErro
         Some(tag) => error.with_header(header::ETAG, tag.to_str().unwrap_or_default()),
         None => error,
     }
+}
+
+/// No key (nor prefix) holds a NUL character (see [`NUL_IN_KEY`]).
+fn no_nul(key: &str) -> Result<(), ApiError> {
+    if key.contains('\0') {
+        return Err(ApiError::bad_request(NUL_IN_KEY));
+    }
+    Ok(())
 }
 
 fn known_service(state: &AppState, service: &str) -> Result<(), ApiError> {

@@ -64,6 +64,22 @@ async fn bad_requests_get_precise_errors() {
         (post("/v1/services/echo/fly", Some("k3"), "{}"), 404, "service `echo` has no operation `fly`"),
         (post("/v1/services/echo/echo", Some("k4"), vec![b' '; 2 << 20]), 413, "larger than the limit"),
         (post("/v1/services/inventory/reserve", Some("k5"), "{\"sku\": 1}"), 422, "invalid input"),
+        (
+            Request::get("/v1/services/echo/records/a%00b")
+                .header("host", "localhost")
+                .body(Body::empty())
+                .unwrap(),
+            400,
+            "a key may not contain a NUL character",
+        ),
+        (
+            Request::get("/v1/services/echo/records?prefix=a%00")
+                .header("host", "localhost")
+                .body(Body::empty())
+                .unwrap(),
+            400,
+            "a key may not contain a NUL character",
+        ),
     ];
     for (request, status, detail) in cases {
         let (got, content_type, problem) = send(&state, request).await;

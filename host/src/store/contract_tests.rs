@@ -233,6 +233,12 @@ pub(crate) async fn invalid_requests_are_refused_and_change_nothing(store: &dyn 
         matches!(t.set("j", b"1".to_vec()).await, Err(StoreError::Invalid(m)) if m.contains("more than 1"))
     );
     assert_eq!(t.get("").await.unwrap(), None, "an impossible key reads as absent");
+    // No backend keeps a NUL in a key or topic (PostgreSQL's text cannot).
+    assert!(matches!(t.set("a\0b", b"1".to_vec()).await, Err(StoreError::Invalid(m)) if m.contains("NUL")));
+    assert_eq!(t.get("a\0b").await.unwrap(), None, "a key with a NUL reads as absent");
+    assert!(
+        matches!(t.publish("to\0pic", b"{}".to_vec(), None), Err(StoreError::Invalid(m)) if m.contains("NUL"))
+    );
     let changes = t.into_changes();
     assert_eq!(changes.writes.len(), 1);
 }

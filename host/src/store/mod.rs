@@ -36,7 +36,7 @@ pub use postgres::testing as postgres_testing;
 pub use postgres::{PgOptions, PgStore};
 pub use sagas::{DefinitionRow, SagaChange, SagaRow, SagaStatus};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
-pub use transaction::{ChangeSet, Event, Transaction, TxLimits, Write};
+pub use transaction::{ChangeSet, Event, NUL_IN_KEY, Transaction, TxLimits, Write};
 
 /// A stored record as plugins and clients see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -59,6 +59,10 @@ pub struct Event {
     pub correlation_id: Option<String>,
 }
 
+/// Keys and topics are text that every backend keeps as it is: PostgreSQL's text
+/// cannot hold a NUL character, so none may.
+pub const NUL_IN_KEY: &str = "a key may not contain a NUL character";
+
 /// What one invocation wants committed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeSet {
@@ -204,6 +208,9 @@ impl Transaction {
         payload: Vec<u8>,
         correlation_id: Option<String>,
     ) -> Result<(), StoreError> {
+        if topic.contains('\0') {
+            return Err(StoreError::Invalid("an event topic may not contain a NUL character".into()));
+        }
         if topic.is_empty() || topic.len() > self.limits.max_key_bytes {
             return Err(StoreError::Invalid(format!(
                 "an event topic must be 1 to {} bytes",
@@ -329,6 +336,9 @@ impl Transaction {
     }
 
     fn check_key(&self, key: &str) -> Result<(), StoreError> {
+        if key.contains('\0') {
+            return Err(StoreError::Invalid(NUL_IN_KEY.into()));
+        }
         if key.is_empty() || key.len() > self.limits.max_key_bytes {
             return Err(StoreError::Invalid(format!(
                 "a key must be 1 to {} bytes, `{}` is {}",

@@ -23,6 +23,7 @@ pub mod testing;
 mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Config;
@@ -74,6 +75,15 @@ impl PgStore {
             .map_err(|e| StoreError::Invalid(format!("not a PostgreSQL connection string: {e}")))?;
         if config.get_application_name().is_none() {
             config.application_name("wasaga");
+        }
+        // A server that went away without closing the connection (a failover, a cut
+        // network) must not hold a commit or a read for ever: unanswered data fails the
+        // connection after a while, and the store is marked failing until it reconnects.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
         }
         let mut host = Conn::open(&config).await?;
         schema::migrate(&mut host.client).await.map_err(StoreError::Unavailable)?;

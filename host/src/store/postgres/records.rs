@@ -49,10 +49,12 @@ impl PgSnapshot {
         if self.begun {
             return conn.client.query(&statement, params).await.map_err(unavailable);
         }
+        // Begun from here on, even if this future is dropped half-way: the BEGIN may be
+        // out, and the connection must not go back to the pool inside it.
+        self.begun = true;
         let begin = conn.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
         let (begun, rows) = tokio::join!(begin, conn.client.query(&statement, params));
         begun.map_err(unavailable)?;
-        self.begun = true;
         rows.map_err(unavailable)
     }
 }

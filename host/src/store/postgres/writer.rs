@@ -329,7 +329,8 @@ async fn facts(client: &Client, st: &Statements, commit: &Commit) -> Result<Fact
 #[derive(Default)]
 struct Overlay {
     records: HashMap<(String, String), (u64, bool)>,
-    outcomes: HashSet<IdempotencyKey>,
+    /// Outcomes stored by the batch, with when they expire.
+    outcomes: HashMap<IdempotencyKey, i64>,
     sagas_by_key: HashSet<(String, String)>,
     saga_versions: HashMap<String, u64>,
     dead: HashMap<(i64, String), bool>,
@@ -342,7 +343,7 @@ impl Overlay {
     /// redeliveries.
     fn check(&self, commit: &Commit, facts: &Facts) -> Result<(), StoreError> {
         if let Some(o) = &commit.outcome
-            && (facts.duplicate || self.outcomes.contains(&o.key))
+            && (facts.duplicate || self.outcomes.get(&o.key).is_some_and(|expires| *expires > o.created_at))
         {
             return Err(StoreError::Duplicate(o.key.key.clone()));
         }
@@ -396,7 +397,7 @@ impl Overlay {
     /// Records what an accepted commit changes.
     fn apply(&mut self, commit: &Commit) {
         if let Some(o) = &commit.outcome {
-            self.outcomes.insert(o.key.clone());
+            self.outcomes.insert(o.key.clone(), o.expires_at);
         }
         for write in &commit.changes.writes {
             let slot = (write.version, write.value.is_some());
