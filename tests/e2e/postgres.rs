@@ -103,8 +103,9 @@ fn a_bad_connection_string_is_refused() {
 }
 
 /// PostgreSQL stopped under a serving host: writes answer 503 and `/readyz` says why
-/// while it is down; once it is back the host serves again by itself, and what was
-/// acknowledged before is there (a server of its own: the other tests share one).
+/// while it is down; once it is back the host serves again by itself, what was
+/// acknowledged before is there, and it holds the one-host lock again (a server of
+/// its own: the other tests share one).
 #[tokio::test]
 async fn a_database_restart_is_weathered() {
     // Blocking calls of a few hundred milliseconds: the host under test is a process.
@@ -150,4 +151,18 @@ async fn a_database_restart_is_weathered() {
         server.record(&client, "inventory", "stock/lamp").await.unwrap(),
         json!({"available": 10, "reserved": 0})
     );
+
+    // The one-host lock went with the old connections: the host took it again.
+    let other_data = tempfile::tempdir().unwrap();
+    let second = wasaga()
+        .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
+        .arg(plugins.path())
+        .arg("--data")
+        .arg(other_data.path())
+        .args(["--database", &database.url()])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another wasaga host uses this database"), "{stderr}");
 }

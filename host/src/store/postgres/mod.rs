@@ -6,8 +6,9 @@
 //! - Snapshots are read-only `REPEATABLE READ` transactions on pooled connections
 //!   (`records.rs`); the other reads run on pooled connections too (`queries.rs`).
 //! - Migrations run at start, one host at a time (`schema.rs`).
-//! - For now one wasaga host per database: the store holds an advisory lock for its
-//!   life, and a second host is refused with a clear message. Sagas, deliveries and
+//! - For now one wasaga host per database: the writer's connection holds an advisory
+//!   lock (taken again whenever it reconnects), and a second host is refused with a
+//!   clear message. Sagas, deliveries and
 //!   idempotency claims are still driven by one process's memory; sharing them across
 //!   hosts (leases, fencing) comes next.
 //!
@@ -51,18 +52,12 @@ impl Default for PgOptions {
     }
 }
 
-/// The lock a host holds while it uses the database's schema (see the module's notes);
-/// `schema.rs` takes the same class, 0x7761 ("wa"), with another key per schema.
-const HOST_LOCK: &str = "SELECT pg_try_advisory_lock(x'7761'::int, hashtext(current_schema()) + 1)";
-
 /// Everything the host persists, in a PostgreSQL database.
 #[derive(Debug)]
 pub struct PgStore {
     pool: Arc<Pool>,
     writer: mpsc::Sender<writer::Job>,
     health: Arc<Health>,
-    /// Holds [`HOST_LOCK`] for the store's life.
-    _host: Conn,
 }
 
 impl PgStore {
@@ -85,21 +80,13 @@ impl PgStore {
         if config.get_tcp_user_timeout().is_none() {
             config.tcp_user_timeout(Duration::from_secs(30));
         }
-        let mut host = Conn::open(&config).await?;
-        schema::migrate(&mut host.client).await.map_err(StoreError::Unavailable)?;
-        let locked = host.query(HOST_LOCK, &[]).await?;
-        if !locked.first().is_some_and(|row| row.get::<_, bool>(0)) {
-            return Err(StoreError::Unavailable(
-                "another wasaga host uses this database; for now one host per database \
-                 (several hosts on one database need leases on sagas and deliveries, not built yet)"
-                    .into(),
-            ));
-        }
+        let mut migrating = Conn::open(&config).await?;
+        schema::migrate(&mut migrating.client).await.map_err(StoreError::Unavailable)?;
         let health = Arc::new(Health::default());
         let writer =
-            writer::spawn(Conn::open(&config).await?, config.clone(), options.max_batch, health.clone());
+            writer::spawn(writer::open(&config).await?, config.clone(), options.max_batch, health.clone());
         let pool = Arc::new(Pool::new(config, options.connections, health.clone()));
-        Ok(PgStore { pool, writer, health, _host: host })
+        Ok(PgStore { pool, writer, health })
     }
 
     fn send(&self, job: writer::Job) -> Result<(), StoreError> {

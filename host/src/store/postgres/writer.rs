@@ -44,6 +44,26 @@ pub(super) enum Job {
 /// Commits that may wait for the writer; more are refused ([`StoreError::Overloaded`]).
 pub(super) const QUEUE: usize = 4096;
 
+/// The lock a host's writer holds while it writes to the database's schema (see
+/// `mod.rs`); `schema.rs` takes the same class, 0x7761 ("wa"), with another key.
+const HOST_LOCK: &str = "SELECT pg_try_advisory_lock(x'7761'::int, hashtext(current_schema()) + 1)";
+
+/// Opens the writer's connection, with the one-host lock: after a server restart or a
+/// failover the lock went with the old connection, and another host may have taken it
+/// meanwhile; then this one must not write.
+pub(super) async fn open(config: &Config) -> Result<Conn, StoreError> {
+    let mut conn = Conn::open(config).await?;
+    let locked = conn.query(HOST_LOCK, &[]).await?;
+    if !locked.first().is_some_and(|row| row.get::<_, bool>(0)) {
+        return Err(StoreError::Unavailable(
+            "another wasaga host uses this database; for now one host per database \
+             (several hosts on one database need leases on sagas and deliveries, not built yet)"
+                .into(),
+        ));
+    }
+    Ok(conn)
+}
+
 pub(super) fn spawn(conn: Conn, config: Config, max_batch: usize, health: Arc<Health>) -> mpsc::Sender<Job> {
     let (sender, receiver) = mpsc::channel(QUEUE);
     tokio::spawn(run(conn, config, receiver, max_batch.max(1), health));
@@ -79,7 +99,7 @@ async fn run(
             }
         }
         if conn.client.is_closed() {
-            match Conn::open(&config).await {
+            match open(&config).await {
                 Ok(fresh) => conn = fresh,
                 Err(error) => {
                     fail_all(batch.drain(..), &error);
@@ -97,7 +117,7 @@ async fn run(
 /// While the store fails, a commit of one row every second tells when it writes again.
 async fn probe(conn: &mut Conn, config: &Config, health: &Health) {
     if conn.client.is_closed() {
-        match Conn::open(config).await {
+        match open(config).await {
             Ok(fresh) => *conn = fresh,
             Err(error) => return health.failed(&error.to_string()),
         }
