@@ -1,11 +1,10 @@
-//! Connections: each with its own prepared statements, and a pool of idle ones for the
-//! reads and snapshots.
+//! Connections: each with its own prepared statements, and the pool that lends them
+//! for reads and snapshots.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 

@@ -1,16 +1,15 @@
 //! The shared backend: PostgreSQL, for hosts that outgrow one machine's SQLite.
 //!
 //! - One writer task per host owns a connection and group-commits (`writer.rs`):
-//!   a batch is one transaction, each commit checked then written with its statements
-//!   pipelined.
+//!   a batch is one transaction in three round trips (every commit's checks, the
+//!   writes of those that hold, `COMMIT`).
 //! - Snapshots are read-only `REPEATABLE READ` transactions on pooled connections
 //!   (`records.rs`); the other reads run on pooled connections too (`queries.rs`).
 //! - Migrations run at start, one host at a time (`schema.rs`).
 //! - For now one wasaga host per database: the writer's connection holds an advisory
 //!   lock (taken again whenever it reconnects), and a second host is refused with a
-//!   clear message. Sagas, deliveries and
-//!   idempotency claims are still driven by one process's memory; sharing them across
-//!   hosts (leases, fencing) comes next.
+//!   clear message. Sagas, deliveries and idempotency claims are still driven by one
+//!   process's memory; sharing them across hosts (leases, fencing) comes next.
 //!
 //! The client is tokio-postgres (see docs/architecture.md for why).
 
