@@ -169,3 +169,37 @@ async fn the_demo_makes_up_an_admin_token_and_prints_it() {
     assert_eq!(put(Some(&token)).await.unwrap().status(), 201);
     drop(demo);
 }
+
+/// `--database`: the demo keeps its store in PostgreSQL; started again on the same
+/// database (with a fresh data directory) it finds the store seeded and its sagas there.
+#[tokio::test]
+async fn the_demo_runs_on_postgres_and_resumes_on_it() {
+    let database = wasaga::store::postgres_testing::scratch().await;
+    let client = Server::client();
+    let record = async |url: &str, path: &str| {
+        let response = client.get(format!("{url}/v1/services/{path}")).send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap_or_default())
+    };
+    {
+        let data = tempfile::tempdir().unwrap();
+        let demo = Demo::start(data.path(), &["--database", &database]);
+        // The seed opens the last customer's account last.
+        for _ in 0..200 {
+            if record(&demo.1, "payment/records/account/poor-paul").await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let input = json!({"order": "o-1", "customer": "ada", "sku": "lamp", "qty": 2, "amount": 2500});
+        let ok = place(&client, &demo.1, "o-1", input).await;
+        assert_eq!(ok["status"], "completed", "{ok}");
+    }
+    let data = tempfile::tempdir().unwrap();
+    let demo = Demo::start(data.path(), &["--database", &database]);
+    let overview: Value =
+        client.get(format!("{}/v1/overview", demo.1)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(overview["sagas"]["completed"], 1, "the first run's saga is in the database");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stock = record(&demo.1, "inventory/records/stock/lamp").await.1;
+    assert_eq!(stock, json!({"available": 498, "reserved": 2}), "not seeded twice");
+}
