@@ -63,8 +63,8 @@ impl Retention {
 
     /// One pass: everything of each kind past its retention, in batches, back to back
     /// (a pass by hand, and the tests).
-    pub async fn prune(&self, store: &dyn Store, now: i64) -> usize {
-        self.prune_paced(store, now, &Pace::default()).await
+    pub async fn prune(&self, store: &dyn Store, now: i64) {
+        self.prune_paced(store, now, &Pace::default()).await;
     }
 
     /// One pass, its batches `pace` apart; returns how many batches it took.

@@ -7,24 +7,18 @@ use std::io::Read;
 use serde_json::{Value, json};
 use wasaga::store::postgres_testing::{self, PrivateServer};
 
-use crate::support::{SAGAS, Server, plugins_dir, seed_shop, wait_settled, wasaga};
+use crate::support::{SAGAS, Server, plugins_dir, seed_shop, start_saga, wait_settled, wasaga};
 
 /// A server of the demo's services and sagas on the PostgreSQL schema `database`.
 fn server_on(database: &str, plugins: &std::path::Path, data: &std::path::Path) -> Server {
     Server::start_in(plugins, data, &["--sagas", SAGAS, "--database", database])
 }
 
+/// Starts `place-order` for `customer` and waits for it to settle; returns the saga.
 async fn place(server: &Server, client: &reqwest::Client, key: &str, order: &str, customer: &str) -> Value {
     let input = json!({"order": order, "customer": customer, "sku": "lamp", "qty": 2, "amount": 2_500});
-    let response = client
-        .post(format!("{}/v1/sagas/place-order?wait=20s", server.url))
-        .header("Idempotency-Key", key)
-        .json(&input)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    let id = start_saga(server, client, key, &input).await;
+    wait_settled(server, client, &id).await
 }
 
 /// The saga completes and compensates on PostgreSQL as on SQLite; after a restart the
@@ -52,8 +46,7 @@ async fn sagas_run_on_postgres_and_outlive_a_restart() {
     assert_eq!(server.record(&client, "payment", "account/ada").await.unwrap(), json!({"balance": 7_500}));
     let again = place(&server, &client, "order-1", "o-1", "ada").await;
     assert_eq!(again["id"], good["id"], "the same key finds the same saga");
-    let settled = wait_settled(&server, &client, good["id"].as_str().unwrap()).await;
-    assert_eq!(settled["status"], "completed");
+    assert_eq!(again["status"], "completed");
     assert_eq!(
         server.record(&client, "inventory", "stock/lamp").await.unwrap(),
         json!({"available": 8, "reserved": 2})

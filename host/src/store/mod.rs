@@ -136,6 +136,17 @@ pub struct Scanned {
 }
 
 impl Scanned {
+    /// Where a scan of `prefix` after `start_after` starts reading, and whether that key
+    /// itself is in: keys sort in byte order in every backend, so the keys with a
+    /// prefix are one contiguous range, read on from its start until the first key
+    /// without the prefix ([`Scanned::collect`]).
+    pub(crate) fn start<'a>(prefix: &'a str, start_after: Option<&'a str>) -> (&'a str, bool) {
+        match start_after {
+            Some(after) if after >= prefix => (after, false),
+            _ => (prefix, true),
+        }
+    }
+
     /// What a backend's scan returns of `rows`, read in key order from the start of
     /// the range (at most `limit` of them): the rows up to the first key without
     /// `prefix`, and no more than `max_bytes` of values past the first row.

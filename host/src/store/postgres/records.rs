@@ -81,12 +81,9 @@ impl Snapshot for PgSnapshot {
         max_bytes: usize,
     ) -> Result<Scanned, StoreError> {
         let service = self.service.clone();
-        // Keys sort in byte order (COLLATE "C"): a prefix is one range, read on from its
-        // start until the first key without it.
-        let (sql, from) = match start_after {
-            Some(after) if after >= prefix => (SCAN_AFTER, after),
-            _ => (SCAN_FROM, prefix),
-        };
+        // Keys sort in byte order (COLLATE "C").
+        let (from, inclusive) = Scanned::start(prefix, start_after);
+        let sql = if inclusive { SCAN_FROM } else { SCAN_AFTER };
         let rows = self.query(sql, &[&service, &from, &(limit as i64)]).await?;
         let rows = rows
             .iter()

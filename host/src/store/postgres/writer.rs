@@ -348,7 +348,8 @@ async fn facts(client: &Client, st: &Statements, commit: &Commit) -> Result<Fact
 /// commit of the batch is checked against it first.
 #[derive(Default)]
 struct Overlay {
-    records: HashMap<(String, String), (u64, bool)>,
+    /// (version, exists) of the records written, by service and key.
+    records: HashMap<String, HashMap<String, (u64, bool)>>,
     /// Outcomes stored by the batch, with when they expire.
     outcomes: HashMap<IdempotencyKey, i64>,
     sagas_by_key: HashSet<(String, String)>,
@@ -370,7 +371,8 @@ impl Overlay {
         for (key, read) in expected(commit) {
             let (version, exists) = self
                 .records
-                .get(&(commit.service.clone(), key.to_owned()))
+                .get(&commit.service)
+                .and_then(|written| written.get(key))
                 .or_else(|| facts.records.get(key))
                 .copied()
                 .unwrap_or((facts.floor, false));
@@ -419,9 +421,11 @@ impl Overlay {
         if let Some(o) = &commit.outcome {
             self.outcomes.insert(o.key.clone(), o.expires_at);
         }
-        for write in &commit.changes.writes {
-            let slot = (write.version, write.value.is_some());
-            self.records.insert((commit.service.clone(), write.key.clone()), slot);
+        if !commit.changes.writes.is_empty() {
+            let written = self.records.entry(commit.service.clone()).or_default();
+            for write in &commit.changes.writes {
+                written.insert(write.key.clone(), (write.version, write.value.is_some()));
+            }
         }
         match &commit.saga {
             Some(SagaChange::Create(row)) => {

@@ -74,13 +74,8 @@ impl Snapshot for SqliteSnapshot {
         max_bytes: usize,
     ) -> Result<Scanned, StoreError> {
         let service = self.service.clone();
-        // Keys with a prefix are one contiguous range in byte order (SQLite's BINARY
-        // collation), so reading on from its start and stopping at the first key
-        // without the prefix is exact.
-        let (from, inclusive) = match start_after {
-            Some(after) if after >= prefix => (after, false),
-            _ => (prefix, true),
-        };
+        // SQLite's BINARY collation is byte order.
+        let (from, inclusive) = Scanned::start(prefix, start_after);
         let sql = if inclusive {
             "SELECT key, value, version FROM records
              WHERE service = ?1 AND key >= ?2 AND value IS NOT NULL ORDER BY key LIMIT ?3"
