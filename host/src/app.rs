@@ -5,11 +5,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::alert::Alerter;
 use crate::clock::SystemClock;
+use crate::cluster::Membership;
 use crate::events::Dispatcher;
 use crate::http::{Access, AppState};
 use crate::invoke::{InvokeOptions, Invoker};
@@ -65,6 +67,9 @@ pub struct AppConfig {
     pub max_running_sagas: usize,
     /// Where alerts are POSTed, besides the log and the metrics.
     pub alert_webhook: Option<String>,
+    /// How long this host counts as alive after each heartbeat: on a shared store, the
+    /// sagas of a host that stopped are taken over this long after its last beat.
+    pub host_lease: Duration,
 }
 
 impl AppConfig {
@@ -86,6 +91,7 @@ impl AppConfig {
             retention: Retention::default(),
             max_running_sagas: 256,
             alert_webhook: None,
+            host_lease: crate::cluster::DEFAULT_LEASE,
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct App {
     pub sagas: SagaEngine,
     pub plugins: PluginManager,
     pub events: Dispatcher,
+    /// This host among the hosts on the store.
+    pub membership: Membership,
     /// How many unfinished sagas were resumed at start.
     pub resumed: usize,
     /// The dispatcher's and retention's tasks, stopped by [`App::stop`].
@@ -131,14 +139,16 @@ impl App {
             Some(url) => Alerter::with_webhook(url.clone()),
             None => Alerter::none(),
         };
+        let membership = Membership::new(config.host_lease);
         let sagas = SagaEngine::new(
             invoker.clone(),
             store.clone(),
             Arc::new(SystemClock),
             config.max_running_sagas,
             alerter.clone(),
+            membership.id().to_owned(),
         );
-        let events = Dispatcher::new(invoker.clone(), store.clone(), alerter);
+        let events = Dispatcher::new(invoker.clone(), store.clone(), alerter, membership.clone());
         let plugins = PluginManager::new(
             registry,
             sagas.clone(),
@@ -170,10 +180,14 @@ impl App {
                     .with_context(|| format!("watching the sagas directory {}", dir.display()))?;
             }
         }
-        let resumed = sagas.resume_all().await.context("resuming unfinished sagas")?;
-        let tasks =
-            [tokio::spawn(config.retention.run(store.clone())).abort_handle(), events.spawn().abort_handle()];
-        Ok(App { store, invoker, sagas, plugins, events, resumed, tasks: Arc::new(tasks) })
+        membership.beat(&*store, crate::clock::now_ms()).await.context("joining the hosts on the store")?;
+        let resumed = sagas.take_over().await.context("resuming unfinished sagas")?;
+        let tasks = [
+            tokio::spawn(membership.clone().run(store.clone(), sagas.clone())).abort_handle(),
+            tokio::spawn(config.retention.run(store.clone(), membership.clone())).abort_handle(),
+            events.spawn().abort_handle(),
+        ];
+        Ok(App { store, invoker, sagas, plugins, events, membership, resumed, tasks: Arc::new(tasks) })
     }
 
     /// The HTTP API's state, with `access` deciding who may do what.
@@ -188,7 +202,7 @@ impl App {
         }
     }
 
-    /// Stops the dispatcher and retention (a benchmark that starts one app per run
+    /// Stops the heartbeat, the dispatcher and retention (a benchmark that starts one app per run
     /// stops the last one first). Sagas being driven finish their current step.
     pub fn stop(&self) {
         for task in self.tasks.iter() {

@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 
 use crate::alert::{Alert, Alerter};
 use crate::clock::now_ms;
+use crate::cluster::Membership;
 use crate::invoke::{Attached, Caller, InvokeError, Invoker, Produced, Request};
 use crate::metrics::{labels, metrics};
 use crate::store::{Commit, DeliveryChange, DeliveryRow, DeliveryStatus, Store, StoreError};
@@ -49,10 +50,12 @@ struct Inner {
     alerter: Alerter,
     in_flight: Mutex<HashSet<(i64, String)>>,
     permits: Arc<Semaphore>,
+    /// Only the leading host dispatches (see `cluster.rs`).
+    membership: Membership,
 }
 
 impl Dispatcher {
-    pub fn new(invoker: Invoker, store: Arc<dyn Store>, alerter: Alerter) -> Self {
+    pub fn new(invoker: Invoker, store: Arc<dyn Store>, alerter: Alerter, membership: Membership) -> Self {
         Dispatcher {
             inner: Arc::new(Inner {
                 invoker,
@@ -60,6 +63,7 @@ impl Dispatcher {
                 alerter,
                 in_flight: Mutex::default(),
                 permits: Arc::new(Semaphore::new(CONCURRENCY)),
+                membership,
             }),
         }
     }
@@ -72,6 +76,10 @@ impl Dispatcher {
             // look again every second, not every poll.
             let mut failing = false;
             loop {
+                if !dispatcher.inner.membership.leads() {
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
                 let pass = match dispatcher.fan_out().await {
                     Ok(()) => {
                         dispatcher.deliver_due().await.map_err(|e| format!("reading due deliveries: {e}"))

@@ -33,6 +33,7 @@ pub mod alert;
 pub mod app;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod guests;

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::Membership;
 use crate::metrics::{labels, metrics};
 use crate::store::{PruneKind, Store};
 
@@ -49,13 +50,16 @@ impl Retention {
         Ok(())
     }
 
-    /// Prunes every `every`, until the process ends.
-    pub async fn run(self, store: Arc<dyn Store>) {
+    /// Prunes every `every`, while this host leads, until the process ends.
+    pub async fn run(self, store: Arc<dyn Store>, membership: Membership) {
         let mut ticks = tokio::time::interval(self.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pace = Pace::default();
         loop {
             ticks.tick().await;
+            if !membership.leads() {
+                continue;
+            }
             let batches = self.prune_paced(&*store, crate::clock::now_ms(), &pace).await;
             pace = Pace { last_batches: batches, spread: self.every / 2 };
         }

@@ -59,7 +59,8 @@ pub struct ServeArgs {
     /// `postgres://wasaga@db1,db2/wasaga?target_session_attrs=read-write` (with several
     /// hosts, the one that accepts writes is used, and a failover is followed). Pass a
     /// password through WASAGA_DATABASE, not on the command line. The schema is created
-    /// or migrated at start. For now one wasaga host per database.
+    /// or migrated at start. Several hosts may share one database (see
+    /// docs/deployment.md).
     #[arg(long, help_heading = "Storage", env = "WASAGA_DATABASE", hide_env_values = true)]
     database: Option<String>,
 
@@ -68,6 +69,12 @@ pub struct ServeArgs {
     /// core of the database server is plenty: each is a server process.
     #[arg(long, help_heading = "Storage", env = "WASAGA_DATABASE_CONNECTIONS", default_value_t = 16)]
     database_connections: usize,
+
+    /// With --database: how long a host counts as alive after each heartbeat (it beats
+    /// every third of it). The sagas of a host that stopped (or paused) are taken over by
+    /// the others this long after its last beat.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_HOST_LEASE", default_value = "5s", value_parser = parse_lease)]
+    host_lease: std::time::Duration,
 
     /// When a commit counts as done: `full` waits for the disk (fsync) before
     /// answering; `normal` is faster, and a power loss may lose the last commits.
@@ -187,6 +194,7 @@ impl ServeArgs {
             },
             max_running_sagas: self.max_running_sagas,
             alert_webhook: self.alert_webhook.clone(),
+            host_lease: self.host_lease,
             ..AppConfig::with_storage(storage)
         }
     }
@@ -271,4 +279,13 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = interrupt.recv() => {}
         }
     })
+}
+
+/// A host lease: long enough for a beat (a third of it) to reach the database in time.
+fn parse_lease(text: &str) -> anyhow::Result<std::time::Duration> {
+    let lease = parse_duration(text)?;
+    if lease < std::time::Duration::from_millis(300) {
+        anyhow::bail!("a host lease under 300ms would expire between beats on any real network");
+    }
+    Ok(lease)
 }

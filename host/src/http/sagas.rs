@@ -248,6 +248,9 @@ pub struct SagaView {
     pub input: Value,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The id of the host that drives it (or drove it last): with several hosts, whose
+    /// log to read.
+    pub host: Option<String>,
     pub steps: Vec<StepView>,
     /// What happened on the way: failed attempts, getting stuck, operator actions
     /// (who, why).
@@ -321,6 +324,7 @@ impl From<&SagaRecord> for SagaView {
             input: serde_json::from_slice(&record.row.input).unwrap_or(Value::Null),
             created_at: record.row.created_at,
             updated_at: record.row.updated_at,
+            host: record.row.owner.clone(),
             steps,
             history: record.state.history.clone(),
         }

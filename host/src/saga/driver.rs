@@ -128,10 +128,14 @@ async fn call_until_answered(
         let at = engine.clock.now_ms();
         let (base, version, id) = (run.state.clone(), run.version, run.id.clone());
         let def_for_attach = def.clone();
+        let engine_for_attach = engine.clone();
         let attach = Arc::new(move |produced: &Produced<'_>| {
             let mut next = base.clone();
             apply(&def_for_attach, &mut next, outcome_event(step, direction, produced, at));
-            Attached { saga: Some(update(&id, version, &next, at)), ..Attached::default() }
+            Attached {
+                saga: Some(update(&engine_for_attach, &id, version, &next, at)),
+                ..Attached::default()
+            }
         });
         let event = match engine.invoker.invoke_with(request.clone(), attach).await {
             Ok(invoked) => {
@@ -190,7 +194,7 @@ async fn save(
     actions: Vec<Action>,
 ) -> Result<Vec<Action>, StoreError> {
     loop {
-        match commit(engine, update(&run.id, run.version, &run.state, at)).await {
+        match commit(engine, update(engine, &run.id, run.version, &run.state, at)).await {
             Ok(()) => {
                 run.version += 1;
                 return Ok(actions);
@@ -203,6 +207,10 @@ async fn save(
                     StoreError::Unavailable(format!("saga {} has an unreadable state: {e}", run.id))
                 })?;
                 run.version = row.version;
+                if let Some(owner) = row.owner.filter(|owner| *owner != engine.host) {
+                    tracing::warn!(saga = %run.id, %owner, "another host took the saga over; this one stops driving it");
+                    return Ok(Vec::new());
+                }
                 tracing::warn!(saga = %run.id, "the saga moved on elsewhere; going on from its stored state");
                 return Ok(super::machine::resume(&run.state));
             }
@@ -256,13 +264,21 @@ fn step_input(run: &Run, direction: Direction) -> Vec<u8> {
     serde_json::to_vec(&input).expect("JSON values serialise")
 }
 
-pub(super) fn update(id: &SagaId, version: u64, state: &SagaState, at: i64) -> SagaChange {
+/// The saga's next state, made by this host (which drives it from then on).
+pub(super) fn update(
+    engine: &EngineInner,
+    id: &SagaId,
+    version: u64,
+    state: &SagaState,
+    at: i64,
+) -> SagaChange {
     SagaChange::Update {
         id: id.to_string(),
         version,
         status: state.status,
         state: serde_json::to_string(state).expect("the saga state serialises"),
         at,
+        by: Some(engine.host.clone()),
     }
 }
 

@@ -33,6 +33,12 @@ use crate::store::{Commit, DefinitionRow, SagaChange, SagaRow, Store, StoreError
 use driver::Run;
 use machine::{Event, apply, resume};
 
+/// How many sagas one claim takes over (more go in further claims).
+const CLAIM_PAGE: usize = 500;
+
+/// How often a wait for a saga that no driver here drives reads it again.
+const LOOK_ELSEWHERE: Duration = Duration::from_millis(250);
+
 /// A saga's id: a UUID v7, so that ids sort by creation time.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SagaId(String);
@@ -115,6 +121,8 @@ pub(crate) struct EngineInner {
     /// Bounds the drivers running at once.
     permits: Arc<Semaphore>,
     alerter: Alerter,
+    /// This host's id: the owner recorded on the sagas it drives (see `cluster.rs`).
+    host: String,
 }
 
 impl EngineInner {
@@ -126,13 +134,15 @@ impl EngineInner {
 }
 
 impl SagaEngine {
-    /// `max_running`: how many sagas are driven at once; more wait their turn.
+    /// `max_running`: how many sagas are driven at once; more wait their turn. `host`:
+    /// this host's id, recorded as the owner of the sagas it drives.
     pub fn new(
         invoker: Invoker,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         max_running: usize,
         alerter: Alerter,
+        host: String,
     ) -> Self {
         SagaEngine {
             inner: Arc::new(EngineInner {
@@ -145,6 +155,7 @@ impl SagaEngine {
                 waiters: Mutex::default(),
                 permits: Arc::new(Semaphore::new(max_running.max(1))),
                 alerter,
+                host,
             }),
         }
     }
@@ -327,6 +338,7 @@ impl SagaEngine {
             fingerprint,
             created_at: at,
             updated_at: at,
+            owner: Some(self.inner.host.clone()),
         };
         let commit = Commit { saga: Some(SagaChange::Create(row.clone())), ..Commit::default() };
         match self.inner.invoker.commit(commit).await {
@@ -458,7 +470,9 @@ impl SagaEngine {
         let at = self.inner.clock.now_ms();
         let event = event(&def, &state, at)?;
         let actions = apply(&def, &mut state, event);
-        driver::commit(&self.inner, driver::update(&saga_id, record.row.version, &state, at)).await?;
+        // The saga becomes this host's, whichever drove it to where it stuck.
+        let update = driver::update(&self.inner, &saga_id, record.row.version, &state, at);
+        driver::commit(&self.inner, update).await?;
         if let Some(HistoryEntry { what: Happened::Operator { action, by, .. }, .. }) = state.history.last() {
             tracing::info!(saga = %saga_id, ?action, %by, "operator action on a stuck saga");
         }
@@ -507,7 +521,9 @@ impl SagaEngine {
                 }
                 return record;
             }
-            let _ = tokio::time::timeout(left, woken.changed()).await;
+            // Not driven here: another host may be driving it, and nobody here would say
+            // when it ends. Read it again now and then.
+            let _ = tokio::time::timeout(left.min(LOOK_ELSEWHERE), woken.changed()).await;
         }
     }
 
@@ -524,10 +540,28 @@ impl SagaEngine {
         Ok(ids)
     }
 
-    /// Starts a driver for every saga that is running or compensating (after a
-    /// restart); returns how many.
-    pub async fn resume_all(&self) -> Result<usize, SagaError> {
-        let rows = self.inner.store.unfinished_sagas().await?;
+    /// Takes over the running and compensating sagas that no live host drives (all the
+    /// unfinished ones of the process before, after a restart on SQLite) and starts a
+    /// driver for each; returns how many.
+    pub async fn take_over(&self) -> Result<usize, SagaError> {
+        let mut resumed = 0;
+        loop {
+            let now = self.inner.clock.now_ms();
+            let rows = self.inner.store.claim_sagas(&self.inner.host, now, CLAIM_PAGE).await?;
+            let last_page = rows.len() < CLAIM_PAGE;
+            resumed += self.resume(rows).await?;
+            if last_page {
+                break;
+            }
+        }
+        if resumed > 0 {
+            tracing::info!(sagas = resumed, "took over unfinished sagas");
+        }
+        Ok(resumed)
+    }
+
+    /// Starts a driver for each of `rows` (sagas this host owns now); returns how many.
+    async fn resume(&self, rows: Vec<SagaRow>) -> Result<usize, SagaError> {
         let mut resumed = 0;
         for row in rows {
             let record = self.decode(row).await?;
@@ -664,7 +698,7 @@ mod tests {
         registry.insert(runtime.load("notification", wasm, Limits::default()).await.unwrap());
         let invoker = Invoker::new(registry.clone(), store.clone(), Default::default());
         let clock = Arc::new(ManualClock::default());
-        let engine = SagaEngine::new(invoker, store, clock.clone(), 4, Alerter::none());
+        let engine = SagaEngine::new(invoker, store, clock.clone(), 4, Alerter::none(), "host-1".into());
         let plugins = registry.plugins();
         let def =
             SagaDef::parse(Path::new("notify-hourly.toml"), HOURLY, |_| Some(plugins[0].manifest())).unwrap();

@@ -31,6 +31,7 @@ macro_rules! contract_tests {
             a_create_read_below_a_raised_floor_conflicts,
             a_saga_is_created_once_per_name_and_key,
             a_saga_changes_only_at_the_version_read,
+            sagas_of_hosts_that_stopped_are_claimed_and_their_owners_fenced,
             sagas_are_listed_by_id_and_status,
             sagas_are_found_by_id_key_or_input_value,
             definitions_are_kept_by_digest,
@@ -105,6 +106,7 @@ fn saga(id: &str, name: &str, key: &str, status: SagaStatus, at: i64) -> SagaRow
         fingerprint: [0; 32],
         created_at: at,
         updated_at: at,
+        owner: None,
     }
 }
 
@@ -430,6 +432,7 @@ pub(crate) async fn a_saga_changes_only_at_the_version_read(store: &dyn Store) {
         status,
         state: format!("{{\"v\":{version}}}"),
         at: 10 + version as i64,
+        by: None,
     };
     store
         .commit(Commit { saga: Some(update(1, SagaStatus::Compensating)), ..Commit::default() })
@@ -460,9 +463,59 @@ pub(crate) async fn a_saga_changes_only_at_the_version_read(store: &dyn Store) {
         status: SagaStatus::Completed,
         state: "{}".into(),
         at: 20,
+        by: None,
     };
     let err = store.commit(Commit { saga: Some(missing), ..Commit::default() }).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict(Conflict { actual: None, .. })), "{err:?}");
+}
+
+/// A host takes over the running and compensating sagas that no live host drives
+/// (none, or an owner whose lease ran out), a page at a time; from then on an update
+/// by the former owner is refused, while the new owner's goes through; a stuck saga is
+/// taken by whoever changes it (an operator's action).
+pub(crate) async fn sagas_of_hosts_that_stopped_are_claimed_and_their_owners_fenced(store: &dyn Store) {
+    assert_eq!(store.heartbeat("h1", 100, 200).await.unwrap(), "h1", "the only live host leads");
+    let owned = |id: &str, status: SagaStatus, owner: Option<&str>| SagaRow {
+        owner: owner.map(Into::into),
+        ..saga(id, "s", id, status, 1)
+    };
+    for row in [
+        owned("a", SagaStatus::Running, None),
+        owned("b", SagaStatus::Running, Some("h1")),
+        owned("c", SagaStatus::Completed, None),
+        owned("d", SagaStatus::Compensating, Some("gone")),
+        owned("e", SagaStatus::Stuck, None),
+        owned("f", SagaStatus::Running, Some("gone")),
+    ] {
+        create_saga(store, row).await.unwrap();
+    }
+    let ids = |rows: &[SagaRow]| rows.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+
+    let first = store.claim_sagas("h1", 150, 2).await.unwrap();
+    assert_eq!(ids(&first), ["a", "d"], "oldest first, at most the limit, not h1's own, not finished");
+    assert!(first.iter().all(|s| s.owner.as_deref() == Some("h1")), "{first:?}");
+    assert_eq!(ids(&store.claim_sagas("h1", 150, 10).await.unwrap()), ["f"], "the next page");
+    assert!(store.claim_sagas("h1", 150, 10).await.unwrap().is_empty(), "all h1's while it lives");
+    assert_eq!(store.saga("b").await.unwrap().unwrap().owner.as_deref(), Some("h1"));
+
+    // h1's lease ran out at 200: another host takes every unfinished saga over.
+    let taken = store.claim_sagas("h2", 250, 10).await.unwrap();
+    assert_eq!(ids(&taken), ["a", "b", "d", "f"]);
+    let update = |id: &str, by: &str| SagaChange::Update {
+        id: id.into(),
+        version: 1,
+        status: SagaStatus::Running,
+        state: "{\"next\":1}".into(),
+        at: 300,
+        by: Some(by.into()),
+    };
+    let fenced = store.commit(Commit { saga: Some(update("b", "h1")), ..Commit::default() }).await;
+    assert!(matches!(fenced, Err(StoreError::Conflict(_))), "the former owner is refused: {fenced:?}");
+    assert_eq!(store.saga("b").await.unwrap().unwrap().version, 1, "nothing written");
+    store.commit(Commit { saga: Some(update("b", "h2")), ..Commit::default() }).await.unwrap();
+    assert_eq!(store.saga("b").await.unwrap().unwrap().version, 2);
+    store.commit(Commit { saga: Some(update("e", "h1")), ..Commit::default() }).await.unwrap();
+    assert_eq!(store.saga("e").await.unwrap().unwrap().owner.as_deref(), Some("h1"), "a stuck saga is taken");
 }
 
 pub(crate) async fn sagas_are_listed_by_id_and_status(store: &dyn Store) {
@@ -492,6 +545,7 @@ pub(crate) async fn sagas_are_listed_by_id_and_status(store: &dyn Store) {
         status: SagaStatus::Completed,
         state: "{}".into(),
         at: 2,
+        by: None,
     };
     store.commit(Commit { saga: Some(update), ..Commit::default() }).await.unwrap();
     let counts = store.saga_counts().await.unwrap();

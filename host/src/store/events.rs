@@ -78,7 +78,9 @@ pub struct ChainPage {
 pub enum DeliveryChange {
     /// New deliveries, for the events up to `through` (the dispatch cursor moves there).
     Create { deliveries: Vec<DeliveryRow>, through: i64 },
-    /// The result of one attempt.
+    /// The result of attempt `attempts`: refused (a conflict) unless the delivery is
+    /// pending after `attempts - 1` of them, so that an attempt another host (a former
+    /// leader) made meanwhile is never overwritten.
     Update {
         event_id: i64,
         subscriber: String,

@@ -360,6 +360,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// restart.
     async fn unfinished_sagas(&self) -> Result<Vec<SagaRow>, StoreError>;
 
+    // Hosts: several hosts on one store (see `cluster.rs`).
+
+    /// Says host `host` is alive until `until` (unix ms), and returns the host that
+    /// leads now: of the hosts alive at `now`, the one alive the longest (then by id). A
+    /// backend that only one host can open at a time (SQLite) knows that every other
+    /// host it remembers is gone.
+    async fn heartbeat(&self, host: &str, now: i64, until: i64) -> Result<String, StoreError>;
+
+    /// Takes over, for `host`, at most `limit` running or compensating sagas (oldest
+    /// first) whose owner is no live host at `now` (or that have none), and returns
+    /// them: `host` drives them from then on, and the old owner's updates are refused.
+    /// Two hosts claiming at once never take the same saga.
+    async fn claim_sagas(&self, host: &str, now: i64, limit: usize) -> Result<Vec<SagaRow>, StoreError>;
+
     /// How many sagas are in each status (statuses with none left out), by status.
     async fn saga_counts(&self) -> Result<Vec<(SagaStatus, u64)>, StoreError>;
 

@@ -66,6 +66,8 @@ pub struct SagaRow {
     /// Unix ms.
     pub created_at: i64,
     pub updated_at: i64,
+    /// The host that drives it (see `Store::claim_sagas`); `None` before hosts had ids.
+    pub owner: Option<String>,
 }
 
 /// A saga definition as kept for the sagas that started with it.
@@ -85,6 +87,10 @@ pub struct DefinitionRow {
 pub enum SagaChange {
     /// A new saga; refused with [`StoreError::Duplicate`] if its (name, key) exists.
     Create(SagaRow),
-    /// The next state of a saga at `version` (it becomes `version + 1`).
-    Update { id: String, version: u64, status: SagaStatus, state: String, at: i64 },
+    /// The next state of a saga at `version` (it becomes `version + 1`), made by host
+    /// `by`, which drives it from then on. Refused (a conflict) if the saga moved on, or
+    /// if another host drives it now (it took the saga over): only a saga that is
+    /// `by`'s, has no owner, or is stuck (an operator's action takes it over) changes.
+    /// `by: None` checks the version alone.
+    Update { id: String, version: u64, status: SagaStatus, state: String, at: i64, by: Option<String> },
 }

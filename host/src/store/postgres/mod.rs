@@ -6,10 +6,10 @@
 //! - Snapshots are read-only `REPEATABLE READ` transactions on pooled connections
 //!   (`records.rs`); the other reads run on pooled connections too (`queries.rs`).
 //! - Migrations run at start, one host at a time (`schema.rs`).
-//! - For now one wasaga host per database: the writer's connection holds an advisory
-//!   lock (taken again whenever it reconnects), and a second host is refused with a
-//!   clear message. Sagas, deliveries and idempotency claims are still driven by one
-//!   process's memory; sharing them across hosts (leases, fencing) comes next.
+//! - Several hosts may share the database: heartbeats, saga claims and the
+//!   leader come from `queries.rs` (`heartbeat`, `claim`; see `cluster.rs`); every
+//!   saga update is fenced by version and owner, and batches that publish take turns
+//!   so that event ids follow commit order (`writer.rs`).
 //!
 //! The client is tokio-postgres (see docs/architecture.md for why).
 
@@ -154,6 +154,14 @@ impl Store for PgStore {
 
     async fn unfinished_sagas(&self) -> Result<Vec<SagaRow>, StoreError> {
         read!(self, conn => queries::unfinished(conn))
+    }
+
+    async fn heartbeat(&self, host: &str, now: i64, until: i64) -> Result<String, StoreError> {
+        read!(self, conn => queries::heartbeat(conn, host, now, until))
+    }
+
+    async fn claim_sagas(&self, host: &str, now: i64, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
+        read!(self, conn => queries::claim(conn, host, now, limit))
     }
 
     async fn saga_counts(&self) -> Result<Vec<(SagaStatus, u64)>, StoreError> {

@@ -22,6 +22,7 @@ fn saga_row(row: &Row) -> Result<SagaRow, StoreError> {
         fingerprint: fingerprint(row.get(7))?,
         created_at: row.get(8),
         updated_at: row.get(9),
+        owner: row.get(10),
     })
 }
 
@@ -29,12 +30,15 @@ fn sagas_of(rows: Vec<Row>) -> Result<Vec<SagaRow>, StoreError> {
     rows.iter().map(saga_row).collect()
 }
 
+macro_rules! saga_columns {
+    () => {
+        "id, name, status, input, state, version, key, fingerprint, created_at, updated_at, owner"
+    };
+}
+
 macro_rules! sagas_where {
     ($filter:literal) => {
-        concat!(
-            "SELECT id, name, status, input, state, version, key, fingerprint, created_at, updated_at FROM sagas ",
-            $filter
-        )
+        concat!(concat!("SELECT ", saga_columns!(), " FROM sagas "), $filter)
     };
 }
 
@@ -82,6 +86,50 @@ pub(super) async fn sagas(
 
 pub(super) async fn unfinished(conn: &mut Conn) -> Result<Vec<SagaRow>, StoreError> {
     sagas_of(conn.query(sagas_where!("WHERE status IN ('running', 'compensating') ORDER BY id"), &[]).await?)
+}
+
+/// See `Store::heartbeat`: the beat, and who leads after it, in one statement. Hosts
+/// gone for a day are forgotten.
+pub(super) async fn heartbeat(
+    conn: &mut Conn,
+    host: &str,
+    now: i64,
+    until: i64,
+) -> Result<String, StoreError> {
+    let sql = "WITH beat AS (
+             INSERT INTO hosts (id, started_at, alive_until) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until
+             RETURNING id, started_at
+         ), forgotten AS (
+             DELETE FROM hosts WHERE alive_until < $2 - 86400000 AND id != $1
+         )
+         SELECT id FROM (
+             SELECT id, started_at FROM hosts WHERE alive_until > $2 AND id != $1
+             UNION ALL SELECT id, started_at FROM beat
+         ) AS live ORDER BY started_at, id LIMIT 1";
+    let leader = conn.query_opt(sql, &[&host, &now, &until]).await?;
+    Ok(leader.map_or_else(|| host.to_owned(), |row| row.get(0)))
+}
+
+/// See `Store::claim_sagas`: `SKIP LOCKED`, so that hosts claiming at once take
+/// different sagas rather than wait for each other.
+pub(super) async fn claim(
+    conn: &mut Conn,
+    host: &str,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<SagaRow>, StoreError> {
+    let sql = concat!(
+        "UPDATE sagas SET owner = $1 WHERE id IN (
+             SELECT id FROM sagas WHERE status IN ('running', 'compensating')
+                AND (owner IS NULL OR owner NOT IN (SELECT id FROM hosts WHERE alive_until > $2))
+             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING ",
+        saga_columns!()
+    );
+    let mut claimed = sagas_of(conn.query(sql, &[&host, &now, &(limit as i64)]).await?)?;
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(claimed)
 }
 
 pub(super) async fn counts(conn: &mut Conn) -> Result<Vec<(SagaStatus, u64)>, StoreError> {

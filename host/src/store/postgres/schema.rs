@@ -133,6 +133,15 @@ const MIGRATIONS: &[&str] = &[
     -- The writer's probe of a failing store: a commit of one row.
     CREATE TABLE probes (id INTEGER PRIMARY KEY CHECK (id = 1), at BIGINT NOT NULL);
     "#,
+    // 2: several hosts on one database: the live hosts, and who drives each saga.
+    r#"
+    ALTER TABLE sagas ADD COLUMN owner TEXT;
+    CREATE TABLE hosts (
+        id          TEXT PRIMARY KEY,
+        started_at  BIGINT NOT NULL,
+        alive_until BIGINT NOT NULL
+    );
+    "#,
 ];
 
 /// Every host migrates at start, under a transaction-scoped advisory lock on the schema

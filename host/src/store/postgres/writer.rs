@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
 
@@ -44,25 +45,23 @@ pub(super) enum Job {
 /// Commits that may wait for the writer; more are refused ([`StoreError::Overloaded`]).
 pub(super) const QUEUE: usize = 4096;
 
-/// The lock a host's writer holds while it writes to the database's schema (see
-/// `mod.rs`); `schema.rs` takes the same class, 0x7761 ("wa"), with another key.
-const HOST_LOCK: &str = "SELECT pg_try_advisory_lock(x'7761'::int, hashtext(current_schema()) + 1)";
-
-/// Opens the writer's connection, with the one-host lock: after a server restart or a
-/// failover the lock went with the old connection, and another host may have taken it
-/// meanwhile; then this one must not write.
+/// Opens the writer's connection. Its transactions never wait on this host between
+/// their round trips, so one idle inside a transaction for this long belongs to a host
+/// that is paused or cut off: the server ends it, and the row and advisory locks it
+/// holds go to the other hosts instead of waiting for it to come back.
 pub(super) async fn open(config: &Config) -> Result<Conn, StoreError> {
-    let mut conn = Conn::open(config).await?;
-    let locked = conn.query(HOST_LOCK, &[]).await?;
-    if !locked.first().is_some_and(|row| row.get::<_, bool>(0)) {
-        return Err(StoreError::Unavailable(
-            "another wasaga host uses this database; for now one host per database \
-             (several hosts on one database need leases on sagas and deliveries, not built yet)"
-                .into(),
-        ));
-    }
+    let conn = Conn::open(config).await?;
+    conn.client.batch_execute("SET idle_in_transaction_session_timeout = '2s'").await.map_err(unavailable)?;
     Ok(conn)
 }
+
+/// Taken by every batch that publishes events, before it inserts them, and held until
+/// it commits (a transaction-scoped advisory lock; `schema.rs` takes the same class,
+/// 0x7761 ("wa"), with another key): the hosts' batches that publish take turns, so
+/// event ids (from the sequence, drawn under the lock) grow in commit order. A reader
+/// of the outbox then sees every event below the highest id it sees, and the
+/// dispatcher's cursor never passes an event that commits later.
+const PUBLISHING: &str = "SELECT pg_advisory_xact_lock(x'7761'::int, hashtext(current_schema()) + 1)";
 
 pub(super) fn spawn(conn: Conn, config: Config, max_batch: usize, health: Arc<Health>) -> mpsc::Sender<Job> {
     let (sender, receiver) = mpsc::channel(QUEUE);
@@ -141,6 +140,7 @@ async fn write_batch(conn: &mut Conn, mut jobs: Vec<Job>, health: &Health) -> Re
     crate::metrics::metrics().commit_batch.observe(commits as f64);
     loop {
         match try_batch(conn, &jobs).await {
+            Ok(Tried::Again) => continue,
             Ok(Tried::Late(i, refusal)) => {
                 // Rolled back: that commit is refused, the others go again.
                 if let Job::Commit(_, reply) = jobs.remove(i) {
@@ -179,6 +179,9 @@ enum Tried {
     Done(Vec<Answer>),
     /// Rolled back: job `i`'s write met a change its checks did not see.
     Late(usize, StoreError),
+    /// Rolled back: another host's batch and this one each waited for the other's rows;
+    /// PostgreSQL broke the cycle by failing this one. Everything goes again.
+    Again,
 }
 
 /// One attempt at a batch, in three round trips whatever its size: the checks of every
@@ -221,10 +224,21 @@ async fn try_batch(conn: &mut Conn, jobs: &[Job]) -> Result<Tried, StoreError> {
         }
         answers.push(Some(Answer::Commit(verdict)));
     }
-    if let Some(step) = pipeline(conn, &steps).await? {
-        conn.client.batch_execute("ROLLBACK").await.map_err(unavailable)?;
-        let refusal = steps.swap_remove(step).guard.expect("only a guarded step is late");
-        return Ok(Tried::Late(owners[step], refusal));
+    if commits.iter().any(|commit| !commit.changes.events.is_empty()) {
+        steps.insert(0, step(PUBLISHING, Vec::new()));
+        owners.insert(0, usize::MAX);
+    }
+    match pipeline(conn, &steps).await? {
+        Pipelined::Done => {}
+        Pipelined::Late(step) => {
+            conn.client.batch_execute("ROLLBACK").await.map_err(unavailable)?;
+            let refusal = steps.swap_remove(step).guard.expect("only a guarded step is late");
+            return Ok(Tried::Late(owners[step], refusal));
+        }
+        Pipelined::Deadlock => {
+            conn.client.batch_execute("ROLLBACK").await.map_err(unavailable)?;
+            return Ok(Tried::Again);
+        }
     }
     for (job, answer) in jobs.iter().zip(answers.iter_mut()) {
         if let Job::Prune(kind, before, size, _) = job {
@@ -469,10 +483,17 @@ fn guarded(sql: &'static str, params: Vec<Param>, refusal: StoreError) -> Step {
     Step { sql, params, guard: Some(refusal) }
 }
 
+enum Pipelined {
+    Done,
+    /// This guarded step did not change exactly one row (the first such).
+    Late(usize),
+    /// PostgreSQL found a deadlock with another host's batch and failed this one.
+    Deadlock,
+}
+
 /// Sends every statement at once and reads the answers after (one round trip);
-/// PostgreSQL runs them in order. Returns the first guarded step that did not change
-/// exactly one row.
-async fn pipeline(conn: &mut Conn, steps: &[Step]) -> Result<Option<usize>, StoreError> {
+/// PostgreSQL runs them in order.
+async fn pipeline(conn: &mut Conn, steps: &[Step]) -> Result<Pipelined, StoreError> {
     let mut statements = Vec::with_capacity(steps.len());
     for step in steps {
         statements.push(conn.statement(step.sql).await?);
@@ -485,12 +506,18 @@ async fn pipeline(conn: &mut Conn, steps: &[Step]) -> Result<Option<usize>, Stor
     .await;
     let mut late = None;
     for (i, (step, result)) in steps.iter().zip(results).enumerate() {
-        let changed = result.map_err(unavailable)?;
+        let changed = match result {
+            Ok(changed) => changed,
+            Err(error) if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
+                return Ok(Pipelined::Deadlock);
+            }
+            Err(error) => return Err(unavailable(error)),
+        };
         if step.guard.is_some() && changed != 1 && late.is_none() {
             late = Some(i);
         }
     }
-    Ok(late)
+    Ok(late.map_or(Pipelined::Done, Pipelined::Late))
 }
 
 const STORE_OUTCOME: &str =
@@ -509,11 +536,15 @@ const WRITE_RECORD: &str =
          value = excluded.value, version = excluded.version, deleted_at = excluded.deleted_at
      WHERE records.version = $6";
 const CREATE_SAGA: &str = "INSERT INTO sagas
-         (id, name, status, input, state, version, key, fingerprint, created_at, updated_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         (id, name, status, input, state, version, key, fingerprint, created_at, updated_at, owner)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
      ON CONFLICT DO NOTHING";
-const UPDATE_SAGA: &str = "UPDATE sagas SET status = $3, state = $4, version = $2 + 1, updated_at = $5
-     WHERE id = $1 AND version = $2";
+/// The owner's check is here only (the batch's checks read the version alone): a saga
+/// taken over by another host is rare, and refusing it late costs a batch's redo.
+const UPDATE_SAGA: &str = "UPDATE sagas SET status = $3, state = $4, version = $2 + 1, updated_at = $5,
+         owner = coalesce($6::text, owner)
+     WHERE id = $1 AND version = $2
+       AND ($6::text IS NULL OR owner IS NULL OR owner = $6::text OR status = 'stuck')";
 const CREATE_DELIVERY: &str =
     "INSERT INTO deliveries (event_id, subscriber, operation, topic, correlation_id,
          status, attempts, next_at, created_at)
@@ -522,7 +553,7 @@ const CREATE_DELIVERY: &str =
 const DISPATCHED: &str = "UPDATE dispatch SET through = GREATEST(through, $1) WHERE id = 1";
 const UPDATE_DELIVERY: &str = "UPDATE deliveries SET status = $3, attempts = $4, next_at = $5, outcome = $6,
          last_error = $7, done_at = $8
-     WHERE event_id = $1 AND subscriber = $2";
+     WHERE event_id = $1 AND subscriber = $2 AND status = 'pending' AND attempts = $4 - 1";
 const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', next_at = $3
      WHERE event_id = $1 AND subscriber = $2 AND status = 'dead'";
 const SAVE_DEFINITION: &str = "INSERT INTO saga_definitions (digest, name, text, saved_at) VALUES ($1, $2, $3, $4)
@@ -593,10 +624,11 @@ fn writes(commit: &Commit) -> Vec<Step> {
                 Box::new(row.fingerprint.to_vec()),
                 Box::new(row.created_at),
                 Box::new(row.updated_at),
+                Box::new(row.owner.clone()),
             ],
             StoreError::Duplicate(row.key.clone()),
         )),
-        Some(SagaChange::Update { id, version, status, state, at }) => steps.push(guarded(
+        Some(SagaChange::Update { id, version, status, state, at, by }) => steps.push(guarded(
             UPDATE_SAGA,
             vec![
                 Box::new(id.clone()),
@@ -604,6 +636,7 @@ fn writes(commit: &Commit) -> Vec<Step> {
                 Box::new(status.as_str()),
                 Box::new(state.clone()),
                 Box::new(*at),
+                Box::new(by.clone()),
             ],
             Conflict { key: format!("saga {id}"), expected: Some(*version), actual: None }.into(),
         )),
@@ -636,7 +669,7 @@ fn writes(commit: &Commit) -> Vec<Step> {
                 outcome,
                 last_error,
                 done_at,
-            } => steps.push(step(
+            } => steps.push(guarded(
                 UPDATE_DELIVERY,
                 vec![
                     Box::new(*event_id),
@@ -648,6 +681,12 @@ fn writes(commit: &Commit) -> Vec<Step> {
                     Box::new(last_error.clone()),
                     Box::new(*done_at),
                 ],
+                Conflict {
+                    key: format!("delivery of event {event_id} to `{subscriber}`"),
+                    expected: Some(u64::from(*attempts) - 1),
+                    actual: None,
+                }
+                .into(),
             )),
             DeliveryChange::Redeliver { event_id, subscriber, at } => steps.push(guarded(
                 REDELIVER,

@@ -4,7 +4,9 @@
 use rusqlite::{Connection, params};
 
 use super::unavailable;
-use crate::store::{ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, Event, EventRow, StoreError};
+use crate::store::{
+    ChainPage, Conflict, DeliveryChange, DeliveryRow, DeliveryStatus, Event, EventRow, StoreError,
+};
 
 const EVENT_COLUMNS: &str = "id, service, topic, payload, correlation_id, created_at";
 const DELIVERY_COLUMNS: &str = "d.event_id, d.subscriber, d.operation, d.topic, d.correlation_id, d.status, \
@@ -188,23 +190,32 @@ pub(super) fn apply(conn: &Connection, change: &DeliveryChange) -> Result<(), St
             last_error,
             done_at,
         } => {
-            conn.prepare_cached(
-                "UPDATE deliveries SET status = ?3, attempts = ?4, next_at = ?5, outcome = ?6,
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE deliveries SET status = ?3, attempts = ?4, next_at = ?5, outcome = ?6,
                      last_error = ?7, done_at = ?8
-                 WHERE event_id = ?1 AND subscriber = ?2",
-            )
-            .map_err(unavailable)?
-            .execute(params![
-                event_id,
-                subscriber,
-                status.as_str(),
-                attempts,
-                next_at,
-                outcome,
-                last_error,
-                done_at
-            ])
-            .map_err(unavailable)?;
+                 WHERE event_id = ?1 AND subscriber = ?2 AND status = 'pending' AND attempts = ?4 - 1",
+                )
+                .map_err(unavailable)?
+                .execute(params![
+                    event_id,
+                    subscriber,
+                    status.as_str(),
+                    attempts,
+                    next_at,
+                    outcome,
+                    last_error,
+                    done_at
+                ])
+                .map_err(unavailable)?;
+            if changed == 0 {
+                return Err(Conflict {
+                    key: format!("delivery of event {event_id} to `{subscriber}`"),
+                    expected: Some(u64::from(*attempts) - 1),
+                    actual: None,
+                }
+                .into());
+            }
         }
         DeliveryChange::Redeliver { event_id, subscriber, at } => {
             let changed = conn

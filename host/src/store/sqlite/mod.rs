@@ -151,6 +151,16 @@ impl SqliteStore {
         result
     }
 
+    /// Runs `work` in the writer, among the commits, once it is durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(writer::task(work, reply))?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
     fn send(&self, job: writer::Job) -> Result<(), StoreError> {
         match self.writer.lock().expect("writer mutex poisoned").try_send(job) {
             Ok(()) => Ok(()),
@@ -270,9 +280,17 @@ impl Store for SqliteStore {
 
     /// Through the writer, as one job among the commits (see `prune.rs`).
     async fn prune(&self, kind: PruneKind, before: i64, batch: usize) -> Result<usize, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(writer::Job::Prune(kind, before, batch, reply))?;
-        answer.await.map_err(|_| writer_gone())?
+        self.write(move |conn| prune::prune(conn, kind, before, batch)).await
+    }
+
+    async fn heartbeat(&self, host: &str, now: i64, until: i64) -> Result<String, StoreError> {
+        let host = host.to_owned();
+        self.write(move |conn| sagas::heartbeat(conn, &host, now, until)).await
+    }
+
+    async fn claim_sagas(&self, host: &str, now: i64, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
+        let host = host.to_owned();
+        self.write(move |conn| sagas::claim(conn, &host, now, limit)).await
     }
 
     /// See `health.rs`.

@@ -8,7 +8,7 @@ use super::unavailable;
 use crate::store::{Conflict, DefinitionRow, SagaChange, SagaRow, SagaStatus, StoreError};
 
 const SAGA_COLUMNS: &str =
-    "id, name, status, input, state, version, key, fingerprint, created_at, updated_at";
+    "id, name, status, input, state, version, key, fingerprint, created_at, updated_at, owner";
 
 fn saga_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SagaRow> {
     Ok(SagaRow {
@@ -22,6 +22,7 @@ fn saga_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SagaRow> {
         fingerprint: row.get(7)?,
         created_at: row.get(8)?,
         updated_at: row.get(9)?,
+        owner: row.get(10)?,
     })
 }
 
@@ -62,6 +63,41 @@ pub(super) fn sagas(
 
 pub(super) fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<SagaRow>> {
     read(conn, "WHERE status IN ('running', 'compensating') ORDER BY id", params![])
+}
+
+/// See `Store::heartbeat`. Only one host opens a SQLite file (its lock file): every
+/// other host remembered is gone, and this one leads.
+pub(super) fn heartbeat(conn: &Connection, host: &str, now: i64, until: i64) -> Result<String, StoreError> {
+    let run = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
+        conn.prepare_cached(sql).and_then(|mut statement| statement.execute(params)).map_err(unavailable)
+    };
+    run("DELETE FROM hosts WHERE id != ?1", params![host])?;
+    run(
+        "INSERT INTO hosts (id, started_at, alive_until) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET alive_until = excluded.alive_until",
+        params![host, now, until],
+    )?;
+    Ok(host.to_owned())
+}
+
+/// See `Store::claim_sagas`.
+pub(super) fn claim(
+    conn: &Connection,
+    host: &str,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<SagaRow>, StoreError> {
+    let sql = format!(
+        "UPDATE sagas SET owner = ?1 WHERE id IN (
+             SELECT id FROM sagas WHERE status IN ('running', 'compensating')
+                AND (owner IS NULL OR owner NOT IN (SELECT id FROM hosts WHERE alive_until > ?2))
+             ORDER BY id LIMIT ?3)
+         RETURNING {SAGA_COLUMNS}"
+    );
+    let mut claimed =
+        super::rows(conn, &sql, params![host, now, limit as i64], saga_row).map_err(unavailable)?;
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(claimed)
 }
 
 /// From `saga_counts`, which triggers keep (counting the table would read every saga).
@@ -111,8 +147,8 @@ pub(super) fn apply(conn: &Connection, change: &SagaChange) -> Result<(), StoreE
             let created = conn
                 .prepare_cached(
                     "INSERT INTO sagas
-                         (id, name, status, input, state, version, key, fingerprint, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                         (id, name, status, input, state, version, key, fingerprint, created_at, updated_at, owner)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
                      ON CONFLICT DO NOTHING",
                 )
                 .map_err(unavailable)?
@@ -126,21 +162,24 @@ pub(super) fn apply(conn: &Connection, change: &SagaChange) -> Result<(), StoreE
                     row.key,
                     row.fingerprint,
                     row.created_at,
-                    row.updated_at
+                    row.updated_at,
+                    row.owner
                 ])
                 .map_err(unavailable)?;
             if created == 0 {
                 return Err(StoreError::Duplicate(row.key.clone()));
             }
         }
-        SagaChange::Update { id, version, status, state, at } => {
+        SagaChange::Update { id, version, status, state, at, by } => {
             let updated = conn
                 .prepare_cached(
-                    "UPDATE sagas SET status = ?3, state = ?4, version = ?2 + 1, updated_at = ?5
-                     WHERE id = ?1 AND version = ?2",
+                    "UPDATE sagas SET status = ?3, state = ?4, version = ?2 + 1, updated_at = ?5,
+                         owner = coalesce(?6, owner)
+                     WHERE id = ?1 AND version = ?2
+                       AND (?6 IS NULL OR owner IS NULL OR owner = ?6 OR status = 'stuck')",
                 )
                 .map_err(unavailable)?
-                .execute(params![id, *version as i64, status.as_str(), state, at])
+                .execute(params![id, *version as i64, status.as_str(), state, at, by])
                 .map_err(unavailable)?;
             if updated == 0 {
                 let actual: Option<i64> = conn

@@ -178,6 +178,16 @@ const MIGRATIONS: &[&str] = &[
         uploaded_at INTEGER NOT NULL
     );
     ",
+    // 10: hosts and who drives each saga (`sagas.rs`: heartbeat, claim): one host per SQLite file, but
+    // the same contract as a shared store.
+    "
+    ALTER TABLE sagas ADD COLUMN owner TEXT;
+    CREATE TABLE hosts (
+        id          TEXT PRIMARY KEY,
+        started_at  INTEGER NOT NULL,
+        alive_until INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a
@@ -258,7 +268,9 @@ mod tests {
         tx.pragma_update(None, "user_version", 6).unwrap();
         let insert = |conn: &Connection, id: &str, status: &str| {
             conn.execute(
-                "INSERT INTO sagas VALUES (?1, 's', ?2, x'', '{}', 1, ?1, x'00', 1, 1)",
+                "INSERT INTO sagas (id, name, status, input, state, version, key, fingerprint,
+                     created_at, updated_at)
+                 VALUES (?1, 's', ?2, x'', '{}', 1, ?1, x'00', 1, 1)",
                 [id, status],
             )
             .unwrap();

@@ -14,15 +14,57 @@ use tokio::sync::oneshot;
 
 use super::health;
 use super::wal::WalPolicy;
-use super::{events, plugins, prune, records, sagas, unavailable};
+use super::{events, plugins, records, sagas, unavailable};
 use crate::store::health::{Health, PROBE_EVERY};
-use crate::store::{Commit, PruneKind, StoreError};
+use crate::store::{Commit, StoreError};
 
 pub(super) enum Job {
     Commit(Box<Commit>, oneshot::Sender<Result<(), StoreError>>),
-    /// Forget a batch of what retention removes (see `prune.rs`): kind, before (unix
-    /// ms), batch size.
-    Prune(PruneKind, i64, usize, oneshot::Sender<Result<usize, StoreError>>),
+    /// Writes that are not a commit (retention's batches, hosts' heartbeats and saga
+    /// claims), run among the commits and answered once the batch is durable.
+    Task(Box<dyn Task>),
+}
+
+/// A write the writer runs for the store itself (see [`task`]).
+pub(super) trait Task: Send {
+    /// Runs in the batch's transaction (in a savepoint: an error rolls back its writes
+    /// alone). The outer error means the batch must be abandoned.
+    fn run(&mut self, conn: &Connection) -> Result<(), StoreError>;
+    /// Answers the caller with the result, or with `failed` if the batch was not stored.
+    fn answer(self: Box<Self>, stored: Result<(), StoreError>);
+}
+
+/// A task that runs `work` and answers its result through `reply`.
+pub(super) fn task<T, F>(work: F, reply: oneshot::Sender<Result<T, StoreError>>) -> Job
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    struct Run<T, F> {
+        work: Option<F>,
+        result: Option<Result<T, StoreError>>,
+        reply: oneshot::Sender<Result<T, StoreError>>,
+    }
+    impl<T: Send, F: FnOnce(&Connection) -> Result<T, StoreError> + Send> Task for Run<T, F> {
+        fn run(&mut self, conn: &Connection) -> Result<(), StoreError> {
+            let work = self.work.take().expect("a task runs once");
+            let result = work(conn);
+            let error = result.as_ref().err().cloned();
+            self.result = Some(result);
+            error.map_or(Ok(()), Err)
+        }
+
+        fn answer(self: Box<Self>, stored: Result<(), StoreError>) {
+            let result = match (stored, self.result) {
+                (Ok(()), Some(result)) => result,
+                (Err(error), _) => Err(error),
+                (Ok(()), None) => Err(StoreError::Unavailable("the task did not run".into())),
+            };
+            // A receiver that went away (the caller was cancelled) needs no answer.
+            let _ = self.reply.send(result);
+        }
+    }
+    Job::Task(Box::new(Run { work: Some(work), result: None, reply }))
 }
 
 /// Commits that may wait for the writer. More are refused ([`StoreError::Overloaded`]):
@@ -85,7 +127,7 @@ fn run(
 
 enum Reply {
     Commit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
-    Prune(oneshot::Sender<Result<usize, StoreError>>, Result<usize, StoreError>),
+    Task(Box<dyn Task>),
 }
 
 /// Writes a batch and answers each job. An error means the storage failed (SQLite could
@@ -119,15 +161,13 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, health: &Health) -> 
                 }
                 Err(fatal) => Some((Job::Commit(commit, reply), fatal)),
             },
-            Job::Prune(kind, before, size, reply) => {
-                match in_savepoint(&tx, |conn| prune::prune(conn, kind, before, size)) {
-                    Ok(result) => {
-                        replies.push(Reply::Prune(reply, result));
-                        None
-                    }
-                    Err(fatal) => Some((Job::Prune(kind, before, size, reply), fatal)),
+            Job::Task(mut task) => match in_savepoint(&tx, |conn| task.run(conn)) {
+                Ok(_) => {
+                    replies.push(Reply::Task(task));
+                    None
                 }
-            }
+                Err(fatal) => Some((Job::Task(task), fatal)),
+            },
         };
         // A savepoint that could not be rolled back, or a transaction SQLite ended by
         // itself (disk full, I/O error): nothing of this batch can be trusted. Roll it
@@ -145,9 +185,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, health: &Health) -> 
                     Reply::Commit(reply, _) => {
                         let _ = reply.send(Err(error.clone()));
                     }
-                    Reply::Prune(reply, _) => {
-                        let _ = reply.send(Err(error.clone()));
-                    }
+                    Reply::Task(task) => task.answer(Err(error.clone())),
                 }
             }
             fail_all(job.into_iter().chain(jobs), &error);
@@ -165,9 +203,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, health: &Health) -> 
             Reply::Commit(reply, result) => {
                 let _ = reply.send(durable.clone().and(result));
             }
-            Reply::Prune(reply, result) => {
-                let _ = reply.send(durable.clone().and(result));
-            }
+            Reply::Task(task) => task.answer(durable.clone()),
         }
     }
     durable.and(storage_error.map_or(Ok(()), Err))
@@ -183,9 +219,7 @@ fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
             Job::Commit(_, reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
-            Job::Prune(_, _, _, reply) => {
-                let _ = reply.send(Err(error.clone()));
-            }
+            Job::Task(task) => task.answer(Err(error.clone())),
         }
     }
 }
