@@ -1,5 +1,6 @@
-//! Sagas survive crashes: a real `wasaga serve` running 300 `place-order` sagas is
-//! killed with SIGKILL at random moments, 10 times, and restarted each time.
+//! Sagas survive crashes: real `wasaga serve` processes running 300 `place-order` sagas
+//! are killed with SIGKILL at random moments and restarted each time: one host on SQLite
+//! (10 kills), and three hosts on one PostgreSQL (24 kills, a random host each time).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -11,7 +12,6 @@ use serde_json::{Value, json};
 use crate::support::{SAGAS, Server, plugins_dir};
 
 const SAGAS_TO_RUN: usize = 300;
-const KILLS: usize = 10;
 const CLIENTS: usize = 12;
 const SKUS: [&str; 3] = ["lamp", "desk", "chair"];
 const STOCK: u64 = 10_000;
@@ -50,8 +50,31 @@ fn opening_balance(customer: usize) -> i64 {
 async fn sagas_finish_exactly_once_across_sigkills() {
     let plugins = plugins_dir(&["inventory", "payment", "order", "notification"]);
     let data = tempfile::tempdir().unwrap();
-    let start = || Server::start_in(plugins.path(), data.path(), &["--sagas", SAGAS]);
-    let mut server = start();
+    let start = |_: usize| Server::start_in(plugins.path(), data.path(), &["--sagas", SAGAS]);
+    run_with_kills(1, 10, start).await;
+}
+
+/// The same on three hosts sharing one PostgreSQL, the clients spread over them: 24
+/// times a random host is killed and started again (with a new id: its sagas are taken
+/// over by whichever host claims them first once its 1 s lease ran out). The same
+/// invariants hold at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_finish_exactly_once_across_sigkills_of_three_hosts() {
+    let database = wasaga::store::postgres_testing::scratch().await;
+    let plugins = plugins_dir(&["inventory", "payment", "order", "notification"]);
+    let data: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |host: usize| {
+        let args = ["--sagas", SAGAS, "--database", &database, "--host-lease", "1s"];
+        Server::start_in(plugins.path(), data[host].path(), &args)
+    };
+    run_with_kills(3, 24, start).await;
+}
+
+/// Runs the sagas through `hosts` servers (`start(i)` starts host `i`), killing a random
+/// one `kills` times, then checks that every saga finished and the records agree.
+async fn run_with_kills(hosts: usize, kills: usize, start: impl Fn(usize) -> Server) {
+    let mut servers: Vec<Server> = (0..hosts).map(&start).collect();
+    let server = &servers[0];
     let client = Server::client();
     for sku in SKUS {
         let body = json!({"sku": sku, "qty": STOCK});
@@ -78,17 +101,20 @@ async fn sagas_finish_exactly_once_across_sigkills() {
         );
     }
 
-    let url = Arc::new(RwLock::new(server.url.clone()));
+    let urls = Arc::new(RwLock::new(servers.iter().map(|s| s.url.clone()).collect::<Vec<_>>()));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|worker| {
-            let url = url.clone();
+            let urls = urls.clone();
             tokio::spawn(async move {
                 let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
                 for i in (worker..SAGAS_TO_RUN).step_by(CLIENTS) {
                     // Retried with the same key until the server answers: the same
                     // key always means the same saga.
                     loop {
-                        let base = url.read().unwrap().clone();
+                        let base = {
+                            let urls = urls.read().unwrap();
+                            urls[(worker + i) % urls.len()].clone()
+                        };
                         let sent = client
                             .post(format!("{base}/v1/sagas/place-order"))
                             .header("Idempotency-Key", format!("order-{i}"))
@@ -107,13 +133,15 @@ async fn sagas_finish_exactly_once_across_sigkills() {
             })
         })
         .collect();
-    for _ in 0..KILLS {
+    for _ in 0..kills {
         let pause = rand::rng().random_range(150..600);
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        server.kill();
-        server = start();
-        *url.write().unwrap() = server.url.clone();
+        let host = rand::rng().random_range(0..hosts);
+        servers[host].kill();
+        servers[host] = start(host);
+        urls.write().unwrap()[host] = servers[host].url.clone();
     }
+    let server = &servers[0];
     for client in clients {
         client.await.unwrap();
     }
@@ -150,7 +178,7 @@ async fn sagas_finish_exactly_once_across_sigkills() {
 
     // The plugins' records agree.
     let record = |service: &'static str, key: String| {
-        let (server, client) = (&server, &client);
+        let (server, client) = (server, &client);
         async move { server.record(client, service, &key).await }
     };
     let mut reserved: BTreeMap<&str, u64> = BTreeMap::new();
@@ -194,5 +222,5 @@ async fn sagas_finish_exactly_once_across_sigkills() {
         let expected = opening_balance(c) - spent.get(&customer).copied().unwrap_or(0);
         assert_eq!(account, json!({"balance": expected}), "balance of {customer}");
     }
-    eprintln!("{SAGAS_TO_RUN} sagas, {completed} completed, across {KILLS} kills");
+    eprintln!("{SAGAS_TO_RUN} sagas, {completed} completed, across {kills} kills of {hosts} host(s)");
 }
