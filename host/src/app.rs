@@ -104,8 +104,6 @@ pub struct App {
     pub sagas: SagaEngine,
     pub plugins: PluginManager,
     pub events: Dispatcher,
-    /// This host among the hosts on the store.
-    pub membership: Membership,
     /// How many unfinished sagas were resumed at start.
     pub resumed: usize,
     /// The dispatcher's and retention's tasks, stopped by [`App::stop`].
@@ -187,7 +185,7 @@ impl App {
             tokio::spawn(config.retention.run(store.clone(), membership.clone())).abort_handle(),
             events.spawn().abort_handle(),
         ];
-        Ok(App { store, invoker, sagas, plugins, events, membership, resumed, tasks: Arc::new(tasks) })
+        Ok(App { store, invoker, sagas, plugins, events, resumed, tasks: Arc::new(tasks) })
     }
 
     /// The HTTP API's state, with `access` deciding who may do what.

@@ -32,6 +32,7 @@ macro_rules! contract_tests {
             a_saga_is_created_once_per_name_and_key,
             a_saga_changes_only_at_the_version_read,
             sagas_of_hosts_that_stopped_are_claimed_and_their_owners_fenced,
+            an_attempt_is_recorded_only_after_the_one_before,
             sagas_are_listed_by_id_and_status,
             sagas_are_found_by_id_key_or_input_value,
             definitions_are_kept_by_digest,
@@ -674,6 +675,40 @@ pub(crate) async fn only_a_dead_delivery_can_be_redelivered(store: &dyn Store) {
     assert_eq!(store.dead_deliveries(10).await.unwrap(), []);
     let due = store.due_deliveries(50, 10).await.unwrap();
     assert_eq!((due.len(), due[0].attempts, due[0].next_at), (1, 1, 50), "pending again; attempts go on");
+}
+
+/// A delivery's attempt `n` is recorded only over a pending delivery after `n - 1`
+/// attempts: a former leader waking up late cannot overwrite an attempt (or the
+/// delivered mark) recorded since.
+pub(crate) async fn an_attempt_is_recorded_only_after_the_one_before(store: &dyn Store) {
+    publish(store, "placed", "chain", &["1"]).await;
+    let id = store.events_after(0, 1).await.unwrap()[0].id;
+    let made = DeliveryChange::Create { deliveries: vec![delivery(id, "placed", "chain")], through: id };
+    deliveries(store, vec![made]).await.unwrap();
+    let attempt = |attempts: u32, status: DeliveryStatus| DeliveryChange::Update {
+        event_id: id,
+        subscriber: "sub".into(),
+        status,
+        attempts,
+        next_at: 0,
+        outcome: (status == DeliveryStatus::Delivered).then(|| "ok".into()),
+        last_error: None,
+        done_at: (status != DeliveryStatus::Pending).then_some(1),
+    };
+    let skipped = deliveries(store, vec![attempt(2, DeliveryStatus::Pending)]).await;
+    assert!(matches!(skipped, Err(StoreError::Conflict(_))), "attempt 2 before attempt 1: {skipped:?}");
+    deliveries(store, vec![attempt(1, DeliveryStatus::Delivered)]).await.unwrap();
+    let late = deliveries(store, vec![attempt(1, DeliveryStatus::Pending)]).await;
+    assert!(
+        matches!(late, Err(StoreError::Conflict(_))),
+        "a late attempt 1 over the delivered one: {late:?}"
+    );
+    let page = store.chain("chain", 0, 10).await.unwrap();
+    assert_eq!(
+        page.deliveries.iter().map(|d| (d.status, d.attempts)).collect::<Vec<_>>(),
+        [(DeliveryStatus::Delivered, 1)],
+        "the delivered mark stands"
+    );
 }
 
 pub(crate) async fn a_chain_page_is_one_moment_of_its_chain(store: &dyn Store) {

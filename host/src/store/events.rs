@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use super::{Conflict, StoreError};
+
 /// Where one delivery is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,4 +95,15 @@ pub enum DeliveryChange {
     },
     /// A dead delivery back to pending (an operator's redelivery).
     Redeliver { event_id: i64, subscriber: String, at: i64 },
+}
+
+/// Why a [`DeliveryChange::Update`] was refused: the delivery is no longer pending
+/// after `attempts - 1` attempts (another host recorded one meanwhile).
+pub(crate) fn attempt_refused(event_id: i64, subscriber: &str, attempts: u32) -> StoreError {
+    Conflict {
+        key: format!("delivery of event {event_id} to `{subscriber}`"),
+        expected: Some(u64::from(attempts.saturating_sub(1))),
+        actual: None,
+    }
+    .into()
 }

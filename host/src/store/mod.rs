@@ -30,6 +30,7 @@ use std::future::Future;
 use crate::service::PluginDigest;
 use std::pin::Pin;
 
+pub(crate) use events::attempt_refused;
 pub use events::{ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, EventRow};
 #[doc(hidden)]
 pub use postgres::testing as postgres_testing;

@@ -34,7 +34,7 @@ use super::prune;
 use crate::store::health::{Health, PROBE_EVERY};
 use crate::store::{
     Commit, Conflict, DeliveryChange, DeliveryStatus, IdempotencyKey, PruneKind, SagaChange, StoreError,
-    UploadChange,
+    UploadChange, attempt_refused,
 };
 
 pub(super) enum Job {
@@ -681,12 +681,7 @@ fn writes(commit: &Commit) -> Vec<Step> {
                     Box::new(last_error.clone()),
                     Box::new(*done_at),
                 ],
-                Conflict {
-                    key: format!("delivery of event {event_id} to `{subscriber}`"),
-                    expected: Some(u64::from(*attempts) - 1),
-                    actual: None,
-                }
-                .into(),
+                attempt_refused(*event_id, subscriber, *attempts),
             )),
             DeliveryChange::Redeliver { event_id, subscriber, at } => steps.push(guarded(
                 REDELIVER,

@@ -5,7 +5,7 @@ use rusqlite::{Connection, params};
 
 use super::unavailable;
 use crate::store::{
-    ChainPage, Conflict, DeliveryChange, DeliveryRow, DeliveryStatus, Event, EventRow, StoreError,
+    ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, Event, EventRow, StoreError, attempt_refused,
 };
 
 const EVENT_COLUMNS: &str = "id, service, topic, payload, correlation_id, created_at";
@@ -209,12 +209,7 @@ pub(super) fn apply(conn: &Connection, change: &DeliveryChange) -> Result<(), St
                 ])
                 .map_err(unavailable)?;
             if changed == 0 {
-                return Err(Conflict {
-                    key: format!("delivery of event {event_id} to `{subscriber}`"),
-                    expected: Some(u64::from(*attempts) - 1),
-                    actual: None,
-                }
-                .into());
+                return Err(attempt_refused(*event_id, subscriber, *attempts));
             }
         }
         DeliveryChange::Redeliver { event_id, subscriber, at } => {
