@@ -106,7 +106,8 @@ pub struct App {
     pub events: Dispatcher,
     /// How many unfinished sagas were resumed at start.
     pub resumed: usize,
-    /// The dispatcher's and retention's tasks, stopped by [`App::stop`].
+    /// The heartbeat's, the dispatcher's, retention's and the plugin follower's tasks,
+    /// stopped by [`App::stop`].
     tasks: Arc<[tokio::task::AbortHandle]>,
 }
 
@@ -184,6 +185,7 @@ impl App {
             tokio::spawn(membership.clone().run(store.clone(), sagas.clone())).abort_handle(),
             tokio::spawn(config.retention.run(store.clone(), membership.clone())).abort_handle(),
             events.spawn().abort_handle(),
+            plugins.follow().abort_handle(),
         ];
         Ok(App { store, invoker, sagas, plugins, events, resumed, tasks: Arc::new(tasks) })
     }
@@ -200,7 +202,7 @@ impl App {
         }
     }
 
-    /// Stops the heartbeat, the dispatcher and retention (a benchmark that starts one app per run
+    /// Stops the heartbeat, the dispatcher, retention and the plugin follower (a benchmark that starts one app per run
     /// stops the last one first). Sagas being driven finish their current step.
     pub fn stop(&self) {
         for task in self.tasks.iter() {

@@ -1,5 +1,6 @@
 //! The plugin lifecycle: loading at start-up, hot reload from the plugins directory,
-//! uploads and removals through the admin API, and the checks that keep the saga
+//! uploads and removals through the admin API (kept in the store, and followed from
+//! there by every other host on a shared store), and the checks that keep the saga
 //! definitions working across all of them.
 //!
 //! A new version is compiled and validated off the request path and then swapped in
@@ -17,11 +18,15 @@ use tokio::time::Instant;
 use crate::runtime::{Limits, LoadError, Plugin, PluginDigest, PluginSettings, Registry};
 use crate::saga::SagaEngine;
 use crate::service::Manifest;
-use crate::store::{Commit, Store, StoreError, UploadChange, UploadRow};
+use crate::store::{Commit, Store, StoreError, UploadChange, UploadRow, UploadStamp, Uploaded};
 
 /// Changes to one file closer together than this are one change: an editor or a `cp`
 /// writes a file in several steps, and a half-written file must not be loaded.
 const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// How often a host looks for plugin changes made through other hosts (a read of one
+/// small row per changed service: no bytes unless something changed).
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a plugin change was refused. Nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +69,16 @@ struct Inner {
     changing: tokio::sync::Mutex<Seen>,
 }
 
-/// What each file of the plugins directory held when it was last loaded: a change
-/// event for a file whose content and limits are the same changes nothing (a `cp` of
-/// the same bytes must not undo an upload).
 #[derive(Debug, Default)]
-struct Seen(HashMap<PathBuf, FileState>);
+struct Seen {
+    /// What each file of the plugins directory held when it was last loaded: a change
+    /// event for a file whose content and limits are the same changes nothing (a `cp`
+    /// of the same bytes must not undo an upload).
+    files: HashMap<PathBuf, FileState>,
+    /// The store's change (upload or removal) for each service as this host last
+    /// applied, made or refused it: [`PluginManager::follow`] applies what differs.
+    applied: HashMap<String, UploadStamp>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FileState {
@@ -80,7 +90,11 @@ struct FileState {
 impl Seen {
     /// The digest of the directory's file for `service`, if it has one.
     fn digest_for(&self, service: &str) -> Option<PluginDigest> {
-        self.0.values().find(|f| f.service == service).map(|f| f.digest)
+        self.file_for(service).map(|(_, f)| f.digest)
+    }
+
+    fn file_for(&self, service: &str) -> Option<(&PathBuf, &FileState)> {
+        self.files.iter().find(|(_, f)| f.service == service)
     }
 }
 
@@ -126,7 +140,7 @@ impl PluginManager {
         for (file, service) in registry.sources() {
             if let Some(plugin) = registry.get(&service) {
                 let state = FileState { digest: plugin.digest(), limits: plugin.limits(), service };
-                seen.0.insert(file, state);
+                seen.files.insert(file, state);
             }
         }
         self.import_legacy_uploads().await?;
@@ -136,14 +150,20 @@ impl PluginManager {
             if upload.base != seen.digest_for(&service) {
                 tracing::info!(
                     service,
-                    "the plugins directory's file changed since the upload of this service; \
-                     it serves, and the upload is discarded"
+                    "the plugins directory's file changed since this service was uploaded or \
+                     removed through the admin API; the file serves, and that change is discarded"
                 );
                 self.discard_upload(&service).await.map_err(std::io::Error::other)?;
                 continue;
             }
+            seen.applied.insert(service.clone(), upload.stamp());
             let source = upload_source(&service);
-            match registry.runtime().load(&service, upload.wasm, self.inner.settings.defaults).await {
+            let Some(Uploaded { wasm, .. }) = upload.component else {
+                registry.remove(&service);
+                tracing::info!(service, "removed through the admin API: not served");
+                continue;
+            };
+            match registry.runtime().load(&service, wasm, self.inner.settings.defaults).await {
                 Ok(plugin) => {
                     tracing::info!(service, digest = %plugin.digest(), "uploaded plugin loaded");
                     registry.swap(plugin, Some(&source));
@@ -191,12 +211,12 @@ impl PluginManager {
         Ok(())
     }
 
-    /// Replaces (or adds) `service` with an uploaded component, and keeps it under the
-    /// data directory. Returns the new version and whether the service is new.
+    /// Replaces (or adds) `service` with an uploaded component, and keeps it in the
+    /// store (for restarts and the other hosts). Returns the new version and whether the service is new.
     pub async fn upload(&self, service: &str, wasm: Vec<u8>) -> Result<(Arc<Plugin>, bool), ChangeError> {
-        let seen = self.inner.changing.lock().await;
-        let source = PathBuf::from(format!("upload:{service}"));
-        let result = self.try_upload(service, wasm, &seen).await;
+        let mut seen = self.inner.changing.lock().await;
+        let source = upload_source(service);
+        let result = self.try_upload(service, wasm, &mut seen).await;
         match &result {
             Ok(_) => self.inner.registry.clear_refusal(&source),
             Err(error) => self.inner.registry.refuse(&source, error.to_string()),
@@ -208,28 +228,21 @@ impl PluginManager {
         &self,
         service: &str,
         wasm: Vec<u8>,
-        seen: &Seen,
+        seen: &mut Seen,
     ) -> Result<(Arc<Plugin>, bool), ChangeError> {
-        let plugin =
-            self.inner.registry.runtime().load(service, wasm.clone(), self.inner.settings.defaults).await?;
-        if plugin.service() != service {
-            return Err(ChangeError::WrongService {
-                expected: service.into(),
-                found: plugin.service().into(),
-            });
-        }
-        self.check_sagas(plugin.manifest()).await.map_err(ChangeError::BreaksSaga)?;
+        let plugin = self.checked(service, wasm.clone()).await?;
         // What the directory holds for this service now: if that changes later, even
         // while the server is down, the directory's file wins again.
         let upload = UploadRow {
             service: service.to_owned(),
-            digest: plugin.digest(),
+            component: Some(Uploaded { digest: plugin.digest(), wasm }),
             base: seen.digest_for(service),
-            wasm,
             uploaded_at: crate::clock::now_ms(),
         };
+        let stamp = upload.stamp();
         let keep = Commit { uploads: vec![UploadChange::Keep(upload)], ..Commit::default() };
         self.inner.store.commit(keep).await.map_err(ChangeError::Store)?;
+        seen.applied.insert(service.to_owned(), stamp);
         let digest = plugin.digest();
         let previous = self.inner.registry.swap(plugin, Some(&upload_source(service)));
         tracing::info!(
@@ -242,17 +255,144 @@ impl PluginManager {
         Ok((current, previous.is_none()))
     }
 
+    /// A new version of `service`, loaded and checked: the service it names, and every
+    /// saga step using it finds its operations.
+    async fn checked(&self, service: &str, wasm: Vec<u8>) -> Result<Plugin, ChangeError> {
+        let plugin = self.inner.registry.runtime().load(service, wasm, self.inner.settings.defaults).await?;
+        if plugin.service() != service {
+            return Err(ChangeError::WrongService {
+                expected: service.into(),
+                found: plugin.service().into(),
+            });
+        }
+        self.check_sagas(plugin.manifest()).await.map_err(ChangeError::BreaksSaga)?;
+        Ok(plugin)
+    }
+
     /// Stops serving `service`, unless a saga definition or an unfinished saga needs it.
+    /// The removal is kept in the store: it outlives a restart (the directory's file for
+    /// the service does not serve again until it changes) and reaches the other hosts.
     pub async fn remove(&self, service: &str) -> Result<(), ChangeError> {
-        let _one_at_a_time = self.inner.changing.lock().await;
+        let mut seen = self.inner.changing.lock().await;
         if self.inner.registry.get(service).is_none() {
             return Err(ChangeError::Unknown(service.into()));
         }
         self.check_unused(service).await?;
-        self.discard_upload(service).await.map_err(ChangeError::Store)?;
+        let removal = UploadRow {
+            service: service.to_owned(),
+            component: None,
+            base: seen.digest_for(service),
+            uploaded_at: crate::clock::now_ms(),
+        };
+        let stamp = removal.stamp();
+        let keep = Commit { uploads: vec![UploadChange::Keep(removal)], ..Commit::default() };
+        self.inner.store.commit(keep).await.map_err(ChangeError::Store)?;
+        seen.applied.insert(service.to_owned(), stamp);
         self.inner.registry.remove(service);
         tracing::info!(service, "plugin removed");
         Ok(())
+    }
+
+    /// Follows the changes made through other hosts of a shared store, every
+    /// [`FOLLOW_EVERY`], until the returned task is aborted. (On SQLite, with one host,
+    /// it finds none.)
+    pub fn follow(&self) -> tokio::task::JoinHandle<()> {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FOLLOW_EVERY).await;
+                if let Err(error) = manager.follow_once().await {
+                    tracing::warn!("looking for plugin changes made through other hosts: {error}");
+                }
+            }
+        })
+    }
+
+    /// Applies each kept change this host has not applied yet, and falls back to the
+    /// directory's file where another host discarded a change.
+    pub async fn follow_once(&self) -> Result<(), StoreError> {
+        let mut seen = self.inner.changing.lock().await;
+        let stamps = self.inner.store.upload_stamps().await?;
+        let new: Vec<&UploadStamp> =
+            stamps.iter().filter(|s| seen.applied.get(&s.service) != Some(*s)).collect();
+        if !new.is_empty() {
+            for row in self.inner.store.uploads().await? {
+                if new.iter().any(|s| s.service == row.service) {
+                    self.apply_from_elsewhere(&mut seen, row).await;
+                }
+            }
+        }
+        let discarded: Vec<String> = seen
+            .applied
+            .keys()
+            .filter(|service| !stamps.iter().any(|s| &s.service == *service))
+            .cloned()
+            .collect();
+        for service in discarded {
+            seen.applied.remove(&service);
+            self.fall_back_to_file(&mut seen, &service).await;
+        }
+        Ok(())
+    }
+
+    /// Applies an upload or removal made through another host, with the same checks as
+    /// here; one that fails them is refused (and reported) and the version serving stays.
+    async fn apply_from_elsewhere(&self, seen: &mut Seen, row: UploadRow) {
+        let registry = &self.inner.registry;
+        let (service, stamp) = (row.service.clone(), row.stamp());
+        let source = upload_source(&service);
+        seen.applied.insert(service.clone(), stamp);
+        match row.component {
+            Some(Uploaded { digest, .. }) if registry.get(&service).is_some_and(|p| p.digest() == digest) => {
+                registry.clear_refusal(&source);
+            }
+            Some(Uploaded { wasm, .. }) => match self.checked(&service, wasm).await {
+                Ok(plugin) => {
+                    tracing::info!(service, digest = %plugin.digest(), "uploaded through another host: serving");
+                    registry.swap(plugin, Some(&source));
+                    registry.clear_refusal(&source);
+                }
+                Err(error) => registry.refuse(
+                    &source,
+                    format!("uploaded through another host, but here: {error}; the version serving stays"),
+                ),
+            },
+            None if registry.get(&service).is_none() => {}
+            None => match self.check_unused(&service).await {
+                Ok(()) => {
+                    registry.remove(&service);
+                    tracing::info!(service, "removed through another host: no longer served");
+                }
+                Err(error) => registry.refuse(
+                    &source,
+                    format!("removed through another host, but here {error}; it keeps serving"),
+                ),
+            },
+        }
+    }
+
+    /// Another host discarded the change kept for `service` (its plugins directory's
+    /// file changed since): serve this host's file for it again, if there is one.
+    async fn fall_back_to_file(&self, seen: &mut Seen, service: &str) {
+        let registry = &self.inner.registry;
+        let served_by_file = registry.file_of(service).is_some_and(|f| f != upload_source(service));
+        let Some((file, _)) = seen.file_for(service) else { return };
+        if served_by_file {
+            return;
+        }
+        let file = file.clone();
+        match registry.runtime().load_file(&file, &self.inner.settings).await {
+            Ok(plugin) if plugin.service() == service => {
+                tracing::info!(service, file = %file.display(), "the change through the admin API was discarded elsewhere: the file serves");
+                let state =
+                    FileState { digest: plugin.digest(), limits: plugin.limits(), service: service.into() };
+                registry.swap(plugin, Some(&file));
+                seen.files.insert(file, state);
+            }
+            Ok(plugin) => registry
+                .refuse(&file, format!("the file holds service `{}`, not `{service}`", plugin.service())),
+            Err(error) => registry.refuse(&file, format!("{error:#}")),
+        }
     }
 
     /// Applies a change of `file` in the plugins directory: load it (if its content or
@@ -261,7 +401,7 @@ impl PluginManager {
         let mut seen = self.inner.changing.lock().await;
         let registry = &self.inner.registry;
         if !file.exists() {
-            seen.0.remove(file);
+            seen.files.remove(file);
             registry.clear_refusal(file);
             let Some(service) = registry.service_of(file) else { return };
             match self.check_unused(&service).await {
@@ -283,7 +423,7 @@ impl PluginManager {
         // (whatever else serves the service, an upload say, stays).
         let service = plugin.service().to_owned();
         let state = FileState { digest: plugin.digest(), limits: plugin.limits(), service: service.clone() };
-        if seen.0.get(file) == Some(&state) {
+        if seen.files.get(file) == Some(&state) {
             registry.clear_refusal(file);
             return;
         }
@@ -295,7 +435,7 @@ impl PluginManager {
         let current = registry.get(&service);
         if current.as_ref().is_some_and(|c| c.digest() == plugin.digest() && c.limits() == plugin.limits()) {
             registry.clear_refusal(file);
-            seen.0.insert(file.to_owned(), state);
+            seen.files.insert(file.to_owned(), state);
             return;
         }
         if let Err(error) = self.check_sagas(plugin.manifest()).await {
@@ -306,9 +446,10 @@ impl PluginManager {
         if let Err(error) = self.discard_upload(&service).await {
             return registry.refuse(file, format!("forgetting the upload it replaces failed: {error}"));
         }
+        seen.applied.remove(&service);
         let digest = plugin.digest();
         registry.swap(plugin, Some(file));
-        seen.0.insert(file.to_owned(), state);
+        seen.files.insert(file.to_owned(), state);
         tracing::info!(
             service,
             %digest,
@@ -343,10 +484,9 @@ impl PluginManager {
             };
             let base = std::fs::read_to_string(file.with_extension("base")).unwrap_or_default();
             let upload = UploadRow {
-                digest: PluginDigest::of(&wasm),
+                component: Some(Uploaded { digest: PluginDigest::of(&wasm), wasm }),
                 base: PluginDigest::parse(base.trim()),
                 service,
-                wasm,
                 uploaded_at: crate::clock::now_ms(),
             };
             let keep = Commit { uploads: vec![UploadChange::Keep(upload)], ..Commit::default() };

@@ -1,12 +1,13 @@
 //! `wasaga serve --database postgres…`: the place-order saga through a real server on a
 //! real PostgreSQL (the test server of `store::postgres_testing`: a private cluster, or
 //! WASAGA_TEST_POSTGRES), its data kept across a restart, and several hosts on one
-//! database: keys and sagas shared, a paused host's sagas taken over and fenced.
+//! database: keys and sagas shared, a paused host's sagas taken over and fenced, plugin
+//! uploads and removals followed.
 
 use serde_json::{Value, json};
 use wasaga::store::postgres_testing::{self, PrivateServer};
 
-use crate::support::{SAGAS, Server, plugins_dir, seed_shop, start_saga, wait_settled, wasaga};
+use crate::support::{SAGAS, Server, guest, plugins_dir, seed_shop, start_saga, wait_settled, wasaga};
 
 /// A server of the demo's services and sagas on the PostgreSQL schema `database`.
 fn server_on(database: &str, plugins: &std::path::Path, data: &std::path::Path) -> Server {
@@ -156,6 +157,62 @@ async fn a_paused_host_loses_its_sagas_and_cannot_touch_them_after() {
     assert_eq!(b.record(&client, "payment", "account/ada").await.unwrap(), balance, "nothing charged again");
     assert_eq!(stock, json!({"available": 100 - SAGAS_TO_RUN, "reserved": SAGAS_TO_RUN}));
     assert_eq!(balance, json!({"balance": 1_000_000 - 100 * SAGAS_TO_RUN as i64}));
+}
+
+/// An upload through one host serves on the other within a few seconds, and so does a
+/// removal; the removal outlives a restart (the directory's unchanged file does not serve
+/// again), and an upload after it serves everywhere again.
+#[tokio::test]
+async fn uploads_and_removals_through_one_host_reach_the_others() {
+    let database = postgres_testing::scratch().await;
+    let plugins = plugins_dir(&[]);
+    std::fs::copy(guest("hello-v1"), plugins.path().join("hello.wasm")).unwrap();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = ["--database", database.as_str()];
+    let mut a = Server::start_in(plugins.path(), data_a.path(), &args);
+    let b = Server::start_in(plugins.path(), data_b.path(), &args);
+    let client = Server::client();
+    let greet = async |server: &Server, key: &str| {
+        let response = server.invoke(&client, "hello/greet", key, &json!({})).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    // How long until `server` answers the status with a body containing the text; at
+    // most 10 s (hosts look for changes every 2 s).
+    let reached = async |server: &Server, expected: (u16, &str)| {
+        let started = std::time::Instant::now();
+        for n in 0.. {
+            let got = greet(server, &format!("probe-{}-{n}", started.elapsed().as_nanos())).await;
+            if got.0 == expected.0 && got.1.contains(expected.1) {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "still {got:?}, not {expected:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        unreachable!()
+    };
+    assert_eq!(greet(&b, "before").await, (200, "{\"version\":1}".into()));
+
+    let v2 = std::fs::read(guest("hello-v2")).unwrap();
+    let pushed = client.put(format!("{}/v1/plugins/hello", a.url)).body(v2).send().await.unwrap();
+    assert_eq!(pushed.status(), 200);
+    let upload_took = reached(&b, (200, "{\"version\":2}")).await;
+
+    let removed = client.delete(format!("{}/v1/plugins/hello", b.url)).send().await.unwrap();
+    assert_eq!(removed.status(), 204);
+    let removal_took = reached(&a, (404, "no service `hello` is loaded")).await;
+    eprintln!("an upload reached the other host in {upload_took:?}, a removal in {removal_took:?}");
+
+    a.kill();
+    let a = Server::start_in(plugins.path(), data_a.path(), &args);
+    assert_eq!(greet(&a, "after-restart").await.0, 404, "the removal outlives a restart");
+
+    let v1 = std::fs::read(guest("hello-v1")).unwrap();
+    let pushed = client.put(format!("{}/v1/plugins/hello", a.url)).body(v1).send().await.unwrap();
+    assert_eq!(pushed.status(), 201, "a new service again");
+    reached(&b, (200, "{\"version\":1}")).await;
 }
 
 fn signal(server: &Server, signal: &str) {

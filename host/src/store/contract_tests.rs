@@ -7,7 +7,7 @@ use crate::service::PluginDigest;
 use crate::store::{
     ChangeSet, Commit, Conflict, DefinitionRow, DeliveryChange, DeliveryRow, DeliveryStatus, Entry, Event,
     IdempotencyKey, KeySpace, PruneKind, SagaChange, SagaRow, SagaStatus, Store, StoreError, StoredOutcome,
-    Transaction, TxLimits, UploadChange, UploadRow,
+    Transaction, TxLimits, UploadChange, UploadRow, Uploaded,
 };
 
 /// Runs every contract test against the stores `$open` makes (an async function
@@ -772,14 +772,20 @@ pub(crate) async fn retention_forgets_only_what_is_finished_and_old(store: &dyn 
 }
 
 /// An upload is kept per service with its bytes and the digest of the file it replaced;
-/// a second replaces the first; a discard forgets it; a commit that fails keeps none.
+/// a second replaces the first; a removal replaces an upload too; a discard forgets it;
+/// a commit that fails keeps none; the stamps tell each change from the others.
 pub(crate) async fn uploads_are_kept_replaced_and_discarded_per_service(store: &dyn Store) {
     let upload = |service: &str, wasm: &[u8], base: Option<&[u8]>| UploadRow {
         service: service.into(),
-        digest: PluginDigest::of(wasm),
+        component: Some(Uploaded { digest: PluginDigest::of(wasm), wasm: wasm.to_vec() }),
         base: base.map(PluginDigest::of),
-        wasm: wasm.to_vec(),
         uploaded_at: 7,
+    };
+    let removal = |service: &str, base: Option<&[u8]>, at: i64| UploadRow {
+        service: service.into(),
+        component: None,
+        base: base.map(PluginDigest::of),
+        uploaded_at: at,
     };
     let keep = |rows: Vec<UploadRow>| Commit {
         uploads: rows.into_iter().map(UploadChange::Keep).collect(),
@@ -795,6 +801,21 @@ pub(crate) async fn uploads_are_kept_replaced_and_discarded_per_service(store: &
         Commit { uploads: vec![UploadChange::Discard { service: "echo".into() }], ..Commit::default() };
     store.commit(discard).await.unwrap();
     assert_eq!(store.uploads().await.unwrap(), [upload("hello", b"v3", None)]);
+
+    store.commit(keep(vec![removal("echo", Some(b"e1"), 8)])).await.unwrap();
+    let both = [removal("echo", Some(b"e1"), 8), upload("hello", b"v3", None)];
+    assert_eq!(store.uploads().await.unwrap(), both, "a removal is kept, with its base");
+    assert_eq!(
+        store.upload_stamps().await.unwrap(),
+        both.iter().map(UploadRow::stamp).collect::<Vec<_>>(),
+        "the stamps say the same without the bytes"
+    );
+    assert_eq!(store.upload_stamps().await.unwrap()[0].digest, None);
+    store.commit(keep(vec![upload("echo", b"e3", None)])).await.unwrap();
+    assert_eq!(store.uploads().await.unwrap()[0], upload("echo", b"e3", None), "an upload after a removal");
+    let discard =
+        Commit { uploads: vec![UploadChange::Discard { service: "echo".into() }], ..Commit::default() };
+    store.commit(discard).await.unwrap();
 
     let mut failing = keep(vec![upload("hello", b"v4", None)]);
     failing.outcome = Some(outcome("k", 1, i64::MAX));

@@ -234,26 +234,55 @@ pub struct StoredOutcome {
     pub expires_at: i64,
 }
 
-/// A plugin version uploaded through the admin API, kept so that a restart serves it
-/// again (and, with a shared store, every host).
+/// The latest change operators made to a service through the admin API: an uploaded
+/// version, or its removal. Kept so that a restart, and every other host on a shared
+/// store, serves the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadRow {
     pub service: String,
-    pub digest: PluginDigest,
+    /// The version to serve, or `None`: the service was removed.
+    pub component: Option<Uploaded>,
     /// The digest of the plugins directory's file for the service when it was
-    /// uploaded (`None`: there was none). If that file changes later, the file wins.
+    /// uploaded or removed (`None`: there was none). If that file changes later, the
+    /// file wins.
     pub base: Option<PluginDigest>,
-    pub wasm: Vec<u8>,
     /// Unix ms.
+    pub uploaded_at: i64,
+}
+
+/// An uploaded component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub digest: PluginDigest,
+    pub wasm: Vec<u8>,
+}
+
+impl UploadRow {
+    pub fn stamp(&self) -> UploadStamp {
+        UploadStamp {
+            service: self.service.clone(),
+            digest: self.component.as_ref().map(|c| c.digest),
+            uploaded_at: self.uploaded_at,
+        }
+    }
+}
+
+/// What tells one kept change from another without its bytes: hosts compare these
+/// every few seconds to follow changes made through other hosts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadStamp {
+    pub service: String,
+    /// `None`: removed.
+    pub digest: Option<PluginDigest>,
     pub uploaded_at: i64,
 }
 
 /// A change to the kept uploads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UploadChange {
-    /// Keep this upload for its service (replacing the one kept).
+    /// Keep this change for its service (replacing the one kept).
     Keep(UploadRow),
-    /// Forget the upload of this service, if one is kept.
+    /// Forget the change kept for this service, if there is one.
     Discard { service: String },
 }
 
@@ -272,7 +301,7 @@ pub struct Commit {
     pub deliveries: Vec<DeliveryChange>,
     /// Saga definition versions to keep (replacing the text kept for the same digest).
     pub definitions: Vec<DefinitionRow>,
-    /// Uploaded plugin versions to keep or forget.
+    /// Operators' plugin changes to keep or forget.
     pub uploads: Vec<UploadChange>,
 }
 
@@ -417,8 +446,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // Plugins.
 
-    /// The uploaded plugin versions kept, by service.
+    /// The changes kept (uploads and removals), by service.
     async fn uploads(&self) -> Result<Vec<UploadRow>, StoreError>;
+
+    /// The same without the components' bytes: cheap enough to poll.
+    async fn upload_stamps(&self) -> Result<Vec<UploadStamp>, StoreError>;
 
     // Retention and health.
 

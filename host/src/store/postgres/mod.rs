@@ -33,6 +33,7 @@ use super::health::Health;
 use super::{
     ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
     IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, UploadRow,
+    UploadStamp,
 };
 use crate::service::PluginDigest;
 
@@ -210,6 +211,10 @@ impl Store for PgStore {
 
     async fn uploads(&self) -> Result<Vec<UploadRow>, StoreError> {
         read!(self, conn => queries::uploads(conn))
+    }
+
+    async fn upload_stamps(&self) -> Result<Vec<UploadStamp>, StoreError> {
+        read!(self, conn => queries::upload_stamps(conn))
     }
 
     /// Through the writer, as one job among the commits.

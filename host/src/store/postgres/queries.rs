@@ -7,7 +7,7 @@ use super::conn::{Conn, unavailable};
 use super::records::fingerprint;
 use crate::store::{
     ChainPage, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, SagaRow, SagaStatus, StoreError,
-    UploadRow,
+    UploadRow, UploadStamp, Uploaded,
 };
 
 fn saga_row(row: &Row) -> Result<SagaRow, StoreError> {
@@ -309,12 +309,29 @@ pub(super) async fn uploads(conn: &mut Conn) -> Result<Vec<UploadRow>, StoreErro
     let rows = conn.query(sql, &[]).await?;
     rows.iter()
         .map(|row| {
+            let component = match (row.get::<_, Option<&str>>(1), row.get::<_, Option<Vec<u8>>>(3)) {
+                (Some(digest), Some(wasm)) => Some(Uploaded { digest: super::digest(digest)?, wasm }),
+                _ => None,
+            };
             Ok(UploadRow {
                 service: row.get(0),
-                digest: super::digest(row.get(1))?,
+                component,
                 base: row.get::<_, Option<&str>>(2).map(super::digest).transpose()?,
-                wasm: row.get(3),
                 uploaded_at: row.get(4),
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn upload_stamps(conn: &mut Conn) -> Result<Vec<UploadStamp>, StoreError> {
+    let sql = "SELECT service, digest, uploaded_at FROM plugin_uploads ORDER BY service";
+    let rows = conn.query(sql, &[]).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(UploadStamp {
+                service: row.get(0),
+                digest: row.get::<_, Option<&str>>(1).map(super::digest).transpose()?,
+                uploaded_at: row.get(2),
             })
         })
         .collect()

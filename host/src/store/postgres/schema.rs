@@ -142,6 +142,11 @@ const MIGRATIONS: &[&str] = &[
         alive_until BIGINT NOT NULL
     );
     "#,
+    // 3: a removal through the admin API is kept too (digest and wasm NULL), so that it
+    // reaches the other hosts and outlives a restart.
+    r#"
+    ALTER TABLE plugin_uploads ALTER COLUMN digest DROP NOT NULL, ALTER COLUMN wasm DROP NOT NULL;
+    "#,
 ];
 
 /// Every host migrates at start, under a transaction-scoped advisory lock on the schema

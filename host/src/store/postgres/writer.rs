@@ -707,9 +707,9 @@ fn writes(commit: &Commit) -> Vec<Step> {
                 KEEP_UPLOAD,
                 vec![
                     Box::new(u.service.clone()),
-                    Box::new(u.digest.to_string()),
+                    Box::new(u.component.as_ref().map(|c| c.digest.to_string())),
                     Box::new(u.base.map(|b| b.to_string())),
-                    Box::new(u.wasm.clone()),
+                    Box::new(u.component.as_ref().map(|c| c.wasm.clone())),
                     Box::new(u.uploaded_at),
                 ],
             )),

@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 use super::{
     ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
     IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, UploadRow,
+    UploadStamp,
 };
 
 /// SQLite's `synchronous` setting for commits.
@@ -276,6 +277,10 @@ impl Store for SqliteStore {
 
     async fn uploads(&self) -> Result<Vec<UploadRow>, StoreError> {
         self.read(|conn| plugins::uploads(conn))
+    }
+
+    async fn upload_stamps(&self) -> Result<Vec<UploadStamp>, StoreError> {
+        self.read(|conn| plugins::upload_stamps(conn))
     }
 
     /// Through the writer, as one job among the commits (see `prune.rs`).

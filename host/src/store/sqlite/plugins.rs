@@ -1,11 +1,12 @@
-//! Uploaded plugin versions in SQLite: one row per service, the component's bytes with
-//! its digest and the digest of the directory's file it replaced.
+//! Operators' plugin changes in SQLite: one row per service, the uploaded component's
+//! bytes with its digest (both NULL for a removal) and the digest of the directory's
+//! file it replaced.
 
 use rusqlite::{Connection, params};
 
 use super::unavailable;
 use crate::service::PluginDigest;
-use crate::store::{StoreError, UploadChange, UploadRow};
+use crate::store::{StoreError, UploadChange, UploadRow, UploadStamp, Uploaded};
 
 fn digest(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Option<PluginDigest>> {
     let Some(text) = row.get::<_, Option<String>>(column)? else { return Ok(None) };
@@ -21,17 +22,18 @@ fn digest(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Option<Plu
 pub(super) fn uploads(conn: &Connection) -> rusqlite::Result<Vec<UploadRow>> {
     let sql = "SELECT service, digest, base, wasm, uploaded_at FROM plugin_uploads ORDER BY service";
     super::rows(conn, sql, &[], |row| {
-        Ok(UploadRow {
-            service: row.get(0)?,
-            digest: digest(row, 1)?.ok_or(rusqlite::Error::InvalidColumnType(
-                1,
-                "digest".into(),
-                rusqlite::types::Type::Null,
-            ))?,
-            base: digest(row, 2)?,
-            wasm: row.get(3)?,
-            uploaded_at: row.get(4)?,
-        })
+        let component = match (digest(row, 1)?, row.get::<_, Option<Vec<u8>>>(3)?) {
+            (Some(digest), Some(wasm)) => Some(Uploaded { digest, wasm }),
+            _ => None,
+        };
+        Ok(UploadRow { service: row.get(0)?, component, base: digest(row, 2)?, uploaded_at: row.get(4)? })
+    })
+}
+
+pub(super) fn upload_stamps(conn: &Connection) -> rusqlite::Result<Vec<UploadStamp>> {
+    let sql = "SELECT service, digest, uploaded_at FROM plugin_uploads ORDER BY service";
+    super::rows(conn, sql, &[], |row| {
+        Ok(UploadStamp { service: row.get(0)?, digest: digest(row, 1)?, uploaded_at: row.get(2)? })
     })
 }
 
@@ -45,11 +47,12 @@ pub(super) fn apply(conn: &Connection, change: &UploadChange) -> Result<(), Stor
                      wasm = excluded.wasm, uploaded_at = excluded.uploaded_at",
             )
             .and_then(|mut insert| {
+                let component = upload.component.as_ref();
                 insert.execute(params![
                     upload.service,
-                    upload.digest.to_string(),
+                    component.map(|c| c.digest.to_string()),
                     upload.base.map(|b| b.to_string()),
-                    upload.wasm,
+                    component.map(|c| &c.wasm),
                     upload.uploaded_at
                 ])
             }),

@@ -188,6 +188,20 @@ const MIGRATIONS: &[&str] = &[
         alive_until INTEGER NOT NULL
     );
     ",
+    // 11: a removal through the admin API is kept too (digest and wasm NULL), so that
+    // it outlives a restart and reaches the other hosts of a shared store.
+    "
+    CREATE TABLE plugin_uploads_11 (
+        service     TEXT PRIMARY KEY,
+        digest      TEXT,               -- NULL: the service was removed
+        base        TEXT,
+        wasm        BLOB,
+        uploaded_at INTEGER NOT NULL
+    );
+    INSERT INTO plugin_uploads_11 SELECT service, digest, base, wasm, uploaded_at FROM plugin_uploads;
+    DROP TABLE plugin_uploads;
+    ALTER TABLE plugin_uploads_11 RENAME TO plugin_uploads;
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a
