@@ -30,8 +30,16 @@ use crate::store::{Commit, DeliveryChange, DeliveryRow, DeliveryStatus, Store, S
 
 /// Attempts of one delivery before it is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 5;
-/// How often the dispatcher looks for new events and due deliveries.
+/// How often the dispatcher looks for new events and due deliveries while hints of
+/// new ones may not arrive (`store/wakeups.rs`: PostgreSQL's listener not connected),
+/// and while it does not lead.
 const POLL: Duration = Duration::from_millis(20);
+/// How often it looks while every new event and delivery change wakes it: only for
+/// retries coming due.
+const POLL_HINTED: Duration = Duration::from_millis(100);
+/// The least time between two passes, so that a busy store's stream of hints makes a
+/// pass per few batches, not one per batch.
+const MIN_GAP: Duration = Duration::from_millis(5);
 /// How long the dispatcher waits after a pass the store could not answer.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Deliveries in flight at once.
@@ -71,6 +79,7 @@ impl Dispatcher {
     /// Runs the dispatcher until the process ends (or the task is aborted).
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let dispatcher = self.clone();
+        let wakeups = self.inner.store.wakeups();
         tokio::spawn(async move {
             // While the store cannot answer (a database restarting), say so once and
             // look again every second, not every poll.
@@ -101,7 +110,8 @@ impl Dispatcher {
                     }
                     Ok(()) => {}
                 }
-                tokio::time::sleep(POLL).await;
+                tokio::time::sleep(MIN_GAP).await;
+                wakeups.events(POLL_HINTED, POLL).await;
             }
         })
     }

@@ -25,8 +25,11 @@ use crate::store::{Commit, Store, StoreError, UploadChange, UploadRow, UploadSta
 const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// How often a host looks for plugin changes made through other hosts (a read of one
-/// small row per changed service: no bytes unless something changed).
+/// small row per kept change: no bytes unless something changed) while hints of them
+/// may not arrive (`store/wakeups.rs`); while they do, a hint makes it look at once
+/// and it polls only every [`FOLLOW_HINTED`].
 pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+const FOLLOW_HINTED: Duration = Duration::from_secs(10);
 
 /// Why a plugin change was refused. Nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -293,14 +296,15 @@ impl PluginManager {
         Ok(())
     }
 
-    /// Follows the changes made through other hosts of a shared store, every
-    /// [`FOLLOW_EVERY`], until the returned task is aborted. (On SQLite, with one host,
-    /// it finds none.)
+    /// Follows the changes made through other hosts of a shared store, on their hint
+    /// or every [`FOLLOW_EVERY`], until the returned task is aborted. (On SQLite, with
+    /// one host, it finds none.)
     pub fn follow(&self) -> tokio::task::JoinHandle<()> {
         let manager = self.clone();
+        let wakeups = self.inner.store.wakeups();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(FOLLOW_EVERY).await;
+                wakeups.plugins(FOLLOW_HINTED, FOLLOW_EVERY).await;
                 if let Err(error) = manager.follow_once().await {
                     tracing::warn!("looking for plugin changes made through other hosts: {error}");
                 }

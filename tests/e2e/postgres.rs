@@ -177,7 +177,7 @@ async fn uploads_and_removals_through_one_host_reach_the_others() {
         (response.status().as_u16(), response.text().await.unwrap())
     };
     // How long until `server` answers the status with a body containing the text; at
-    // most 10 s (hosts look for changes every 2 s).
+    // most 10 s (a host hears of a change at once, and polls every 2 s without hints).
     let reached = async |server: &Server, expected: (u16, &str)| {
         let started = std::time::Instant::now();
         for n in 0.. {

@@ -42,6 +42,7 @@ macro_rules! contract_tests {
             a_chain_page_is_one_moment_of_its_chain,
             retention_forgets_only_what_is_finished_and_old,
             uploads_are_kept_replaced_and_discarded_per_service,
+            commits_wake_the_tasks_that_look_for_them,
         );
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
@@ -826,4 +827,41 @@ pub(crate) async fn uploads_are_kept_replaced_and_discarded_per_service(store: &
         [upload("hello", b"v3", None)],
         "a failed commit keeps no upload"
     );
+}
+
+/// A commit that publishes an event wakes the dispatcher's hint, one that keeps a
+/// plugin change the follower's, and a commit of records alone neither: each waiting
+/// task looks at once instead of at its next poll.
+pub(crate) async fn commits_wake_the_tasks_that_look_for_them(store: &dyn Store) {
+    let wakeups = store.wakeups();
+    let hour = std::time::Duration::from_secs(3600);
+    let events = || woken(wakeups.events(hour, hour));
+    let plugins = || woken(wakeups.plugins(hour, hour));
+    // A hint left from opening (PostgreSQL's listener wakes everyone when it starts).
+    let _ = (events().await, plugins().await);
+
+    commit(store, {
+        let mut records = tx(store);
+        records.set("a", b"1".to_vec()).await.unwrap();
+        records
+    })
+    .await
+    .unwrap();
+    assert!(!events().await && !plugins().await, "records alone wake nobody");
+
+    let mut changes = ChangeSet::default();
+    changes.events.push(Event { topic: "t".into(), payload: b"{}".to_vec(), correlation_id: None });
+    store.commit(commit_of(changes, None)).await.unwrap();
+    assert!(events().await, "an event wakes the dispatcher");
+    assert!(!plugins().await, "and not the plugin follower");
+
+    let removal = UploadRow { service: "x".into(), component: None, base: None, uploaded_at: 1 };
+    store.commit(Commit { uploads: vec![UploadChange::Keep(removal)], ..Commit::default() }).await.unwrap();
+    assert!(plugins().await, "a plugin change wakes the follower");
+}
+
+/// Whether `wait` (a hint's wait with polls far away) ends within 300 ms: only a hint
+/// can end it.
+pub(crate) async fn woken(wait: impl std::future::Future<Output = ()>) -> bool {
+    tokio::time::timeout(std::time::Duration::from_millis(300), wait).await.is_ok()
 }

@@ -24,6 +24,7 @@ mod postgres;
 mod sagas;
 mod sqlite;
 mod transaction;
+mod wakeups;
 
 use std::future::Future;
 
@@ -38,6 +39,7 @@ pub use postgres::{PgOptions, PgStore};
 pub use sagas::{DefinitionRow, SagaChange, SagaRow, SagaStatus};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use transaction::{ChangeSet, Event, NUL_IN_KEY, Transaction, TxLimits, Write};
+pub use wakeups::Wakeups;
 
 /// A stored record as plugins and clients see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,4 +465,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Why the store cannot write, while it cannot.
     fn failing(&self) -> Option<Failing>;
+
+    /// The hints that wake the tasks looking for changes (`wakeups.rs`).
+    fn wakeups(&self) -> std::sync::Arc<Wakeups>;
 }

@@ -14,6 +14,7 @@
 //! The client is tokio-postgres (see docs/architecture.md for why).
 
 mod conn;
+mod listen;
 mod prune;
 mod queries;
 mod records;
@@ -33,7 +34,7 @@ use super::health::Health;
 use super::{
     ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
     IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, UploadRow,
-    UploadStamp,
+    UploadStamp, Wakeups,
 };
 use crate::service::PluginDigest;
 
@@ -58,6 +59,7 @@ pub struct PgStore {
     pool: Arc<Pool>,
     writer: mpsc::Sender<writer::Job>,
     health: Arc<Health>,
+    wakeups: Arc<Wakeups>,
 }
 
 impl PgStore {
@@ -83,10 +85,13 @@ impl PgStore {
         let mut migrating = Conn::open(&config).await?;
         schema::migrate(&mut migrating.client).await.map_err(StoreError::Unavailable)?;
         let health = Arc::new(Health::default());
-        let writer =
-            writer::spawn(writer::open(&config).await?, config.clone(), options.max_batch, health.clone());
+        // Complete once the listener listens: until then other hosts' changes go unheard.
+        let wakeups = Arc::new(Wakeups::new(false));
+        let conn = writer::open(&config).await?;
+        let writer = writer::spawn(conn, config.clone(), options.max_batch, health.clone(), wakeups.clone());
+        listen::spawn(config.clone(), wakeups.clone());
         let pool = Arc::new(Pool::new(config, options.connections, health.clone()));
-        Ok(PgStore { pool, writer, health })
+        Ok(PgStore { pool, writer, health, wakeups })
     }
 
     fn send(&self, job: writer::Job) -> Result<(), StoreError> {
@@ -227,6 +232,10 @@ impl Store for PgStore {
     fn failing(&self) -> Option<Failing> {
         self.health.failing()
     }
+
+    fn wakeups(&self) -> Arc<Wakeups> {
+        self.wakeups.clone()
+    }
 }
 
 /// A status column read back into its enum; a status this version does not know is a
@@ -249,5 +258,50 @@ pub(crate) async fn scratch() -> PgStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::{PgOptions, PgStore, testing};
+    use crate::store::contract_tests::{commit_of, woken};
+    use crate::store::{ChangeSet, Commit, Event, Store, UploadChange, UploadRow};
+
     crate::store::contract_tests::contract_tests!(super::scratch);
+
+    /// Another host's commit that publishes an event, or keeps a plugin change, wakes
+    /// this host's waiting task through `LISTEN` (and a host of another schema on the
+    /// same database stays asleep).
+    #[tokio::test]
+    async fn another_hosts_commits_wake_this_one() {
+        let url = testing::scratch().await;
+        let connect = || PgStore::connect(&url, PgOptions::default());
+        let (writer, listener, elsewhere) =
+            (connect().await.unwrap(), connect().await.unwrap(), super::scratch().await);
+        let hour = Duration::from_secs(3600);
+        for store in [&listener, &elsewhere] {
+            let wakeups = store.wakeups();
+            for _ in 0..100 {
+                if wakeups.complete() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(wakeups.complete(), "the listener listens");
+            // The hints every listener gives when it starts.
+            let _ = (woken(wakeups.events(hour, hour)).await, woken(wakeups.plugins(hour, hour)).await);
+        }
+        let (here, there) = (listener.wakeups(), elsewhere.wakeups());
+
+        let mut changes = ChangeSet::default();
+        changes.events.push(Event { topic: "t".into(), payload: b"{}".to_vec(), correlation_id: None });
+        writer.commit(commit_of(changes, None)).await.unwrap();
+        assert!(woken(here.events(hour, hour)).await, "the other host's event wakes this dispatcher");
+        assert!(!woken(there.events(hour, hour)).await, "not one of another schema");
+
+        let removal = UploadRow { service: "x".into(), component: None, base: None, uploaded_at: 1 };
+        writer
+            .commit(Commit { uploads: vec![UploadChange::Keep(removal)], ..Commit::default() })
+            .await
+            .unwrap();
+        assert!(woken(here.plugins(hour, hour)).await, "the other host's plugin change wakes this follower");
+        assert!(!woken(here.events(hour, hour)).await, "and not the dispatcher");
+    }
 }

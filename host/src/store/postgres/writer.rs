@@ -32,6 +32,7 @@ use tokio_postgres::{Client, Config, Statement};
 use super::conn::{Conn, unavailable};
 use super::prune;
 use crate::store::health::{Health, PROBE_EVERY};
+use crate::store::wakeups::{Hints, Wakeups};
 use crate::store::{
     Commit, Conflict, DeliveryChange, DeliveryStatus, IdempotencyKey, PruneKind, SagaChange, StoreError,
     UploadChange, attempt_refused,
@@ -63,9 +64,21 @@ pub(super) async fn open(config: &Config) -> Result<Conn, StoreError> {
 /// dispatcher's cursor never passes an event that commits later.
 const PUBLISHING: &str = "SELECT pg_advisory_xact_lock(x'7761'::int, hashtext(current_schema()) + 1)";
 
-pub(super) fn spawn(conn: Conn, config: Config, max_batch: usize, health: Arc<Health>) -> mpsc::Sender<Job> {
+/// Tell the other hosts' listeners (`listen.rs`) what a batch changed, at its commit
+/// (`NOTIFY` is transactional); the payload names the schema, since channels are per
+/// database and several deployments may share one.
+const NOTIFY_EVENTS: &str = "SELECT pg_notify('wasaga_events', current_schema())";
+const NOTIFY_PLUGINS: &str = "SELECT pg_notify('wasaga_plugins', current_schema())";
+
+pub(super) fn spawn(
+    conn: Conn,
+    config: Config,
+    max_batch: usize,
+    health: Arc<Health>,
+    wakeups: Arc<Wakeups>,
+) -> mpsc::Sender<Job> {
     let (sender, receiver) = mpsc::channel(QUEUE);
-    tokio::spawn(run(conn, config, receiver, max_batch.max(1), health));
+    tokio::spawn(run(conn, config, receiver, max_batch.max(1), health, wakeups));
     sender
 }
 
@@ -75,6 +88,7 @@ async fn run(
     mut receiver: mpsc::Receiver<Job>,
     max_batch: usize,
     health: Arc<Health>,
+    wakeups: Arc<Wakeups>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
@@ -107,8 +121,13 @@ async fn run(
                 }
             }
         }
-        if let Err(error) = write_batch(&mut conn, std::mem::take(&mut batch), &health).await {
-            health.failed(&error.to_string());
+        let hints = Hints::of(batch.iter().filter_map(|job| match job {
+            Job::Commit(commit, _) => Some(&**commit),
+            Job::Prune(..) => None,
+        }));
+        match write_batch(&mut conn, std::mem::take(&mut batch), &health).await {
+            Ok(()) => wakeups.wake(hints),
+            Err(error) => health.failed(&error.to_string()),
         }
     }
 }
@@ -227,6 +246,13 @@ async fn try_batch(conn: &mut Conn, jobs: &[Job]) -> Result<Tried, StoreError> {
     if commits.iter().any(|commit| !commit.changes.events.is_empty()) {
         steps.insert(0, step(PUBLISHING, Vec::new()));
         owners.insert(0, usize::MAX);
+    }
+    let hints = Hints::of(commits.iter().copied());
+    for (wanted, notify) in [(hints.events, NOTIFY_EVENTS), (hints.plugins, NOTIFY_PLUGINS)] {
+        if wanted {
+            steps.push(step(notify, Vec::new()));
+            owners.push(usize::MAX);
+        }
     }
     match pipeline(conn, &steps).await? {
         Pipelined::Done => {}

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use super::{
     ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
     IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, UploadRow,
-    UploadStamp,
+    UploadStamp, Wakeups,
 };
 
 /// SQLite's `synchronous` setting for commits.
@@ -75,6 +75,8 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     writer: Mutex<mpsc::SyncSender<writer::Job>>,
     health: Arc<Health>,
+    /// Every change is this process's commit: the hints are complete.
+    wakeups: Arc<Wakeups>,
     stop: Arc<AtomicBool>,
     _lock: File,
     /// The directory of a [`SqliteStore::temporary`] store, removed with it.
@@ -112,9 +114,11 @@ impl SqliteStore {
         let stop = Arc::new(AtomicBool::new(false));
         spawn_checkpointer(&path, options.checkpoint_interval, stop.clone())?;
         let health = Arc::new(Health::default());
-        let writer = writer::spawn(conn, options.max_batch, wal, health.clone());
+        let wakeups = Arc::new(Wakeups::new(true));
+        let writer = writer::spawn(conn, options.max_batch, wal, health.clone(), wakeups.clone());
         Ok(SqliteStore {
             health,
+            wakeups,
             readers: Arc::new(ReadPool { path: path.clone(), idle: Mutex::default() }),
             path,
             writer: Mutex::new(writer),
@@ -301,6 +305,10 @@ impl Store for SqliteStore {
     /// See `health.rs`.
     fn failing(&self) -> Option<Failing> {
         self.health.failing()
+    }
+
+    fn wakeups(&self) -> Arc<Wakeups> {
+        self.wakeups.clone()
     }
 }
 

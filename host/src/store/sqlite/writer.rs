@@ -16,6 +16,7 @@ use super::health;
 use super::wal::WalPolicy;
 use super::{events, plugins, records, sagas, unavailable};
 use crate::store::health::{Health, PROBE_EVERY};
+use crate::store::wakeups::{Hints, Wakeups};
 use crate::store::{Commit, StoreError};
 
 pub(super) enum Job {
@@ -78,11 +79,12 @@ pub(super) fn spawn(
     max_batch: usize,
     wal: WalPolicy,
     health: Arc<Health>,
+    wakeups: Arc<Wakeups>,
 ) -> mpsc::SyncSender<Job> {
     let (sender, receiver) = mpsc::sync_channel(QUEUE);
     std::thread::Builder::new()
         .name("wasaga-writer".into())
-        .spawn(move || run(conn, receiver, max_batch.max(1), wal, health))
+        .spawn(move || run(conn, receiver, max_batch.max(1), wal, health, wakeups))
         .expect("failed to start the writer thread");
     sender
 }
@@ -93,6 +95,7 @@ fn run(
     max_batch: usize,
     mut wal: WalPolicy,
     health: Arc<Health>,
+    wakeups: Arc<Wakeups>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
@@ -118,7 +121,15 @@ fn run(
                 Err(_) => break,
             }
         }
-        if let Err(error) = write_batch(&mut conn, &mut batch, &health) {
+        let hints = Hints::of(batch.iter().filter_map(|job| match job {
+            Job::Commit(commit, _) => Some(&**commit),
+            Job::Task(_) => None,
+        }));
+        let written = write_batch(&mut conn, &mut batch, &health);
+        // Also after a failed batch: some of its commits may be durable, and a hint
+        // that finds nothing new costs one look.
+        wakeups.wake(hints);
+        if let Err(error) = written {
             health.failed(&error.to_string());
         }
         wal.enforce(&conn);
