@@ -96,7 +96,7 @@ fn keys(rows: Vec<(String, Entry)>) -> Vec<String> {
     rows.into_iter().map(|(k, _)| k).collect()
 }
 
-fn saga(id: &str, name: &str, key: &str, status: SagaStatus, at: i64) -> SagaRow {
+pub(crate) fn saga(id: &str, name: &str, key: &str, status: SagaStatus, at: i64) -> SagaRow {
     SagaRow {
         id: id.into(),
         name: name.into(),
@@ -112,7 +112,7 @@ fn saga(id: &str, name: &str, key: &str, status: SagaStatus, at: i64) -> SagaRow
     }
 }
 
-async fn create_saga(store: &dyn Store, row: SagaRow) -> Result<(), StoreError> {
+pub(crate) async fn create_saga(store: &dyn Store, row: SagaRow) -> Result<(), StoreError> {
     store.commit(Commit { saga: Some(SagaChange::Create(row)), ..Commit::default() }).await
 }
 

@@ -261,8 +261,8 @@ mod tests {
     use std::time::Duration;
 
     use super::{PgOptions, PgStore, testing};
-    use crate::store::contract_tests::{commit_of, woken};
-    use crate::store::{ChangeSet, Commit, Event, Store, UploadChange, UploadRow};
+    use crate::store::contract_tests::{commit_of, create_saga, saga, woken};
+    use crate::store::{ChangeSet, Commit, Event, SagaChange, SagaStatus, Store, UploadChange, UploadRow};
 
     crate::store::contract_tests::contract_tests!(super::scratch);
 
@@ -303,5 +303,28 @@ mod tests {
             .unwrap();
         assert!(woken(here.plugins(hour, hour)).await, "the other host's plugin change wakes this follower");
         assert!(!woken(here.events(hour, hour)).await, "and not the dispatcher");
+    }
+
+    /// Two hosts' writers keep their saga counts apart (a row each, so that their
+    /// batches never wait for one another on a count) and a read sums them.
+    #[tokio::test]
+    async fn saga_counts_of_several_hosts_add_up() {
+        let url = testing::scratch().await;
+        let connect = || PgStore::connect(&url, PgOptions::default());
+        let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
+        create_saga(&a, saga("s1", "s", "k1", SagaStatus::Running, 1)).await.unwrap();
+        create_saga(&b, saga("s2", "s", "k2", SagaStatus::Running, 1)).await.unwrap();
+        let done = SagaChange::Update {
+            id: "s1".into(),
+            version: 1,
+            status: SagaStatus::Completed,
+            state: "{}".into(),
+            at: 2,
+            by: None,
+        };
+        b.commit(Commit { saga: Some(done), ..Commit::default() }).await.unwrap();
+        let expected = vec![(SagaStatus::Completed, 1), (SagaStatus::Running, 1)];
+        assert_eq!(a.saga_counts().await.unwrap(), expected, "a saga of one host finished by the other");
+        assert_eq!(b.saga_counts().await.unwrap(), expected);
     }
 }

@@ -133,7 +133,9 @@ pub(super) async fn claim(
 }
 
 pub(super) async fn counts(conn: &mut Conn) -> Result<Vec<(SagaStatus, u64)>, StoreError> {
-    let rows = conn.query("SELECT status, n FROM saga_counts WHERE n > 0 ORDER BY status", &[]).await?;
+    let sql =
+        "SELECT status, sum(n)::bigint FROM saga_counts GROUP BY status HAVING sum(n) > 0 ORDER BY status";
+    let rows = conn.query(sql, &[]).await?;
     rows.iter()
         .map(|row| Ok((super::status(row.get(0), SagaStatus::parse)?, row.get::<_, i64>(1) as u64)))
         .collect()

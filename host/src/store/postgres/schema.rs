@@ -147,6 +147,27 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE plugin_uploads ALTER COLUMN digest DROP NOT NULL, ALTER COLUMN wasm DROP NOT NULL;
     "#,
+    // 4: the saga counts in a row per writer connection (`shard`: its backend's pid)
+    // and status, summed when read. One row per status, updated by every batch of
+    // every host, serialized the hosts' commits on it, and two batches that updated two
+    // of those rows in opposite orders deadlocked (each found after PostgreSQL's
+    // `deadlock_timeout`, 1 s). Only writer connections change a saga's status.
+    r#"
+    ALTER TABLE saga_counts ADD COLUMN shard INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE saga_counts DROP CONSTRAINT saga_counts_pkey, ADD PRIMARY KEY (shard, status);
+    CREATE OR REPLACE FUNCTION wasaga_count_sagas() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            INSERT INTO saga_counts (shard, status, n) VALUES (pg_backend_pid(), OLD.status, -1)
+                ON CONFLICT (shard, status) DO UPDATE SET n = saga_counts.n - 1;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO saga_counts (shard, status, n) VALUES (pg_backend_pid(), NEW.status, 1)
+                ON CONFLICT (shard, status) DO UPDATE SET n = saga_counts.n + 1;
+        END IF;
+        RETURN NULL;
+    END $$;
+    "#,
 ];
 
 /// Every host migrates at start, under a transaction-scoped advisory lock on the schema

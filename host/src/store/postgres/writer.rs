@@ -64,6 +64,11 @@ pub(super) async fn open(config: &Config) -> Result<Conn, StoreError> {
 /// dispatcher's cursor never passes an event that commits later.
 const PUBLISHING: &str = "SELECT pg_advisory_xact_lock(x'7761'::int, hashtext(current_schema()) + 1)";
 
+/// Locks the existing records a batch writes, in (service, key) order.
+const LOCK_RECORDS: &str = "SELECT 1 FROM records
+     WHERE (service, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+     ORDER BY service, key FOR UPDATE";
+
 /// Tell the other hosts' listeners (`listen.rs`) what a batch changed, at its commit
 /// (`NOTIFY` is transactional); the payload names the schema, since channels are per
 /// database and several deployments may share one.
@@ -226,6 +231,8 @@ async fn try_batch(conn: &mut Conn, jobs: &[Job]) -> Result<Tried, StoreError> {
     let mut overlay = Overlay::default();
     let mut steps = Vec::new();
     let mut owners = Vec::new();
+    // The records the batch writes: (service, key).
+    let mut written: Vec<(&str, &str)> = Vec::new();
     let mut answers = Vec::with_capacity(jobs.len());
     let mut facts = facts.into_iter();
     for (i, job) in jobs.iter().enumerate() {
@@ -237,16 +244,29 @@ async fn try_batch(conn: &mut Conn, jobs: &[Job]) -> Result<Tried, StoreError> {
         let verdict = overlay.check(commit, &facts);
         if verdict.is_ok() {
             overlay.apply(commit);
+            written.extend(commit.changes.writes.iter().map(|w| (commit.service.as_str(), w.key.as_str())));
             let written = writes(commit);
             owners.extend(std::iter::repeat_n(i, written.len()));
             steps.extend(written);
         }
         answers.push(Some(Answer::Commit(verdict)));
     }
+    // The locks every batch takes first, in one order for all of them, so that two
+    // hosts' batches cannot each hold a row the other waits for (PostgreSQL finds such
+    // a deadlock only after `deadlock_timeout`, 1 s, and the batch goes again).
+    let mut first = Vec::new();
     if commits.iter().any(|commit| !commit.changes.events.is_empty()) {
-        steps.insert(0, step(PUBLISHING, Vec::new()));
-        owners.insert(0, usize::MAX);
+        first.push(step(PUBLISHING, Vec::new()));
     }
+    if !written.is_empty() {
+        written.sort_unstable();
+        written.dedup();
+        let (services, keys): (Vec<String>, Vec<String>) =
+            written.into_iter().map(|(s, k)| (s.to_owned(), k.to_owned())).unzip();
+        first.push(step(LOCK_RECORDS, vec![Box::new(services), Box::new(keys)]));
+    }
+    owners.splice(0..0, std::iter::repeat_n(usize::MAX, first.len()));
+    steps.splice(0..0, first);
     let hints = Hints::of(commits.iter().copied());
     for (wanted, notify) in [(hints.events, NOTIFY_EVENTS), (hints.plugins, NOTIFY_PLUGINS)] {
         if wanted {
