@@ -21,7 +21,10 @@ use crate::config::parse_duration;
 /// --every it prints sagas finished per second, p50/p99 latency (start to end, the
 /// request waiting for the saga), failures, the largest WAL seen, the database's
 /// size, and the server's RSS and open file descriptors. Flags after `--` go to
-/// `wasaga serve`, e.g. `-- --saga-retention 5m --idempotency-retention 5m`.
+/// `wasaga serve`, e.g. `-- --saga-retention 5m --idempotency-retention 5m`; with
+/// `-- --database URL` and `--hosts N`, N hosts share one PostgreSQL, and the summary
+/// gives CPU per saga of wasaga and of the local PostgreSQL, and the database's
+/// commits per saga.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
     /// How long to drive load (e.g. 30m).
@@ -48,6 +51,11 @@ pub struct Args {
     #[arg(long)]
     data: Option<PathBuf>,
 
+    /// Hosts to start, each with the same flags (more than one needs `-- --database
+    /// URL`: hosts share a PostgreSQL, not a SQLite file). Sagas go to each in turn.
+    #[arg(long, default_value_t = 1)]
+    hosts: usize,
+
     /// Flags for `wasaga serve`.
     #[arg(last = true)]
     serve: Vec<String>,
@@ -61,28 +69,42 @@ const POOR: &str = "poor";
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(args.rate.is_none_or(|r| r > 0.0), "--rate must be more than zero");
+    let database = database_url(&args.serve);
+    anyhow::ensure!(args.hosts > 0, "--hosts must be at least 1");
+    anyhow::ensure!(
+        args.hosts == 1 || database.is_some(),
+        "--hosts {} needs a shared database: add `-- --database URL` (or set WASAGA_DATABASE)",
+        args.hosts
+    );
     let temporary = tempfile::Builder::new().prefix("wasaga-soak-").tempdir()?;
     let data = args.data.clone().unwrap_or_else(|| temporary.path().join("data"));
-    let server = Server::start(temporary.path(), &data, &args.serve).await?;
+    let (plugins, sagas) = install(temporary.path())?;
+    let mut servers = Vec::with_capacity(args.hosts);
+    let token = super::super::tokens::generate();
+    for i in 0..args.hosts {
+        let data = if i == 0 { data.clone() } else { temporary.path().join(format!("data-{i}")) };
+        servers.push(Server::start(&plugins, &sagas, &data, &args.serve, &token).await?);
+    }
+    let server = &servers[0];
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(120))
         .build()?;
-    seed(&client, &server).await?;
+    seed(&client, server).await?;
 
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
     println!(
-        "place-order sagas over HTTP, {} clients, {}, {:.0}% declined, {:?}; server pid {}",
+        "place-order sagas over HTTP, {} clients, {}, {:.0}% declined, {:?}; server pid(s) {pids:?}",
         args.concurrency,
         args.rate.map_or("as fast as they can".into(), |r| format!("at most {r} sagas/s")),
         args.declined_share * 100.0,
         args.duration,
-        server.pid,
     );
     println!("| at | sagas/s | p50 | p99 | failed | WAL (max) | database | RSS | open fds |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let load = Load {
         client,
-        url: server.url.clone(),
+        urls: servers.iter().map(|s| s.url.clone()).collect(),
         token: server.token.clone(),
         started: Instant::now(),
         rate: args.rate,
@@ -90,14 +112,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         run: format!("{:08x}", rand::rng().random::<u32>()),
         next: AtomicU64::new(0),
         latencies: Mutex::new(Vec::new()),
+        completed: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         first_failure: Mutex::new(None),
     };
     let load = Arc::new(load);
+    let costs = Costs::now(&pids, database.as_deref()).await;
     let end = load.started + args.duration;
     let clients: Vec<_> = (0..args.concurrency).map(|_| tokio::spawn(Arc::clone(&load).drive(end))).collect();
 
-    let files = Files::of(&data, server.pid);
+    let files = Files::of(&data, &pids);
     let mut rows = Vec::new();
     let mut period_start = Instant::now();
     let mut wal_max = 0;
@@ -128,37 +152,52 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for client in clients {
         client.await?;
     }
+    let costs = Costs::now(&pids, database.as_deref()).await.since(&costs);
     summarize(&rows, &server.metrics(&load.client).await.unwrap_or_default());
+    costs.print(load.completed.load(Ordering::Relaxed));
     if let Some(failure) = load.first_failure.lock().unwrap().take() {
         println!("first failure: {failure}");
     }
-    server.stop();
+    for server in servers {
+        server.stop();
+    }
     let failed: u64 = rows.iter().map(|r| r.failed).sum();
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The `wasaga serve` under load: this binary, on a free loopback port.
-struct Server {
+/// The demo's services and saga definitions in `scratch`: the directories to serve.
+pub(super) fn install(scratch: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (plugins, sagas) = (scratch.join("plugins"), scratch.join("sagas"));
+    super::super::demo::install(&plugins, &sagas)?;
+    Ok((plugins, sagas))
+}
+
+/// A `wasaga serve` under load: this binary, on a free loopback port.
+pub(super) struct Server {
     child: std::process::Child,
-    pid: u32,
-    url: String,
-    token: String,
+    pub(super) pid: u32,
+    pub(super) url: String,
+    pub(super) token: String,
 }
 
 impl Server {
-    async fn start(scratch: &Path, data: &Path, extra: &[String]) -> anyhow::Result<Server> {
-        let (plugins, sagas) = (scratch.join("plugins"), scratch.join("sagas"));
-        super::super::demo::install(&plugins, &sagas)?;
-        let token = super::super::tokens::generate();
+    /// Starts a host with `token` as its admin token (one for all the hosts of a run).
+    pub(super) async fn start(
+        plugins: &Path,
+        sagas: &Path,
+        data: &Path,
+        extra: &[String],
+        token: &str,
+    ) -> anyhow::Result<Server> {
         let mut child = std::process::Command::new(std::env::current_exe()?)
             .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn", "--plugins"])
-            .arg(&plugins)
+            .arg(plugins)
             .arg("--sagas")
-            .arg(&sagas)
+            .arg(sagas)
             .arg("--data")
             .arg(data)
             .args(extra)
-            .env("WASAGA_ADMIN_TOKEN", &token)
+            .env("WASAGA_ADMIN_TOKEN", token)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -174,7 +213,7 @@ impl Server {
             let _ = child.kill();
             anyhow::bail!("wasaga serve did not start (its first line: {line:?})");
         };
-        Ok(Server { url: url.to_owned(), child, pid, token })
+        Ok(Server { url: url.to_owned(), child, pid, token: token.to_owned() })
     }
 
     async fn metrics(&self, client: &reqwest::Client) -> anyhow::Result<String> {
@@ -183,7 +222,7 @@ impl Server {
     }
 
     /// SIGTERM (a clean stop, like an operator's), then waits for the server to finish.
-    fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         let term = std::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
         if !term.is_ok_and(|s| s.success()) {
             let _ = self.child.kill();
@@ -193,7 +232,7 @@ impl Server {
 }
 
 /// Stock for every SKU and money for every customer but [`POOR`].
-async fn seed(client: &reqwest::Client, server: &Server) -> anyhow::Result<()> {
+pub(super) async fn seed(client: &reqwest::Client, server: &Server) -> anyhow::Result<()> {
     let call = async |path: &str, key: String, body: Value| -> anyhow::Result<()> {
         let response = client
             .post(format!("{}/v1/services/{path}", server.url))
@@ -217,10 +256,77 @@ async fn seed(client: &reqwest::Client, server: &Server) -> anyhow::Result<()> {
     call("payment/open-account", "open-poor".into(), json!({"customer": POOR, "balance": 0})).await
 }
 
+/// The `--database` among the flags for `wasaga serve`, or `WASAGA_DATABASE`.
+pub(super) fn database_url(serve: &[String]) -> Option<String> {
+    let given = serve.iter().enumerate().find_map(|(i, flag)| match flag.strip_prefix("--database") {
+        Some("") => serve.get(i + 1).cloned(),
+        Some(rest) => rest.strip_prefix('=').map(str::to_owned),
+        None => None,
+    });
+    given.or_else(|| std::env::var("WASAGA_DATABASE").ok().filter(|url| !url.is_empty()))
+}
+
+/// A connection to the database the hosts use, for the benchmark's own questions.
+pub(super) async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = url.parse::<tokio_postgres::Config>()?.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// What a run cost: the hosts' CPU, the local PostgreSQL's CPU (every process named
+/// `postgres` on this machine), and the database's commits.
+struct Costs {
+    hosts: Duration,
+    postgres: Duration,
+    commits: Option<i64>,
+}
+
+impl Costs {
+    async fn now(pids: &[u32], database: Option<&str>) -> Costs {
+        let hosts = pids.iter().map(|pid| super::cpu_time_of(&pid.to_string())).sum();
+        let commits = match database {
+            Some(url) => Self::commits(url).await.inspect_err(|e| eprintln!("reading commits: {e:#}")).ok(),
+            None => None,
+        };
+        Costs { hosts, postgres: super::cpu_time_named("postgres"), commits }
+    }
+
+    async fn commits(url: &str) -> anyhow::Result<i64> {
+        let client = connect(url).await?;
+        let sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+        Ok(client.query_one(sql, &[]).await?.get(0))
+    }
+
+    fn since(&self, before: &Costs) -> Costs {
+        Costs {
+            hosts: self.hosts.saturating_sub(before.hosts),
+            postgres: self.postgres.saturating_sub(before.postgres),
+            commits: self.commits.zip(before.commits).map(|(a, b)| a - b),
+        }
+    }
+
+    fn print(&self, sagas: u64) {
+        if sagas == 0 {
+            return;
+        }
+        let per = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3 / sagas as f64);
+        let mut line = format!("CPU per saga: wasaga {}", per(self.hosts));
+        if self.postgres > Duration::ZERO {
+            line += &format!(", PostgreSQL {}", per(self.postgres));
+        }
+        if let Some(commits) = self.commits {
+            // The statistics collector lags by up to half a second: near enough here.
+            line += &format!("; database commits per saga {:.2}", commits as f64 / sagas as f64);
+        }
+        println!("{line} ({sagas} sagas)");
+    }
+}
+
 /// What the clients share.
 struct Load {
     client: reqwest::Client,
-    url: String,
+    /// The hosts' URLs: saga n goes to host n mod their number.
+    urls: Vec<String>,
     token: String,
     started: Instant,
     rate: Option<f64>,
@@ -232,6 +338,7 @@ struct Load {
     next: AtomicU64,
     /// Latencies of the sagas finished in this period.
     latencies: Mutex<Vec<Duration>>,
+    completed: AtomicU64,
     failed: AtomicU64,
     first_failure: Mutex<Option<String>>,
 }
@@ -251,7 +358,10 @@ impl Load {
             }
             let begun = Instant::now();
             match self.saga(n).await {
-                Ok(()) => self.latencies.lock().unwrap().push(begun.elapsed()),
+                Ok(()) => {
+                    self.latencies.lock().unwrap().push(begun.elapsed());
+                    self.completed.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(error) => {
                     self.failed.fetch_add(1, Ordering::Relaxed);
                     self.first_failure.lock().unwrap().get_or_insert(format!("{error:#}"));
@@ -275,7 +385,7 @@ impl Load {
         };
         let response = self
             .client
-            .post(format!("{}/v1/sagas/place-order?wait=60s", self.url))
+            .post(format!("{}/v1/sagas/place-order?wait=60s", self.urls[n as usize % self.urls.len()]))
             .bearer_auth(&self.token)
             .header("Idempotency-Key", format!("order-{}-{n}", self.run))
             .json(&input)
@@ -299,19 +409,20 @@ impl Load {
     }
 }
 
-/// Where the server's sizes are read.
+/// Where the servers' sizes are read: the first host's SQLite files, and every
+/// host's memory and descriptors (summed).
 struct Files {
     wal: PathBuf,
     database: PathBuf,
-    proc: PathBuf,
+    procs: Vec<PathBuf>,
 }
 
 impl Files {
-    fn of(data: &Path, pid: u32) -> Files {
+    fn of(data: &Path, pids: &[u32]) -> Files {
         Files {
             wal: data.join("wasaga.db-wal"),
             database: data.join("wasaga.db"),
-            proc: PathBuf::from(format!("/proc/{pid}")),
+            procs: pids.iter().map(|pid| PathBuf::from(format!("/proc/{pid}"))).collect(),
         }
     }
 
@@ -325,16 +436,19 @@ impl Files {
 
     /// Resident memory, from /proc/<pid>/status (`VmRSS: 12345 kB`).
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(self.proc.join("status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        let rss = |proc: &PathBuf| {
+            let status = std::fs::read_to_string(proc.join("status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1024)
+        };
+        self.procs.iter().map(rss).sum()
     }
 
     fn fds(&self) -> usize {
-        std::fs::read_dir(self.proc.join("fd")).map_or(0, |dir| dir.count())
+        self.procs.iter().map(|proc| std::fs::read_dir(proc.join("fd")).map_or(0, |dir| dir.count())).sum()
     }
 }
 
