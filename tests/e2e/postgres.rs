@@ -405,3 +405,89 @@ async fn a_database_restart_under_load_loses_nothing_on_any_host() {
         assert_eq!(sent, Some(json!({"count": 1})), "{order} confirmed exactly once");
     }
 }
+
+/// A SQLite host's store moved to PostgreSQL with `wasaga export` and `wasaga import`:
+/// the host started on the database serves the same records and sagas, replays a key
+/// as the SQLite host would have, and finishes the saga the SQLite host was killed in
+/// the middle of (its owner is no host there, so it is taken over).
+#[tokio::test]
+async fn a_sqlite_store_moves_to_postgres() {
+    let database = postgres_testing::scratch().await;
+    let plugins = plugins_dir(&["inventory", "payment", "order", "notification"]);
+    let sagas = tempfile::tempdir().unwrap();
+    // The confirmation mail's retry waits up to an hour: saga 2 is left unfinished.
+    let definition = std::fs::read_to_string(format!("{SAGAS}/place-order.toml")).unwrap()
+        + "retry = { max_attempts = 5, initial_backoff = \"1h\", max_backoff = \"1h\" }\n";
+    std::fs::write(sagas.path().join("place-order.toml"), definition).unwrap();
+    let sagas_dir = sagas.path().to_str().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut sqlite = Server::start_in(plugins.path(), data.path(), &["--sagas", sagas_dir]);
+    let client = Server::client();
+    seed_shop(&sqlite, &client, 10, 10_000).await;
+    let done = place(&sqlite, &client, "order-1", "o-1", "ada").await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let input = json!({"order": "o-2", "customer": "ada", "sku": "lamp", "qty": 1, "amount": 100,
+                       "notification_transient_failures": 1});
+    let unfinished = start_saga(&sqlite, &client, "order-2", &input).await;
+    for _ in 0..100 {
+        if sqlite.record(&client, "order", "order/o-2").await.is_some_and(|o| o["status"] == "completed") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The mail's first attempt follows the order's completion at once.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stock = sqlite.record(&client, "inventory", "stock/lamp").await.unwrap();
+    let at_kill: Value = client
+        .get(format!("{}/v1/sagas/{unfinished}", sqlite.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(at_kill["status"], "running", "saga 2 waits for its mail's retry: {at_kill}");
+    sqlite.kill();
+
+    let file = data.path().join("export.jsonl");
+    let exported =
+        wasaga().args(["export", "--data"]).arg(data.path()).arg("--output").arg(&file).output().unwrap();
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    let imported = wasaga().args(["import", "--database", &database, "--input"]).arg(&file).output().unwrap();
+    let said = String::from_utf8_lossy(&imported.stderr);
+    assert!(
+        imported.status.success()
+            && said.contains("imported into the PostgreSQL database: ")
+            && said.contains(" 2 sagas"),
+        "{said}"
+    );
+
+    let fresh = tempfile::tempdir().unwrap();
+    let postgres =
+        Server::start_in(plugins.path(), fresh.path(), &["--sagas", sagas_dir, "--database", &database]);
+    assert_eq!(postgres.record(&client, "inventory", "stock/lamp").await.unwrap(), stock);
+    let again = client
+        .post(format!("{}/v1/sagas/place-order", postgres.url))
+        .header("Idempotency-Key", "order-1")
+        .json(&json!({"order": "o-1", "customer": "ada", "sku": "lamp", "qty": 2, "amount": 2_500}))
+        .send()
+        .await
+        .unwrap();
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        (&again["id"], &again["status"]),
+        (&done["id"], &done["status"]),
+        "the key finds the same saga"
+    );
+    let finished = wait_settled(&postgres, &client, &unfinished).await;
+    assert_eq!(finished["status"], "completed", "the unfinished saga was taken over: {finished}");
+    assert_eq!(postgres.record(&client, "notification", "sent/o-2").await, Some(json!({"count": 1})));
+    let restock = postgres
+        .invoke(&client, "inventory/restock", "restock-lamp", &json!({"sku": "lamp", "qty": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(restock.status(), 200, "the seed's key replays");
+    let after = postgres.record(&client, "inventory", "stock/lamp").await.unwrap();
+    assert_eq!(after["available"], stock["available"], "and changes nothing");
+}

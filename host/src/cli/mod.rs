@@ -7,6 +7,7 @@ mod plugin;
 mod print;
 mod saga;
 mod serve;
+mod store;
 mod tokens;
 
 use clap::{Args, Parser, Subcommand};
@@ -74,6 +75,8 @@ enum Command {
     /// server.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    Export(store::ExportArgs),
+    Import(store::ImportArgs),
     /// Measure wasaga on this machine (reports figures; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -92,6 +95,8 @@ impl Cli {
                 Command::Bench(command) => bench::run(command).await,
                 Command::Saga(command) => saga::run(command).await,
                 Command::Events(command) => events::run(command).await,
+                Command::Export(args) => store::export(args).await,
+                Command::Import(args) => store::import(args).await,
             }
         })
     }

@@ -20,6 +20,7 @@
 mod contract_tests;
 mod events;
 pub(crate) mod health;
+pub mod portable;
 mod postgres;
 mod sagas;
 mod sqlite;

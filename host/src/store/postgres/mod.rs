@@ -67,21 +67,7 @@ impl PgStore {
     /// hosts with `target_session_attrs=read-write` follow a failover), brings the
     /// schema up to date and starts the writer.
     pub async fn connect(url: &str, options: PgOptions) -> Result<PgStore, StoreError> {
-        let mut config: Config = url
-            .parse()
-            .map_err(|e| StoreError::Invalid(format!("not a PostgreSQL connection string: {e}")))?;
-        if config.get_application_name().is_none() {
-            config.application_name("wasaga");
-        }
-        // A server that went away without closing the connection (a failover, a cut
-        // network) must not hold a commit or a read for ever: unanswered data fails the
-        // connection after a while, and the store is marked failing until it reconnects.
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
-        if config.get_tcp_user_timeout().is_none() {
-            config.tcp_user_timeout(Duration::from_secs(30));
-        }
+        let config = config(url)?;
         let mut migrating = Conn::open(&config).await?;
         schema::migrate(&mut migrating.client).await.map_err(StoreError::Unavailable)?;
         let health = Arc::new(Health::default());
@@ -94,6 +80,13 @@ impl PgStore {
         Ok(PgStore { pool, writer, health, wakeups })
     }
 
+    /// Brings the schema at `url` up to date, and nothing more (for `wasaga export` and
+    /// `import`, which then use connections of their own).
+    pub(crate) async fn migrate(url: &str) -> Result<(), StoreError> {
+        let mut conn = Conn::open(&config(url)?).await?;
+        schema::migrate(&mut conn.client).await.map_err(StoreError::Unavailable)
+    }
+
     fn send(&self, job: writer::Job) -> Result<(), StoreError> {
         self.writer.try_send(job).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => StoreError::Overloaded(format!(
@@ -103,6 +96,25 @@ impl PgStore {
             mpsc::error::TrySendError::Closed(_) => writer_gone(),
         })
     }
+}
+
+/// The connection settings of `url`, with wasaga's defaults where it says nothing.
+pub(in crate::store) fn config(url: &str) -> Result<Config, StoreError> {
+    let mut config: Config =
+        url.parse().map_err(|e| StoreError::Invalid(format!("not a PostgreSQL connection string: {e}")))?;
+    if config.get_application_name().is_none() {
+        config.application_name("wasaga");
+    }
+    // A server that went away without closing the connection (a failover, a cut
+    // network) must not hold a commit or a read for ever: unanswered data fails the
+    // connection after a while, and the store is marked failing until it reconnects.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(30));
+    }
+    Ok(config)
 }
 
 /// Runs a read on a pooled connection, then gives the connection back: the one place
