@@ -32,7 +32,7 @@ async fn chain(server: &Server, client: &reqwest::Client, correlation: &str) -> 
 /// Waits (up to 20 s) until the chain has every topic in `topics`, every event's
 /// deliveries are made, and none is pending. (An event not dispatched yet has no
 /// deliveries at all: it is not settled, though nothing in it is pending.)
-async fn settled_chain(
+pub(crate) async fn settled_chain(
     server: &Server,
     client: &reqwest::Client,
     correlation: &str,

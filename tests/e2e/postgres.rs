@@ -491,3 +491,80 @@ async fn a_sqlite_store_moves_to_postgres() {
     let after = postgres.record(&client, "inventory", "stock/lamp").await.unwrap();
     assert_eq!(after["available"], stock["available"], "and changes nothing");
 }
+
+/// Events published through two hosts at once, on four chains: only the leader
+/// dispatches, each event reaches its subscriber once, and within a chain in the order
+/// of the events' ids, which is their commit order across hosts (the subscriber's
+/// journal of each chain is exactly the chain's events, in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_published_on_both_hosts_are_delivered_once_and_in_order() {
+    let database = postgres_testing::scratch().await;
+    let plugins = plugins_dir(&["echo"]);
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hosts = [
+        Server::start_in(plugins.path(), data_a.path(), &["--database", &database]),
+        Server::start_in(plugins.path(), data_b.path(), &["--database", &database]),
+    ];
+    let client = Server::client();
+    let mut sends = Vec::new();
+    for n in 0..10 {
+        for c in 0..4 {
+            let (client, url) = (client.clone(), hosts[(n + c) % 2].url.clone());
+            sends.push(tokio::spawn(async move {
+                client
+                    .post(format!("{url}/v1/services/echo/publish"))
+                    .header("Idempotency-Key", format!("j-{c}-{n}"))
+                    .header("Correlation-Id", format!("c-{c}"))
+                    .body(json!({"topic": "journal", "payload": {"n": n}}).to_string())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }));
+        }
+    }
+    for send in sends {
+        assert_eq!(send.await.unwrap(), 200);
+    }
+    for c in 0..4 {
+        let correlation = format!("c-{c}");
+        let events = crate::events::settled_chain(&hosts[1], &client, &correlation, &["journal"]).await;
+        assert_eq!(events.len(), 10);
+        for event in &events {
+            let deliveries = event["deliveries"].as_array().unwrap();
+            assert_eq!(deliveries.len(), 1, "{event}");
+            assert_eq!(
+                (&deliveries[0]["status"], &deliveries[0]["attempts"]),
+                (&json!("delivered"), &json!(1))
+            );
+        }
+        let published: Vec<Value> = events.iter().map(|e| e["payload"]["n"].clone()).collect();
+        let journal = hosts[0].record(&client, "echo", &format!("journal/{correlation}")).await.unwrap();
+        assert_eq!(journal, Value::Array(published), "{correlation}: each once, in order");
+    }
+}
+
+/// Two hosts with the same alert webhook: a saga that gets stuck on one of them alerts
+/// once, not once per host (only the host that drives a saga raises its alerts).
+#[tokio::test]
+async fn a_stuck_saga_alerts_once_not_once_per_host() {
+    let database = postgres_testing::scratch().await;
+    let (hook, received) = crate::support::alert_receiver().await;
+    let plugins = plugins_dir(&["inventory", "payment", "order", "notification"]);
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let args = ["--sagas", SAGAS, "--database", database.as_str(), "--alert-webhook", hook.as_str()];
+    let a = Server::start_in(plugins.path(), data_a.path(), &args);
+    let _b = Server::start_in(plugins.path(), data_b.path(), &args);
+    let client = Server::client();
+    seed_shop(&a, &client, 10, 10_000).await;
+    let input = json!({"order": "o-stuck", "customer": "poor", "sku": "lamp", "qty": 2, "amount": 2_500,
+                       "release_transient_failures": 3});
+    let id = start_saga(&a, &client, "order-stuck", &input).await;
+    assert_eq!(wait_settled(&a, &client, &id).await["status"], "stuck");
+    // Time for a second alert to arrive, if either host were to send one: the first
+    // comes within milliseconds, and each host beats (and claims) at least once.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let alerts = received.lock().unwrap().clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!((&alerts[0]["kind"], &alerts[0]["saga_id"]), (&json!("saga_stuck"), &json!(id)));
+}

@@ -318,20 +318,7 @@ async fn the_saga_commands_drive_a_running_server() {
 /// the kind and the reason), and /metrics counts the sagas, the alert and the calls.
 #[tokio::test]
 async fn a_stuck_saga_alerts_the_webhook_and_metrics_count_it() {
-    use axum::routing::post;
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/alert",
-        post(move |axum::Json(alert): axum::Json<Value>| {
-            let sink = sink.clone();
-            async move { sink.lock().unwrap().push(alert) }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/alert", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
+    let (hook, received) = crate::support::alert_receiver().await;
     let server = Server::with_sagas(&["--alert-webhook", &hook]);
     let client = Server::client();
     seed(&server, &client).await;

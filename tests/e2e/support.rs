@@ -288,3 +288,24 @@ pub async fn serve_in_process(plugins: Vec<Plugin>, options: InvokeOptions, data
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
     url
 }
+
+/// The alerts a webhook receiver on loopback got: its URL, and what arrived so far.
+pub type Alerts = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// Starts a webhook receiver for `--alert-webhook` on a free loopback port.
+pub async fn alert_receiver() -> (String, Alerts) {
+    use axum::routing::post;
+    let received = Alerts::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/alert",
+        post(move |axum::Json(alert): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move { sink.lock().unwrap().push(alert) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/alert", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (hook, received)
+}
