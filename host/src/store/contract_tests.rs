@@ -575,6 +575,14 @@ pub(crate) async fn sagas_are_found_by_id_key_or_input_value(store: &dyn Store) 
     assert_eq!(found("ada").await, ["id-2", "id-1"], "newest first");
     assert_eq!(found("nobody").await, Vec::<String>::new());
     assert_eq!(store.search_sagas("ada", 1).await.unwrap().len(), 1, "at most the limit");
+
+    // Valid JSON that PostgreSQL's jsonb cannot hold (a NUL escaped in a string): it
+    // must not make every search fail, and its other values are still found.
+    let mut odd = saga("id-3", "s", "key-3", SagaStatus::Running, 3);
+    odd.input = br#"{"note":"a\u0000b","customer":"bob"}"#.to_vec();
+    create_saga(store, odd).await.unwrap();
+    assert_eq!(found("ada").await, ["id-2", "id-1"], "a saga with a NUL in its input breaks no search");
+    assert_eq!(found("bob").await, ["id-3"]);
 }
 
 pub(crate) async fn definitions_are_kept_by_digest(store: &dyn Store) {

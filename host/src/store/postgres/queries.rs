@@ -145,10 +145,12 @@ pub(super) async fn counts(conn: &mut Conn) -> Result<Vec<(SagaStatus, u64)>, St
 pub(super) async fn search(conn: &mut Conn, text: &str, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
     let sql = sagas_where!(
         "WHERE id = $1 OR key = $1
-         OR id IN (SELECT latest.id FROM (SELECT id, input FROM sagas ORDER BY id DESC LIMIT 10000) AS latest
+         OR id IN (SELECT latest.id FROM (
+                       -- jsonb cannot hold a NUL: an escaped one is read as U+FFFD
+                       SELECT id, replace(convert_from(input, 'UTF8'), '\\u0000', '\\ufffd')::jsonb AS doc
+                       FROM sagas ORDER BY id DESC LIMIT 10000) AS latest
                    WHERE EXISTS (SELECT 1 FROM jsonb_each_text(
-                       CASE WHEN jsonb_typeof(convert_from(latest.input, 'UTF8')::jsonb) = 'object'
-                            THEN convert_from(latest.input, 'UTF8')::jsonb ELSE '{}'::jsonb END) AS f
+                       CASE WHEN jsonb_typeof(latest.doc) = 'object' THEN latest.doc ELSE '{}'::jsonb END) AS f
                        WHERE f.value = $1))
          ORDER BY id DESC LIMIT $2"
     );
