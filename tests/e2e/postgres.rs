@@ -568,3 +568,100 @@ async fn a_stuck_saga_alerts_once_not_once_per_host() {
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!((&alerts[0]["kind"], &alerts[0]["saga_id"]), (&json!("saga_stuck"), &json!(id)));
 }
+
+/// Between a host and its database, a TCP proxy that, once armed, forwards the next
+/// `COMMIT` and then cuts that connection before the server's answer comes back: the
+/// lost answer of a failover or a network cut, at the worst moment.
+struct CommitCutter {
+    port: u16,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CommitCutter {
+    /// Listens on loopback and forwards to the Unix socket of the server in `dir`.
+    async fn start(dir: std::path::PathBuf) -> CommitCutter {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (armed, cuts) =
+            (std::sync::Arc::new(AtomicBool::new(false)), std::sync::Arc::new(AtomicU64::new(0)));
+        let (arm, count) = (armed.clone(), cuts.clone());
+        tokio::spawn(async move {
+            loop {
+                let (client, _) = listener.accept().await.unwrap();
+                let server = tokio::net::UnixStream::connect(dir.join(".s.PGSQL.5432")).await.unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let severed = std::sync::Arc::new(AtomicBool::new(false));
+                let (cut, arm, count) = (severed.clone(), arm.clone(), count.clone());
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 << 10];
+                    while let Ok(n @ 1..) = from_client.read(&mut buffer).await {
+                        let chunk = &buffer[..n];
+                        // A simple query `COMMIT`: 'Q', its length, the text and a NUL.
+                        let commit = chunk.windows(7).any(|w| w == b"COMMIT\0");
+                        if commit && arm.swap(false, Ordering::SeqCst) {
+                            cut.store(true, Ordering::SeqCst);
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if to_server.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 << 10];
+                    while let Ok(n @ 1..) = from_server.read(&mut buffer).await {
+                        // Once severed, nothing more reaches the client, and it is cut.
+                        if severed.load(Ordering::SeqCst) || to_client.write_all(&buffer[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CommitCutter { port, armed, cuts }
+    }
+}
+
+/// The connection breaks right after a batch's `COMMIT` is sent, before its answer: the
+/// host asks the server (on a new connection) whether that transaction committed, and
+/// answers the caller with the truth: here 200, the restock applied once, and its key
+/// replays it. (Before: 503 for a write that had committed, and a caller that did not
+/// retry never learned it.)
+// Two threads: starting the server blocks one, and the proxy must run meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_answered_as_it_went() {
+    use std::sync::atomic::Ordering;
+    let database = PrivateServer::start().unwrap();
+    let dir = database.url().split_whitespace().find_map(|kv| kv.strip_prefix("host=")).unwrap().to_owned();
+    let cutter = CommitCutter::start(dir.into()).await;
+    let url = format!("host=127.0.0.1 port={} user=postgres dbname=postgres", cutter.port);
+    let (plugins, data) = (plugins_dir(&["inventory"]), tempfile::tempdir().unwrap());
+    let server = Server::start_in(plugins.path(), data.path(), &["--database", &url]);
+    let client = Server::client();
+    let restock = async |key: &str| {
+        let body = json!({"sku": "lamp", "qty": 5});
+        let response = server.invoke(&client, "inventory/restock", key, &body).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(restock("before").await.0, 200);
+
+    cutter.armed.store(true, Ordering::SeqCst);
+    let (status, body) = restock("cut").await;
+    assert_eq!(cutter.cuts.load(Ordering::SeqCst), 1, "the COMMIT's answer was cut off");
+    assert_eq!(status, 200, "the caller learns that its write committed: {body}");
+    assert_eq!(
+        server.record(&client, "inventory", "stock/lamp").await.unwrap(),
+        json!({"available": 10, "reserved": 0})
+    );
+    assert_eq!(restock("cut").await, (200, body), "the key replays the same answer");
+    assert_eq!(
+        server.record(&client, "inventory", "stock/lamp").await.unwrap(),
+        json!({"available": 10, "reserved": 0}),
+        "and applies nothing again"
+    );
+}

@@ -130,7 +130,7 @@ async fn run(
             Job::Commit(commit, _) => Some(&**commit),
             Job::Prune(..) => None,
         }));
-        match write_batch(&mut conn, std::mem::take(&mut batch), &health).await {
+        match write_batch(&mut conn, &config, std::mem::take(&mut batch), &health).await {
             Ok(()) => wakeups.wake(hints),
             Err(error) => health.failed(&error.to_string()),
         }
@@ -159,11 +159,16 @@ enum Answer {
 
 /// Writes a batch and answers each job. An error means the database failed: every job
 /// told "stored" is committed, and none told otherwise is.
-async fn write_batch(conn: &mut Conn, mut jobs: Vec<Job>, health: &Health) -> Result<(), StoreError> {
+async fn write_batch(
+    conn: &mut Conn,
+    config: &Config,
+    mut jobs: Vec<Job>,
+    health: &Health,
+) -> Result<(), StoreError> {
     let commits = jobs.iter().filter(|job| matches!(job, Job::Commit(..))).count();
     crate::metrics::metrics().commit_batch.observe(commits as f64);
     loop {
-        match try_batch(conn, &jobs).await {
+        match try_batch(conn, config, &jobs).await {
             Ok(Tried::Again) => continue,
             Ok(Tried::Late(i, refusal)) => {
                 // Rolled back: that commit is refused, the others go again.
@@ -213,7 +218,7 @@ enum Tried {
 /// it was before the batch; what the batch's own earlier commits changed is overlaid
 /// (`Overlay`), so a commit is checked as if each before it were already written.
 /// Retention's jobs run after the commits, one by one.
-async fn try_batch(conn: &mut Conn, jobs: &[Job]) -> Result<Tried, StoreError> {
+async fn try_batch(conn: &mut Conn, config: &Config, jobs: &[Job]) -> Result<Tried, StoreError> {
     let statements = Statements::prepare(conn).await?;
     let client = &conn.client;
     let commits: Vec<&Commit> = jobs
@@ -274,8 +279,8 @@ async fn try_batch(conn: &mut Conn, jobs: &[Job]) -> Result<Tried, StoreError> {
             owners.push(usize::MAX);
         }
     }
-    match pipeline(conn, &steps).await? {
-        Pipelined::Done => {}
+    let xact = match pipeline(conn, &steps).await? {
+        Pipelined::Done(xact) => xact,
         Pipelined::Late(step) => {
             conn.client.batch_execute("ROLLBACK").await.map_err(unavailable)?;
             let refusal = steps.swap_remove(step).guard.expect("only a guarded step is late");
@@ -285,14 +290,45 @@ async fn try_batch(conn: &mut Conn, jobs: &[Job]) -> Result<Tried, StoreError> {
             conn.client.batch_execute("ROLLBACK").await.map_err(unavailable)?;
             return Ok(Tried::Again);
         }
-    }
+    };
     for (job, answer) in jobs.iter().zip(answers.iter_mut()) {
         if let Job::Prune(kind, before, size, _) = job {
             *answer = Some(Answer::Prune(Ok(prune::prune(conn, *kind, *before, *size).await?)));
         }
     }
-    conn.client.batch_execute("COMMIT").await.map_err(unavailable)?;
+    if let Err(error) = conn.client.batch_execute("COMMIT").await {
+        // The connection broke with the COMMIT sent: the server may have committed
+        // (its answer lost on the way, say in a failover or a network cut). Asking a
+        // new connection tells the callers the truth either way, where it can.
+        if !committed(conn, config, &xact).await.map_err(|why| {
+            StoreError::Unavailable(format!(
+                "PostgreSQL: the connection broke at COMMIT ({error}); whether the batch committed is unknown ({why}): \
+                 retry with the same idempotency key"
+            ))
+        })? {
+            return Err(unavailable(error));
+        }
+        tracing::warn!(xact, "the COMMIT's answer was lost ({error}), but the batch committed");
+    }
     Ok(Tried::Done(answers.into_iter().map(|a| a.expect("every job answered")).collect()))
+}
+
+/// Whether transaction `xact` committed, asked on a new connection (which then
+/// replaces the broken one). Waits while the server still finishes it.
+async fn committed(conn: &mut Conn, config: &Config, xact: &str) -> Result<bool, String> {
+    *conn = open(config).await.map_err(|e| e.to_string())?;
+    let sql = "SELECT pg_xact_status($1::text::xid8)";
+    for _ in 0..50 {
+        let status: Option<String> =
+            conn.client.query_one(sql, &[&xact]).await.map_err(|e| e.to_string())?.get(0);
+        match status.as_deref() {
+            Some("committed") => return Ok(true),
+            Some("aborted") => return Ok(false),
+            Some("in progress") => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            other => return Err(format!("the server says {other:?} of transaction {xact}")),
+        }
+    }
+    Err(format!("transaction {xact} was still in progress after a second"))
 }
 
 fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
@@ -530,7 +566,9 @@ fn guarded(sql: &'static str, params: Vec<Param>, refusal: StoreError) -> Step {
 }
 
 enum Pipelined {
-    Done,
+    /// Every step ran; the transaction's id (to ask about it if its COMMIT's answer is
+    /// lost).
+    Done(String),
     /// This guarded step did not change exactly one row (the first such).
     Late(usize),
     /// PostgreSQL found a deadlock with another host's batch and failed this one.
@@ -544,12 +582,16 @@ async fn pipeline(conn: &mut Conn, steps: &[Step]) -> Result<Pipelined, StoreErr
     for step in steps {
         statements.push(conn.statement(step.sql).await?);
     }
+    let xact_id = conn.statement(XACT_ID).await?;
     let client = &conn.client;
-    let results = futures_util::future::join_all(steps.iter().zip(&statements).map(|(step, statement)| {
-        let params: Vec<&(dyn ToSql + Sync)> = step.params.iter().map(|p| p.as_ref() as _).collect();
-        async move { client.execute(statement, &params).await }
-    }))
-    .await;
+    // The transaction's id is asked in the same round trip, after the steps.
+    let (results, xact) = tokio::join!(
+        futures_util::future::join_all(steps.iter().zip(&statements).map(|(step, statement)| {
+            let params: Vec<&(dyn ToSql + Sync)> = step.params.iter().map(|p| p.as_ref() as _).collect();
+            async move { client.execute(statement, &params).await }
+        })),
+        client.query_one(&xact_id, &[])
+    );
     let mut late = None;
     for (i, (step, result)) in steps.iter().zip(results).enumerate() {
         let changed = match result {
@@ -563,8 +605,14 @@ async fn pipeline(conn: &mut Conn, steps: &[Step]) -> Result<Pipelined, StoreErr
             late = Some(i);
         }
     }
-    Ok(late.map_or(Pipelined::Done, Pipelined::Late))
+    match late {
+        Some(step) => Ok(Pipelined::Late(step)),
+        None => Ok(Pipelined::Done(xact.map_err(unavailable)?.get(0))),
+    }
 }
+
+/// The batch's transaction id (assigned by this call if no step has yet).
+const XACT_ID: &str = "SELECT pg_current_xact_id()::text";
 
 const STORE_OUTCOME: &str =
     "INSERT INTO invocations (service, space, key, fingerprint, operation, ok, output,
