@@ -234,18 +234,7 @@ impl PluginManager {
         seen: &mut Seen,
     ) -> Result<(Arc<Plugin>, bool), ChangeError> {
         let plugin = self.checked(service, wasm.clone()).await?;
-        // What the directory holds for this service now: if that changes later, even
-        // while the server is down, the directory's file wins again.
-        let upload = UploadRow {
-            service: service.to_owned(),
-            component: Some(Uploaded { digest: plugin.digest(), wasm }),
-            base: seen.digest_for(service),
-            uploaded_at: crate::clock::now_ms(),
-        };
-        let stamp = upload.stamp();
-        let keep = Commit { uploads: vec![UploadChange::Keep(upload)], ..Commit::default() };
-        self.inner.store.commit(keep).await.map_err(ChangeError::Store)?;
-        seen.applied.insert(service.to_owned(), stamp);
+        self.keep(seen, service, Some(Uploaded { digest: plugin.digest(), wasm })).await?;
         let digest = plugin.digest();
         let previous = self.inner.registry.swap(plugin, Some(&upload_source(service)));
         tracing::info!(
@@ -256,6 +245,29 @@ impl PluginManager {
         );
         let current = self.inner.registry.get(service).expect("just inserted");
         Ok((current, previous.is_none()))
+    }
+
+    /// Keeps an operator's change of `service` (a version to serve, or `None`: removed)
+    /// in the store, for restarts and the other hosts, with what the directory holds for
+    /// the service now: if that changes later, even while the server is down, the
+    /// directory's file wins again.
+    async fn keep(
+        &self,
+        seen: &mut Seen,
+        service: &str,
+        component: Option<Uploaded>,
+    ) -> Result<(), ChangeError> {
+        let change = UploadRow {
+            service: service.to_owned(),
+            component,
+            base: seen.digest_for(service),
+            uploaded_at: crate::clock::now_ms(),
+        };
+        let stamp = change.stamp();
+        let keep = Commit { uploads: vec![UploadChange::Keep(change)], ..Commit::default() };
+        self.inner.store.commit(keep).await.map_err(ChangeError::Store)?;
+        seen.applied.insert(service.to_owned(), stamp);
+        Ok(())
     }
 
     /// A new version of `service`, loaded and checked: the service it names, and every
@@ -281,16 +293,7 @@ impl PluginManager {
             return Err(ChangeError::Unknown(service.into()));
         }
         self.check_unused(service).await?;
-        let removal = UploadRow {
-            service: service.to_owned(),
-            component: None,
-            base: seen.digest_for(service),
-            uploaded_at: crate::clock::now_ms(),
-        };
-        let stamp = removal.stamp();
-        let keep = Commit { uploads: vec![UploadChange::Keep(removal)], ..Commit::default() };
-        self.inner.store.commit(keep).await.map_err(ChangeError::Store)?;
-        seen.applied.insert(service.to_owned(), stamp);
+        self.keep(&mut seen, service, None).await?;
         self.inner.registry.remove(service);
         tracing::info!(service, "plugin removed");
         Ok(())

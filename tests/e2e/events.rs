@@ -32,7 +32,7 @@ async fn chain(server: &Server, client: &reqwest::Client, correlation: &str) -> 
 /// Waits (up to 20 s) until the chain has every topic in `topics`, every event's
 /// deliveries are made, and none is pending. (An event not dispatched yet has no
 /// deliveries at all: it is not settled, though nothing in it is pending.)
-pub(crate) async fn settled_chain(
+async fn settled_chain(
     server: &Server,
     client: &reqwest::Client,
     correlation: &str,
@@ -272,11 +272,18 @@ async fn a_dead_letter_can_be_redelivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_keep_the_order_of_each_correlation() {
     let server = Server::with_plugins(&["echo"]);
+    journals_are_delivered_once_in_order(&[&server]).await;
+}
+
+/// Publishes ten `journal` events on each of four chains at once, through `hosts` in
+/// turn, and checks that `echo`'s journal of each chain is exactly its events: each
+/// delivered once, in the order of the chain (the order of the events' ids).
+pub(crate) async fn journals_are_delivered_once_in_order(hosts: &[&Server]) {
     let client = Server::client();
     let mut sends = Vec::new();
     for n in 0..10 {
         for c in 0..4 {
-            let (client, url) = (client.clone(), server.url.clone());
+            let (client, url) = (client.clone(), hosts[(n + c) % hosts.len()].url.clone());
             sends.push(tokio::spawn(async move {
                 client
                     .post(format!("{url}/v1/services/echo/publish"))
@@ -295,11 +302,19 @@ async fn deliveries_keep_the_order_of_each_correlation() {
     }
     for c in 0..4 {
         let correlation = format!("c-{c}");
-        let events = settled_chain(&server, &client, &correlation, &["journal"]).await;
+        let events = settled_chain(hosts[hosts.len() - 1], &client, &correlation, &["journal"]).await;
         assert_eq!(events.len(), 10);
+        for event in &events {
+            let deliveries = event["deliveries"].as_array().unwrap();
+            assert_eq!(deliveries.len(), 1, "{event}");
+            assert_eq!(
+                (&deliveries[0]["status"], &deliveries[0]["attempts"]),
+                (&json!("delivered"), &json!(1))
+            );
+        }
         let published: Vec<Value> = events.iter().map(|e| e["payload"]["n"].clone()).collect();
-        let journal = server.record(&client, "echo", &format!("journal/{correlation}")).await.unwrap();
-        assert_eq!(journal, Value::Array(published), "{correlation} was delivered out of order");
+        let journal = hosts[0].record(&client, "echo", &format!("journal/{correlation}")).await.unwrap();
+        assert_eq!(journal, Value::Array(published), "{correlation}: each once, in order");
     }
 }
 
