@@ -317,7 +317,7 @@ impl PluginManager {
 
     /// Applies each kept change this host has not applied yet, and falls back to the
     /// directory's file where another host discarded a change.
-    pub async fn follow_once(&self) -> Result<(), StoreError> {
+    async fn follow_once(&self) -> Result<(), StoreError> {
         let mut seen = self.inner.changing.lock().await;
         let stamps = self.inner.store.upload_stamps().await?;
         let new: Vec<&UploadStamp> =
