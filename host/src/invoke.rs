@@ -81,6 +81,13 @@ impl Caller {
     fn may_call(self, visibility: Visibility) -> bool {
         visibility == Visibility::Public || self != Caller::Client
     }
+
+    /// Whether a stored outcome of its key is looked for before running: for clients and
+    /// operators, whose retries are what keys are for; not for the host's own steps and
+    /// deliveries, whose keys are new but after a crash or a takeover.
+    fn replays_first(self) -> bool {
+        matches!(self, Caller::Client | Caller::Operator)
+    }
 }
 
 /// A request to run one operation.
@@ -318,8 +325,14 @@ impl Invoker {
             }
         };
         // Looked up while the key is claimed, so that no other call of this key can
-        // commit between the look-up and the run.
-        if let Some(stored) = self.replay(&request, &fingerprint).await? {
+        // commit between the look-up and the run. A saga step's or a delivery's key is
+        // not looked up first: it is new but after a crash or a takeover, and a stored
+        // outcome refuses the run's commit anyway (`Duplicate`, checked before anything
+        // else), which then replays it (`run_claimed`): the same answer, and one query
+        // less for every step and delivery (a plugin's only effects are its commit).
+        if request.caller.replays_first()
+            && let Some(stored) = self.replay(&request, &fingerprint).await?
+        {
             return Ok(stored);
         }
 
@@ -352,7 +365,20 @@ impl Invoker {
                 } else {
                     (None, Some(turns.write().await))
                 };
-                self.run_once(&plugin, &request, fingerprint, &attach, run).await?
+                match self.run_once(&plugin, &request, fingerprint, &attach, run).await {
+                    Ok(outcome) => outcome,
+                    // A run that failed before its commit (transient, trapped, out of
+                    // time) says nothing of an outcome stored before: for a key not
+                    // looked up first, look now, so that a step that committed before
+                    // a crash is replayed, not failed.
+                    Err(error) if !request.caller.replays_first() => {
+                        return match self.replay(&request, &fingerprint).await? {
+                            Some(stored) => Ok(stored),
+                            None => Err(error),
+                        };
+                    }
+                    Err(error) => return Err(error),
+                }
             };
             match outcome {
                 Ok(invoked) => return Ok(invoked),

@@ -314,3 +314,33 @@ async fn the_records_list_pages_within_a_byte_budget() {
     assert_eq!(keys(&second), ["big/5", "big/6"]);
     assert_eq!(second["next"], Value::Null, "the last page");
 }
+
+/// A saga step's key is not looked up before its run (it is new but after a crash or a
+/// takeover). When its outcome was stored before (a step that committed just before a
+/// crash) and the run now fails transiently, the step still gets the stored outcome: a
+/// replay, not a failure that would spend its retries or compensate the saga.
+#[tokio::test]
+async fn a_step_stored_before_is_replayed_even_when_its_run_fails() {
+    use wasaga::invoke::{Caller, Request};
+    let data = tempfile::tempdir().unwrap();
+    let plugin = load(&runtime(), "notification", Limits::default()).await;
+    let state = crate::support::app_state(vec![plugin], InvokeOptions::default(), data.path()).await;
+    // The mail fails on attempt 1 and goes through from attempt 2 on.
+    let input = json!({"order": "o-1", "notification_transient_failures": 1}).to_string().into_bytes();
+    let step = |attempt| {
+        let mut request = Request::new(
+            Caller::Saga,
+            "notification",
+            "send-confirmation",
+            input.clone(),
+            "s-1/step-4".into(),
+        );
+        request.attempt = attempt;
+        request
+    };
+    let first = state.invoker.invoke(step(2)).await.unwrap();
+    assert!(!first.replayed && first.result.is_ok(), "{:?}", first.result);
+    let again = state.invoker.invoke(step(1)).await.unwrap();
+    assert!(again.replayed, "the stored outcome, though this run failed");
+    assert_eq!(again.result, first.result);
+}

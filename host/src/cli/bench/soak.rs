@@ -288,7 +288,9 @@ impl Costs {
             Some(url) => Self::commits(url).await.inspect_err(|e| eprintln!("reading commits: {e:#}")).ok(),
             None => None,
         };
-        Costs { hosts, postgres: super::cpu_time_named("postgres"), commits }
+        // PostgreSQL's processes count only when the hosts use it.
+        let postgres = if database.is_some() { super::cpu_time_named("postgres") } else { Duration::ZERO };
+        Costs { hosts, postgres, commits }
     }
 
     async fn commits(url: &str) -> anyhow::Result<i64> {
