@@ -202,8 +202,9 @@ impl App {
         }
     }
 
-    /// Stops the heartbeat, the dispatcher, retention and the plugin follower (a benchmark that starts one app per run
-    /// stops the last one first). Sagas being driven finish their current step.
+    /// Stops the heartbeat, the dispatcher, retention and the plugin follower (a
+    /// benchmark that starts one app per run stops the last one first). Sagas being
+    /// driven finish their current step.
     pub fn stop(&self) {
         for task in self.tasks.iter() {
             task.abort();

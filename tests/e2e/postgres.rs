@@ -14,6 +14,18 @@ fn server_on(database: &str, plugins: &std::path::Path, data: &std::path::Path) 
     Server::start_in(plugins, data, &["--sagas", SAGAS, "--database", database])
 }
 
+/// A sagas directory with the demo's `place-order`, whose last step (the confirmation
+/// mail) retries after a random wait of up to `backoff`.
+fn sagas_with_mail_retry_after(backoff: &str) -> tempfile::TempDir {
+    let sagas = tempfile::tempdir().unwrap();
+    let definition = std::fs::read_to_string(format!("{SAGAS}/place-order.toml")).unwrap()
+        + &format!(
+            "retry = {{ max_attempts = 5, initial_backoff = \"{backoff}\", max_backoff = \"{backoff}\" }}\n"
+        );
+    std::fs::write(sagas.path().join("place-order.toml"), definition).unwrap();
+    sagas
+}
+
 /// Starts `place-order` for `customer` and waits for it to settle; returns the saga.
 async fn place(server: &Server, client: &reqwest::Client, key: &str, order: &str, customer: &str) -> Value {
     let input = json!({"order": order, "customer": customer, "sku": "lamp", "qty": 2, "amount": 2_500});
@@ -100,10 +112,7 @@ async fn a_paused_host_loses_its_sagas_and_cannot_touch_them_after() {
     const SAGAS_TO_RUN: usize = 20;
     let database = postgres_testing::scratch().await;
     let plugins = plugins_dir(&["inventory", "payment", "order", "notification"]);
-    let sagas = tempfile::tempdir().unwrap();
-    let definition = std::fs::read_to_string(format!("{SAGAS}/place-order.toml")).unwrap()
-        + "retry = { max_attempts = 5, initial_backoff = \"3s\", max_backoff = \"3s\" }\n";
-    std::fs::write(sagas.path().join("place-order.toml"), definition).unwrap();
+    let sagas = sagas_with_mail_retry_after("3s");
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let args = ["--sagas", sagas.path().to_str().unwrap(), "--database", &database, "--host-lease", "1s"];
     let a = Server::start_in(plugins.path(), data_a.path(), &args);
@@ -415,11 +424,8 @@ async fn a_database_restart_under_load_loses_nothing_on_any_host() {
 async fn a_sqlite_store_moves_to_postgres() {
     let database = postgres_testing::scratch().await;
     let plugins = plugins_dir(&["inventory", "payment", "order", "notification"]);
-    let sagas = tempfile::tempdir().unwrap();
     // The confirmation mail's retry waits up to an hour: saga 2 is left unfinished.
-    let definition = std::fs::read_to_string(format!("{SAGAS}/place-order.toml")).unwrap()
-        + "retry = { max_attempts = 5, initial_backoff = \"1h\", max_backoff = \"1h\" }\n";
-    std::fs::write(sagas.path().join("place-order.toml"), definition).unwrap();
+    let sagas = sagas_with_mail_retry_after("1h");
     let sagas_dir = sagas.path().to_str().unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut sqlite = Server::start_in(plugins.path(), data.path(), &["--sagas", sagas_dir]);

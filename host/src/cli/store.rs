@@ -11,12 +11,13 @@ use clap::Args;
 
 use crate::store::portable::{self, Counts, Location};
 
-/// Which store: exactly one of `--data` and `--database`.
+/// Which store: `--data`, or else `--database` (so that a `--data` given on the command
+/// line wins over a WASAGA_DATABASE set for the hosts).
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
+#[group(required = true, multiple = true)]
 pub struct StoreArgs {
     /// A SQLite store: the data directory of `wasaga serve --data` (no server may be
-    /// using it meanwhile).
+    /// using it meanwhile). Wins over --database and WASAGA_DATABASE.
     #[arg(long)]
     data: Option<PathBuf>,
 
@@ -29,8 +30,8 @@ pub struct StoreArgs {
 impl StoreArgs {
     fn location(&self) -> Location {
         match (&self.data, &self.database) {
-            (_, Some(url)) => Location::Postgres(url.clone()),
-            (Some(dir), None) => Location::Sqlite(dir.clone()),
+            (Some(dir), _) => Location::Sqlite(dir.clone()),
+            (None, Some(url)) => Location::Postgres(url.clone()),
             (None, None) => unreachable!("clap requires one of --data and --database"),
         }
     }

@@ -159,6 +159,8 @@ pub async fn export(from: &Location, out: &mut dyn Write) -> anyhow::Result<Coun
     let mut counts = Vec::new();
     match from {
         Location::Sqlite(dir) => {
+            // Opening would make an empty store where there is none (a mistyped path).
+            anyhow::ensure!(dir.join("wasaga.db").is_file(), "there is no wasaga store in {}", dir.display());
             // Opening migrates an older store and takes its lock for the export's length.
             let store = SqliteStore::open(dir, SqliteOptions::default()).map_err(|e| {
                 anyhow::anyhow!("{e} (an export needs the store at rest: stop its server first)")
@@ -221,9 +223,11 @@ pub async fn export(from: &Location, out: &mut dyn Write) -> anyhow::Result<Coun
 }
 
 /// Loads a file written by [`export`] into the store at `to`, which must be empty, in
-/// one transaction: all of it, or nothing.
+/// one transaction: all of it, or nothing. The file is read as it loads (it may be
+/// larger than memory); a bad line or a missing end rolls everything back.
 pub async fn import(to: &Location, input: &mut dyn BufRead) -> anyhow::Result<Counts> {
-    let rows = read_file(input)?;
+    let mut rows = Rows::open(input)?;
+    let mut counts: Counts = TABLES.iter().map(|t| (t.name, 0)).collect();
     match to {
         Location::Sqlite(dir) => {
             let store = SqliteStore::open(dir, SqliteOptions::default()).map_err(|e| {
@@ -235,13 +239,15 @@ pub async fn import(to: &Location, input: &mut dyn BufRead) -> anyhow::Result<Co
             for sql in emptiness_checks() {
                 anyhow::ensure!(!tx.query_row(&sql, [], |row| row.get::<_, bool>(0))?, not_empty(to));
             }
-            for (table, row) in &rows {
+            while let Some((t, row)) = rows.next_row()? {
+                let table = &TABLES[t];
                 let values = table
                     .columns
                     .iter()
                     .map(|(column, kind)| sqlite_param(table, column, *kind, &row[*column]))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 tx.prepare_cached(&sqlite_insert(table))?.execute(rusqlite::params_from_iter(values))?;
+                counts[t].1 += 1;
             }
             tx.commit()?;
         }
@@ -253,7 +259,8 @@ pub async fn import(to: &Location, input: &mut dyn BufRead) -> anyhow::Result<Co
                 anyhow::ensure!(!tx.query_one(&sql, &[]).await?.get::<_, bool>(0), not_empty(to));
             }
             let mut statements = std::collections::HashMap::new();
-            for (table, row) in &rows {
+            while let Some((t, row)) = rows.next_row()? {
+                let table = &TABLES[t];
                 let values = table
                     .columns
                     .iter()
@@ -261,11 +268,12 @@ pub async fn import(to: &Location, input: &mut dyn BufRead) -> anyhow::Result<Co
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                     values.iter().map(|v| v.as_ref() as _).collect();
-                let statement = match statements.get(table.name) {
+                let statement = match statements.get(&t) {
                     Some(statement) => statement,
-                    None => statements.entry(table.name).or_insert(tx.prepare(&pg_insert(table)).await?),
+                    None => statements.entry(t).or_insert(tx.prepare(&pg_insert(table)).await?),
                 };
                 tx.execute(statement, &params).await?;
+                counts[t].1 += 1;
             }
             // New events go on above the imported ones.
             tx.batch_execute(
@@ -275,10 +283,7 @@ pub async fn import(to: &Location, input: &mut dyn BufRead) -> anyhow::Result<Co
             tx.commit().await?;
         }
     }
-    Ok(TABLES
-        .iter()
-        .map(|table| (table.name, rows.iter().filter(|(t, _)| t.name == table.name).count() as u64))
-        .collect())
+    Ok(counts)
 }
 
 fn columns(table: &Table) -> String {
@@ -309,48 +314,69 @@ fn write_row(out: &mut dyn Write, table: &str, row: Map<String, Value>) -> std::
     writeln!(out, "{}", json!({"table": table, "row": row}))
 }
 
-/// Reads and checks a whole file: its header, every row's table and columns, its end.
-fn read_file(input: &mut dyn BufRead) -> anyhow::Result<Vec<(&'static Table, Map<String, Value>)>> {
-    let mut lines = input.lines();
-    let header: Value = match lines.next() {
-        Some(line) => serde_json::from_str(&line?).context("the first line is not JSON")?,
-        None => anyhow::bail!("the file is empty"),
-    };
-    anyhow::ensure!(
-        header["format"] == FORMAT,
-        "not a file written by `wasaga export` (its first line has no \"format\": \"{FORMAT}\")"
-    );
-    anyhow::ensure!(
-        header["version"] == VERSION,
-        "a `wasaga export` file of version {}, which this wasaga does not know (it reads version {VERSION})",
-        header["version"]
-    );
-    let mut rows = Vec::new();
-    for (number, line) in (2..).zip(lines) {
+/// The rows of a file written by [`export`], each checked as it is read: the header
+/// first, then each row's table and columns, and the end line with the count of rows,
+/// without which reading fails (and the import's transaction with it).
+struct Rows<'a> {
+    lines: std::io::Lines<&'a mut dyn BufRead>,
+    /// The number of the line read last.
+    number: u64,
+    read: u64,
+}
+
+impl<'a> Rows<'a> {
+    fn open(input: &'a mut dyn BufRead) -> anyhow::Result<Rows<'a>> {
+        let mut lines = input.lines();
+        let header: Value = match lines.next() {
+            Some(line) => serde_json::from_str(&line?).context("the first line is not JSON")?,
+            None => anyhow::bail!("the file is empty"),
+        };
+        anyhow::ensure!(
+            header["format"] == FORMAT,
+            "not a file written by `wasaga export` (its first line has no \"format\": \"{FORMAT}\")"
+        );
+        anyhow::ensure!(
+            header["version"] == VERSION,
+            "a `wasaga export` file of version {}, which this wasaga does not know (it reads version {VERSION})",
+            header["version"]
+        );
+        Ok(Rows { lines, number: 1, read: 0 })
+    }
+
+    /// The next row, as the index of its table in [`TABLES`] and its columns; `None`
+    /// after the end line.
+    fn next_row(&mut self) -> anyhow::Result<Option<(usize, Map<String, Value>)>> {
+        let Some(line) = self.lines.next() else {
+            anyhow::bail!(
+                "the file ends without its last line: it was cut short, and nothing of it was loaded"
+            )
+        };
+        self.number += 1;
+        let number = self.number;
         let mut value: Value =
             serde_json::from_str(&line?).with_context(|| format!("line {number} is not JSON"))?;
         if let Some(end) = value.get("end") {
             anyhow::ensure!(
-                end["rows"].as_u64() == Some(rows.len() as u64),
+                end["rows"].as_u64() == Some(self.read),
                 "the file ends after {} rows but says it has {}",
-                rows.len(),
+                self.read,
                 end["rows"]
             );
-            return Ok(rows);
+            return Ok(None);
         }
         let name = value["table"].as_str().unwrap_or_default().to_owned();
-        let Some(table) = TABLES.iter().find(|t| t.name == name) else {
+        let Some(t) = TABLES.iter().position(|t| t.name == name) else {
             anyhow::bail!("line {number}: no table `{name}` in a wasaga store");
         };
         let Some(Value::Object(row)) = value.get_mut("row").map(Value::take) else {
             anyhow::bail!("line {number}: no \"row\" object");
         };
-        if let Some(extra) = row.keys().find(|k| !table.columns.iter().any(|(c, _)| c == k)) {
+        if let Some(extra) = row.keys().find(|k| !TABLES[t].columns.iter().any(|(c, _)| c == k)) {
             anyhow::bail!("line {number}: table `{name}` has no column `{extra}`");
         }
-        rows.push((table, row));
+        self.read += 1;
+        Ok(Some((t, row)))
     }
-    anyhow::bail!("the file ends without its last line: it was cut short, and nothing of it was loaded")
 }
 
 /// One query per table that says whether it has a row (the dispatcher's cursor is
@@ -577,6 +603,16 @@ mod tests {
         assert_eq!(export_of(&Location::Sqlite(back.path().into())).await, from_sqlite, "and back to SQLite");
     }
 
+    /// An export from a directory without a store (a mistyped `--data`) says so, and
+    /// leaves no empty store behind.
+    #[tokio::test]
+    async fn an_export_of_no_store_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = export(&Location::Sqlite(dir.path().into()), &mut Vec::new()).await.unwrap_err();
+        assert!(format!("{error:#}").contains("there is no wasaga store in"), "{error:#}");
+        assert!(!dir.path().join("wasaga.db").exists());
+    }
+
     /// A file cut short, one that is not an export, or one with a column no store
     /// has: refused with the reason, and nothing is loaded.
     #[tokio::test]
@@ -599,8 +635,11 @@ mod tests {
             let target = Location::Sqlite(dir.path().into());
             let error = import(&target, &mut file.as_bytes()).await.unwrap_err();
             assert!(format!("{error:#}").contains(reason), "expected {reason:?}: {error:#}");
-            let left = String::from_utf8(export_of(&target).await).unwrap();
-            assert_eq!(left.lines().count(), 3, "nothing loaded (the cursor is always there): {left}");
+            // A file refused by its first line is refused before the store is opened.
+            if dir.path().join("wasaga.db").exists() {
+                let left = String::from_utf8(export_of(&target).await).unwrap();
+                assert_eq!(left.lines().count(), 3, "nothing loaded (the cursor is always there): {left}");
+            }
         }
     }
 }

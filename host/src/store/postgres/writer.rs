@@ -130,9 +130,12 @@ async fn run(
             Job::Commit(commit, _) => Some(&**commit),
             Job::Prune(..) => None,
         }));
-        match write_batch(&mut conn, &config, std::mem::take(&mut batch), &health).await {
-            Ok(()) => wakeups.wake(hints),
-            Err(error) => health.failed(&error.to_string()),
+        let written = write_batch(&mut conn, &config, std::mem::take(&mut batch), hints, &health).await;
+        // Also after a failed batch, as in SQLite's writer: one whose COMMIT's answer was
+        // lost may be durable, and a hint that finds nothing new costs one look.
+        wakeups.wake(hints);
+        if let Err(error) = written {
+            health.failed(&error.to_string());
         }
     }
 }
@@ -163,12 +166,13 @@ async fn write_batch(
     conn: &mut Conn,
     config: &Config,
     mut jobs: Vec<Job>,
+    hints: Hints,
     health: &Health,
 ) -> Result<(), StoreError> {
     let commits = jobs.iter().filter(|job| matches!(job, Job::Commit(..))).count();
     crate::metrics::metrics().commit_batch.observe(commits as f64);
     loop {
-        match try_batch(conn, config, &jobs).await {
+        match try_batch(conn, config, &jobs, hints).await {
             Ok(Tried::Again) => continue,
             Ok(Tried::Late(i, refusal)) => {
                 // Rolled back: that commit is refused, the others go again.
@@ -218,7 +222,13 @@ enum Tried {
 /// it was before the batch; what the batch's own earlier commits changed is overlaid
 /// (`Overlay`), so a commit is checked as if each before it were already written.
 /// Retention's jobs run after the commits, one by one.
-async fn try_batch(conn: &mut Conn, config: &Config, jobs: &[Job]) -> Result<Tried, StoreError> {
+/// `hints`: what the batch changes that other hosts' tasks look for (told by `NOTIFY`).
+async fn try_batch(
+    conn: &mut Conn,
+    config: &Config,
+    jobs: &[Job],
+    hints: Hints,
+) -> Result<Tried, StoreError> {
     let statements = Statements::prepare(conn).await?;
     let client = &conn.client;
     let commits: Vec<&Commit> = jobs
@@ -272,7 +282,6 @@ async fn try_batch(conn: &mut Conn, config: &Config, jobs: &[Job]) -> Result<Tri
     }
     owners.splice(0..0, std::iter::repeat_n(usize::MAX, first.len()));
     steps.splice(0..0, first);
-    let hints = Hints::of(commits.iter().copied());
     for (wanted, notify) in [(hints.events, NOTIFY_EVENTS), (hints.plugins, NOTIFY_PLUGINS)] {
         if wanted {
             steps.push(step(notify, Vec::new()));
