@@ -112,18 +112,38 @@ pub(super) async fn heartbeat(
 }
 
 /// See `Store::claim_sagas`: `SKIP LOCKED`, so that hosts claiming at once take
-/// different sagas rather than wait for each other.
+/// different sagas rather than wait for each other. Each status is selected on its
+/// own, a range of `sagas_by_status` in id order, and the oldest of both are taken:
+/// with both statuses in one selection the planner walked the primary key through
+/// every saga kept, finished ones included (19 ms a pass after 20,000 sagas, and
+/// growing with the table). The few rows one selection locks beyond the limit are
+/// free again when the statement ends.
 pub(super) async fn claim(
     conn: &mut Conn,
     host: &str,
     now: i64,
     limit: usize,
 ) -> Result<Vec<SagaRow>, StoreError> {
+    macro_rules! unclaimed {
+        ($status:literal) => {
+            concat!(
+                "SELECT id FROM sagas WHERE status = '",
+                $status,
+                "'
+                    AND (owner IS NULL OR owner NOT IN (SELECT id FROM hosts WHERE alive_until > $2))
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED"
+            )
+        };
+    }
     let sql = concat!(
-        "UPDATE sagas SET owner = $1 WHERE id IN (
-             SELECT id FROM sagas WHERE status IN ('running', 'compensating')
-                AND (owner IS NULL OR owner NOT IN (SELECT id FROM hosts WHERE alive_until > $2))
-             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+        "WITH running AS (",
+        unclaimed!("running"),
+        "),
+              compensating AS (",
+        unclaimed!("compensating"),
+        ")
+         UPDATE sagas SET owner = $1
+         WHERE id IN (SELECT id FROM running UNION ALL SELECT id FROM compensating ORDER BY id LIMIT $3)
          RETURNING ",
         saga_columns!()
     );

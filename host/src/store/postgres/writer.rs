@@ -64,10 +64,10 @@ pub(super) async fn open(config: &Config) -> Result<Conn, StoreError> {
 /// dispatcher's cursor never passes an event that commits later.
 const PUBLISHING: &str = "SELECT pg_advisory_xact_lock(x'7761'::int, hashtext(current_schema()) + 1)";
 
-/// Locks the existing records a batch writes, in (service, key) order.
-const LOCK_RECORDS: &str = "SELECT 1 FROM records
-     WHERE (service, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-     ORDER BY service, key FOR UPDATE";
+/// Locks the existing records a batch writes, in the order of its arrays (sorted by the
+/// caller): one lookup by primary key each.
+const LOCK_RECORDS: &str = "SELECT 1 FROM unnest($1::text[], $2::text[]) AS w (service, key)
+     CROSS JOIN LATERAL (SELECT 1 FROM records r WHERE r.service = w.service AND r.key = w.key FOR UPDATE) AS locked";
 
 /// Tell the other hosts' listeners (`listen.rs`) what a batch changed, at its commit
 /// (`NOTIFY` is transactional); the payload names the schema, since channels are per
@@ -838,4 +838,42 @@ fn writes(commit: &Commit) -> Vec<Step> {
         }
     }
     steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{PgOptions, PgStore, config, testing};
+    use super::{Conn, FACTS, LOCK_RECORDS};
+
+    /// The writer's look-ups of rows by key are planned once per connection and the
+    /// plan kept until the table is next analyzed. Planned while the tables hold a few
+    /// rows (analyzed), they must still look the rows up by key: a plan that scans
+    /// the table stays as the table grows to millions of rows.
+    #[tokio::test]
+    async fn statements_planned_on_small_tables_look_rows_up_by_key() {
+        let url = testing::scratch().await;
+        drop(PgStore::connect(&url, PgOptions::default()).await.unwrap()); // the schema
+        let conn = Conn::open(&config(&url).unwrap()).await.unwrap();
+        conn.client
+            .batch_execute(
+                "INSERT INTO records (service, key, value, version) VALUES ('s', 'a', '', 1), ('s', 'b', '', 1);
+                 ANALYZE records; ANALYZE invocations; ANALYZE sagas;",
+            )
+            .await
+            .unwrap();
+        for (name, sql, parameters) in [("lock", LOCK_RECORDS, 2), ("facts", FACTS, 9)] {
+            conn.client.batch_execute(&format!("PREPARE {name} AS {sql}")).await.unwrap();
+            let nulls = vec!["NULL"; parameters].join(", ");
+            let plan: Vec<String> = conn
+                .client
+                .query(&format!("EXPLAIN EXECUTE {name}({nulls})"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(!plan.contains("Seq Scan"), "{name} scans a table:\n{plan}");
+        }
+    }
 }
