@@ -17,7 +17,7 @@ use crate::http::{Access, AppState};
 use crate::invoke::{InvokeOptions, Invoker};
 use crate::lifecycle::PluginManager;
 use crate::retention::Retention;
-use crate::runtime::{PluginSettings, Registry, Runtime, RuntimeOptions};
+use crate::runtime::{CompiledCache, PluginSettings, Registry, Runtime, RuntimeOptions};
 use crate::saga::SagaEngine;
 use crate::store::{PgOptions, PgStore, SqliteOptions, SqliteStore, Store};
 
@@ -59,6 +59,10 @@ pub struct AppConfig {
     pub sagas: Option<PathBuf>,
     /// Reload the directories' files when they change.
     pub watch: bool,
+    /// Where compiled components are kept (none: each load compiles), and the most
+    /// it keeps, in bytes.
+    pub compile_cache: Option<PathBuf>,
+    pub compile_cache_size: u64,
     pub runtime: RuntimeOptions,
     pub plugin_settings: PluginSettings,
     pub invoke: InvokeOptions,
@@ -85,6 +89,8 @@ impl AppConfig {
             plugins: None,
             sagas: None,
             watch: false,
+            compile_cache: None,
+            compile_cache_size: crate::runtime::DEFAULT_CACHE_BUDGET,
             runtime: RuntimeOptions::default(),
             plugin_settings: PluginSettings::default(),
             invoke: InvokeOptions::default(),
@@ -132,7 +138,15 @@ impl App {
             Storage::Sqlite { data, .. } => Some(data.as_path()),
             Storage::Postgres { .. } => None,
         };
-        let registry = Registry::new(Runtime::new(config.runtime)?);
+        // The cache only saves time: one that cannot be used leaves every load compiling.
+        let compiled = config.compile_cache.as_ref().and_then(|dir| {
+            CompiledCache::open(dir, config.compile_cache_size)
+                .inspect_err(|error| {
+                    tracing::warn!(dir = %dir.display(), "the compile cache cannot be used ({error}); every component is compiled when loaded")
+                })
+                .ok()
+        });
+        let registry = Registry::new(Runtime::with_cache(config.runtime, compiled)?);
         let invoker = Invoker::new(registry.clone(), store.clone(), config.invoke);
         let alerter = match &config.alert_webhook {
             Some(url) => Alerter::with_webhook(url.clone()),

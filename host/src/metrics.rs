@@ -52,6 +52,8 @@ pub struct Metrics {
     pub reloads: Counter,
     /// Plugin versions refused at load or reload.
     pub refused: Counter,
+    /// Components loaded, by where their code came from (`compilation`, `cache`).
+    pub plugin_loads: Family<Labels, Counter>,
     /// Event delivery attempts by subscriber and result (`delivered`, `pending`: failed
     /// and to be retried, `dead`).
     pub deliveries: Family<Labels, Counter>,
@@ -86,6 +88,7 @@ impl Metrics {
             stuck: Gauge::default(),
             reloads: Counter::default(),
             refused: Counter::default(),
+            plugin_loads: Family::default(),
             deliveries: Family::default(),
             pruned: Family::default(),
             alerts: Family::default(),
@@ -142,6 +145,11 @@ impl Metrics {
         registry.register("sagas_stuck", "Sagas stuck and waiting for an operator", metrics.stuck.clone());
         registry.register("plugin_reloads", "Plugin versions replaced", metrics.reloads.clone());
         registry.register("plugin_refusals", "Plugin versions refused", metrics.refused.clone());
+        registry.register(
+            "plugin_loads",
+            "Components loaded, by where their code came from (compilation, or the cache of compiled components)",
+            metrics.plugin_loads.clone(),
+        );
         registry.register(
             "event_deliveries",
             "Event delivery attempts by subscriber and result",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, Server, guest, plugins_dir};
+use crate::support::{ADMIN_TOKEN, Server, guest, plugins_dir, wasaga};
 
 const SWAPS: usize = 20;
 const CLIENTS: usize = 32;
@@ -477,4 +477,50 @@ async fn a_pushed_plugin_stays_until_the_file_really_changes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(now, "{\"version\":1}", "a new content while it runs is loaded");
+}
+
+/// How many components a server loaded by compiling them, and from its compile cache.
+async fn loads(server: &Server) -> (u64, u64) {
+    let metrics = Server::client().get(format!("{}/metrics", server.url)).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    let count = |from: &str| {
+        let line = format!("wasaga_plugin_loads_total{{from=\"{from}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&line)).map_or(0, |n| n.parse().unwrap())
+    };
+    (count("compilation"), count("cache"))
+}
+
+/// Compiled components are kept in the data directory: a swap back to a version
+/// compiled before loads it from there, and so does every plugin at a restart;
+/// `--compile-cache off` compiles every time.
+#[tokio::test]
+async fn known_components_load_from_the_compile_cache() {
+    let plugins = plugins_dir(&["echo"]);
+    let hello = plugins.path().join("hello.wasm");
+    std::fs::copy(guest("hello-v1"), &hello).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // The default place, not the suite's shared cache.
+    let (mut command, cache) = (wasaga(), data.path().join("compiled"));
+    command.env_remove("WASAGA_COMPILE_CACHE");
+    let mut server = Server::start_with(command, plugins.path(), data.path(), &[]);
+    assert_eq!(loads(&server).await, (2, 0), "both compiled at the first start");
+
+    let (client, mut probe) = (Server::client(), 0);
+    for (version, loaded) in [(2, (3, 0)), (1, (3, 1))] {
+        let part = plugins.path().join(".hello.wasm.part");
+        std::fs::copy(guest(&format!("hello-v{version}")), &part).unwrap();
+        std::fs::rename(&part, &hello).unwrap();
+        wait_for_version(&server, &client, version, &mut probe).await;
+        assert_eq!(loads(&server).await, loaded, "after the swap to version {version}");
+    }
+    let kept = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(kept, 3, "echo, hello v1 and v2");
+
+    server.kill();
+    let mut server =
+        Server::start_in(plugins.path(), data.path(), &["--compile-cache", cache.to_str().unwrap()]);
+    assert_eq!(loads(&server).await, (0, 2), "a restart compiles nothing");
+    server.kill();
+    let server = Server::start_in(plugins.path(), data.path(), &["--compile-cache", "off"]);
+    assert_eq!(loads(&server).await, (2, 0));
 }

@@ -33,6 +33,9 @@ pub fn wasaga_under(program: &str, args: &[&str]) -> Command {
 
 fn with_test_env(command: &mut Command) {
     command.env("WASAGA_LOG", "warn").env("WASAGA_ADMIN_TOKEN", ADMIN_TOKEN);
+    // One compile cache for every server of the suite (each has a data directory of its
+    // own): the same few components are loaded by a hundred servers.
+    command.env("WASAGA_COMPILE_CACHE", concat!(env!("CARGO_TARGET_TMPDIR"), "/compiled"));
     for name in ["WASAGA_API_TOKEN", "WASAGA_ADMIN_TOKEN_FILE", "WASAGA_API_TOKEN_FILE"] {
         command.env_remove(name);
     }

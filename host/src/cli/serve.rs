@@ -47,6 +47,17 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "Plugins and sagas")]
     no_watch: bool,
 
+    /// Where compiled plugins are kept, so that a restart, or a hot swap back to a
+    /// component compiled before, skips its compilation (seconds for a large one).
+    /// Default: `compiled/` in --data (none without --data); `off` compiles every time.
+    /// Its files run as native code in this process: keep it as private as --data.
+    #[arg(long, help_heading = "Plugins and sagas", env = "WASAGA_COMPILE_CACHE")]
+    compile_cache: Option<PathBuf>,
+
+    /// The most the compile cache keeps; the files used least recently go first.
+    #[arg(long, help_heading = "Plugins and sagas", env = "WASAGA_COMPILE_CACHE_SIZE", default_value = "1GiB", value_parser = parse_bytes)]
+    compile_cache_size: u64,
+
     #[command(flatten)]
     tokens: ServerTokens,
 
@@ -179,8 +190,15 @@ impl ServeArgs {
                 },
             },
         };
+        let compile_cache = match &self.compile_cache {
+            Some(dir) if dir.as_os_str() == "off" => None,
+            Some(dir) => Some(dir.clone()),
+            None => self.data.as_ref().map(|data| data.join("compiled")),
+        };
         AppConfig {
             plugins: Some(self.plugins.clone()),
+            compile_cache,
+            compile_cache_size: self.compile_cache_size,
             sagas: self.sagas.clone(),
             watch: !self.no_watch,
             runtime: self.runtime.options(),

@@ -4,6 +4,7 @@
 //! - [`Runtime`] is the cheap-to-clone handle: engine, linker, epoch ticker.
 //! - [`Plugin`] is one loaded, validated version of a service (`plugin.rs`).
 //! - [`Registry`] maps service names to the version that serves them (`registry.rs`).
+//! - `cache.rs`: compiled components kept on disk, so a known one skips compilation.
 //! - `limits.rs`: what each plugin may use (deadline, memory), from the command line
 //!   and its own `<name>.toml`.
 //! - `sandbox.rs` holds what a call's store contains and the walls around it;
@@ -11,6 +12,7 @@
 //!   code. Nothing outside this module names a wasmtime type.
 
 mod bindings;
+mod cache;
 mod imports;
 mod limits;
 mod plugin;
@@ -24,6 +26,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use crate::service::PluginDigest;
+pub use cache::{CompiledCache, DEFAULT_BUDGET as DEFAULT_CACHE_BUDGET};
 pub use limits::{Limits, PluginSettings};
 pub use plugin::{CallError, LoadError, Outcome, Plugin, WIT_VERSION};
 pub use registry::{PastVersion, Refusal, Registry};
@@ -71,6 +74,7 @@ struct Inner {
     engine: Engine,
     linker: Linker<CallState>,
     options: RuntimeOptions,
+    cache: Option<CompiledCache>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -81,8 +85,15 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// Builds the engine and the linker, and starts the epoch ticker (a thread that
-    /// ends when the last handle to the engine is dropped).
+    /// ends when the last handle to the engine is dropped). Every component is compiled
+    /// when loaded.
     pub fn new(options: RuntimeOptions) -> anyhow::Result<Runtime> {
+        Runtime::with_cache(options, None)
+    }
+
+    /// As [`Runtime::new`], keeping compiled components in `cache` (and loading known
+    /// ones from there instead of compiling them).
+    pub fn with_cache(options: RuntimeOptions, cache: Option<CompiledCache>) -> anyhow::Result<Runtime> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -99,7 +110,7 @@ impl Runtime {
             .map_err(anyhow::Error::from)?;
 
         spawn_epoch_ticker(&engine);
-        Ok(Runtime { inner: Arc::new(Inner { engine, linker, options }) })
+        Ok(Runtime { inner: Arc::new(Inner { engine, linker, options, cache }) })
     }
 
     pub fn options(&self) -> &RuntimeOptions {

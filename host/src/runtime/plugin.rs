@@ -12,6 +12,7 @@ use wasmtime::{Store, UpdateDeadline};
 
 use super::Runtime;
 use super::bindings;
+use super::cache::{self, Origin};
 use super::sandbox::{CallState, MemoryLimitExceeded};
 use super::{Limits, PluginSettings};
 use crate::service::{Failure, Invocation, Manifest, PluginDigest};
@@ -109,8 +110,9 @@ impl Runtime {
         Ok(self.load(&label, wasm, limits).await?)
     }
 
-    /// Compiles, validates and describes a plugin. Compilation takes tens to hundreds of
-    /// milliseconds of CPU, so it runs on the blocking pool, off the request path.
+    /// Compiles (or finds in the cache of compiled components), validates and describes
+    /// a plugin. Compilation takes tens of milliseconds to seconds of CPU, so it runs on
+    /// the blocking pool, off the request path.
     /// `label` names the plugin in messages until its manifest names it (a file name).
     pub async fn load(&self, label: &str, wasm: Vec<u8>, limits: Limits) -> Result<Plugin, LoadError> {
         check_header(&wasm)?;
@@ -120,11 +122,18 @@ impl Runtime {
         }
         let digest = PluginDigest::of(&wasm);
         let size = wasm.len();
-        let engine = self.inner.engine.clone();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &wasm))
-            .await
-            .expect("compilation task panicked")
-            .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let (engine, cache) = (self.inner.engine.clone(), self.inner.cache.clone());
+        let (component, origin) = tokio::task::spawn_blocking(move || {
+            cache::load_or_compile(&engine, cache.as_ref(), &digest, &wasm)
+        })
+        .await
+        .expect("compilation task panicked")
+        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let from = match origin {
+            Origin::Compiled => "compilation",
+            Origin::Cached => "cache",
+        };
+        crate::metrics::metrics().plugin_loads.get_or_create(&vec![("from", from.to_owned())]).inc();
         let pre = self.prelink(&component)?;
         let mut plugin = Plugin {
             service: Arc::from(label),
