@@ -116,3 +116,59 @@ fn help_teaches_the_commands_and_flags() {
     assert_eq!(out.status.code(), Some(2), "a missing required flag is a usage error");
     assert!(text(&out.stderr).contains("--data"), "{}", text(&out.stderr));
 }
+
+fn run(args: &[&str], extra: &[&str]) -> Output {
+    wasaga().args(["plugin", "run"]).arg(guest("echo")).args(args).args(extra).output().unwrap()
+}
+
+/// `plugin run` runs one operation offline on a scratch store seeded by `--records`,
+/// and prints its output, writes and events; nothing is kept between runs.
+#[test]
+fn plugin_run_runs_one_operation_on_a_scratch_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.json");
+    std::fs::write(&seed, r#"{"lamp": {"stock": 3}}"#).unwrap();
+    let seeded = ["--records", seed.to_str().unwrap()];
+
+    let out = run(&["get", r#"{"key": "lamp"}"#], &seeded);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "output  {\"key\":\"lamp\",\"value\":{\"stock\":3},\"version\":1}\n");
+
+    let out = run(&["set", r#"{"key": "lamp", "value": {"stock": 2}}"#], &["--json", seeded[0], seeded[1]]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["output"], serde_json::json!({"key": "lamp", "version": 2}));
+    assert_eq!(report["writes"], serde_json::json!([{"key": "lamp", "value": {"stock": 2}, "version": 2}]));
+
+    let out = run(&["publish", r#"{"topic": "t", "payload": {"n": 1}, "chain": "c-1"}"#], &[]);
+    assert_eq!(text(&out.stdout), "output  {}\nevent   t: {\"n\":1} (chain c-1)\n");
+
+    // Nothing kept: without the seed the record is not there.
+    let out = run(&["get", r#"{"key": "lamp"}"#], &[]);
+    assert_eq!(text(&out.stdout), "output  {\"key\":\"lamp\",\"value\":null,\"version\":null}\n");
+}
+
+/// A failed operation exits 2 and writes nothing; what cannot run exits 1 and says why.
+#[test]
+fn plugin_run_says_why_an_operation_failed_or_could_not_run() {
+    let out = run(&["publish-then-refuse", r#"{"topic": "t", "payload": {}}"#], &["--json"]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failure"]["kind"], "rejected");
+    assert_eq!(report["events"], serde_json::json!([]), "a refused call publishes nothing");
+
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.json");
+    std::fs::write(&list, "[1, 2]").unwrap();
+    let cases: [(&[&str], &[&str], &str); 3] = [
+        (&["nope"], &[], "service `echo` has no operation `nope` (it has: echo, get,"),
+        (&["echo"], &["--records", list.to_str().unwrap()], "must hold one JSON object"),
+        (&["burn", r#"{"ms": 500}"#], &["--deadline", "100ms"], "ran past its deadline of 100ms"),
+    ];
+    for (args, extra, expected) in cases {
+        let out = run(args, extra);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr:?}");
+    }
+}

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod events;
 mod plugin;
+mod plugin_run;
 mod print;
 mod saga;
 mod serve;

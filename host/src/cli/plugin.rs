@@ -15,6 +15,7 @@ use crate::service::Visibility;
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
     Check(CheckArgs),
+    Run(super::plugin_run::RunArgs),
     Push(PushArgs),
     List(ListArgs),
     Remove(RemoveArgs),
@@ -84,6 +85,7 @@ pub struct CheckArgs {
 pub async fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     match command {
         PluginCommand::Check(args) => check(args).await,
+        PluginCommand::Run(args) => super::plugin_run::run(args).await,
         PluginCommand::Push(args) => push(args).await,
         PluginCommand::List(args) => list(args).await,
         PluginCommand::Remove(args) => {
