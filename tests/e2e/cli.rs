@@ -172,3 +172,20 @@ fn plugin_run_says_why_an_operation_failed_or_could_not_run() {
         assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr:?}");
     }
 }
+
+/// `wasaga new` refuses a name that cannot name a service, and a directory that holds
+/// something, and writes nothing then.
+#[test]
+fn new_refuses_a_bad_name_and_a_directory_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        wasaga().args(["new", "My_Service", "--lang", "python"]).current_dir(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("`My_Service` is not a valid service name"), "{}", text(&out.stderr));
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let out = wasaga().args(["new", "greeter", "--lang", "js", "--dir"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("exists and is not empty"), "{}", text(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["notes.txt"], "nothing written");
+}

@@ -7,6 +7,7 @@ mod demo;
 mod events;
 mod http_props;
 mod invocations;
+mod new_service;
 mod overload;
 mod postgres;
 mod readme;

@@ -94,7 +94,7 @@ fn goes_on(command: &str) -> bool {
 }
 
 /// Whether `output` holds the fragments of `expected` in order, white space aside.
-fn matches(output: &str, expected: &str) -> bool {
+pub(crate) fn matches(output: &str, expected: &str) -> bool {
     let squeeze = |text: &str| text.chars().filter(|c| !c.is_whitespace()).collect::<String>();
     let output = squeeze(output);
     let mut from = 0;

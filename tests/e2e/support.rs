@@ -14,6 +14,10 @@ use wasaga::service::Invocation;
 /// The admin token of every server the tests start (through `WASAGA_ADMIN_TOKEN`).
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// One compile cache for every `wasaga` of the suite (each server has a data directory
+/// of its own): the same few components are loaded by a hundred servers.
+pub const COMPILE_CACHE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/compiled");
+
 /// The `wasaga` binary built for these tests, with [`ADMIN_TOKEN`] in its environment
 /// (so servers have an operator, and the CLI's operator commands send it).
 pub fn wasaga() -> Command {
@@ -33,9 +37,7 @@ pub fn wasaga_under(program: &str, args: &[&str]) -> Command {
 
 fn with_test_env(command: &mut Command) {
     command.env("WASAGA_LOG", "warn").env("WASAGA_ADMIN_TOKEN", ADMIN_TOKEN);
-    // One compile cache for every server of the suite (each has a data directory of its
-    // own): the same few components are loaded by a hundred servers.
-    command.env("WASAGA_COMPILE_CACHE", concat!(env!("CARGO_TARGET_TMPDIR"), "/compiled"));
+    command.env("WASAGA_COMPILE_CACHE", COMPILE_CACHE);
     for name in ["WASAGA_API_TOKEN", "WASAGA_ADMIN_TOKEN_FILE", "WASAGA_API_TOKEN_FILE"] {
         command.env_remove(name);
     }

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod events;
+mod new;
 mod plugin;
 mod plugin_run;
 mod print;
@@ -11,10 +12,14 @@ mod serve;
 mod store;
 mod tokens;
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{parse_bytes, parse_duration};
-use crate::runtime::{Allocator, Limits, PluginSettings, RuntimeOptions};
+use crate::runtime::{
+    Allocator, CompiledCache, DEFAULT_CACHE_BUDGET, Limits, PluginSettings, Runtime, RuntimeOptions,
+};
 
 /// `wasaga --version`: the version, the commit it was built from, and the contract it
 /// serves to plugins.
@@ -30,8 +35,10 @@ const VERSION: &str = concat!(
 /// wasaga runs business services written as WebAssembly components, and gives each
 /// one versioned storage, exactly-once invocations and sagas with compensations.
 ///
-/// Try it with `wasaga demo` (an online store with a dashboard); run your own plugins
-/// with `wasaga serve`; check one plugin file with `wasaga plugin check`.
+/// Try it with `wasaga demo` (an online store with a dashboard); start a service of
+/// your own with `wasaga new NAME --lang rust|js|python`; check and try a plugin file
+/// with `wasaga plugin check` and `wasaga plugin run`; serve a directory of them with
+/// `wasaga serve`.
 #[derive(Debug, Parser)]
 #[command(name = "wasaga", version = VERSION, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
@@ -65,7 +72,9 @@ enum LogFormat {
 enum Command {
     Demo(demo::DemoArgs),
     Serve(serve::ServeArgs),
-    /// Work with plugins: check a file; push, list or remove them on a running server.
+    New(new::NewArgs),
+    /// Work with plugins: check a file or run one operation of it; push, list or remove
+    /// them on a running server.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Start, show and list sagas on a running server; retry, compensate or resolve a
@@ -92,6 +101,7 @@ impl Cli {
             match self.command {
                 Command::Demo(args) => demo::run(args).await,
                 Command::Serve(args) => serve::run(args).await,
+                Command::New(args) => new::run(args),
                 Command::Plugin(command) => plugin::run(command).await,
                 Command::Bench(command) => bench::run(command).await,
                 Command::Saga(command) => saga::run(command).await,
@@ -162,5 +172,24 @@ impl RuntimeArgs {
 
     fn settings(&self) -> PluginSettings {
         PluginSettings { defaults: Limits { deadline: self.deadline, memory_bytes: self.memory_limit } }
+    }
+
+    /// The runtime of the commands that load a plugin file on their own (`plugin
+    /// check`, `plugin run`), with the user's compile cache: `WASAGA_COMPILE_CACHE`
+    /// (`off`: none), else `wasaga/compiled` in `$XDG_CACHE_HOME` or `~/.cache`. An
+    /// author's check and test runs of one build then compile it once (seconds for a
+    /// JavaScript or Python component).
+    fn offline_runtime(&self) -> anyhow::Result<Runtime> {
+        let dir = match std::env::var_os("WASAGA_COMPILE_CACHE") {
+            Some(dir) if dir == "off" => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+                .map(|cache| cache.join("wasaga").join("compiled")),
+        };
+        // The cache only saves time: one that cannot be made leaves loads compiling.
+        let cache = dir.and_then(|dir| CompiledCache::open(dir, DEFAULT_CACHE_BUDGET).ok());
+        Runtime::with_cache(self.options(), cache)
     }
 }

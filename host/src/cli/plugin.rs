@@ -9,7 +9,6 @@ use clap::{Args, Subcommand};
 use super::RuntimeArgs;
 use super::print::{self, answer, call, text};
 use super::tokens::Remote;
-use crate::runtime::Runtime;
 use crate::service::Visibility;
 
 #[derive(Debug, Subcommand)]
@@ -140,7 +139,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let runtime = Runtime::new(args.runtime.options())?;
+    let runtime = args.runtime.offline_runtime()?;
     let plugin = match runtime.load_file(&args.file, &args.runtime.settings()).await {
         Ok(plugin) => plugin,
         Err(error) => {

@@ -9,7 +9,6 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::RuntimeArgs;
-use crate::runtime::Runtime;
 use crate::service::{Failure, Invocation};
 use crate::store::{ChangeSet, Commit, SqliteOptions, SqliteStore, Store, Transaction, TxLimits, Write};
 
@@ -59,7 +58,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(file) => records(file)?,
         None => Vec::new(),
     };
-    let runtime = Runtime::new(args.runtime.options())?;
+    let runtime = args.runtime.offline_runtime()?;
     let plugin = match runtime.load_file(&args.file, &args.runtime.settings()).await {
         Ok(plugin) => plugin,
         Err(error) => {
