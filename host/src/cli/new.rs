@@ -60,6 +60,7 @@ const RUST: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../../templates/rust/src/lib.rs")),
     ("wasaga-guest/Cargo.toml", include_str!("../../templates/rust/guest-Cargo.toml")),
     ("wasaga-guest/src/lib.rs", include_str!("../../../plugins/guest/src/lib.rs")),
+    ("wasaga-guest/src/service.rs", include_str!("../../../plugins/guest/src/service.rs")),
 ];
 
 const JS: &[(&str, &str)] = &[
@@ -107,7 +108,7 @@ impl Language {
     fn source(self) -> &'static str {
         match self {
             Language::Rust => {
-                "The service is `src/lib.rs`, on `wasaga-guest/` (wasaga's Rust bindings, with JSON helpers)."
+                "The service is `src/lib.rs`, on `wasaga-guest/` (wasaga's Rust SDK: `Service`, the bindings, JSON helpers)."
             }
             Language::Js => "The service is `app.js`, on `wasaga.js` (wasaga's JavaScript SDK).",
             Language::Python => "The service is `app.py`, on `wasaga.py` (wasaga's Python SDK).",
@@ -154,7 +155,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     for (path, text) in WIT.iter().chain(COMMON).chain(lang.files()) {
         let text = if path.starts_with("wit/") {
             (*text).to_owned()
-        } else if *path == "wasaga-guest/src/lib.rs" {
+        } else if path.starts_with("wasaga-guest/src/") {
             // The guest crate finds the contract beside it, not two levels up.
             text.replace(r#"path: "../../wit""#, r#"path: "../wit""#)
         } else {

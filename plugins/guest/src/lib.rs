@@ -1,15 +1,18 @@
 //! Bindings of the `wasaga:plugin/plugin` world for Rust services.
 //!
-//! A service implements [`exports::wasaga::plugin::service::Guest`] and exports it:
+//! A service is declared once with [`Service`], each operation with its typed input
+//! and output, and exported with [`service!`]:
 //!
 //! ```ignore
-//! struct Inventory;
-//! impl wasaga_guest::exports::wasaga::plugin::service::Guest for Inventory { /* ... */ }
-//! wasaga_guest::export!(Inventory with_types_in wasaga_guest);
+//! wasaga_guest::service!(Service::new("inventory").operation(OperationInfo::new("reserve", "..."), reserve));
 //! ```
 //!
-//! The imports are here too: [`wasaga::plugin::store`], [`wasaga::plugin::events`],
-//! [`wasaga::plugin::log`].
+//! The raw world stays usable: implement [`Guest`] (`describe` and `handle`) and export
+//! it with `wasaga_guest::export!(MyService with_types_in wasaga_guest)`. The imports
+//! are here too: [`wasaga::plugin::store`], [`wasaga::plugin::events`],
+//! [`wasaga::plugin::log`]; [`json`] reads and writes JSON records.
+
+mod service;
 
 wit_bindgen::generate!({
     world: "plugin",
@@ -19,6 +22,7 @@ wit_bindgen::generate!({
 });
 
 pub use exports::wasaga::plugin::service::{Guest, Invocation, Manifest, OperationInfo, Visibility};
+pub use service::Service;
 pub use wasaga::plugin::types::Failure;
 
 impl OperationInfo {

@@ -19,8 +19,9 @@
 //! the order saga and the order flow's events, never by a client directly.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use wasaga_guest::wasaga::plugin::events;
-use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
+use wasaga_guest::{Failure, Invocation, OperationInfo, Service, json};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Stock {
@@ -58,75 +59,70 @@ struct Release {
     release_transient_failures: u32,
 }
 
-struct Inventory;
-
-impl Guest for Inventory {
-    fn describe() -> Manifest {
-        Manifest {
-            name: "inventory".into(),
-            operations: vec![
-                OperationInfo::new("restock", "Adds stock of a SKU.").internal(),
-                OperationInfo::new("reserve", "Holds stock of a SKU for an order.")
-                    .compensated_by("release")
-                    .internal(),
-                OperationInfo::new("release", "Gives an order's held stock back."),
-                OperationInfo::new("reserve-placed", "On order-placed: holds the stock, says if it could."),
-                OperationInfo::new("release-placed", "On payment-declined: gives the stock back."),
-            ],
-            subscriptions: vec![
-                ("order-placed".into(), "reserve-placed".into()),
-                ("payment-declined".into(), "release-placed".into()),
-            ],
-        }
+fn release_op(input: Release, call: &Invocation) -> Result<Value, Failure> {
+    if call.attempt <= input.release_transient_failures {
+        return Err(Failure::Transient(format!(
+            "warehouse system unavailable (attempt {} of {} planned failures)",
+            call.attempt, input.release_transient_failures
+        )));
     }
+    release(input)
+}
 
-    fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
-        match call.operation.as_str() {
-            "restock" => restock(json::input(&call.input)?),
-            "reserve" => reserve(json::input(&call.input)?),
-            "release" => {
-                let input: Release = json::input(&call.input)?;
-                if call.attempt <= input.release_transient_failures {
-                    return Err(Failure::Transient(format!(
-                        "warehouse system unavailable (attempt {} of {} planned failures)",
-                        call.attempt, input.release_transient_failures
-                    )));
-                }
-                release(input)
-            }
-            // The choreographed order flow: the event's payload is the order; each step
-            // answers by publishing the next event with the same payload.
-            "reserve-placed" => {
-                let order: serde_json::Value = json::input(&call.input)?;
-                match reserve(json::input(&call.input)?) {
-                    Ok(output) => {
-                        events::publish("stock-reserved", &call.input, None);
-                        Ok(output)
-                    }
-                    Err(Failure::Rejected(reason)) => {
-                        let mut refused = order;
-                        refused["reason"] = serde_json::Value::String(reason);
-                        events::publish("stock-rejected", refused.to_string().as_bytes(), None);
-                        json::output(&refused)
-                    }
-                    Err(transient) => Err(transient),
-                }
-            }
-            "release-placed" => {
-                let output = release(json::input(&call.input)?)?;
-                events::publish("stock-released", &call.input, None);
-                Ok(output)
-            }
-            other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
+// The choreographed order flow: the event's payload is the order; each step answers by
+// publishing the next event with the same payload.
+
+fn reserve_placed(order: Value, call: &Invocation) -> Result<Value, Failure> {
+    match reserve(json::input(&call.input)?) {
+        Ok(output) => {
+            events::publish("stock-reserved", &call.input, None);
+            Ok(output)
         }
+        Err(Failure::Rejected(reason)) => {
+            let mut refused = order;
+            refused["reason"] = Value::String(reason);
+            events::publish("stock-rejected", refused.to_string().as_bytes(), None);
+            Ok(refused)
+        }
+        Err(transient) => Err(transient),
     }
 }
+
+fn release_placed(input: Release, call: &Invocation) -> Result<Value, Failure> {
+    let output = release(input)?;
+    events::publish("stock-released", &call.input, None);
+    Ok(output)
+}
+
+wasaga_guest::service!(
+    Service::new("inventory")
+        .operation(OperationInfo::new("restock", "Adds stock of a SKU.").internal(), |input, _| restock(
+            input
+        ))
+        .operation(
+            OperationInfo::new("reserve", "Holds stock of a SKU for an order.")
+                .compensated_by("release")
+                .internal(),
+            |input, _| reserve(input)
+        )
+        .operation(OperationInfo::new("release", "Gives an order's held stock back."), release_op)
+        .operation(
+            OperationInfo::new("reserve-placed", "On order-placed: holds the stock, says if it could."),
+            reserve_placed
+        )
+        .operation(
+            OperationInfo::new("release-placed", "On payment-declined: gives the stock back."),
+            release_placed
+        )
+        .subscribe("order-placed", "reserve-placed")
+        .subscribe("payment-declined", "release-placed")
+);
 
 fn stock_key(sku: &str) -> String {
     format!("stock/{sku}")
 }
 
-fn restock(input: Restock) -> Result<Vec<u8>, Failure> {
+fn restock(input: Restock) -> Result<Value, Failure> {
     let key = stock_key(&input.sku);
     let (mut stock, _) = json::get::<Stock>(&key)?.unwrap_or_default();
     stock.available = stock
@@ -137,18 +133,16 @@ fn restock(input: Restock) -> Result<Vec<u8>, Failure> {
             Failure::Rejected(format!("restocking {} would overflow the stock count", input.qty))
         })?;
     json::set(&key, &stock)?;
-    json::output(&serde_json::json!({"sku": input.sku, "available": stock.available}))
+    Ok(serde_json::json!({"sku": input.sku, "available": stock.available}))
 }
 
-fn reserve(input: Reserve) -> Result<Vec<u8>, Failure> {
+fn reserve(input: Reserve) -> Result<Value, Failure> {
     let held = format!("reservation/{}", input.order);
     if let Some((existing, _)) = json::get::<Reservation>(&held)? {
         if existing.released {
             return Err(Failure::Rejected(format!("order `{}` was already released", input.order)));
         }
-        return json::output(
-            &serde_json::json!({"sku": existing.sku, "order": input.order, "qty": existing.qty}),
-        );
+        return Ok(serde_json::json!({"sku": existing.sku, "order": input.order, "qty": existing.qty}));
     }
     let key = stock_key(&input.sku);
     let (mut stock, _) = json::get::<Stock>(&key)?.unwrap_or_default();
@@ -159,13 +153,13 @@ fn reserve(input: Reserve) -> Result<Vec<u8>, Failure> {
     stock.reserved += input.qty;
     json::set(&key, &stock)?;
     json::set(&held, &Reservation { sku: input.sku.clone(), qty: input.qty, released: false })?;
-    json::output(&serde_json::json!({"sku": input.sku, "order": input.order, "qty": input.qty}))
+    Ok(serde_json::json!({"sku": input.sku, "order": input.order, "qty": input.qty}))
 }
 
-fn release(input: Release) -> Result<Vec<u8>, Failure> {
+fn release(input: Release) -> Result<Value, Failure> {
     let held = format!("reservation/{}", input.order);
     let Some((mut reservation, _)) = json::get::<Reservation>(&held)?.filter(|(r, _)| !r.released) else {
-        return json::output(&serde_json::json!({"order": input.order, "released": 0}));
+        return Ok(serde_json::json!({"order": input.order, "released": 0}));
     };
     let key = stock_key(&reservation.sku);
     let (mut stock, _) = json::get::<Stock>(&key)?.unwrap_or_default();
@@ -174,7 +168,5 @@ fn release(input: Release) -> Result<Vec<u8>, Failure> {
     json::set(&key, &stock)?;
     reservation.released = true;
     json::set(&held, &reservation)?;
-    json::output(&serde_json::json!({"order": input.order, "released": reservation.qty}))
+    Ok(serde_json::json!({"order": input.order, "released": reservation.qty}))
 }
-
-wasaga_guest::export!(Inventory with_types_in wasaga_guest);

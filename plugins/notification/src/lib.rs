@@ -11,7 +11,7 @@
 //! would (a refusal after the saga's pivot).
 
 use serde::{Deserialize, Serialize};
-use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
+use wasaga_guest::{Failure, Invocation, OperationInfo, Service, json};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Sent {
@@ -27,39 +27,25 @@ struct Send {
     refuse_notification: Option<String>,
 }
 
-struct Notification;
-
-impl Guest for Notification {
-    fn describe() -> Manifest {
-        Manifest {
-            name: "notification".into(),
-            operations: vec![OperationInfo::new("send-confirmation", "Sends an order confirmation.")],
-            subscriptions: vec![("order-completed".into(), "send-confirmation".into())],
-        }
+fn send_confirmation(input: Send, call: &Invocation) -> Result<serde_json::Value, Failure> {
+    if call.attempt <= input.notification_transient_failures {
+        return Err(Failure::Transient(format!(
+            "mail server unavailable (attempt {} of {} planned failures)",
+            call.attempt, input.notification_transient_failures
+        )));
     }
-
-    fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
-        match call.operation.as_str() {
-            "send-confirmation" => {
-                let input: Send = json::input(&call.input)?;
-                if call.attempt <= input.notification_transient_failures {
-                    return Err(Failure::Transient(format!(
-                        "mail server unavailable (attempt {} of {} planned failures)",
-                        call.attempt, input.notification_transient_failures
-                    )));
-                }
-                if let Some(why) = input.refuse_notification {
-                    return Err(Failure::Rejected(why));
-                }
-                let key = format!("sent/{}", input.order);
-                let (mut sent, _) = json::get::<Sent>(&key)?.unwrap_or_default();
-                sent.count += 1;
-                json::set(&key, &sent)?;
-                json::output(&serde_json::json!({"order": input.order, "sent": true}))
-            }
-            other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
-        }
+    if let Some(why) = input.refuse_notification {
+        return Err(Failure::Rejected(why));
     }
+    let key = format!("sent/{}", input.order);
+    let (mut sent, _) = json::get::<Sent>(&key)?.unwrap_or_default();
+    sent.count += 1;
+    json::set(&key, &sent)?;
+    Ok(serde_json::json!({"order": input.order, "sent": true}))
 }
 
-wasaga_guest::export!(Notification with_types_in wasaga_guest);
+wasaga_guest::service!(
+    Service::new("notification")
+        .operation(OperationInfo::new("send-confirmation", "Sends an order confirmation."), send_confirmation)
+        .subscribe("order-completed", "send-confirmation")
+);

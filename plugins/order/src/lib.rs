@@ -18,8 +18,9 @@
 //! and operators may create, complete or cancel an order.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use wasaga_guest::wasaga::plugin::events;
-use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
+use wasaga_guest::{Failure, Invocation, OperationInfo, Service, json};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Order {
@@ -49,68 +50,62 @@ struct Change {
     refuse_completion: Option<String>,
 }
 
-struct OrderService;
-
-impl Guest for OrderService {
-    fn describe() -> Manifest {
-        Manifest {
-            name: "order".into(),
-            operations: vec![
-                OperationInfo::new("create", "Creates a pending order.").compensated_by("cancel").internal(),
-                OperationInfo::new("complete", "Marks an order completed.").internal(),
-                OperationInfo::new("cancel", "Cancels an order, with the reason."),
-                OperationInfo::new(
-                    "place",
-                    "Starts the choreographed order flow: creates the order, publishes order-placed.",
-                )
-                .public(),
-                OperationInfo::new("complete-placed", "On payment-completed: completes the order."),
-                OperationInfo::new(
-                    "cancel-placed",
-                    "On payment-declined or stock-rejected: cancels the order.",
-                ),
-            ],
-            subscriptions: vec![
-                ("payment-completed".into(), "complete-placed".into()),
-                ("payment-declined".into(), "cancel-placed".into()),
-                ("stock-rejected".into(), "cancel-placed".into()),
-            ],
-        }
+fn complete(input: Change, _: &Invocation) -> Result<Value, Failure> {
+    if let Some(why) = input.refuse_completion.clone() {
+        return Err(Failure::Rejected(why));
     }
-
-    fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
-        match call.operation.as_str() {
-            "create" => create(json::input(&call.input)?),
-            "complete" => {
-                let input: Change = json::input(&call.input)?;
-                if let Some(why) = input.refuse_completion {
-                    return Err(Failure::Rejected(why));
-                }
-                change(input, "completed")
-            }
-            "cancel" => change(json::input(&call.input)?, "cancelled"),
-            // The choreographed order flow (see the inventory and payment services).
-            // The flow's chain is named by the order id, so that it is found by the id
-            // people know; the events after it inherit the chain.
-            "place" => {
-                let input: Create = json::input(&call.input)?;
-                let chain = input.order.clone();
-                let output = create(input)?;
-                events::publish("order-placed", &call.input, Some(&chain));
-                Ok(output)
-            }
-            "complete-placed" => {
-                let output = change(json::input(&call.input)?, "completed")?;
-                events::publish("order-completed", &call.input, None);
-                Ok(output)
-            }
-            "cancel-placed" => change(json::input(&call.input)?, "cancelled"),
-            other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
-        }
-    }
+    change(input, "completed")
 }
 
-fn create(input: Create) -> Result<Vec<u8>, Failure> {
+// The choreographed order flow (see the inventory and payment services). The flow's
+// chain is named by the order id, so that it is found by the id people know; the
+// events after it inherit the chain.
+
+fn place(input: Create, call: &Invocation) -> Result<Value, Failure> {
+    let chain = input.order.clone();
+    let output = create(input)?;
+    events::publish("order-placed", &call.input, Some(&chain));
+    Ok(output)
+}
+
+fn complete_placed(input: Change, call: &Invocation) -> Result<Value, Failure> {
+    let output = change(input, "completed")?;
+    events::publish("order-completed", &call.input, None);
+    Ok(output)
+}
+
+wasaga_guest::service!(
+    Service::new("order")
+        .operation(
+            OperationInfo::new("create", "Creates a pending order.").compensated_by("cancel").internal(),
+            |input, _| create(input)
+        )
+        .operation(OperationInfo::new("complete", "Marks an order completed.").internal(), complete)
+        .operation(OperationInfo::new("cancel", "Cancels an order, with the reason."), |input, _| {
+            change(input, "cancelled")
+        })
+        .operation(
+            OperationInfo::new(
+                "place",
+                "Starts the choreographed order flow: creates the order, publishes order-placed.",
+            )
+            .public(),
+            place
+        )
+        .operation(
+            OperationInfo::new("complete-placed", "On payment-completed: completes the order."),
+            complete_placed
+        )
+        .operation(
+            OperationInfo::new("cancel-placed", "On payment-declined or stock-rejected: cancels the order."),
+            |input, _| change(input, "cancelled")
+        )
+        .subscribe("payment-completed", "complete-placed")
+        .subscribe("payment-declined", "cancel-placed")
+        .subscribe("stock-rejected", "cancel-placed")
+);
+
+fn create(input: Create) -> Result<Value, Failure> {
     let key = format!("order/{}", input.order);
     if let Some((existing, _)) = json::get::<Order>(&key)? {
         let same = (&existing.customer, &existing.sku, existing.qty, existing.amount)
@@ -121,7 +116,7 @@ fn create(input: Create) -> Result<Vec<u8>, Failure> {
                 input.order
             )));
         }
-        return json::output(&serde_json::json!({"order": input.order, "status": existing.status}));
+        return Ok(serde_json::json!({"order": input.order, "status": existing.status}));
     }
     let order = Order {
         status: "pending".into(),
@@ -132,10 +127,10 @@ fn create(input: Create) -> Result<Vec<u8>, Failure> {
         reason: None,
     };
     json::set(&key, &order)?;
-    json::output(&serde_json::json!({"order": input.order, "status": "pending"}))
+    Ok(serde_json::json!({"order": input.order, "status": "pending"}))
 }
 
-fn change(input: Change, to: &str) -> Result<Vec<u8>, Failure> {
+fn change(input: Change, to: &str) -> Result<Value, Failure> {
     let key = format!("order/{}", input.order);
     let Some((mut order, _)) = json::get::<Order>(&key)? else {
         return Err(Failure::Rejected(format!("no order `{}`", input.order)));
@@ -148,7 +143,5 @@ fn change(input: Change, to: &str) -> Result<Vec<u8>, Failure> {
         order.reason = input.reason;
         json::set(&key, &order)?;
     }
-    json::output(&serde_json::json!({"order": input.order, "status": to}))
+    Ok(serde_json::json!({"order": input.order, "status": to}))
 }
-
-wasaga_guest::export!(OrderService with_types_in wasaga_guest);

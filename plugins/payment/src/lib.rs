@@ -17,8 +17,9 @@
 //! `refund`, as a flaky card processor would.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use wasaga_guest::wasaga::plugin::events;
-use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo, json};
+use wasaga_guest::{Failure, Invocation, OperationInfo, Service, json};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Account {
@@ -63,65 +64,61 @@ fn flaky(attempt: u32, planned: u32) -> Result<(), Failure> {
     Ok(())
 }
 
-struct Payment;
+fn charge_op(input: ChargeInput, call: &Invocation) -> Result<Value, Failure> {
+    flaky(call.attempt, input.payment_transient_failures)?;
+    charge(input)
+}
 
-impl Guest for Payment {
-    fn describe() -> Manifest {
-        Manifest {
-            name: "payment".into(),
-            operations: vec![
-                OperationInfo::new("open-account", "Opens a customer account with a balance.").internal(),
-                OperationInfo::new("charge", "Charges a customer for an order.")
-                    .compensated_by("refund")
-                    .internal(),
-                OperationInfo::new("refund", "Refunds an order's charge."),
-                OperationInfo::new("charge-placed", "On stock-reserved: charges, says if it could."),
-            ],
-            subscriptions: vec![("stock-reserved".into(), "charge-placed".into())],
-        }
-    }
+fn refund_op(input: Refund, call: &Invocation) -> Result<Value, Failure> {
+    flaky(call.attempt, input.refund_transient_failures)?;
+    refund(input)
+}
 
-    fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
-        match call.operation.as_str() {
-            "open-account" => open_account(json::input(&call.input)?),
-            "charge" => {
-                let input: ChargeInput = json::input(&call.input)?;
-                flaky(call.attempt, input.payment_transient_failures)?;
-                charge(input)
-            }
-            "refund" => {
-                let input: Refund = json::input(&call.input)?;
-                flaky(call.attempt, input.refund_transient_failures)?;
-                refund(input)
-            }
-            "charge-placed" => {
-                let input: ChargeInput = json::input(&call.input)?;
-                flaky(call.attempt, input.payment_transient_failures)?;
-                let order: serde_json::Value = json::input(&call.input)?;
-                match charge(input) {
-                    Ok(output) => {
-                        events::publish("payment-completed", &call.input, None);
-                        Ok(output)
-                    }
-                    Err(Failure::Rejected(reason)) => {
-                        let mut declined = order;
-                        declined["reason"] = serde_json::Value::String(reason);
-                        events::publish("payment-declined", declined.to_string().as_bytes(), None);
-                        json::output(&declined)
-                    }
-                    Err(transient) => Err(transient),
-                }
-            }
-            other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
+/// The choreographed order flow: the event's payload is the order; the answer is the
+/// next event, with the same payload.
+fn charge_placed(order: Value, call: &Invocation) -> Result<Value, Failure> {
+    let input: ChargeInput = json::input(&call.input)?;
+    flaky(call.attempt, input.payment_transient_failures)?;
+    match charge(input) {
+        Ok(output) => {
+            events::publish("payment-completed", &call.input, None);
+            Ok(output)
         }
+        Err(Failure::Rejected(reason)) => {
+            let mut declined = order;
+            declined["reason"] = Value::String(reason);
+            events::publish("payment-declined", declined.to_string().as_bytes(), None);
+            Ok(declined)
+        }
+        Err(transient) => Err(transient),
     }
 }
+
+wasaga_guest::service!(
+    Service::new("payment")
+        .operation(
+            OperationInfo::new("open-account", "Opens a customer account with a balance.").internal(),
+            |input, _| open_account(input)
+        )
+        .operation(
+            OperationInfo::new("charge", "Charges a customer for an order.")
+                .compensated_by("refund")
+                .internal(),
+            charge_op
+        )
+        .operation(OperationInfo::new("refund", "Refunds an order's charge."), refund_op)
+        .operation(
+            OperationInfo::new("charge-placed", "On stock-reserved: charges, says if it could."),
+            charge_placed
+        )
+        .subscribe("stock-reserved", "charge-placed")
+);
 
 fn account_key(customer: &str) -> String {
     format!("account/{customer}")
 }
 
-fn open_account(input: OpenAccount) -> Result<Vec<u8>, Failure> {
+fn open_account(input: OpenAccount) -> Result<Value, Failure> {
     if input.balance < 0 {
         return Err(Failure::Rejected("an opening balance cannot be negative".into()));
     }
@@ -130,16 +127,16 @@ fn open_account(input: OpenAccount) -> Result<Vec<u8>, Failure> {
         return Err(Failure::Rejected(format!("customer `{}` already has an account", input.customer)));
     }
     json::set(&key, &Account { balance: input.balance })?;
-    json::output(&serde_json::json!({"customer": input.customer, "balance": input.balance}))
+    Ok(serde_json::json!({"customer": input.customer, "balance": input.balance}))
 }
 
-fn charge(input: ChargeInput) -> Result<Vec<u8>, Failure> {
+fn charge(input: ChargeInput) -> Result<Value, Failure> {
     let charge_key = format!("charge/{}", input.order);
     if let Some((existing, _)) = json::get::<Charge>(&charge_key)? {
         if existing.refunded {
             return Err(Failure::Rejected(format!("order `{}` was already refunded", input.order)));
         }
-        return json::output(&serde_json::json!({"order": input.order, "charged": existing.amount}));
+        return Ok(serde_json::json!({"order": input.order, "charged": existing.amount}));
     }
     if input.amount <= 0 {
         return Err(Failure::Rejected("the amount must be positive".into()));
@@ -154,13 +151,13 @@ fn charge(input: ChargeInput) -> Result<Vec<u8>, Failure> {
     account.balance -= input.amount;
     json::set(&key, &account)?;
     json::set(&charge_key, &Charge { customer: input.customer, amount: input.amount, refunded: false })?;
-    json::output(&serde_json::json!({"order": input.order, "charged": input.amount}))
+    Ok(serde_json::json!({"order": input.order, "charged": input.amount}))
 }
 
-fn refund(input: Refund) -> Result<Vec<u8>, Failure> {
+fn refund(input: Refund) -> Result<Value, Failure> {
     let charge_key = format!("charge/{}", input.order);
     let Some((mut charge, _)) = json::get::<Charge>(&charge_key)?.filter(|(c, _)| !c.refunded) else {
-        return json::output(&serde_json::json!({"order": input.order, "refunded": 0}));
+        return Ok(serde_json::json!({"order": input.order, "refunded": 0}));
     };
     let key = account_key(&charge.customer);
     let (mut account, _) = json::get::<Account>(&key)?.unwrap_or((Account { balance: 0 }, 0));
@@ -170,7 +167,5 @@ fn refund(input: Refund) -> Result<Vec<u8>, Failure> {
     json::set(&key, &account)?;
     charge.refunded = true;
     json::set(&charge_key, &charge)?;
-    json::output(&serde_json::json!({"order": input.order, "refunded": charge.amount}))
+    Ok(serde_json::json!({"order": input.order, "refunded": charge.amount}))
 }
-
-wasaga_guest::export!(Payment with_types_in wasaga_guest);

@@ -7,9 +7,9 @@
 //!   race, the host's version check makes one of them run again on the other's result.
 //! - `get {user}` → the profile (`{}` if none) and its version (0 if none).
 
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
-use wasaga_guest::{Failure, Guest, Invocation, Manifest, OperationInfo};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use wasaga_guest::{Failure, Invocation, OperationInfo, Service, json};
 
 #[derive(Deserialize)]
 struct Update {
@@ -22,45 +22,29 @@ struct Get {
     user: String,
 }
 
-struct Profile;
-
-impl Guest for Profile {
-    fn describe() -> Manifest {
-        Manifest {
-            name: "profile".into(),
-            operations: vec![
-                OperationInfo::new("update", "Sets some fields of a user's profile."),
-                OperationInfo::new("get", "Reads a user's profile."),
-            ],
-            subscriptions: vec![],
-        }
-    }
-
-    fn handle(call: Invocation) -> Result<Vec<u8>, Failure> {
-        match call.operation.as_str() {
-            "update" => {
-                let input: Update = wasaga_guest::json::input(&call.input)?;
-                let key = format!("profile/{}", input.user);
-                let (mut profile, _) =
-                    wasaga_guest::json::get::<Map<String, Value>>(&key)?.unwrap_or_default();
-                profile.extend(input.fields);
-                let version = wasaga_guest::json::set(&key, &profile)?;
-                wasaga_guest::json::output(
-                    &json!({"user": input.user, "profile": profile, "version": version}),
-                )
-            }
-            "get" => {
-                let input: Get = wasaga_guest::json::input(&call.input)?;
-                let key = format!("profile/{}", input.user);
-                let (profile, version) =
-                    wasaga_guest::json::get::<Map<String, Value>>(&key)?.unwrap_or_default();
-                wasaga_guest::json::output(
-                    &json!({"user": input.user, "profile": profile, "version": version}),
-                )
-            }
-            other => Err(Failure::Rejected(format!("unknown operation `{other}`"))),
-        }
-    }
+#[derive(Serialize)]
+struct Profile {
+    user: String,
+    profile: Map<String, Value>,
+    version: u64,
 }
 
-wasaga_guest::export!(Profile with_types_in wasaga_guest);
+fn update(input: Update, _: &Invocation) -> Result<Profile, Failure> {
+    let key = format!("profile/{}", input.user);
+    let (mut profile, _) = json::get::<Map<String, Value>>(&key)?.unwrap_or_default();
+    profile.extend(input.fields);
+    let version = json::set(&key, &profile)?;
+    Ok(Profile { user: input.user, profile, version })
+}
+
+fn get(input: Get, _: &Invocation) -> Result<Profile, Failure> {
+    let key = format!("profile/{}", input.user);
+    let (profile, version) = json::get::<Map<String, Value>>(&key)?.unwrap_or_default();
+    Ok(Profile { user: input.user, profile, version })
+}
+
+wasaga_guest::service!(
+    Service::new("profile")
+        .operation(OperationInfo::new("update", "Sets some fields of a user's profile."), update)
+        .operation(OperationInfo::new("get", "Reads a user's profile."), get)
+);
