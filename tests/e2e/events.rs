@@ -322,7 +322,7 @@ pub(crate) async fn journals_are_delivered_once_in_order(hosts: &[&Server]) {
 /// or cancelled, each charged, released and notified at most once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_happen_once_across_sigkills() {
-    once_across_sigkills(&[], Duration::ZERO).await;
+    once_across_sigkills(plugins_dir(SHOP).path(), &[], Duration::ZERO).await;
 }
 
 /// The same, with idempotency records kept for one second and each restart 1.5 s after
@@ -331,13 +331,19 @@ async fn deliveries_happen_once_across_sigkills() {
 /// nothing is applied twice however long the restart takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_happen_once_even_when_their_keys_expired_before_the_restart() {
-    once_across_sigkills(&["--idempotency-retention", "1s"], Duration::from_millis(1500)).await;
+    once_across_sigkills(
+        plugins_dir(SHOP).path(),
+        &["--idempotency-retention", "1s"],
+        Duration::from_millis(1500),
+    )
+    .await;
 }
 
-async fn once_across_sigkills(args: &[&str], pause: Duration) {
-    let plugins = plugins_dir(SHOP);
+/// The flow through a server over `plugins` (the shop's four services), killed with
+/// SIGKILL three times, `pause` before each restart; then the invariants.
+pub(crate) async fn once_across_sigkills(plugins: &std::path::Path, args: &[&str], pause: Duration) {
     let data = tempfile::tempdir().unwrap();
-    let mut server = Server::start_in(plugins.path(), data.path(), args);
+    let mut server = Server::start_in(plugins, data.path(), args);
     let client = Server::client();
     seed(&server, &client).await;
     const ORDERS: usize = 30;
@@ -350,7 +356,7 @@ async fn once_across_sigkills(args: &[&str], pause: Duration) {
         tokio::time::sleep(Duration::from_millis(30)).await;
         server.kill();
         tokio::time::sleep(pause).await;
-        server = Server::start_in(plugins.path(), data.path(), args);
+        server = Server::start_in(plugins, data.path(), args);
     }
     let mut completed = 0;
     for i in 0..ORDERS {

@@ -9,6 +9,7 @@ mod http_props;
 mod invocations;
 mod new_service;
 mod overload;
+mod polyglot;
 mod postgres;
 mod readme;
 mod reload;

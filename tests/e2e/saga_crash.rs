@@ -72,7 +72,7 @@ async fn sagas_finish_exactly_once_across_sigkills_of_three_hosts() {
 
 /// Runs the sagas through `hosts` servers (`start(i)` starts host `i`), killing a random
 /// one `kills` times, then checks that every saga finished and the records agree.
-async fn run_with_kills(hosts: usize, kills: usize, start: impl Fn(usize) -> Server) {
+pub(crate) async fn run_with_kills(hosts: usize, kills: usize, start: impl Fn(usize) -> Server) {
     let mut servers: Vec<Server> = (0..hosts).map(&start).collect();
     let server = &servers[0];
     let client = Server::client();

@@ -1,0 +1,117 @@
+//! The demo's shop with `payment` in JavaScript and `notification` in Python (ports of
+//! the Rust services, `plugins/js/payment` and `plugins/python/notification`, on
+//! wasaga's SDKs), next to the Rust `inventory` and `order`: the saga crash test and
+//! the choreographed flow's crash test pass with them, invariants and all.
+//!
+//! They are built once per test run, as a user would: `wasaga new` for the language,
+//! the service's source copied in, the project's own build (componentize-js from npm,
+//! componentize-py from PyPI, at the versions the templates pin), into
+//! `target/tmp/polyglot/`. A missing toolchain fails the tests and says so.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::support::{COMPILE_CACHE, SAGAS, Server, guest, wasaga};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+}
+
+/// Runs `command` in `dir`, failing with its output.
+fn run(dir: &Path, command: &str) {
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", command])
+        .current_dir(dir)
+        .env("WASAGA_COMPILE_CACHE", COMPILE_CACHE)
+        .output()
+        .unwrap_or_else(|e| panic!("running `{command}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{command}` in {} exited {:?}:\n{}{}",
+        dir.display(),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds the service `name` of `plugins/<lang>/<name>/` into `out/<name>.wasm`.
+fn build(out: &Path, lang: &str, name: &str, source: &str, steps: &[&str]) {
+    let project = out.join(format!("{lang}-{name}"));
+    if !project.exists() {
+        let made = wasaga().args(["new", name, "--lang", lang, "--dir"]).arg(&project).output().unwrap();
+        assert!(made.status.success(), "wasaga new: {}", String::from_utf8_lossy(&made.stderr));
+    }
+    // The service, and the SDK as this wasaga's templates have it now.
+    std::fs::copy(root().join("plugins").join(lang).join(name).join(source), project.join(source)).unwrap();
+    let sdk = if lang == "js" { "wasaga.js" } else { "wasaga.py" };
+    std::fs::copy(root().join("host/templates").join(lang).join(sdk), project.join(sdk)).unwrap();
+    for step in steps {
+        run(&project, step);
+    }
+    std::fs::copy(project.join(format!("{name}.wasm")), out.join(format!("{name}.wasm"))).unwrap();
+}
+
+/// The directory holding the JavaScript `payment.wasm` and the Python `notification.wasm`.
+fn built() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("polyglot");
+        std::fs::create_dir_all(&out).unwrap();
+        let npm = Command::new("npm").arg("--version").output().is_ok_and(|o| o.status.success());
+        assert!(npm, "the JavaScript payment needs Node.js with npm (Debian: nodejs, npm)");
+        build(&out, "js", "payment", "app.js", &["test -d node_modules || npm install --no-audit --no-fund", "npm run build"]);
+        let venv = Command::new("python3").args(["-m", "venv", "--help"]).output().is_ok_and(|o| o.status.success());
+        assert!(venv, "the Python notification needs Python 3.10 or later with venv (Debian: python3-venv)");
+        build(
+            &out,
+            "python",
+            "notification",
+            "app.py",
+            &[
+                "test -x .venv/bin/componentize-py || (python3 -m venv .venv && .venv/bin/pip install -q componentize-py==0.25.1)",
+                ".venv/bin/componentize-py -d wit -w plugin componentize app -o notification.wasm",
+            ],
+        );
+        out
+    })
+}
+
+/// A plugins directory: `inventory` and `order` in Rust, `payment` in JavaScript,
+/// `notification` in Python.
+fn shop() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["inventory", "order"] {
+        std::fs::copy(guest(name), dir.path().join(format!("{name}.wasm"))).unwrap();
+    }
+    for name in ["payment", "notification"] {
+        let file = built().join(format!("{name}.wasm"));
+        // An interpreter inside: megabytes, where the Rust services are ~130 KB.
+        assert!(
+            std::fs::metadata(&file).unwrap().len() > 4 << 20,
+            "{} is not the interpreted one",
+            file.display()
+        );
+        std::fs::copy(&file, dir.path().join(format!("{name}.wasm"))).unwrap();
+    }
+    dir
+}
+
+/// The saga crash test (`saga_crash.rs`: 300 sagas, 10 SIGKILLs, the records' invariants)
+/// with the JavaScript payment and the Python notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_across_sigkills_with_payment_in_javascript_and_notification_in_python() {
+    let plugins = shop();
+    let data = tempfile::tempdir().unwrap();
+    let start = |_: usize| Server::start_in(plugins.path(), data.path(), &["--sagas", SAGAS]);
+    crate::saga_crash::run_with_kills(1, 10, start).await;
+}
+
+/// The choreographed flow's crash test (`events.rs`) with the same services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_choreographed_flow_across_sigkills_with_payment_in_javascript_and_notification_in_python() {
+    let plugins = shop();
+    crate::events::once_across_sigkills(plugins.path(), &[], Duration::ZERO).await;
+}
