@@ -17,7 +17,7 @@ use crate::http::{Access, AppState};
 use crate::invoke::{InvokeOptions, Invoker};
 use crate::lifecycle::PluginManager;
 use crate::retention::Retention;
-use crate::runtime::{CompiledCache, PluginSettings, Registry, Runtime, RuntimeOptions};
+use crate::runtime::{CompiledCache, PluginSettings, Registry, Runtime, RuntimeOptions, Worker};
 use crate::saga::SagaEngine;
 use crate::store::{PgOptions, PgStore, SqliteOptions, SqliteStore, Store};
 
@@ -63,6 +63,8 @@ pub struct AppConfig {
     /// it keeps, in bytes.
     pub compile_cache: Option<PathBuf>,
     pub compile_cache_size: u64,
+    /// With a compile cache: compile in this worker's processes (see `runtime::Worker`).
+    pub compile_worker: Option<Worker>,
     pub runtime: RuntimeOptions,
     pub plugin_settings: PluginSettings,
     pub invoke: InvokeOptions,
@@ -91,6 +93,7 @@ impl AppConfig {
             watch: false,
             compile_cache: None,
             compile_cache_size: crate::runtime::DEFAULT_CACHE_BUDGET,
+            compile_worker: None,
             runtime: RuntimeOptions::default(),
             plugin_settings: PluginSettings::default(),
             invoke: InvokeOptions::default(),
@@ -145,6 +148,10 @@ impl App {
                     tracing::warn!(dir = %dir.display(), "the compile cache cannot be used ({error}); every component is compiled when loaded")
                 })
                 .ok()
+                .map(|cache| match &config.compile_worker {
+                    Some(worker) => cache.compile_in(worker.clone()),
+                    None => cache,
+                })
         });
         let registry = Registry::new(Runtime::with_cache(config.runtime, compiled)?);
         let invoker = Invoker::new(registry.clone(), store.clone(), config.invoke);

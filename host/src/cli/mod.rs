@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{parse_bytes, parse_duration};
 use crate::runtime::{
-    Allocator, CompiledCache, DEFAULT_CACHE_BUDGET, Limits, PluginSettings, Runtime, RuntimeOptions,
+    Allocator, CompileError, CompiledCache, DEFAULT_CACHE_BUDGET, Limits, PluginSettings, Runtime,
+    RuntimeOptions, Worker,
 };
 
 /// `wasaga --version`: the version, the commit it was built from, and the contract it
@@ -90,6 +91,35 @@ enum Command {
     /// Measure wasaga on this machine (reports figures; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    #[command(hide = true)]
+    CompileWorker(CompileWorkerArgs),
+}
+
+/// (A server's own) Compile the component on stdin into FILE, for its compile cache,
+/// in a process that takes the compilation's memory with it when it exits. Exits 2
+/// when the component does not compile, saying why.
+#[derive(Debug, Args)]
+struct CompileWorkerArgs {
+    /// Where to write the compiled component.
+    file: PathBuf,
+
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+fn compile_worker(args: CompileWorkerArgs) -> anyhow::Result<std::process::ExitCode> {
+    use std::io::Read;
+    let mut wasm = Vec::new();
+    std::io::stdin().read_to_end(&mut wasm)?;
+    let runtime = Runtime::new(args.runtime.options())?;
+    match runtime.compile_into(&wasm, &args.file) {
+        Ok(()) => Ok(std::process::ExitCode::SUCCESS),
+        Err(CompileError::Refused(why)) => {
+            eprintln!("{why}");
+            Ok(std::process::ExitCode::from(2))
+        }
+        Err(error @ CompileError::Io(_)) => Err(error.into()),
+    }
 }
 
 impl Cli {
@@ -108,6 +138,7 @@ impl Cli {
                 Command::Events(command) => events::run(command).await,
                 Command::Export(args) => store::export(args).await,
                 Command::Import(args) => store::import(args).await,
+                Command::CompileWorker(args) => compile_worker(args),
             }
         })
     }
@@ -172,6 +203,19 @@ impl RuntimeArgs {
 
     fn settings(&self) -> PluginSettings {
         PluginSettings { defaults: Limits { deadline: self.deadline, memory_bytes: self.memory_limit } }
+    }
+
+    /// This program, run as `wasaga compile-worker` with these engine settings (an
+    /// engine that compiles as this one does). None when the program cannot be found.
+    fn compile_worker(&self) -> Option<Worker> {
+        let program = std::env::current_exe().ok()?;
+        let allocator = clap::ValueEnum::to_possible_value(&self.allocator)?.get_name().to_owned();
+        let args = ["compile-worker", "--allocator", &allocator, "--max-concurrent-calls"]
+            .into_iter()
+            .map(Into::into)
+            .chain([self.max_concurrent_calls.to_string().into()])
+            .collect();
+        Some(Worker { program, args })
     }
 
     /// The runtime of the commands that load a plugin file on their own (`plugin

@@ -199,6 +199,7 @@ impl ServeArgs {
             plugins: Some(self.plugins.clone()),
             compile_cache,
             compile_cache_size: self.compile_cache_size,
+            compile_worker: self.runtime.compile_worker(),
             sagas: self.sagas.clone(),
             watch: !self.no_watch,
             runtime: self.runtime.options(),

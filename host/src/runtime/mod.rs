@@ -26,7 +26,7 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use crate::service::PluginDigest;
-pub use cache::{CompiledCache, DEFAULT_BUDGET as DEFAULT_CACHE_BUDGET};
+pub use cache::{CompileError, CompiledCache, DEFAULT_BUDGET as DEFAULT_CACHE_BUDGET, Worker};
 pub use limits::{Limits, PluginSettings};
 pub use plugin::{CallError, LoadError, Outcome, Plugin, WIT_VERSION};
 pub use registry::{PastVersion, Refusal, Registry};
@@ -115,6 +115,12 @@ impl Runtime {
 
     pub fn options(&self) -> &RuntimeOptions {
         &self.inner.options
+    }
+
+    /// Compiles `wasm` into `file`, as a compile cache keeps it (what `wasaga
+    /// compile-worker` does for a server's cache).
+    pub fn compile_into(&self, wasm: &[u8], file: &std::path::Path) -> Result<(), CompileError> {
+        cache::compile_into(&self.inner.engine, wasm, file)
     }
 }
 
