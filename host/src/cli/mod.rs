@@ -218,6 +218,18 @@ impl RuntimeArgs {
         Some(Worker { program, args })
     }
 
+    /// Loads a plugin file, as `plugin check` and `plugin run` do (with the user's
+    /// compile cache); a refused file is said on stderr, and gives None.
+    async fn load_file(&self, file: &std::path::Path) -> anyhow::Result<Option<crate::runtime::Plugin>> {
+        match self.offline_runtime()?.load_file(file, &self.settings()).await {
+            Ok(plugin) => Ok(Some(plugin)),
+            Err(error) => {
+                eprintln!("{}: refused: {error:#}", file.display());
+                Ok(None)
+            }
+        }
+    }
+
     /// The runtime of the commands that load a plugin file on their own (`plugin
     /// check`, `plugin run`), with the user's compile cache: `WASAGA_COMPILE_CACHE`
     /// (`off`: none), else `wasaga/compiled` in `$XDG_CACHE_HOME` or `~/.cache`. An

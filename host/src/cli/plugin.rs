@@ -139,13 +139,8 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let runtime = args.runtime.offline_runtime()?;
-    let plugin = match runtime.load_file(&args.file, &args.runtime.settings()).await {
-        Ok(plugin) => plugin,
-        Err(error) => {
-            eprintln!("{}: refused: {error:#}", args.file.display());
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(plugin) = args.runtime.load_file(&args.file).await? else {
+        return Ok(ExitCode::FAILURE);
     };
     let manifest = plugin.manifest();
     if args.json {

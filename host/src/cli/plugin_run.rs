@@ -58,13 +58,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(file) => records(file)?,
         None => Vec::new(),
     };
-    let runtime = args.runtime.offline_runtime()?;
-    let plugin = match runtime.load_file(&args.file, &args.runtime.settings()).await {
-        Ok(plugin) => plugin,
-        Err(error) => {
-            eprintln!("{}: refused: {error:#}", args.file.display());
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(plugin) = args.runtime.load_file(&args.file).await? else {
+        return Ok(ExitCode::FAILURE);
     };
     let operations: Vec<&str> = plugin.manifest().operations.iter().map(|op| op.name.as_str()).collect();
     if !operations.contains(&args.operation.as_str()) {
