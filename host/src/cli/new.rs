@@ -75,9 +75,9 @@ const PYTHON: &[(&str, &str)] = &[
     ("wasaga.py", include_str!("../../templates/python/wasaga.py")),
 ];
 
-/// The componentize-py and componentize-js versions the templates are built and
-/// tested with.
-pub const COMPONENTIZE_PY: &str = "0.25.1";
+/// The componentize-py the Python template is built and tested with (the JavaScript
+/// template pins componentize-js in its `package.json`).
+const COMPONENTIZE_PY: &str = "0.25.1";
 
 impl Language {
     fn name(self) -> &'static str {
