@@ -1,7 +1,8 @@
 //! Whether the store can write, for every backend. The writer marks it failing when a
 //! batch fails for the storage's sake (SQLite: the disk is full, an fsync or a write
 //! failed; PostgreSQL: the server is gone or refuses; nothing of the batch was
-//! acknowledged), and well again at the next batch that commits. While it fails, the
+//! acknowledged), and well again at the next batch that commits; either before it
+//! answers the batch's callers, who may ask `/readyz` next. While it fails, the
 //! writer also tries a small commit of its own every second (a probe), so that an idle
 //! server learns it recovered. `/readyz` says why it fails, `wasaga_store_failing` is
 //! 1 meanwhile.

@@ -120,8 +120,8 @@ async fn run(
             match open(&config).await {
                 Ok(fresh) => conn = fresh,
                 Err(error) => {
-                    fail_all(batch.drain(..), &error);
                     health.failed(&error.to_string());
+                    fail_all(batch.drain(..), &error);
                     continue;
                 }
             }
@@ -130,13 +130,11 @@ async fn run(
             Job::Commit(commit, _) => Some(&**commit),
             Job::Prune(..) => None,
         }));
-        let written = write_batch(&mut conn, &config, std::mem::take(&mut batch), hints, &health).await;
+        // A failed batch marks the store failing itself (before it answers anyone).
+        let _ = write_batch(&mut conn, &config, std::mem::take(&mut batch), hints, &health).await;
         // Also after a failed batch, as in SQLite's writer: one whose COMMIT's answer was
         // lost may be durable, and a hint that finds nothing new costs one look.
         wakeups.wake(hints);
-        if let Err(error) = written {
-            health.failed(&error.to_string());
-        }
     }
 }
 
@@ -200,6 +198,8 @@ async fn write_batch(
             }
             Err(error) => {
                 let _ = conn.client.batch_execute("ROLLBACK").await;
+                // Failing before anyone hears of it: a refused client may ask /readyz next.
+                health.failed(&error.to_string());
                 fail_all(jobs.into_iter(), &error);
                 return Err(error);
             }

@@ -125,13 +125,11 @@ fn run(
             Job::Commit(commit, _) => Some(&**commit),
             Job::Task(_) => None,
         }));
-        let written = write_batch(&mut conn, &mut batch, &health);
+        // A failed batch marks the store failing itself (before it answers anyone).
+        let _ = write_batch(&mut conn, &mut batch, &health);
         // Also after a failed batch: some of its commits may be durable, and a hint
         // that finds nothing new costs one look.
         wakeups.wake(hints);
-        if let Err(error) = written {
-            health.failed(&error.to_string());
-        }
         wal.enforce(&conn);
     }
 }
@@ -151,6 +149,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, health: &Health) -> 
         Ok(tx) => tx,
         Err(e) => {
             let error = unavailable(e);
+            health.failed(&error.to_string());
             fail_all(batch.drain(..), &error);
             return Err(error);
         }
@@ -191,6 +190,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, health: &Health) -> 
         };
         if let Some((job, error)) = fatal {
             drop(tx);
+            health.failed(&error.to_string());
             for reply in replies {
                 match reply {
                     Reply::Commit(reply, _) => {
@@ -204,9 +204,12 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<Job>, health: &Health) -> 
         }
     }
     let durable = tx.commit().map_err(unavailable);
-    // Well again before anyone hears of it: a client told "stored" may ask /readyz next.
-    if durable.is_ok() && storage_error.is_none() {
-        health.committed();
+    // Well again, or failing, before anyone hears of it: a client told "stored" (or
+    // refused) may ask /readyz next. (Marked failing after the replies, a refused
+    // client once found /readyz still ready.)
+    match (&durable, &storage_error) {
+        (Ok(()), None) => health.committed(),
+        (Err(error), _) | (Ok(()), Some(error)) => health.failed(&error.to_string()),
     }
     for reply in replies {
         // A receiver that went away (the caller was cancelled) needs no answer.
