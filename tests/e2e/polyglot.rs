@@ -1,7 +1,8 @@
 //! The demo's shop with `payment` in JavaScript and `notification` in Python (ports of
 //! the Rust services, `plugins/js/payment` and `plugins/python/notification`, on
 //! wasaga's SDKs), next to the Rust `inventory` and `order`: the saga crash test and
-//! the choreographed flow's crash test pass with them, invariants and all.
+//! the choreographed flow's crash test pass with them, invariants and all; and the demo
+//! serves them (`wasaga demo --service NAME=FILE`).
 //!
 //! They are built once per test run, as a user would: `wasaga new` for the language,
 //! the service's source copied in, the project's own build (componentize-js from npm,
@@ -114,4 +115,63 @@ async fn sagas_across_sigkills_with_payment_in_javascript_and_notification_in_py
 async fn the_choreographed_flow_across_sigkills_with_payment_in_javascript_and_notification_in_python() {
     let plugins = shop();
     crate::events::once_across_sigkills(plugins.path(), &[], Duration::ZERO).await;
+}
+
+/// `wasaga demo --service payment=... --service notification=...`: the demo serves the
+/// JavaScript payment and the Python notification in place of its own, and its saga
+/// completes and compensates with them.
+#[tokio::test]
+async fn the_demo_serves_payment_in_javascript_and_notification_in_python() {
+    let data = tempfile::tempdir().unwrap();
+    let (payment, notification) = (built().join("payment.wasm"), built().join("notification.wasm"));
+    let mut child = wasaga()
+        .args(["demo", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .arg("--service")
+        .arg(format!("payment={}", payment.display()))
+        .arg("--service")
+        .arg(format!("notification={}", notification.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _demo = KillOnDrop(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let client = Server::client();
+    let seeded = format!("{url}/v1/services/payment/records/account/poor-paul");
+    for _ in 0..500 {
+        if client.get(&seeded).send().await.unwrap().status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let list: serde_json::Value =
+        client.get(format!("{url}/v1/plugins")).send().await.unwrap().json().await.unwrap();
+    for service in ["payment", "notification"] {
+        let plugin = list["plugins"].as_array().unwrap().iter().find(|p| p["service"] == service).unwrap();
+        assert!(plugin["size"].as_u64().unwrap() > 4 << 20, "the interpreted {service}: {plugin}");
+    }
+    let place = async |key: &str, customer: &str| -> serde_json::Value {
+        let input =
+            serde_json::json!({"order": key, "customer": customer, "sku": "lamp", "qty": 1, "amount": 2500});
+        let url = format!("{url}/v1/sagas/place-order?wait=20s");
+        let response = client.post(url).header("Idempotency-Key", key).json(&input).send().await.unwrap();
+        response.json().await.unwrap()
+    };
+    assert_eq!(place("o-1", "ada").await["status"], "completed");
+    assert_eq!(place("o-2", "poor-paul").await["status"], "compensated");
+    let sent = client.get(format!("{url}/v1/services/notification/records/sent/o-1")).send().await.unwrap();
+    assert_eq!(sent.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"count": 1}));
+}
+
+/// A process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

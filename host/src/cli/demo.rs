@@ -73,6 +73,12 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0.2)]
     flaky_share: f64,
 
+    /// Serve this component for one of the demo's services instead of the built-in
+    /// one (repeatable), e.g. `--service payment=payment.wasm` for the payment written
+    /// in JavaScript (plugins/js/payment; see the README's "Writing a plugin").
+    #[arg(long = "service", value_name = "NAME=FILE", value_parser = parse_service)]
+    services: Vec<(String, PathBuf)>,
+
     /// POST alerts (a saga stuck, a step out of retries) as JSON to this URL.
     #[arg(long, env = "WASAGA_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
@@ -100,6 +106,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     let sagas = data.join("demo").join("sagas");
     install(&plugins, &sagas)
         .with_context(|| format!("writing the demo's plugins under {}", data.display()))?;
+    for (service, file) in &args.services {
+        let wasm = std::fs::read(file)
+            .with_context(|| format!("--service {service}: reading {}", file.display()))?;
+        write_if_changed(&plugins.join(format!("{service}.wasm")), &wasm)
+            .with_context(|| format!("writing the demo's plugins under {}", data.display()))?;
+    }
     let (traffic, declined, flaky) = (args.traffic, args.declined_share, args.flaky_share);
     let stored_in = match &args.database {
         Some(_) => "PostgreSQL (--database)".to_owned(),
@@ -136,6 +148,16 @@ pub(super) fn install(plugins: &Path, sagas: &Path) -> std::io::Result<()> {
         write_if_changed(&plugins.join(format!("{name}.wasm")), wasm)?;
     }
     write_if_changed(&sagas.join("place-order.toml"), PLACE_ORDER.as_bytes())
+}
+
+/// `NAME=FILE` of `--service`: NAME one of the demo's services.
+fn parse_service(text: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = text.split_once('=').ok_or("expected NAME=FILE, e.g. payment=payment.wasm")?;
+    if !SERVICES.iter().any(|(service, _)| *service == name) {
+        let names: Vec<&str> = SERVICES.iter().map(|(service, _)| *service).collect();
+        return Err(format!("`{name}` is not one of the demo's services ({})", names.join(", ")));
+    }
+    Ok((name.to_owned(), PathBuf::from(file)))
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
