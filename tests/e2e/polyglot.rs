@@ -63,7 +63,17 @@ fn built() -> &'static Path {
         std::fs::create_dir_all(&out).unwrap();
         let npm = Command::new("npm").arg("--version").output().is_ok_and(|o| o.status.success());
         assert!(npm, "the JavaScript payment needs Node.js with npm (Debian: nodejs, npm)");
-        build(&out, "js", "payment", "app.js", &["test -d node_modules || npm install --no-audit --no-fund", "npm run build"]);
+        // Also with componentize-js's default features, whose imports wasaga does not provide.
+        let full = "node -e \"import('@bytecodealliance/componentize-js').then(async ({ componentize }) => \
+            require('fs').writeFileSync('full.wasm', (await componentize({ sourcePath: 'app.js', witPath: 'wit', \
+            worldName: 'plugin' })).component))\" && cp full.wasm ../payment-with-every-feature.wasm";
+        build(
+            &out,
+            "js",
+            "payment",
+            "app.js",
+            &["test -d node_modules || npm install --no-audit --no-fund", "npm run build", full],
+        );
         let venv = Command::new("python3").args(["-m", "venv", "--help"]).output().is_ok_and(|o| o.status.success());
         assert!(venv, "the Python notification needs Python 3.10 or later with venv (Debian: python3-venv)");
         build(
@@ -174,4 +184,20 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A component that imports what the host does not provide (componentize-js's default
+/// build imports `wasi:http`) is refused, and the refusal names the import.
+#[test]
+fn plugin_check_names_an_import_the_host_does_not_provide() {
+    let out = wasaga()
+        .args(["plugin", "check"])
+        .arg(built().join("payment-with-every-feature.wasm"))
+        .env("WASAGA_COMPILE_CACHE", COMPILE_CACHE)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("it imports `wasi:http/types@0.2."), "{stderr}");
+    assert!(stderr.contains("which wasaga does not provide"), "{stderr}");
 }

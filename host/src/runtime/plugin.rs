@@ -171,12 +171,25 @@ impl Runtime {
                 if exports.is_empty() { "nothing".into() } else { exports.join(", ") }
             )));
         }
-        let instance_pre = self
-            .inner
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let instance_pre =
+            self.inner.linker.instantiate_pre(component).map_err(|e| unprovided_import(&format!("{e:#}")))?;
         bindings::PluginPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))
+    }
+}
+
+/// A component that imports what the host does not link: the import named first.
+/// (componentize-js's default build imports `wasi:http`, for its `fetch`.)
+fn unprovided_import(linker_error: &str) -> LoadError {
+    let named = ["imports instance `", "imports function `", "imports resource `"]
+        .iter()
+        .find_map(|prefix| linker_error.split_once(prefix)?.1.split_once('`').map(|(name, _)| name));
+    match named {
+        Some(name) => LoadError::WrongWorld(format!(
+            "it imports `{name}`, which wasaga does not provide (a plugin gets the wasaga:plugin \
+             imports and WASI granting nothing: no network, files or environment); build it \
+             without what needs it ({linker_error})"
+        )),
+        None => LoadError::WrongWorld(linker_error.to_owned()),
     }
 }
 
