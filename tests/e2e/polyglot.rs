@@ -74,6 +74,8 @@ fn built() -> &'static Path {
             "app.js",
             &["test -d node_modules || npm install --no-audit --no-fund", "npm run build", full],
         );
+        build(&out, "js", "sdk-check", "app.js", &["ln -sfn ../js-payment/node_modules node_modules", "npm run build"]);
+        std::fs::rename(out.join("sdk-check.wasm"), out.join("sdk-check-js.wasm")).unwrap();
         let venv = Command::new("python3").args(["-m", "venv", "--help"]).output().is_ok_and(|o| o.status.success());
         assert!(venv, "the Python notification needs Python 3.10 or later with venv (Debian: python3-venv)");
         build(
@@ -86,6 +88,14 @@ fn built() -> &'static Path {
                 ".venv/bin/componentize-py -d wit -w plugin componentize app -o notification.wasm",
             ],
         );
+        build(
+            &out,
+            "python",
+            "sdk-check",
+            "app.py",
+            &["../python-notification/.venv/bin/componentize-py -d wit -w plugin componentize app -o sdk-check.wasm"],
+        );
+        std::fs::rename(out.join("sdk-check.wasm"), out.join("sdk-check-python.wasm")).unwrap();
         out
     })
 }
@@ -200,4 +210,34 @@ fn plugin_check_names_an_import_the_host_does_not_provide() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("it imports `wasi:http/types@0.2."), "{stderr}");
     assert!(stderr.contains("which wasaga does not provide"), "{stderr}");
+}
+
+/// Every part of each SDK (`plugins/*/sdk-check`) run offline with `wasaga plugin run`:
+/// both languages answer, write, delete, refuse a stale compare-and-set and publish alike.
+#[test]
+fn the_javascript_and_python_sdks_do_what_they_say() {
+    let seed = built().join("sdk-check-records.json");
+    std::fs::write(&seed, r#"{"c": 3, "x": {"y": 1}}"#).unwrap();
+    let expected = "write   a = {\"n\":1} (version 1)\nwrite   b = 2 (version 1)\ndelete  c (version 2)\n\
+                    event   t: {\"x\":1} (chain chain-1)\n";
+    for lang in ["js", "python"] {
+        let out = wasaga()
+            .args(["plugin", "run"])
+            .arg(built().join(format!("sdk-check-{lang}.wasm")))
+            .args(["all", "{}", "--records"])
+            .arg(&seed)
+            .env("WASAGA_COMPILE_CACHE", COMPILE_CACHE)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{lang}: {}", String::from_utf8_lossy(&out.stderr));
+        let (output, rest) = stdout.split_once('\n').unwrap();
+        let output: serde_json::Value =
+            serde_json::from_str(output.strip_prefix("output  ").unwrap()).unwrap();
+        assert_eq!(output["v1"], 1, "{lang}: {output}");
+        assert_eq!(output["v2"], 1, "{lang}: {output}");
+        assert_eq!(output["conflict"], "record `a` is at version 1, not 7", "{lang}");
+        assert_eq!(output["listed"], serde_json::json!(["a@1", "b@1", "x@1"]), "{lang}");
+        assert_eq!(rest, expected, "{lang}");
+    }
 }
