@@ -491,8 +491,9 @@ async fn loads(server: &Server) -> (u64, u64) {
 }
 
 /// Compiled components are kept in the data directory: a swap back to a version
-/// compiled before loads it from there, and so does every plugin at a restart;
-/// `--compile-cache off` compiles every time.
+/// compiled before loads it from there, and so does every plugin at a restart; the
+/// compile worker writes files a server loads, and refuses a broken component with
+/// its own exit code; `--compile-cache off` compiles every time.
 #[tokio::test]
 async fn known_components_load_from_the_compile_cache() {
     let plugins = plugins_dir(&["echo"]);
@@ -521,6 +522,41 @@ async fn known_components_load_from_the_compile_cache() {
         Server::start_in(plugins.path(), data.path(), &["--compile-cache", cache.to_str().unwrap()]);
     assert_eq!(loads(&server).await, (0, 2), "a restart compiles nothing");
     server.kill();
+
+    // The worker a server compiles in writes what a server loads: echo's file, written
+    // again by `wasaga compile-worker` on its own, is loaded from the cache.
+    let echo = std::fs::read(guest("echo")).unwrap();
+    let digest = wasaga::runtime::PluginDigest::of(&echo).to_string();
+    let named = |p: &std::path::PathBuf| p.file_name().unwrap().to_str().unwrap().starts_with(&digest[7..]);
+    let file = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).find(named).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let compiled = compile_worker(&file, &echo);
+    assert!(compiled.status.success(), "{}", String::from_utf8_lossy(&compiled.stderr));
+    let mut server =
+        Server::start_in(plugins.path(), data.path(), &["--compile-cache", cache.to_str().unwrap()]);
+    assert_eq!(loads(&server).await, (0, 2), "the worker's file is loaded");
+    server.kill();
+    // A component that does not compile: exit 3, saying why, and no file.
+    let bad = cache.join("bad.cwasm");
+    let refused = compile_worker(&bad, b"\0asm\x0d\0\x01\0garbage");
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("failed to parse WebAssembly"));
+    assert!(!bad.exists());
+
     let server = Server::start_in(plugins.path(), data.path(), &["--compile-cache", "off"]);
     assert_eq!(loads(&server).await, (2, 0));
+}
+
+/// `wasaga compile-worker FILE` with `wasm` on its stdin.
+fn compile_worker(file: &Path, wasm: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = wasaga()
+        .arg("compile-worker")
+        .arg(file)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(wasm).unwrap();
+    child.wait_with_output().unwrap()
 }

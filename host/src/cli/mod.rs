@@ -18,8 +18,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{parse_bytes, parse_duration};
 use crate::runtime::{
-    Allocator, CompileError, CompiledCache, DEFAULT_CACHE_BUDGET, Limits, PluginSettings, Runtime,
-    RuntimeOptions, Worker,
+    Allocator, COMPILE_REFUSED, CompileError, CompiledCache, DEFAULT_CACHE_BUDGET, Limits, PluginSettings,
+    Runtime, RuntimeOptions, Worker,
 };
 
 /// `wasaga --version`: the version, the commit it was built from, and the contract it
@@ -96,7 +96,7 @@ enum Command {
 }
 
 /// (A server's own) Compile the component on stdin into FILE, for its compile cache,
-/// in a process that takes the compilation's memory with it when it exits. Exits 2
+/// in a process that takes the compilation's memory with it when it exits. Exits 3
 /// when the component does not compile, saying why.
 #[derive(Debug, Args)]
 struct CompileWorkerArgs {
@@ -116,7 +116,7 @@ fn compile_worker(args: CompileWorkerArgs) -> anyhow::Result<std::process::ExitC
         Ok(()) => Ok(std::process::ExitCode::SUCCESS),
         Err(CompileError::Refused(why)) => {
             eprintln!("{why}");
-            Ok(std::process::ExitCode::from(2))
+            Ok(std::process::ExitCode::from(COMPILE_REFUSED))
         }
         Err(error @ CompileError::Io(_)) => Err(error.into()),
     }

@@ -39,12 +39,16 @@ pub struct CompiledCache {
 
 /// A program that compiles a component in a process of its own: run with `args` and
 /// the file to write, the component on its stdin (`wasaga compile-worker`). It exits 0
-/// once the file is written, 2 when the component does not compile (stderr says why).
+/// once the file is written, [`REFUSED`] when the component does not compile (stderr
+/// says why); anything else is the worker failing (clap's usage errors exit 2).
 ///
 /// Compiling a 12–18 MB component allocates hundreds of MiB, and the allocator keeps
 /// them in the process that compiled: a server that compiled one JavaScript and one
 /// Python plugin stayed at 330 MiB, against 130 MiB when it maps the compiled files.
 /// The worker takes that memory with it when it exits; the server maps its file.
+/// The exit code of a worker whose component does not compile.
+pub const REFUSED: u8 = 3;
+
 #[derive(Debug, Clone)]
 pub struct Worker {
     pub program: PathBuf,
@@ -175,7 +179,7 @@ fn compile_in_worker(worker: &Worker, file: &Path, wasm: &[u8]) -> Result<(), Wo
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     match out.status.code() {
         Some(0) if file.exists() => Ok(()),
-        Some(2) => Err(WorkerError::Refused(stderr)),
+        Some(code) if code == i32::from(REFUSED) => Err(WorkerError::Refused(stderr)),
         _ => Err(failed(format!("{} ({:?}, input written: {})", stderr, out.status, written.is_ok()))),
     }
 }
@@ -313,7 +317,7 @@ mod tests {
 
         let refusing = CompiledCache::open(dir.path().join("a"), DEFAULT_BUDGET)
             .unwrap()
-            .compile_in(shell("cat > /dev/null; echo 'invalid: no such section' >&2; exit 2"));
+            .compile_in(shell("cat > /dev/null; echo 'invalid: no such section' >&2; exit 3"));
         let error = load_or_compile(&engine, Some(&refusing), &digest, &wasm).map(|_| ()).unwrap_err();
         assert_eq!(error.to_string(), "invalid: no such section");
         assert!(!refusing.file(&engine, &digest).exists());

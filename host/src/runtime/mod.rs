@@ -26,7 +26,9 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use crate::service::PluginDigest;
-pub use cache::{CompileError, CompiledCache, DEFAULT_BUDGET as DEFAULT_CACHE_BUDGET, Worker};
+pub use cache::{
+    CompileError, CompiledCache, DEFAULT_BUDGET as DEFAULT_CACHE_BUDGET, REFUSED as COMPILE_REFUSED, Worker,
+};
 pub use limits::{Limits, PluginSettings};
 pub use plugin::{CallError, LoadError, Outcome, Plugin, WIT_VERSION};
 pub use registry::{PastVersion, Refusal, Registry};
