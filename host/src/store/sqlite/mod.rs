@@ -90,7 +90,7 @@ impl SqliteStore {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let lock_path = dir.join("wasaga.lock");
         let lock = File::create(&lock_path).map_err(|e| io_error(&lock_path, e))?;
-        if lock.try_lock().is_err() {
+        if !take_lock(&lock) {
             return Err(StoreError::Unavailable(format!(
                 "{} is in use by another wasaga process",
                 dir.display()
@@ -180,6 +180,23 @@ impl SqliteStore {
             ))),
             Err(mpsc::TrySendError::Disconnected(_)) => Err(writer_gone()),
         }
+    }
+}
+
+/// Takes the data directory's lock, waiting up to a second for it. The lock belongs to
+/// the open file, and a process that starts a program while its store is open lends the
+/// file to the child until the child's `exec` closes it: a store just dropped in a
+/// process that also starts programs (a test suite) can look busy for those milliseconds. A server still running keeps it for good.
+fn take_lock(lock: &File) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        if lock.try_lock().is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -493,6 +510,27 @@ mod tests {
         // 2,000 KiB of values alone: the WAL restarted several times.
         let one_batch = 32 << 10;
         assert!(largest <= limit + one_batch, "the WAL reached {largest} bytes, over its limit of {limit}");
+    }
+
+    /// Programs started while a store is open inherit its lock file until they `exec`;
+    /// the store, dropped and opened again meanwhile, still opens.
+    #[test]
+    fn a_store_reopens_while_the_process_starts_programs() {
+        let dir = tempfile::tempdir().unwrap();
+        let starting = Arc::new(AtomicBool::new(true));
+        let starter = {
+            let starting = starting.clone();
+            std::thread::spawn(move || {
+                while starting.load(Ordering::Relaxed) {
+                    std::process::Command::new("true").status().unwrap();
+                }
+            })
+        };
+        for _ in 0..200 {
+            drop(open(dir.path()));
+        }
+        starting.store(false, Ordering::Relaxed);
+        starter.join().unwrap();
     }
 
     #[test]
