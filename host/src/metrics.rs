@@ -1,4 +1,5 @@
-//! Prometheus metrics, served as text at `GET /metrics`.
+//! Prometheus metrics, served as text at `GET /metrics`: OpenMetrics to a scraper that
+//! asks for it (Prometheus does), the Prometheus text format (0.0.4) otherwise.
 //!
 //! One process-wide set ([`metrics()`]): the places that count (the invocation path,
 //! the writer, the saga driver, the registry) reach it directly rather than through
@@ -166,11 +167,45 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
+
+    /// The Prometheus text format (0.0.4), for what does not ask for OpenMetrics
+    /// (promtool, curl, older scrapers): the same samples, but a counter's `# HELP` and
+    /// `# TYPE` name it with its `_total` (OpenMetrics names the family without), and
+    /// there is no `# UNIT` and no `# EOF`.
+    pub fn encode_text(&self) -> String {
+        text_format(&self.encode())
+    }
+}
+
+fn text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let comment = ["# HELP ", "# TYPE "].into_iter().find(|c| line.starts_with(c));
+        if let Some(comment) = comment {
+            let rest = &line[comment.len()..];
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                text.push_str(&format!("{comment}{name}_total {tail}\n"));
+                continue;
+            }
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
 }
 
 /// The process's metrics.
@@ -186,4 +221,21 @@ pub fn labels(pairs: &[(&'static str, &str)]) -> Labels {
 
 pub fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// promtool reads a counter's help under its `_total` name; nothing else changes.
+    #[test]
+    fn the_text_format_names_counters_with_their_total() {
+        let openmetrics = "# HELP wasaga_x Calls.\n# TYPE wasaga_x counter\nwasaga_x_total{a=\"b\"} 3\n\
+            # HELP wasaga_y_bytes Size.\n# TYPE wasaga_y_bytes gauge\n# UNIT wasaga_y_bytes bytes\nwasaga_y_bytes 7\n# EOF\n";
+        assert_eq!(
+            text_format(openmetrics),
+            "# HELP wasaga_x_total Calls.\n# TYPE wasaga_x_total counter\nwasaga_x_total{a=\"b\"} 3\n\
+             # HELP wasaga_y_bytes Size.\n# TYPE wasaga_y_bytes gauge\nwasaga_y_bytes 7\n"
+        );
+    }
 }

@@ -32,7 +32,7 @@ pub struct Rates {
 }
 
 /// The last hour, minute by minute (minutes with nothing counted are zeros).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LastHour {
     /// Unix ms of the start of each minute, oldest first.
     pub minutes: Vec<i64>,

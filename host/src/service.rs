@@ -38,7 +38,7 @@ impl fmt::Debug for PluginDigest {
 }
 
 /// Who may call an operation directly over the HTTP API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
     /// Any client (with the API token, when the server requires one).
@@ -48,7 +48,7 @@ pub enum Visibility {
 }
 
 /// One operation a service offers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OperationInfo {
     pub name: String,
     /// The operation that undoes this one, if any.

@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 use crate::support::{Server, wasaga};
 
 /// The demo on a free port with its data in `data`; killed when dropped.
-struct Demo(Child, String);
+pub struct Demo(Child, pub String);
 
 impl Demo {
-    fn start(data: &Path, extra: &[&str]) -> Demo {
+    pub fn start(data: &Path, extra: &[&str]) -> Demo {
         let mut child = wasaga()
             .args(["demo", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)

@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod demo;
+mod ecosystem;
 mod events;
 mod http_props;
 mod invocations;

@@ -317,7 +317,7 @@ async fn with_an_api_token_reads_and_calls_need_it() {
         0,
         "no saga started"
     );
-    for path in ["/healthz", "/readyz", "/"] {
+    for path in ["/healthz", "/readyz", "/", "/openapi.json"] {
         assert_eq!(anyone.get(format!("{url}{path}")).send().await.unwrap().status(), 200, "{path}");
     }
 }

@@ -6,6 +6,14 @@ use axum::response::IntoResponse;
 
 const PAGE: &str = include_str!("dashboard.html");
 
+/// The dashboard.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "dashboard",
+    tag = "operations",
+    responses((status = 200, description = "The dashboard's page (it holds no data)", content_type = "text/html", body = String)),
+)]
 pub async fn page() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], PAGE)
 }

@@ -23,12 +23,16 @@ pub struct ApiError {
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details: what every error answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Problem<'a> {
+    /// Always `about:blank`: the status says what kind of problem it is.
     #[serde(rename = "type")]
     kind: &'a str,
+    /// The status's reason phrase.
     title: &'a str,
     status: u16,
+    /// What went wrong, written for the client.
     detail: &'a str,
 }
 

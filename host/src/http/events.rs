@@ -1,32 +1,38 @@
 //! The event API: the chain of a correlation id, dead letters, redelivery.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::auth::{Operator, Reader};
+use super::extract::{Path, Query};
 use super::{ApiError, AppState};
 use crate::store::{DeliveryRow, DeliveryStatus, EventRow, StoreError};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChainQuery {
+    /// The chain's correlation id.
+    #[param(required = true, value_type = String)]
     correlation: Option<String>,
-    /// The last event id of the previous page.
+    /// The last event id of the previous page (its `next`).
     after: Option<i64>,
+    /// Events a page: 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// A page of a chain, and where the next one starts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ChainView {
     pub events: Vec<EventView>,
     /// Pass as `?after=` for the next page; absent on the last.
     pub next: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub id: i64,
     pub topic: String,
@@ -40,7 +46,7 @@ pub struct EventView {
     pub deliveries: Vec<DeliveryView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     pub event_id: i64,
     /// The chain of the event.
@@ -91,6 +97,19 @@ fn view(event: EventRow, deliveries: Vec<DeliveryRow>, dispatched_through: i64) 
 /// `GET /v1/events?correlation=ID&after=&limit=`: the event chain, in publication
 /// order, each event with its deliveries: a page of at most `limit` events (100 by
 /// default, 1,000 at most), read in one snapshot.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "getEventChain",
+    tag = "events",
+    params(ChainQuery),
+    responses(
+        (status = 200, description = "A page of the chain", body = ChainView),
+        (status = 400, description = "No `correlation`, a bad `after` or `limit`"),
+        (status = 503, description = "The store could not answer"),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 pub async fn chain(
     _: Reader,
     State(state): State<AppState>,
@@ -99,7 +118,7 @@ pub async fn chain(
     let correlation = query
         .correlation
         .ok_or_else(|| ApiError::bad_request("give the chain's correlation id: /v1/events?correlation=ID"))?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = super::page_limit(query.limit)?;
     let page = state.store.chain(&correlation, query.after.unwrap_or(0), limit).await?;
     let next = (page.events.len() == limit).then(|| page.events.last().map(|e| e.id)).flatten();
     let mut deliveries = page.deliveries.into_iter().peekable();
@@ -118,17 +137,45 @@ pub async fn chain(
 }
 
 /// `GET /v1/events/dead`: deliveries that failed every attempt, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/events/dead",
+    operation_id = "listDeadDeliveries",
+    tag = "events",
+    responses(
+        (status = 200, description = "Dead deliveries, at most 1,000", body = Vec<DeliveryView>),
+        (status = 503, description = "The store could not answer"),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 pub async fn dead(_: Reader, State(state): State<AppState>) -> Result<Json<Vec<DeliveryView>>, ApiError> {
     let dead = state.store.dead_deliveries(1000).await?;
     Ok(Json(dead.into_iter().map(Into::into).collect()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RedeliverQuery {
+    /// The service whose delivery went dead.
+    #[param(required = true, value_type = String)]
     subscriber: Option<String>,
 }
 
 /// `POST /v1/events/{id}/redeliver?subscriber=S`: a dead delivery goes again (202).
+#[utoipa::path(
+    post,
+    path = "/v1/events/{id}/redeliver",
+    operation_id = "redeliver",
+    tag = "events",
+    params(("id" = i64, Path, description = "The event's id"), RedeliverQuery),
+    responses(
+        (status = 202, description = "The delivery goes again"),
+        (status = 400, description = "No `subscriber`, or an id that is not a number"),
+        (status = 409, description = "No dead delivery of this event to this subscriber"),
+        (status = 503, description = "The store cannot write"),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn redeliver(
     _: Operator,
     State(state): State<AppState>,

@@ -6,6 +6,8 @@ mod auth;
 mod dashboard;
 mod error;
 mod events;
+mod extract;
+mod openapi;
 mod plugins;
 mod records;
 mod sagas;
@@ -55,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/v1/plugins", get(plugins::list))
         .route(
             "/v1/plugins/{service}",
@@ -100,6 +103,13 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
 }
 
 /// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)),
+)]
 async fn healthz() -> &'static str {
     "ok\n"
 }
@@ -109,6 +119,16 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 }
 
 /// Readiness: the store answers and at least one plugin serves.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "`ready`", content_type = "text/plain", body = String),
+        (status = 503, description = "Not ready: the store cannot write (since when, and why), or no plugin is loaded"),
+    ),
+)]
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> Result<&'static str, ApiError> {
@@ -130,9 +150,19 @@ async fn readyz(
 }
 
 /// Prometheus metrics (text format); the saga gauges are read from the store now.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "The metrics: OpenMetrics when the Accept header asks for it, the Prometheus text format otherwise",
+        content((String = "text/plain"), (String = "application/openmetrics-text")))),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 async fn metrics(
     _: auth::Reader,
     axum::extract::State(state): axum::extract::State<AppState>,
+    headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let m = crate::metrics::metrics();
@@ -145,8 +175,23 @@ async fn metrics(
             }
         }
     }
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(axum::http::header::CONTENT_TYPE, content_type)], m.encode()).into_response()
+    let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if accept.contains("application/openmetrics-text") {
+        let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        ([(axum::http::header::CONTENT_TYPE, content_type)], m.encode()).into_response()
+    } else {
+        let content_type = "text/plain; version=0.0.4; charset=utf-8";
+        ([(axum::http::header::CONTENT_TYPE, content_type)], m.encode_text()).into_response()
+    }
+}
+
+/// A page's `?limit=`: 100 when absent, 1 to 1,000.
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(100),
+        Some(n @ 1..=1000) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(format!("?limit= must be 1 to 1000 (got {n})"))),
+    }
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

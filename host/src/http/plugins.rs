@@ -4,12 +4,13 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::auth::{Operator, Reader};
+use super::extract::Path;
 use super::{ApiError, AppState};
 use crate::runtime::{Plugin, Refusal, Registry};
 use crate::service::OperationInfo;
@@ -17,7 +18,7 @@ use crate::service::OperationInfo;
 /// The largest component accepted by upload.
 pub const MAX_UPLOAD_BYTES: usize = 64 << 20;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PluginList {
     pub plugins: Vec<PluginView>,
     pub refused: Vec<Refusal>,
@@ -25,22 +26,25 @@ pub struct PluginList {
     pub reloads: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PluginView {
     pub service: String,
     pub digest: String,
     pub size: usize,
     /// Unix ms.
     pub loaded_at: u64,
+    #[schema(value_type = u64)]
     pub deadline_ms: u128,
     pub memory_limit_bytes: u64,
     pub operations: Vec<OperationInfo>,
+    /// `[topic, operation]` pairs.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub subscriptions: Vec<(String, String)>,
     /// The versions it replaced, newest first.
     pub previous: Vec<PastView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PastView {
     pub digest: String,
     pub loaded_at: u64,
@@ -76,6 +80,15 @@ impl PluginView {
     }
 }
 
+/// What serves each service, what served before, and which files were refused.
+#[utoipa::path(
+    get,
+    path = "/v1/plugins",
+    operation_id = "listPlugins",
+    tag = "plugins",
+    responses((status = 200, description = "The plugins", body = PluginList)),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 pub async fn list(_: Reader, State(state): State<AppState>) -> Json<PluginList> {
     let registry = state.invoker.registry();
     let plugins = registry.plugins().iter().map(|p| PluginView::new(p, registry)).collect();
@@ -84,6 +97,27 @@ pub async fn list(_: Reader, State(state): State<AppState>) -> Json<PluginList> 
 
 /// `PUT /v1/plugins/{service}`: the body is the component. 201 for a new service, 200
 /// for a replaced one; the old version keeps serving if anything is wrong.
+#[utoipa::path(
+    put,
+    path = "/v1/plugins/{service}",
+    operation_id = "uploadPlugin",
+    tag = "plugins",
+    params(("service" = String, Path, pattern = "^[a-z][a-z0-9-]{0,63}$",
+        description = "The service the component implements (its name must match)")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "A wasm component built against wasaga's WIT (any content type is read as the file)"),
+    responses(
+        (status = 200, description = "Replaced: the new version serves", body = PluginView),
+        (status = 201, description = "A new service serves", body = PluginView),
+        (status = 400, description = "A bad service name, or the body is not a wasm component"),
+        (status = 409, description = "A saga definition needs an operation it lacks, or a change is under way"),
+        (status = 413, description = "The body is over 64 MiB"),
+        (status = 422, description = "The component does not load (the reason), or is another service"),
+        (status = 500, description = "Keeping the upload failed"),
+        (status = 503, description = "The store cannot write"),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn upload(
     // First: nobody without the admin token makes the server read 64 MiB.
     _: Operator,
@@ -104,6 +138,21 @@ pub async fn upload(
 }
 
 /// `DELETE /v1/plugins/{service}`: 204, or 409 naming what still needs it.
+#[utoipa::path(
+    delete,
+    path = "/v1/plugins/{service}",
+    operation_id = "removePlugin",
+    tag = "plugins",
+    params(("service" = String, Path, description = "A loaded service")),
+    responses(
+        (status = 204, description = "Removed: it serves no more"),
+        (status = 404, description = "No such service"),
+        (status = 409, description = "A saga definition or unfinished saga still needs it"),
+        (status = 500, description = "Keeping the removal failed"),
+        (status = 503, description = "The store cannot write"),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn remove(
     _: Operator,
     State(state): State<AppState>,

@@ -2,15 +2,35 @@
 //! HTTP, with the version as the `ETag` and conditional writes.
 
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{Operator, Reader};
+use super::extract::{Path, Query};
 use super::{ApiError, AppState, json_body};
 use crate::store::{ChangeSet, Commit, NUL_IN_KEY, Slot, StoreError, Write};
 
+/// One record: its value, and its version as the `ETag`.
+#[utoipa::path(
+    get,
+    path = "/v1/services/{service}/records/{key}",
+    operation_id = "getRecord",
+    tag = "records",
+    params(
+        ("service" = String, Path, description = "A loaded service"),
+        ("key" = String, Path, pattern = "^[^\\u0000]+$", description = "The record's key (it may hold `/`, not NUL)"),
+    ),
+    responses(
+        (status = 200, description = "The value", content_type = "application/json", body = serde_json::Value,
+            headers(("ETag" = String, description = "The record's version, quoted: send it in If-Match"))),
+        (status = 400, description = "The key holds a NUL character"),
+        (status = 404, description = "No such service, or no such record"),
+        (status = 503, description = "The store could not answer"),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 pub async fn get(
     _: Reader,
     State(state): State<AppState>,
@@ -27,16 +47,23 @@ pub async fn get(
     Ok((StatusCode::OK, headers, entry.value).into_response())
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only keys that start with this.
     #[serde(default)]
+    #[param(pattern = "^[^\\u0000]*$")]
     prefix: String,
+    /// The last key of the previous page (its `next`).
+    #[param(pattern = "^[^\\u0000]*$")]
     after: Option<String>,
+    /// Records a page: 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
 /// A page of records, and where the next one starts.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct RecordPage {
     pub records: Vec<RecordView>,
     /// Pass as `?after=` for the next page; absent on the last.
@@ -47,7 +74,7 @@ pub struct RecordPage {
 /// record): a page of 1,000 values of 1 MiB once took 7 GiB to answer.
 const PAGE_BYTES: usize = 4 << 20;
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct RecordView {
     pub key: String,
     pub version: u64,
@@ -57,16 +84,30 @@ pub struct RecordView {
 
 /// `GET /v1/services/{service}/records?prefix=&after=&limit=`: records in key order,
 /// a page of at most `limit` (100 by default, 1,000 at most) and 4 MiB of values.
+#[utoipa::path(
+    get,
+    path = "/v1/services/{service}/records",
+    operation_id = "listRecords",
+    tag = "records",
+    params(("service" = String, Path, description = "A loaded service"), ListQuery),
+    responses(
+        (status = 200, description = "A page of records in key order", body = RecordPage),
+        (status = 400, description = "A bad `limit`, or a NUL character in `prefix` or `after`"),
+        (status = 404, description = "No such service"),
+        (status = 503, description = "The store could not answer"),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 pub async fn list(
     _: Reader,
     State(state): State<AppState>,
     Path(service): Path<String>,
-    axum::extract::Query(query): axum::extract::Query<ListQuery>,
+    Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<RecordPage>, ApiError> {
     known_service(&state, &service)?;
     no_nul(&query.prefix)?;
     no_nul(query.after.as_deref().unwrap_or_default())?;
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = super::page_limit(query.limit)?;
     let mut snapshot = state.store.snapshot(&service)?;
     let scanned = snapshot.scan(&query.prefix, query.after.as_deref(), limit, PAGE_BYTES).await?;
     let next = (!scanned.complete).then(|| scanned.rows.last().map(|(key, _)| key.clone())).flatten();
@@ -84,6 +125,33 @@ pub async fn list(
     Ok(axum::Json(RecordPage { records, next }))
 }
 
+/// Writes a record over HTTP: an operator's repair, around the plugin's own rules. It
+/// must say what it replaces (`If-Match`) or that it creates (`If-None-Match: *`).
+#[utoipa::path(
+    put,
+    path = "/v1/services/{service}/records/{key}",
+    operation_id = "putRecord",
+    tag = "records",
+    params(
+        ("service" = String, Path, description = "A loaded service"),
+        ("key" = String, Path, pattern = "^[^\\u0000]+$", description = "The record's key (it may hold `/`, not NUL)"),
+        ("If-Match" = Option<String>, Header, pattern = "^(\\*|[ ,]*((W/)?\"[0-9]{1,19}\" *,[ ,]*)*((W/)?\"[0-9]{1,19}\" *)?)$", description = "The version replaced, as its ETag (`\"3\"`), or `*`: any existing version"),
+        ("If-None-Match" = Option<String>, Header, pattern = "^(\\*)?$", description = "`*`: create, the record must not exist"),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "The value: any JSON value"),
+    responses(
+        (status = 200, description = "Replaced", headers(("ETag" = String, description = "The new version"))),
+        (status = 201, description = "Created", headers(("ETag" = String, description = "The new version"))),
+        (status = 400, description = "The body is not JSON, a malformed If-Match, the key too long or holding NUL"),
+        (status = 404, description = "No such service"),
+        (status = 409, description = "The store refused the write"),
+        (status = 412, description = "The record is not at the version named (its ETag is the current one)"),
+        (status = 413, description = "The value is over its size limit"),
+        (status = 428, description = "Neither If-Match nor If-None-Match: * was sent"),
+        (status = 503, description = "The store cannot write"),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn put(
     _: Operator,
     State(state): State<AppState>,
@@ -98,6 +166,28 @@ pub async fn put(
     Ok((status, [(header::ETAG, etag(version))]).into_response())
 }
 
+/// Deletes a record: an operator's repair; `If-Match` says which version goes.
+#[utoipa::path(
+    delete,
+    path = "/v1/services/{service}/records/{key}",
+    operation_id = "deleteRecord",
+    tag = "records",
+    params(
+        ("service" = String, Path, description = "A loaded service"),
+        ("key" = String, Path, pattern = "^[^\\u0000]+$", description = "The record's key (it may hold `/`, not NUL)"),
+        ("If-Match" = String, Header, pattern = "^(\\*|[ ,]*((W/)?\"[0-9]{1,19}\" *,[ ,]*)*((W/)?\"[0-9]{1,19}\" *)?)$", description = "The version deleted, as its ETag (`\"3\"`), or `*`"),
+    ),
+    responses(
+        (status = 204, description = "Deleted (or there was nothing to delete under `*`)"),
+        (status = 400, description = "A malformed If-Match, the key too long or holding NUL"),
+        (status = 404, description = "No such service"),
+        (status = 409, description = "The store refused the write"),
+        (status = 412, description = "The record is not at the version named"),
+        (status = 428, description = "If-Match was not sent"),
+        (status = 503, description = "The store cannot write"),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn delete(
     _: Operator,
     State(state): State<AppState>,
@@ -109,67 +199,88 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// What the client says it is writing over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Precondition {
-    /// `If-Match`: the record must exist and be at one of these versions (`*`: any).
-    Versions(Option<Vec<u64>>),
+/// What the client says it is writing over: both headers, when both are sent, must
+/// hold (RFC 9110, 13.2.2), and at least one must be sent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Precondition {
+    /// `If-Match`: the record must exist and be at one of these versions (`None`, from
+    /// `*`: at any).
+    versions: Option<Option<Vec<u64>>>,
     /// `If-None-Match: *`: the record must not exist.
-    Absent,
+    absent: bool,
 }
 
 impl Precondition {
     fn holds(&self, current: &Slot) -> bool {
-        match (self, current.visible_version()) {
-            (Precondition::Versions(None), actual) => actual.is_some(),
-            (Precondition::Versions(Some(versions)), Some(actual)) => versions.contains(&actual),
-            (Precondition::Versions(Some(_)), None) => false,
-            (Precondition::Absent, actual) => actual.is_none(),
-        }
+        let actual = current.visible_version();
+        let matches = match (&self.versions, actual) {
+            (None, _) => true,
+            (Some(None), actual) => actual.is_some(),
+            (Some(Some(versions)), Some(actual)) => versions.contains(&actual),
+            (Some(Some(_)), None) => false,
+        };
+        matches && !(self.absent && actual.is_some())
     }
 }
 
 /// Reads `If-Match` (RFC 9110: `*` or a list of entity tags, compared strongly, so a
-/// weak tag `W/"3"` never matches) or, where creating is allowed, `If-None-Match: *`.
+/// weak tag `W/"3"` never matches) and, where creating is allowed, `If-None-Match: *`.
 fn precondition(headers: &HeaderMap, may_create: bool) -> Result<Precondition, ApiError> {
+    let mut precondition = Precondition::default();
     if let Some(value) = headers.get(header::IF_MATCH) {
         let text = value
             .to_str()
             .map_err(|_| ApiError::bad_request("If-Match must be visible ASCII, e.g. \"3\""))?
             .trim();
-        if text == "*" {
-            return Ok(Precondition::Versions(None));
-        }
-        let mut versions = Vec::new();
-        for tag in text.split(',').map(str::trim) {
-            if tag.starts_with("W/") {
-                continue;
-            }
-            let version =
-                tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse().ok());
-            match version {
-                Some(version) => versions.push(version),
-                None => {
-                    return Err(ApiError::bad_request(format!(
-                        "If-Match takes versions as returned in ETag, e.g. \"3\" (got {tag})"
-                    )));
-                }
+        precondition.versions = Some(if text == "*" { None } else { Some(if_match_versions(text)?) });
+    }
+    if may_create && let Some(value) = headers.get(header::IF_NONE_MATCH) {
+        // An empty list (RFC 9110, 5.6.1) asks nothing, as if the header were absent.
+        match value.as_bytes().trim_ascii() {
+            b"*" => precondition.absent = true,
+            b"" => {}
+            _ => {
+                return Err(ApiError::bad_request(
+                    "If-None-Match takes only `*` here (create: the record must not exist); \
+                     to replace a version, send If-Match",
+                ));
             }
         }
-        return Ok(Precondition::Versions(Some(versions)));
     }
-    if may_create && headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == b"*") {
-        return Ok(Precondition::Absent);
+    if precondition == Precondition::default() {
+        let how = if may_create {
+            "If-Match: \"<version>\" to replace, or If-None-Match: * to create"
+        } else {
+            "If-Match: \"<version>\""
+        };
+        return Err(ApiError::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            format!("a write must say what it replaces, so that no update is lost: send {how}"),
+        ));
     }
-    let how = if may_create {
-        "If-Match: \"<version>\" to replace, or If-None-Match: * to create"
-    } else {
-        "If-Match: \"<version>\""
-    };
-    Err(ApiError::new(
-        StatusCode::PRECONDITION_REQUIRED,
-        format!("a write must say what it replaces, so that no update is lost: send {how}"),
-    ))
+    Ok(precondition)
+}
+
+/// The strong versions of an `If-Match` list.
+fn if_match_versions(text: &str) -> Result<Vec<u64>, ApiError> {
+    let mut versions = Vec::new();
+    // A list may have empty elements (RFC 9110, 5.6.1), and may be empty: then no
+    // version matches, and the write is refused as a failed precondition.
+    for tag in text.split(',').map(str::trim).filter(|tag| !tag.is_empty()) {
+        if tag.starts_with("W/") {
+            continue;
+        }
+        let version = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse().ok());
+        match version {
+            Some(version) => versions.push(version),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "If-Match takes versions as returned in ETag, e.g. \"3\" (got {tag})"
+                )));
+            }
+        }
+    }
+    Ok(versions)
 }
 
 async fn read(state: &AppState, service: &str, key: &str) -> Result<Slot, ApiError> {

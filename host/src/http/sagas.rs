@@ -4,14 +4,15 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::auth::{Operator, Reader};
+use super::extract::{Path, Query};
 use super::services::{REPLAYED, idempotency_key};
 use super::{ApiError, AppState, body_bytes, json_value};
 use crate::config::parse_duration;
@@ -20,9 +21,12 @@ use crate::saga::{HistoryEntry, OperatorNote, SagaRecord, SagaStatus, StepStatus
 /// The longest `?wait=` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// e.g. `10s`: answer when the saga is finished or stuck, or after this long.
+    /// e.g. `10s`: answer when the saga is finished or stuck, or after this long (at
+    /// most a minute).
+    #[param(pattern = "^0*[1-9][0-9]{0,8}(ms|s|m|h|d)$")]
     wait: Option<String>,
 }
 
@@ -51,6 +55,35 @@ async fn settled_answer(state: &AppState, record: SagaRecord, wait: Duration) ->
 
 /// `POST /v1/sagas/{name}`: 202 with `Location` while it runs; 200 if it finished (or
 /// got stuck) within `?wait=`.
+#[utoipa::path(
+    post,
+    path = "/v1/sagas/{saga}",
+    operation_id = "startSaga",
+    tag = "sagas",
+    params(
+        // One path with `GET`'s: the segment is a definition's name here, a saga's id there.
+        ("saga" = String, Path, description = "The saga definition to start, e.g. `place-order`"),
+        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+            description = "One unique key per saga, sent again unchanged with each retry: the same key starts one saga"),
+        WaitQuery,
+    ),
+    request_body(content = Object, content_type = "application/json", description = "The saga's input: a JSON object"),
+    responses(
+        (status = 200, description = "The saga, finished or stuck", body = SagaView, headers(
+            ("Location" = String, description = "The saga's URL"),
+            ("Idempotent-Replayed" = String, description = "`true` when the key had started this saga before"))),
+        (status = 202, description = "The saga, on its way", body = SagaView, headers(
+            ("Location" = String, description = "The saga's URL"),
+            ("Idempotent-Replayed" = String, description = "`true` when the key had started this saga before"))),
+        (status = 400, description = "No or a malformed Idempotency-Key, a bad `wait`, the body not a JSON object"),
+        (status = 404, description = "No such saga definition"),
+        (status = 409, description = "The store refused the start"),
+        (status = 413, description = "The body is over 1 MiB"),
+        (status = 422, description = "The key started a saga with another definition or input"),
+        (status = 503, description = "The store cannot write"),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 pub async fn start(
     _: Reader,
     State(state): State<AppState>,
@@ -70,6 +103,19 @@ pub async fn start(
 }
 
 /// `GET /v1/sagas/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/sagas/{saga}",
+    operation_id = "getSaga",
+    tag = "sagas",
+    params(("saga" = String, Path, description = "The saga's id")),
+    responses(
+        (status = 200, description = "The saga", body = SagaView),
+        (status = 404, description = "No such saga"),
+        (status = 503, description = "The store could not answer"),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 pub async fn show(
     _: Reader,
     State(state): State<AppState>,
@@ -79,16 +125,34 @@ pub async fn show(
     Ok(Json(SagaView::from(&record)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only sagas in this status.
+    #[param(value_type = Option<SagaStatus>)]
     status: Option<String>,
+    /// Sagas a page: 100 when absent.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// The last saga id of the previous page (its `next`).
     after: Option<String>,
-    /// `newest` for newest first (then `after` pages toward older sagas).
+    /// `oldest` first (the default), or `newest` first (then `after` pages toward older
+    /// sagas).
+    #[param(value_type = Option<Order>)]
     order: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// Which end of the list comes first. Described, not parsed: the handler reads the
+/// text, to answer an unknown one with the choices.
+#[allow(dead_code)]
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum Order {
+    Oldest,
+    Newest,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SagaList {
     pub sagas: Vec<SagaView>,
     /// Pass as `?after=` for the next page; absent on the last page.
@@ -97,6 +161,19 @@ pub struct SagaList {
 
 /// `GET /v1/sagas?status=&limit=&after=&order=`: oldest first (or `order=newest`), at
 /// most 1000 a page.
+#[utoipa::path(
+    get,
+    path = "/v1/sagas",
+    operation_id = "listSagas",
+    tag = "sagas",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of sagas", body = SagaList),
+        (status = 400, description = "An unknown status or order, a bad limit"),
+        (status = 503, description = "The store could not answer"),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 pub async fn list(
     _: Reader,
     State(state): State<AppState>,
@@ -110,7 +187,7 @@ pub async fn list(
             ))
         })?),
     };
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = super::page_limit(query.limit)?;
     let newest_first = match query.order.as_deref() {
         None | Some("oldest") => false,
         Some("newest") => true,
@@ -123,34 +200,83 @@ pub async fn list(
     Ok(Json(SagaList { sagas: records.iter().map(SagaView::from).collect(), next }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
+    /// A saga id, an idempotency key, an input field's value (an order id), or a
+    /// correlation id.
+    #[param(required = true, value_type = String, min_length = 1, pattern = "\\S")]
     q: Option<String>,
+}
+
+/// What a search found.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SearchResult {
+    pub query: String,
+    /// The sagas whose id, idempotency key or an input field is the query, newest
+    /// first, at most 20.
+    pub sagas: Vec<SagaView>,
+    /// How many events the chain of that correlation id has.
+    pub events: u64,
+}
+
+/// The dashboard's header.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Overview {
+    /// Sagas by status.
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
+    pub sagas: serde_json::Map<String, Value>,
+    /// This process's last hour, minute by minute.
+    pub rates: crate::rates::LastHour,
 }
 
 /// `GET /v1/search?q=`: what an operator may be looking for: the sagas whose id,
 /// idempotency key or an input field is `q` (newest first, at most 20), and how many
 /// events the chain `q` has.
+#[utoipa::path(
+    get,
+    path = "/v1/search",
+    operation_id = "search",
+    tag = "sagas",
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "What was found", body = SearchResult),
+        (status = 400, description = "No `q`, or only spaces"),
+        (status = 503, description = "The store could not answer"),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 pub async fn search(
     _: Reader,
     State(state): State<AppState>,
     Query(query): Query<SearchQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let q = query.q.filter(|q| !q.trim().is_empty()).ok_or_else(|| {
-        ApiError::bad_request(
+) -> Result<Json<SearchResult>, ApiError> {
+    let q = query.q.as_deref().unwrap_or_default().trim();
+    if q.is_empty() {
+        return Err(ApiError::bad_request(
             "give what to look for: /v1/search?q=<saga id, order id, idempotency key, correlation id>",
-        )
-    })?;
-    let q = q.trim();
+        ));
+    }
     let sagas = state.sagas.search(q, 20).await?;
     let events = state.store.count_events_of(q).await?;
-    let sagas: Vec<SagaView> = sagas.iter().map(SagaView::from).collect();
-    Ok(Json(serde_json::json!({ "query": q, "sagas": sagas, "events": events })))
+    let sagas = sagas.iter().map(SagaView::from).collect();
+    Ok(Json(SearchResult { query: q.to_owned(), sagas, events }))
 }
 
 /// `GET /v1/overview`: sagas by status, and this process's last hour minute by minute
 /// (sagas completed, compensated, stuck; step failures): the dashboard's header.
-pub async fn overview(_: Reader, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/v1/overview",
+    operation_id = "overview",
+    tag = "sagas",
+    responses(
+        (status = 200, description = "Sagas by status, and the last hour", body = Overview),
+        (status = 503, description = "The store could not answer"),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
+pub async fn overview(_: Reader, State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
     let counts = state.sagas.counts().await?;
     let mut sagas = serde_json::Map::new();
     for status in SagaStatus::ALL {
@@ -158,15 +284,19 @@ pub async fn overview(_: Reader, State(state): State<AppState>) -> Result<Json<V
         sagas.insert(status.as_str().into(), n.into());
     }
     let rates = crate::rates::rates().last_hour(crate::clock::now_ms());
-    Ok(Json(serde_json::json!({ "sagas": sagas, "rates": rates })))
+    Ok(Json(Overview { sagas, rates }))
 }
 
 /// Who does an operator action, and why (an optional JSON body): kept in the saga's
 /// history.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionBody {
+    /// Who acts (`operator` when absent).
+    #[schema(max_length = 100)]
     by: Option<String>,
+    /// Why.
+    #[schema(max_length = 1000)]
     note: Option<String>,
     /// `resolve` only: the stuck step, named to make sure it is the one meant.
     step: Option<String>,
@@ -174,9 +304,20 @@ pub struct ActionBody {
     output: Option<Value>,
 }
 
+/// What an operator does to a stuck saga (the path's last part). Described, not parsed,
+/// as [`Order`].
+#[allow(dead_code)]
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum Action {
+    Retry,
+    Compensate,
+    Resolve,
+}
+
 impl ActionBody {
     fn parse(body: &Bytes) -> Result<ActionBody, ApiError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
+        if body.iter().all(u8::is_ascii_whitespace) || body.trim_ascii() == b"null" {
             return Ok(ActionBody::default());
         }
         let parsed: ActionBody = serde_json::from_slice(body).map_err(|e| {
@@ -204,6 +345,29 @@ impl ActionBody {
 ///   compensated); the saga goes on.
 ///
 /// 202 while it goes on, 200 if it settled within `?wait=`; 409 if it is not stuck.
+#[utoipa::path(
+    post,
+    path = "/v1/sagas/{id}/{action}",
+    operation_id = "actOnSaga",
+    tag = "sagas",
+    params(
+        ("id" = String, Path, description = "The saga's id"),
+        ("action" = Action, Path, description = "What to do"),
+        WaitQuery,
+    ),
+    request_body(content = Option<ActionBody>, content_type = "application/json",
+        description = "Who acts and why (optional), and for `resolve` the step and its output"),
+    responses(
+        (status = 200, description = "The saga, settled", body = SagaView, headers(("Location" = String, description = "The saga's URL"))),
+        (status = 202, description = "The saga, on its way", body = SagaView, headers(("Location" = String, description = "The saga's URL"))),
+        (status = 400, description = "A bad body or `wait`"),
+        (status = 404, description = "No such saga or action"),
+        (status = 409, description = "The saga is not stuck, is past its pivot (compensate), is driven elsewhere, or the step named is not the stuck one"),
+        (status = 413, description = "The body is over 1 MiB"),
+        (status = 503, description = "The store cannot write"),
+    ),
+    security(("admin_token" = [])),
+)]
 pub async fn act(
     _: Operator,
     State(state): State<AppState>,
@@ -236,7 +400,7 @@ fn settled(record: &SagaRecord) -> bool {
 }
 
 /// A saga as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SagaView {
     pub id: String,
     pub name: String,
@@ -257,7 +421,7 @@ pub struct SagaView {
     pub history: Vec<HistoryEntry>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StepView {
     pub name: String,
     pub service: String,

@@ -1,12 +1,13 @@
 //! `POST /v1/services/{service}/{operation}`: one idempotent invocation.
 
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::auth::Reader;
+use super::extract::Path;
 use super::{ApiError, AppState, json_body};
 use crate::invoke::{Caller, Invoked, Request};
 
@@ -21,6 +22,43 @@ pub const DIGEST: HeaderName = HeaderName::from_static("wasaga-plugin-digest");
 pub const CORRELATION: HeaderName = HeaderName::from_static("correlation-id");
 const KEY: &str = "idempotency-key";
 
+/// Calls one operation of a service. The outcome is kept for the key: the same key
+/// with the same request answers it again (`Idempotent-Replayed: true`) without running
+/// the operation; the same key with another request is refused (422).
+#[utoipa::path(
+    post,
+    path = "/v1/services/{service}/{operation}",
+    operation_id = "invoke",
+    tag = "services",
+    params(
+        ("service" = String, Path, description = "A loaded service"),
+        ("operation" = String, Path, description = "One of its operations (internal ones only with the admin token)"),
+        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+            description = "One unique key per request, sent again unchanged with each retry"),
+        ("Correlation-Id" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+            description = "The chain the call belongs to; made up by the host when absent"),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "The operation's input: any JSON value"),
+    responses(
+        (status = 200, description = "The operation's output", content_type = "application/json",
+            body = serde_json::Value, headers(
+                ("Idempotent-Replayed" = String, description = "`true` when this is the stored outcome of an earlier request"),
+                ("Idempotency-Retention" = u64, description = "Seconds the outcome is kept and replayed for its key"),
+                ("Wasaga-Plugin-Digest" = String, description = "The plugin version that produced the outcome"),
+                ("Correlation-Id" = String, description = "The call's chain"))),
+        (status = 400, description = "No or a malformed Idempotency-Key or Correlation-Id; the body is not JSON"),
+        (status = 403, description = "The operation is internal: only sagas, deliveries and operators call it"),
+        (status = 404, description = "No such service or operation"),
+        (status = 409, description = "A request with this key is still running, or its writes kept conflicting"),
+        (status = 413, description = "The body is over 1 MiB"),
+        (status = 422, description = "The operation refused the request (its reason), or the key was used for another request"),
+        (status = 500, description = "The plugin trapped or went past a limit"),
+        (status = 503, description = "The store cannot write, the instances are busy, or the call failed transiently"),
+        (status = 504, description = "The call ran past its deadline"),
+    ),
+    security((), ("api_token" = []), ("admin_token" = [])),
+)]
 pub async fn invoke(
     reader: Reader,
     State(state): State<AppState>,

@@ -10,9 +10,10 @@ use std::time::SystemTime;
 use super::{Plugin, PluginDigest, Runtime};
 
 /// A plugin file or upload that could not be loaded, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Refusal {
     /// The file, or `upload:<service>`.
+    #[schema(value_type = String)]
     pub file: PathBuf,
     pub error: String,
     /// Unix ms.

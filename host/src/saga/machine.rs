@@ -14,7 +14,7 @@ use super::definition::SagaDef;
 pub use crate::store::SagaStatus;
 
 /// Where one step is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Pending,
@@ -101,7 +101,7 @@ pub struct OperatorNote {
 }
 
 /// What an operator did to a saga.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OperatorAction {
     Retry,
@@ -110,7 +110,7 @@ pub enum OperatorAction {
 }
 
 /// One entry of a saga's history: what happened, when.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     /// Unix ms.
     pub at: i64,
@@ -120,7 +120,7 @@ pub struct HistoryEntry {
 
 /// What a saga's history records: the failures on the way (each attempt), the moment it
 /// got stuck, and what operators did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Happened {
     /// A step's call failed: `transient` (retried, or out of attempts) or refused.

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{Conflict, StoreError};
 
 /// Where one delivery is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     /// Not made yet: due at its `next_at`, or waiting for an earlier one of its group.
