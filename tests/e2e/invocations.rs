@@ -344,3 +344,86 @@ async fn a_step_stored_before_is_replayed_even_when_its_run_fails() {
     assert!(again.replayed, "the stored outcome, though this run failed");
     assert_eq!(again.result, first.result);
 }
+
+/// The rows of docs/idempotency.md that only this test proves: a key is its bytes
+/// (quotes included), scoped by service, fingerprinted with the operation and the body
+/// as sent (a saga start: its input, whatever its formatting); concurrent starts with
+/// one key start one saga; a reused key's 422 is told from a plugin's 422 by
+/// `Idempotent-Replayed`.
+#[tokio::test]
+async fn idempotency_keys_as_the_draft_reads_them() {
+    let server = Server::with_sagas(&[]);
+    let client = Server::client();
+    let call = async |path: &str, key: &str, body: &str| {
+        let response = client
+            .post(format!("{}/v1/services/{path}", server.url))
+            .header("Idempotency-Key", key)
+            .header("Content-Type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let replayed = response.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), replayed, response.text().await.unwrap())
+    };
+    let restock = r#"{"sku": "quoted", "qty": 1}"#;
+    let replayed = |answer: &(u16, Option<String>, String)| (answer.0, answer.1.clone());
+
+    // §2.1: the field's text is the key, quotes and all.
+    assert_eq!(replayed(&call("inventory/restock", "\"q-1\"", restock).await), (200, Some("false".into())));
+    assert_eq!(replayed(&call("inventory/restock", "\"q-1\"", restock).await), (200, Some("true".into())));
+    assert_eq!(replayed(&call("inventory/restock", "q-1", restock).await), (200, Some("false".into())));
+    assert_eq!(server.record(&client, "inventory", "stock/quoted").await.unwrap()["available"], 2);
+    assert_eq!(call("inventory/restock", "\"a b\"", restock).await.0, 400);
+
+    // §2.2: one key in two services is two keys; in two operations of one, a reuse.
+    let open = r#"{"customer": "scoped", "balance": 1}"#;
+    assert_eq!(replayed(&call("inventory/restock", "scope-1", restock).await), (200, Some("false".into())));
+    assert_eq!(replayed(&call("payment/open-account", "scope-1", open).await), (200, Some("false".into())));
+    let reused = call("inventory/release", "scope-1", r#"{"order": "o"}"#).await;
+    assert_eq!(reused.0, 422, "{}", reused.2);
+    assert!(reused.2.contains("already used for a different request"), "{}", reused.2);
+    // A reuse is not an outcome: no Idempotent-Replayed; a plugin's refusal is one.
+    assert_eq!(reused.1, None);
+    let refused = call("inventory/release", "refused-1", "{}").await;
+    assert_eq!(replayed(&refused), (422, Some("false".into())), "{}", refused.2);
+    assert_eq!(replayed(&call("inventory/release", "refused-1", "{}").await), (422, Some("true".into())));
+
+    // §2.4: a call's fingerprint is its body as sent: the same JSON written otherwise
+    // is another request.
+    let open = r#"{"customer": "fp", "balance": 5}"#;
+    assert_eq!(call("payment/open-account", "fp-1", open).await.0, 200);
+    let reordered = call("payment/open-account", "fp-1", r#"{"balance": 5, "customer": "fp"}"#).await;
+    assert_eq!(reordered.0, 422, "{}", reordered.2);
+
+    // A saga start's is its input: formatting does not matter.
+    let input = r#"{"order": "o-fp", "customer": "fp", "sku": "quoted", "qty": 1, "amount": 1}"#;
+    let (first, fresh) = start_as_written(server.url.clone(), client.clone(), "saga-fp", input).await;
+    let reformatted = r#"{ "amount":1,"qty":1, "sku":"quoted","customer":"fp","order":"o-fp" }"#;
+    let (again, replay) = start_as_written(server.url.clone(), client.clone(), "saga-fp", reformatted).await;
+    assert_eq!((first.as_str(), fresh.as_str(), replay.as_str()), (again.as_str(), "false", "true"));
+
+    // §2.6: twenty starts with one key at once start one saga.
+    let input = r#"{"order": "o-many", "customer": "fp", "sku": "quoted", "qty": 1, "amount": 1}"#;
+    let starts = (0..20).map(|_| start_as_written(server.url.clone(), client.clone(), "saga-many", input));
+    let answers = join_all(starts).await;
+    let ids: BTreeSet<&str> = answers.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|(_, replayed)| replayed == "false").count(), 1, "{answers:?}");
+}
+
+/// Starts `place-order` with `body` as written; returns the saga's id and
+/// `Idempotent-Replayed`.
+async fn start_as_written(url: String, client: reqwest::Client, key: &str, body: &str) -> (String, String) {
+    let response = client
+        .post(format!("{url}/v1/sagas/place-order"))
+        .header("Idempotency-Key", key)
+        .header("Content-Type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let replayed = response.headers()["idempotent-replayed"].to_str().unwrap().to_owned();
+    let saga: Value = response.json().await.unwrap();
+    (saga["id"].as_str().unwrap().to_owned(), replayed)
+}
