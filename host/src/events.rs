@@ -27,6 +27,7 @@ use crate::cluster::Membership;
 use crate::invoke::{Attached, Caller, InvokeError, Invoker, Produced, Request};
 use crate::metrics::{labels, metrics};
 use crate::store::{Commit, DeliveryChange, DeliveryRow, DeliveryStatus, Store, StoreError};
+use crate::trace::{Kind, Span, TraceContext};
 
 /// Attempts of one delivery before it is dead-lettered.
 pub const MAX_ATTEMPTS: u32 = 5;
@@ -195,6 +196,19 @@ impl Dispatcher {
             request.correlation_id = chain.clone();
         }
         request.attempt = attempt;
+        // A child of the invocation that published the event: a choreographed flow is
+        // one trace.
+        let parent = event.traceparent.as_deref().and_then(TraceContext::parse);
+        let mut trace = Span::start(
+            || format!("deliver {} to {}/{}", event.topic, delivery.subscriber, delivery.operation),
+            parent.as_ref(),
+            Kind::Consumer,
+        );
+        trace.set("wasaga.event.id", event.id);
+        trace.set("wasaga.event.topic", event.topic.as_str());
+        trace.set("wasaga.subscriber", delivery.subscriber.as_str());
+        trace.set("wasaga.attempt", attempt);
+        request.trace = trace.context();
         let (event_id, subscriber) = (event.id, delivery.subscriber.clone());
         let attach = Arc::new(move |produced: &Produced<'_>| Attached {
             deliveries: vec![delivered(event_id, &subscriber, attempt, produced.result)],
@@ -218,6 +232,7 @@ impl Dispatcher {
             Err(error) if error.is_busy() => return Ok(()),
             Err(error) => error.to_string(),
         };
+        trace.fail(&error);
         let status = if attempt >= MAX_ATTEMPTS { DeliveryStatus::Dead } else { DeliveryStatus::Pending };
         count(&delivery.subscriber, status.as_str());
         if status == DeliveryStatus::Dead {

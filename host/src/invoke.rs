@@ -29,6 +29,7 @@ use crate::store::{
     ChangeSet, Commit, Conflict, DeliveryChange, IdempotencyKey, KeySpace, SagaChange, Store, StoreError,
     StoredOutcome, Transaction, TxLimits,
 };
+use crate::trace::{Kind, Span, TraceContext};
 
 /// Settings of the invocation path.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +105,9 @@ pub struct Request {
     /// The attempt number the plugin sees on the first run (a saga step's retries
     /// count up from here); re-runs after a conflict add to it.
     pub attempt: u32,
+    /// The span the call is part of (an HTTP request's, a saga step's, a delivery's):
+    /// the parent of the invocation's span, whose context the events it publishes keep.
+    pub trace: Option<TraceContext>,
 }
 
 impl Request {
@@ -126,6 +130,7 @@ impl Request {
             key,
             correlation_id: new_correlation_id(),
             attempt: 1,
+            trace: None,
         }
     }
 }
@@ -269,9 +274,28 @@ impl Invoker {
     /// Like [`Invoker::invoke`], and commits what `attach` returns in the same
     /// transaction as the outcome. A replayed outcome commits nothing: the caller sees
     /// `replayed` and commits its own change.
-    pub async fn invoke_with(&self, request: Request, attach: Attach) -> Result<Invoked, InvokeError> {
+    pub async fn invoke_with(&self, mut request: Request, attach: Attach) -> Result<Invoked, InvokeError> {
         let (service, operation) = (request.service.clone(), request.operation.clone());
+        let mut span =
+            Span::start(|| format!("invoke {service}/{operation}"), request.trace.as_ref(), Kind::Internal);
+        request.trace = span.context().or(request.trace);
+        span.set("wasaga.service", service.as_str());
+        span.set("wasaga.operation", operation.as_str());
+        span.set("wasaga.attempt", request.attempt);
         let result = self.invoke_uncounted(request, attach).await;
+        match &result {
+            Ok(_) if !span.recording() => {}
+            Ok(invoked) => {
+                span.set("wasaga.plugin.digest", invoked.digest.to_string());
+                span.set("wasaga.replayed", invoked.replayed);
+                // Runs past the first: re-runs after a conflict.
+                span.set("wasaga.reruns", invoked.runs.saturating_sub(1));
+                if let Err(reason) = &invoked.result {
+                    span.set("wasaga.rejected", reason.as_str());
+                }
+            }
+            Err(error) => span.fail(error),
+        }
         if let Err(InvokeError::UnknownService(_) | InvokeError::UnknownOperation { .. }) = &result {
             metrics().unknown_calls.inc();
             return result;
@@ -452,6 +476,7 @@ impl Invoker {
             deliveries: attached.deliveries,
             changes,
             correlation_id: Some(request.correlation_id.clone()),
+            traceparent: request.trace.map(|t| t.header()),
             outcome: Some(stored.clone()),
             ..Commit::default()
         };

@@ -47,3 +47,4 @@ pub mod runtime;
 pub mod saga;
 pub mod service;
 pub mod store;
+pub mod trace;

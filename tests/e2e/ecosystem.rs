@@ -144,3 +144,222 @@ async fn promtool_accepts_the_metrics() {
     assert!(open.text().await.unwrap().ends_with("# EOF\n"));
     let _: Value = client.get(format!("{url}/openapi.json")).send().await.unwrap().json().await.unwrap();
 }
+
+/// Spans as a loopback OTLP/HTTP receiver gets them: every `resourceSpans` body POSTed
+/// to `/v1/traces`.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
+async fn otlp_receiver() -> (String, Received) {
+    use axum::routing::post;
+    let received = Received::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                let spans = body["resourceSpans"].as_array().into_iter().flatten();
+                let spans = spans.flat_map(|r| r["scopeSpans"].as_array().into_iter().flatten());
+                let spans = spans.flat_map(|s| s["spans"].as_array().into_iter().flatten());
+                sink.lock().unwrap().extend(spans.cloned());
+                axum::Json(json!({}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+/// The spans of `trace` (hex), once `enough` holds of them (at most 20 s).
+async fn spans_of(received: &Received, trace: &str, enough: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    for _ in 0..200 {
+        let spans: Vec<Value> =
+            received.lock().unwrap().iter().filter(|s| s["traceId"] == trace).cloned().collect();
+        if enough(&spans) {
+            return spans;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let spans: Vec<Value> =
+        received.lock().unwrap().iter().filter(|s| s["traceId"] == trace).cloned().collect();
+    panic!("the trace {trace} never had what was expected: {spans:#?}");
+}
+
+fn named<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
+    spans.iter().filter(|s| s["name"] == name).collect()
+}
+
+fn attribute<'a>(span: &'a Value, key: &str) -> &'a Value {
+    let attributes = span["attributes"].as_array().unwrap();
+    attributes.iter().find(|a| a["key"] == key).map_or(&Value::Null, |a| &a["value"])
+}
+
+/// With an OTLP endpoint, a saga started with a client's `traceparent` is one trace:
+/// the client's span → the request's → each step's → the step's invocation (with the
+/// plugin's digest and the attempt); and a choreographed order is one trace across its
+/// deliveries: each delivery a child of the invocation that published its event, and
+/// the subscriber's invocation a child of the delivery.
+#[tokio::test]
+async fn traces_follow_a_saga_and_an_event_chain() {
+    let (endpoint, received) = otlp_receiver().await;
+    let plugins = crate::support::plugins_dir(&["order", "inventory", "payment", "notification"]);
+    let data = tempfile::tempdir().unwrap();
+    let mut command = crate::support::wasaga();
+    command.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint).env("OTEL_SERVICE_NAME", "shop");
+    let server =
+        Server::start_with(command, plugins.path(), data.path(), &["--sagas", crate::support::SAGAS]);
+    let client = Server::client();
+    crate::support::seed_shop(&server, &client, 100, 1_000_000).await;
+
+    // The saga.
+    let (client_trace, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let input = json!({"order": "o-traced", "customer": "ada", "sku": "lamp", "qty": 1, "amount": 100});
+    let response = client
+        .post(format!("{}/v1/sagas/place-order?wait=20s", server.url))
+        .header("Idempotency-Key", "traced-saga")
+        .header("traceparent", format!("00-{client_trace}-{client_span}-01"))
+        .json(&input)
+        .send()
+        .await
+        .unwrap();
+    let saga: Value = response.json().await.unwrap();
+    assert_eq!(saga["status"], "completed", "{saga}");
+    let steps: Vec<&str> =
+        saga["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let spans = spans_of(&received, client_trace, |spans| {
+        steps.iter().all(|step| spans.iter().any(|s| s["name"] == format!("saga place-order {step} do")))
+            && spans.iter().filter(|s| s["name"].as_str().unwrap().starts_with("invoke ")).count()
+                >= steps.len()
+    })
+    .await;
+    let request = named(&spans, "POST /v1/sagas/{id}");
+    assert_eq!(request.len(), 1, "{spans:#?}");
+    assert_eq!(request[0]["parentSpanId"], client_span, "the request's span is a child of the client's");
+    assert_eq!(request[0]["kind"], 2);
+    assert_eq!(attribute(request[0], "http.response.status_code"), &json!({"intValue": "200"}));
+    for step in &steps {
+        let step_span = named(&spans, &format!("saga place-order {step} do"));
+        assert_eq!(step_span.len(), 1, "{step}: {spans:#?}");
+        assert_eq!(step_span[0]["parentSpanId"], request[0]["spanId"], "{step} is a child of the request");
+        assert_eq!(attribute(step_span[0], "wasaga.saga.id"), &json!({"stringValue": saga["id"]}));
+        let calls: Vec<&Value> =
+            spans.iter().filter(|s| s["parentSpanId"] == step_span[0]["spanId"]).collect();
+        assert_eq!(calls.len(), 1, "{step}: one invocation: {spans:#?}");
+        assert!(calls[0]["name"].as_str().unwrap().starts_with("invoke "), "{}", calls[0]);
+        assert_eq!(attribute(calls[0], "wasaga.attempt"), &json!({"intValue": "1"}));
+        let digest = attribute(calls[0], "wasaga.plugin.digest")["stringValue"].as_str().unwrap();
+        assert!(digest.starts_with("sha256:"), "{digest}");
+    }
+
+    // The choreographed order: order-placed → stock-reserved → payment-completed → order-completed.
+    let chain_trace = "0af7651916cd43dd8448eb211c80319c";
+    let input = json!({"order": "o-chain", "customer": "ada", "sku": "lamp", "qty": 1, "amount": 100});
+    let response = client
+        .post(format!("{}/v1/services/order/place", server.url))
+        .header("Idempotency-Key", "traced-chain")
+        .header("traceparent", format!("00-{chain_trace}-b7ad6b7169203331-01"))
+        .json(&input)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let topics = ["order-placed", "stock-reserved", "payment-completed", "order-completed"];
+    let spans = spans_of(&received, chain_trace, |spans| {
+        let deliveries = spans.iter().filter(|s| s["name"].as_str().unwrap().starts_with("deliver "));
+        let delivered: Vec<&str> =
+            deliveries.map(|s| attribute(s, "wasaga.event.topic")["stringValue"].as_str().unwrap()).collect();
+        topics.iter().all(|t| delivered.contains(t))
+    })
+    .await;
+    let by_id = |id: &Value| spans.iter().find(|s| s["spanId"] == *id);
+    for delivery in spans.iter().filter(|s| s["name"].as_str().unwrap().starts_with("deliver ")) {
+        assert_eq!(delivery["kind"], 5, "a delivery is a consumer span");
+        let publisher = by_id(&delivery["parentSpanId"])
+            .unwrap_or_else(|| panic!("{delivery} has no parent in {spans:#?}"));
+        assert!(publisher["name"].as_str().unwrap().starts_with("invoke "), "{delivery} under {publisher}");
+        let consumer: Vec<&Value> =
+            spans.iter().filter(|s| s["parentSpanId"] == delivery["spanId"]).collect();
+        assert_eq!(consumer.len(), 1, "{delivery}: {spans:#?}");
+        assert!(consumer[0]["name"].as_str().unwrap().starts_with("invoke "));
+    }
+    // Walked up from the last event's delivery, the chain reaches the client's request.
+    let last = spans
+        .iter()
+        .find(|s| attribute(s, "wasaga.event.topic") == &json!({"stringValue": "order-completed"}))
+        .unwrap();
+    let mut at = last;
+    let mut hops = 0;
+    while let Some(parent) = by_id(&at["parentSpanId"]) {
+        at = parent;
+        hops += 1;
+    }
+    assert_eq!(at["name"], "POST /v1/services/{service}/{operation}", "the root: {at}");
+    assert_eq!(at["parentSpanId"], "b7ad6b7169203331");
+    assert!(hops >= 7, "four deliveries and their publishers deep: {hops} hops");
+}
+
+/// A server stopped with SIGTERM sends the spans it holds before it exits (they would
+/// wait up to half a second for their batch otherwise, and be lost with the process).
+#[tokio::test]
+async fn the_last_spans_are_sent_at_shutdown() {
+    let (endpoint, received) = otlp_receiver().await;
+    let plugins = crate::support::plugins_dir(&["echo"]);
+    let data = tempfile::tempdir().unwrap();
+    let mut command = crate::support::wasaga();
+    command.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+    let mut server = Server::start_with(command, plugins.path(), data.path(), &[]);
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let response = Server::client()
+        .get(format!("{}/v1/plugins", server.url))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let term = Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    // Waited for without blocking this runtime, which runs the receiver.
+    let exited = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(exited.success(), "{exited:?}");
+    let spans: Vec<Value> =
+        received.lock().unwrap().iter().filter(|s| s["traceId"] == trace).cloned().collect();
+    assert_eq!(named(&spans, "GET /v1/plugins").len(), 1, "{spans:#?}");
+}
+
+/// An endpoint that is not an http(s) URL, or headers that are not `name=value`, stop
+/// the server at start with the reason, rather than leave it running without traces.
+#[test]
+fn a_bad_otlp_setting_is_refused_at_start() {
+    let plugins = crate::support::plugins_dir(&["echo"]);
+    let data = tempfile::tempdir().unwrap();
+    let serve = |env: &[(&str, &str)]| {
+        let mut command = crate::support::wasaga();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
+            .arg(plugins.path())
+            .arg("--data")
+            .arg(data.path());
+        command.envs(env.iter().copied()).output().unwrap()
+    };
+    for (env, expected) in [
+        (&[("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318")][..], "is not an http:// or https:// URL"),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "api-key"),
+            ][..],
+            "`api-key` is not name=value",
+        ),
+    ] {
+        let out = serve(env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{env:?}: {stderr}");
+    }
+}

@@ -83,6 +83,11 @@ pub struct DemoArgs {
     #[arg(long, env = "WASAGA_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
 
+    /// Export OpenTelemetry traces over OTLP/HTTP to this collector (e.g.
+    /// http://localhost:4318; see `wasaga serve --help`).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+
     /// The demo makes up an admin token and prints it, unless one is given here (or
     /// in WASAGA_ADMIN_TOKEN).
     #[command(flatten)]
@@ -118,7 +123,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         None => data.display().to_string(),
     };
     let server = ServeArgs::demo(plugins, sagas, data.clone(), args.database, args.listen, args.runtime)?
-        .alert_webhook(args.alert_webhook);
+        .alert_webhook(args.alert_webhook)
+        .otlp_endpoint(args.otlp_endpoint);
     run_with(server, tokens, move |state, addr| {
         print_welcome(addr, &stored_in, &admin_token);
         tokio::spawn(async move {

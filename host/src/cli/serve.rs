@@ -42,6 +42,15 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "Alerts", env = "WASAGA_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
 
+    /// Export OpenTelemetry traces over OTLP/HTTP (JSON) to this collector, e.g.
+    /// http://localhost:4318 (spans go to its /v1/traces): a span per HTTP request,
+    /// invocation, saga step and event delivery, a saga's and an event chain's in the
+    /// trace of the request that started them. Also read: OTEL_SERVICE_NAME,
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS,
+    /// OTEL_SDK_DISABLED. Off when not set: no span is recorded.
+    #[arg(long, help_heading = "Traces", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+
     /// Do not watch the plugins directory (by default a changed, added or removed
     /// `.wasm` is reloaded while serving).
     #[arg(long, help_heading = "Plugins and sagas")]
@@ -173,6 +182,13 @@ impl ServeArgs {
         self
     }
 
+    pub(super) fn otlp_endpoint(mut self, url: Option<String>) -> Self {
+        if url.is_some() {
+            self.otlp_endpoint = url;
+        }
+        self
+    }
+
     /// The host these flags describe.
     fn app_config(&self) -> AppConfig {
         let storage = match (&self.database, &self.data) {
@@ -238,6 +254,10 @@ pub(super) async fn run_with(
         args.sagas = Some(dir);
     }
     let shutdown = shutdown_signal()?;
+    let instance = uuid::Uuid::now_v7().to_string();
+    if let Some(otlp) = crate::trace::OtlpConfig::from_env(args.otlp_endpoint.as_deref(), &instance)? {
+        crate::trace::start(otlp);
+    }
     let app = App::start(args.app_config()).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -259,6 +279,7 @@ pub(super) async fn run_with(
     });
     ready(state.clone(), addr);
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    crate::trace::flush(std::time::Duration::from_secs(2)).await;
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
 }

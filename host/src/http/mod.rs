@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::loopback_host))
+        .layer(axum::middleware::from_fn(traced))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
 }
@@ -100,6 +101,38 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
     tracing::error!("a request handler panicked: {message}");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the server failed on this request; it is logged")
         .into_response()
+}
+
+/// A span per request when traces are on (`trace.rs`), a child of the client's
+/// `traceparent`; its context goes to the handler in the request's extensions, so that
+/// a call's invocation, or a saga's steps, are its children.
+async fn traced(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use crate::trace::{Kind, Span, TraceContext};
+    if !crate::trace::enabled() {
+        return next.run(request).await;
+    }
+    let parent =
+        request.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
+    // The route's template, not its path: span names must not be one per record key.
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let route = route.unwrap_or_else(|| "unmatched".into());
+    let mut span = Span::start(|| format!("{method} {route}"), parent.as_ref(), Kind::Server);
+    span.set("http.request.method", method.as_str());
+    span.set("http.route", route);
+    span.set("url.path", request.uri().path());
+    if let Some(context) = span.context() {
+        request.extensions_mut().insert(context);
+    }
+    let response = next.run(request).await;
+    span.set("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.fail(response.status());
+    }
+    response
 }
 
 /// Liveness: the process answers.

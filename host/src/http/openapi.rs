@@ -158,6 +158,15 @@ fn conventions(operation: &mut Value) {
             *schema = other;
         }
     }
+    // Every route takes a W3C trace context (its span's parent, when traces are on); a
+    // malformed one is ignored, as the W3C says, so the schema asks nothing of it.
+    let traceparent = json!({"name": "traceparent", "in": "header", "required": false,
+        "description": "W3C Trace Context: the parent of this request's span when the server exports traces",
+        "schema": {"type": "string"}});
+    match operation.get_mut("parameters").and_then(Value::as_array_mut) {
+        Some(parameters) => parameters.push(traceparent),
+        None => operation["parameters"] = json!([traceparent]),
+    }
     let responses = operation["responses"].as_object_mut().expect("an operation has responses");
     let mut add = |status: &str, description: &str| {
         responses.entry(status).or_insert_with(|| json!({"description": description}));

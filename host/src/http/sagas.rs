@@ -89,13 +89,14 @@ pub async fn start(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<WaitQuery>,
+    trace: Option<axum::Extension<crate::trace::TraceContext>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let wait = query.wait()?;
     let input = json_value(&body_bytes(body)?)?;
-    let (record, created) = state.sagas.start(&name, &key, input).await?;
+    let (record, created) = state.sagas.start_traced(&name, &key, input, trace.map(|t| t.0)).await?;
     let mut response = settled_answer(&state, record, wait).await?;
     let replayed = HeaderValue::from_static(if created { "false" } else { "true" });
     response.headers_mut().insert(REPLAYED, replayed);

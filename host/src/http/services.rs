@@ -63,6 +63,7 @@ pub async fn invoke(
     reader: Reader,
     State(state): State<AppState>,
     Path((service, operation)): Path<(String, String)>,
+    trace: Option<axum::Extension<crate::trace::TraceContext>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -71,6 +72,7 @@ pub async fn invoke(
     // An operator may call internal operations too; a client only public ones.
     let caller = if reader.operator { Caller::Operator } else { Caller::Client };
     let mut request = Request::new(caller, &service, &operation, input.to_vec(), key);
+    request.trace = trace.map(|t| t.0);
     if let Some(chain) = correlation_id(&headers)? {
         request.correlation_id = chain;
     }

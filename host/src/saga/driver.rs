@@ -18,6 +18,7 @@ use crate::invoke::{Attached, Caller, InvokeError, Produced, Request};
 use crate::metrics::{labels, metrics};
 use crate::rates::{Rate, rates};
 use crate::store::{Commit, SagaChange, StoreError};
+use crate::trace::{Kind, Span, TraceContext};
 
 /// Everything the driver keeps between actions.
 pub(super) struct Run {
@@ -94,6 +95,20 @@ async fn call(
     let mut request = Request::new(Caller::Saga, &step_def.service, operation, input, key);
     request.correlation_id = run.id.to_string();
     request.attempt = attempt;
+    // A child of the request that started the saga, whichever host drives it now.
+    let parent = run.state.traceparent.as_deref().and_then(TraceContext::parse);
+    let mut trace = Span::start(
+        || format!("saga {} {} {label}", def.name, step_def.name),
+        parent.as_ref(),
+        Kind::Internal,
+    );
+    if trace.recording() {
+        trace.set("wasaga.saga.id", run.id.to_string());
+    }
+    trace.set("wasaga.saga.step", step_def.name.as_str());
+    trace.set("wasaga.saga.direction", label);
+    trace.set("wasaga.attempt", attempt);
+    request.trace = trace.context();
 
     let span =
         tracing::info_span!("saga step", saga = %run.id, step = %step_def.name, direction = label, attempt);
@@ -105,6 +120,10 @@ async fn call(
         StepStatus::Done | StepStatus::Compensated => "ok",
         _ => "failed",
     };
+    if outcome == "failed" {
+        let error = run.state.steps[step].last_error.as_deref().unwrap_or("failed");
+        trace.fail(error);
+    }
     let step_labels =
         [("saga", def.name.as_str()), ("step", &step_def.name), ("direction", label), ("outcome", outcome)];
     metrics().step_seconds.get_or_create(&labels(&step_labels)).observe(began.elapsed().as_secs_f64());

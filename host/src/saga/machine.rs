@@ -166,6 +166,10 @@ pub struct SagaState {
     /// oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+    /// The span of the request that started the saga (W3C `traceparent`), the parent
+    /// of its steps' spans; absent when traces were off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl SagaState {
@@ -178,6 +182,7 @@ impl SagaState {
             round: 0,
             definition: def.digest.clone(),
             history: Vec::new(),
+            traceparent: None,
         }
     }
 

@@ -317,6 +317,17 @@ impl SagaEngine {
     /// Starts saga `name` with `input`, once per idempotency key: the same key gives
     /// the same saga (`false`: it existed already).
     pub async fn start(&self, name: &str, key: &str, input: Value) -> Result<(SagaRecord, bool), SagaError> {
+        self.start_traced(name, key, input, None).await
+    }
+
+    /// [`SagaEngine::start`], its steps' spans children of `trace` (`trace.rs`).
+    pub async fn start_traced(
+        &self,
+        name: &str,
+        key: &str,
+        input: Value,
+        trace: Option<crate::trace::TraceContext>,
+    ) -> Result<(SagaRecord, bool), SagaError> {
         let def = self.definition(name).ok_or_else(|| SagaError::UnknownDefinition(name.into()))?;
         let Value::Object(input) = input else { return Err(SagaError::InputNotObject) };
         let bytes = serde_json::to_vec(&input).expect("JSON values serialise");
@@ -326,6 +337,7 @@ impl SagaEngine {
         let id = SagaId::new();
         let at = self.inner.clock.now_ms();
         let mut state = SagaState::new(&def);
+        state.traceparent = trace.map(|t| t.header());
         let actions = apply(&def, &mut state, Event::Started { at });
         let row = SagaRow {
             id: id.to_string(),

@@ -43,6 +43,8 @@ pub struct EventRow {
     pub correlation_id: Option<String>,
     /// Unix ms.
     pub created_at: i64,
+    /// The publishing invocation's span (W3C `traceparent`), when traces were on.
+    pub traceparent: Option<String>,
 }
 
 /// One event's delivery to one subscriber.

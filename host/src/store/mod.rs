@@ -296,6 +296,9 @@ pub struct Commit {
     pub changes: ChangeSet,
     /// The correlation id stored with the events.
     pub correlation_id: Option<String>,
+    /// The W3C `traceparent` stored with the events: the span of the invocation that
+    /// published them, the parent of their deliveries' spans (`trace.rs`).
+    pub traceparent: Option<String>,
     /// The idempotency record to store with the changes, if this is an invocation.
     pub outcome: Option<StoredOutcome>,
     /// The saga transition this commit carries, if any.

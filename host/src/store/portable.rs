@@ -102,6 +102,7 @@ const TABLES: &[Table] = &[
             ("payload", Blob),
             ("correlation_id", Text),
             ("created_at", Int),
+            ("traceparent", Text),
         ],
         order: "id",
     },

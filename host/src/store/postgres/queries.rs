@@ -195,6 +195,7 @@ fn event_row(row: &Row) -> EventRow {
         payload: row.get(3),
         correlation_id: row.get(4),
         created_at: row.get(5),
+        traceparent: row.get(6),
     }
 }
 
@@ -217,7 +218,10 @@ fn delivery_row(row: &Row) -> Result<DeliveryRow, StoreError> {
 
 macro_rules! events_where {
     ($filter:literal) => {
-        concat!("SELECT id, service, topic, payload, correlation_id, created_at FROM outbox ", $filter)
+        concat!(
+            "SELECT id, service, topic, payload, correlation_id, created_at, traceparent FROM outbox ",
+            $filter
+        )
     };
 }
 

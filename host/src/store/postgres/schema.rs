@@ -168,6 +168,11 @@ const MIGRATIONS: &[&str] = &[
         RETURN NULL;
     END $$;
     "#,
+    // 5: each event's trace context (W3C traceparent), the parent of its deliveries'
+    // spans; NULL when traces were off.
+    r#"
+    ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+    "#,
 ];
 
 /// Every host migrates at start, under a transaction-scoped advisory lock on the schema

@@ -666,8 +666,8 @@ const KEEP_UPLOAD: &str = "INSERT INTO plugin_uploads (service, digest, base, wa
      ON CONFLICT (service) DO UPDATE SET digest = excluded.digest, base = excluded.base,
          wasm = excluded.wasm, uploaded_at = excluded.uploaded_at";
 const DISCARD_UPLOAD: &str = "DELETE FROM plugin_uploads WHERE service = $1";
-const PUBLISH: &str = "INSERT INTO outbox (service, topic, payload, correlation_id, created_at)
-     VALUES ($1, $2, $3, $4, $5)";
+const PUBLISH: &str = "INSERT INTO outbox (service, topic, payload, correlation_id, created_at, traceparent)
+     VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// The statements that apply a checked commit, in SQLite's order.
 fn writes(commit: &Commit) -> Vec<Step> {
@@ -833,6 +833,7 @@ fn writes(commit: &Commit) -> Vec<Step> {
                     Box::new(event.payload.clone()),
                     Box::new(chain),
                     Box::new(created_at),
+                    Box::new(commit.traceparent.clone()),
                 ],
             ));
         }

@@ -8,7 +8,7 @@ use crate::store::{
     ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, Event, EventRow, StoreError, attempt_refused,
 };
 
-const EVENT_COLUMNS: &str = "id, service, topic, payload, correlation_id, created_at";
+const EVENT_COLUMNS: &str = "id, service, topic, payload, correlation_id, created_at, traceparent";
 const DELIVERY_COLUMNS: &str = "d.event_id, d.subscriber, d.operation, d.topic, d.correlation_id, d.status, \
      d.attempts, d.next_at, d.outcome, d.last_error, d.created_at, d.done_at";
 
@@ -20,6 +20,7 @@ fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         payload: row.get(3)?,
         correlation_id: row.get(4)?,
         created_at: row.get(5)?,
+        traceparent: row.get(6)?,
     })
 }
 
@@ -137,18 +138,19 @@ pub(super) fn publish(
     service: &str,
     events: &[Event],
     chain: Option<&String>,
+    traceparent: Option<&String>,
     created_at: i64,
 ) -> Result<(), StoreError> {
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO outbox (service, topic, payload, correlation_id, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO outbox (service, topic, payload, correlation_id, created_at, traceparent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .map_err(unavailable)?;
     for event in events {
         let chain = event.correlation_id.as_ref().or(chain);
         insert
-            .execute(params![service, event.topic, event.payload, chain, created_at])
+            .execute(params![service, event.topic, event.payload, chain, created_at, traceparent])
             .map_err(unavailable)?;
     }
     Ok(())

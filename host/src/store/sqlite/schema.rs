@@ -202,6 +202,11 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE plugin_uploads;
     ALTER TABLE plugin_uploads_11 RENAME TO plugin_uploads;
     ",
+    // 12: each event's trace context (W3C traceparent), the parent of its deliveries'
+    // spans; NULL when traces were off.
+    "
+    ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a

@@ -279,7 +279,8 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
     if !commit.changes.events.is_empty() {
         let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
         let chain = commit.correlation_id.as_ref();
-        events::publish(conn, &commit.service, &commit.changes.events, chain, created_at)?;
+        let trace = commit.traceparent.as_ref();
+        events::publish(conn, &commit.service, &commit.changes.events, chain, trace, created_at)?;
     }
     Ok(())
 }
