@@ -226,10 +226,16 @@ impl Dispatcher {
                 }
                 return Ok(());
             }
-            Err(InvokeError::Store(error)) => return Err(error),
+            Err(InvokeError::Store(error)) => {
+                trace.fail(&error);
+                return Err(error);
+            }
             // Every instance is busy: this says nothing about the delivery. It stays
             // pending, its attempts unspent, and the next round takes it again.
-            Err(error) if error.is_busy() => return Ok(()),
+            Err(error) if error.is_busy() => {
+                trace.fail(&error);
+                return Ok(());
+            }
             Err(error) => error.to_string(),
         };
         trace.fail(&error);

@@ -166,8 +166,7 @@ impl Metrics {
         Metrics { registry, ..metrics }
     }
 
-    /// The Prometheus text exposition of every metric.
-    /// OpenMetrics text.
+    /// Every metric, as OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");

@@ -38,18 +38,21 @@ impl TraceContext {
     pub fn parse(header: &str) -> Option<TraceContext> {
         let mut parts = header.trim().split('-');
         let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        // Version 00 has exactly four fields; later versions may add some.
-        let hex_version = version.len() == 2 && version.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex_version || version == "ff" || (version == "00" && parts.next().is_some()) {
+        // Every field is lowercase hex of its length; version 00 has exactly four
+        // fields, later versions may add some.
+        let hex = |s: &str, len| s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !(hex(version, 2) && hex(trace, 32) && hex(span, 16) && hex(flags, 2)) {
+            return None;
+        }
+        if version == "ff" || (version == "00" && parts.next().is_some()) {
             return None;
         }
         let mut trace_id = [0; 16];
         let mut span_id = [0; 8];
         hex::decode_to_slice(trace, &mut trace_id).ok()?;
         hex::decode_to_slice(span, &mut span_id).ok()?;
-        let flags = u8::from_str_radix(flags, 16).ok().filter(|_| flags.len() == 2)?;
-        let lower = |s: &str| s.bytes().all(|b| !b.is_ascii_uppercase());
-        if trace_id == [0; 16] || span_id == [0; 8] || !lower(trace) || !lower(span) {
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
             return None;
         }
         Some(TraceContext { trace_id, span_id, sampled: flags & 1 == 1 })
@@ -69,10 +72,11 @@ pub enum Kind {
     Consumer = 5,
 }
 
-/// A span being timed: sent when dropped. Empty when traces are off, or when the
-/// trace's caller asked not to record it.
+/// A span being timed: sent when dropped. Empty when traces are off; when the trace's
+/// caller asked not to record it, it records nothing but hands the caller's context
+/// (unsampled) on, so that nothing under it is recorded either.
 #[derive(Debug, Default)]
-pub struct Span(Option<Box<Recording>>);
+pub struct Span(Option<Box<Recording>>, Option<TraceContext>);
 
 #[derive(Debug)]
 struct Recording {
@@ -88,28 +92,35 @@ struct Recording {
 impl Span {
     /// A span named `name()`, a child of `parent` (or the root of a new trace).
     pub fn start(name: impl FnOnce() -> String, parent: Option<&TraceContext>, kind: Kind) -> Span {
-        if EXPORTER.get().is_none() || parent.is_some_and(|p| !p.sampled) {
-            return Span(None);
+        if EXPORTER.get().is_none() {
+            return Span(None, None);
+        }
+        if let Some(parent) = parent.filter(|p| !p.sampled) {
+            return Span(None, Some(*parent));
         }
         let context = TraceContext {
             trace_id: parent.map_or_else(|| nonzero(rand::random()), |p| p.trace_id),
             span_id: nonzero(rand::random()),
             sampled: true,
         };
-        Span(Some(Box::new(Recording {
-            context,
-            parent: parent.map(|p| p.span_id),
-            name: name(),
-            kind,
-            start_ns: now_ns(),
-            attributes: Vec::new(),
-            error: None,
-        })))
+        Span(
+            Some(Box::new(Recording {
+                context,
+                parent: parent.map(|p| p.span_id),
+                name: name(),
+                kind,
+                start_ns: now_ns(),
+                attributes: Vec::new(),
+                error: None,
+            })),
+            None,
+        )
     }
 
-    /// The context children of this span take; `None` when it is not recorded.
+    /// The context children of this span take (and events and sagas keep); `None`
+    /// when traces are off.
     pub fn context(&self) -> Option<TraceContext> {
-        self.0.as_ref().map(|r| r.context)
+        self.0.as_ref().map(|r| r.context).or(self.1)
     }
 
     /// Whether the span is recorded: attributes that cost something to make are made
@@ -163,18 +174,31 @@ impl OtlpConfig {
     /// `OTEL_SERVICE_NAME`, and `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`
     /// to turn it off. `None`: traces are off.
     pub fn from_env(endpoint: Option<&str>, instance: &str) -> anyhow::Result<Option<OtlpConfig>> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self::from_vars(endpoint, instance, |name| std::env::var(name).ok())
+    }
+
+    /// [`OtlpConfig::from_env`], the variables read by `var`.
+    fn from_vars(
+        endpoint: Option<&str>,
+        instance: &str,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Option<OtlpConfig>> {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
             || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.trim() == "none")
         {
             return Ok(None);
         }
-        let url = match (var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), endpoint) {
-            (_, Some(base)) if !base.trim().is_empty() => {
-                format!("{}/v1/traces", base.trim().trim_end_matches('/'))
-            }
-            (Some(full), _) => full.trim().to_owned(),
-            _ => return Ok(None),
+        // The flag, then the traces' own variable (a full URL), then the general one (a
+        // base URL), as OpenTelemetry's specification orders them.
+        let base = |base: &str| format!("{}/v1/traces", base.trim().trim_end_matches('/'));
+        let url = match endpoint.filter(|e| !e.trim().is_empty()) {
+            Some(flag) => base(flag),
+            None => match (var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), var("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+                (Some(full), _) => full.trim().to_owned(),
+                (None, Some(general)) => base(&general),
+                (None, None) => return Ok(None),
+            },
         };
         anyhow::ensure!(
             url.starts_with("http://") || url.starts_with("https://"),
@@ -198,7 +222,17 @@ impl OtlpConfig {
                     "OTEL_EXPORTER_OTLP_HEADERS: `{pair}` is not name=value (pairs are separated by commas)"
                 )
             })?;
-            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+            // The W3C Baggage format: values are percent-encoded (`Basic%20…`).
+            let (name, value) = (name.trim(), value.trim());
+            let value = percent_decode(value).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "OTEL_EXPORTER_OTLP_HEADERS: the value of `{name}` is not percent-encoded UTF-8"
+                )
+            })?;
+            let valid = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && reqwest::header::HeaderValue::from_str(&value).is_ok();
+            anyhow::ensure!(valid, "OTEL_EXPORTER_OTLP_HEADERS: `{name}` is not a valid HTTP header");
+            headers.push((name.to_owned(), value));
         }
         let service_name = var("OTEL_SERVICE_NAME").unwrap_or_else(|| "wasaga".into());
         Ok(Some(OtlpConfig { url, headers, service_name, instance: instance.to_owned() }))
@@ -253,9 +287,12 @@ pub fn enabled() -> bool {
 pub async fn flush(timeout: Duration) {
     let Some(exporter) = EXPORTER.get() else { return };
     let (done, sent) = tokio::sync::oneshot::channel();
-    if exporter.queue.send(Queued::Flush(done)).await.is_ok() {
-        let _ = tokio::time::timeout(timeout, sent).await;
-    }
+    let sent = async {
+        if exporter.queue.send(Queued::Flush(done)).await.is_ok() {
+            let _ = sent.await;
+        }
+    };
+    let _ = tokio::time::timeout(timeout, sent).await;
 }
 
 async fn send_batches(config: OtlpConfig, mut queue: mpsc::Receiver<Queued>) {
@@ -352,6 +389,23 @@ fn attribute(key: &str, value: &Value) -> Value {
     json!({"key": key, "value": value})
 }
 
+/// `%XX` sequences decoded; `None` if one is malformed or the result is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = tail.get(..2).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+            bytes.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 fn nonzero<const N: usize>(mut id: [u8; N]) -> [u8; N] {
     if id == [0; N] {
         id[N - 1] = 1;
@@ -390,6 +444,9 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-+1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A",
+            "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert_eq!(TraceContext::parse(bad), None, "{bad}");
         }
@@ -417,6 +474,45 @@ mod tests {
         assert_eq!(encoded["attributes"][0], json!({"key": "wasaga.attempt", "value": {"intValue": "2"}}));
         assert_eq!(encoded["attributes"][1]["value"], json!({"boolValue": false}));
         assert_eq!(encoded["status"], json!({"code": 2, "message": "refused"}));
+    }
+
+    /// The flag wins, then the traces' own variable (a full URL), then the general one
+    /// (a base URL); header values are percent-decoded, and bad ones refused.
+    #[test]
+    fn the_otlp_settings_follow_the_specification() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
+        };
+        let url =
+            |flag: Option<&str>, pairs| OtlpConfig::from_vars(flag, "i", vars(pairs)).unwrap().map(|c| c.url);
+        let both: &[(&str, &str)] = &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4318/"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/custom"),
+        ];
+        assert_eq!(url(Some("http://flag:4318"), both).as_deref(), Some("http://flag:4318/v1/traces"));
+        assert_eq!(url(None, both).as_deref(), Some("http://traces:4318/custom"));
+        assert_eq!(url(None, &both[..1]).as_deref(), Some("http://general:4318/v1/traces"));
+        assert_eq!(url(None, &[]), None);
+        assert_eq!(
+            url(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x"), ("OTEL_SDK_DISABLED", "true")]),
+            None
+        );
+
+        let headers = &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Basic%20YWJj, x-team = blue"),
+        ];
+        let config = OtlpConfig::from_vars(None, "i", vars(headers)).unwrap().unwrap();
+        let expected =
+            [("Authorization".to_owned(), "Basic YWJj".to_owned()), ("x-team".to_owned(), "blue".to_owned())];
+        assert_eq!(config.headers, expected);
+        for bad in ["api-key", "bad name=1", "k=%zz", "k=%0a"] {
+            let pairs: &'static [(&str, &str)] = Box::leak(Box::new([
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", bad),
+            ]));
+            assert!(OtlpConfig::from_vars(None, "i", vars(pairs)).is_err(), "{bad}");
+        }
     }
 
     /// Off (no exporter in the unit tests), a span records nothing and has no context.

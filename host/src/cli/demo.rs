@@ -84,8 +84,8 @@ pub struct DemoArgs {
     alert_webhook: Option<String>,
 
     /// Export OpenTelemetry traces over OTLP/HTTP to this collector (e.g.
-    /// http://localhost:4318; see `wasaga serve --help`).
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    /// http://localhost:4318; or OTEL_EXPORTER_OTLP_ENDPOINT: see `wasaga serve --help`).
+    #[arg(long)]
     otlp_endpoint: Option<String>,
 
     /// The demo makes up an admin token and prints it, unless one is given here (or
@@ -246,7 +246,10 @@ async fn generate(state: AppState, rate: f64, declined: f64, flaky: f64) {
             input
         };
         let key = format!("demo-{}", input["order"].as_str().unwrap_or_default());
-        if let Err(error) = state.sagas.start("place-order", &key, input).await {
+        // The root of the order's trace, as a client's request would be.
+        let mut root = crate::trace::Span::start(|| "demo order".into(), None, crate::trace::Kind::Internal);
+        root.set("wasaga.saga.key", key.as_str());
+        if let Err(error) = state.sagas.start_traced("place-order", &key, input, root.context()).await {
             tracing::warn!("generated order not started: {error}");
         }
     }

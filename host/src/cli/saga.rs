@@ -75,9 +75,9 @@ pub struct ListArgs {
     #[arg(long)]
     status: Option<String>,
 
-    /// At most this many.
-    #[arg(long, default_value_t = 100)]
-    limit: usize,
+    /// At most this many (1 to 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    limit: u16,
 
     /// Start after this saga id (the list ends by saying what to pass for the next page).
     #[arg(long)]

@@ -45,10 +45,12 @@ pub struct ServeArgs {
     /// Export OpenTelemetry traces over OTLP/HTTP (JSON) to this collector, e.g.
     /// http://localhost:4318 (spans go to its /v1/traces): a span per HTTP request,
     /// invocation, saga step and event delivery, a saga's and an event chain's in the
-    /// trace of the request that started them. Also read: OTEL_SERVICE_NAME,
-    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_HEADERS,
-    /// OTEL_SDK_DISABLED. Off when not set: no span is recorded.
-    #[arg(long, help_heading = "Traces", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    /// trace of the request that started them. Without the flag, the standard
+    /// variables: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (a full URL), then
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (a base URL, like this flag); also read:
+    /// OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS, OTEL_SDK_DISABLED. Off when none is
+    /// set: no span is recorded.
+    #[arg(long, help_heading = "Traces")]
     otlp_endpoint: Option<String>,
 
     /// Do not watch the plugins directory (by default a changed, added or removed

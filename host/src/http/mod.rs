@@ -208,8 +208,7 @@ async fn metrics(
             }
         }
     }
-    let accept = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if accept.contains("application/openmetrics-text") {
+    if accepts_openmetrics(&headers) {
         let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
         ([(axum::http::header::CONTENT_TYPE, content_type)], m.encode()).into_response()
     } else {
@@ -225,6 +224,17 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
         Some(n @ 1..=1000) => Ok(n),
         Some(n) => Err(ApiError::bad_request(format!("?limit= must be 1 to 1000 (got {n})"))),
     }
+}
+
+/// Whether `Accept` names OpenMetrics (and does not refuse it with `q=0`).
+fn accepts_openmetrics(headers: &axum::http::HeaderMap) -> bool {
+    let accept = headers.get_all(axum::http::header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
+    accept.flat_map(|v| v.split(',')).any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let named = parts.next().is_some_and(|t| t.eq_ignore_ascii_case("application/openmetrics-text"));
+        let refused = parts.any(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0));
+        named && !refused
+    })
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

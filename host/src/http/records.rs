@@ -178,7 +178,7 @@ pub async fn put(
         ("If-Match" = String, Header, pattern = "^(\\*|[ ,]*((W/)?\"[0-9]{1,19}\" *,[ ,]*)*((W/)?\"[0-9]{1,19}\" *)?)$", description = "The version deleted, as its ETag (`\"3\"`), or `*`"),
     ),
     responses(
-        (status = 204, description = "Deleted (or there was nothing to delete under `*`)"),
+        (status = 204, description = "Deleted"),
         (status = 400, description = "A malformed If-Match, the key too long or holding NUL"),
         (status = 404, description = "No such service"),
         (status = 409, description = "The store refused the write"),
@@ -224,31 +224,36 @@ impl Precondition {
 }
 
 /// Reads `If-Match` (RFC 9110: `*` or a list of entity tags, compared strongly, so a
-/// weak tag `W/"3"` never matches) and, where creating is allowed, `If-None-Match: *`.
-fn precondition(headers: &HeaderMap, may_create: bool) -> Result<Precondition, ApiError> {
+/// weak tag `W/"3"` never matches; several header lines are one list) and
+/// `If-None-Match: *`. A PUT must send one of them (`creates`: it may create); a DELETE
+/// must send `If-Match`.
+fn precondition(headers: &HeaderMap, creates: bool) -> Result<Precondition, ApiError> {
     let mut precondition = Precondition::default();
-    if let Some(value) = headers.get(header::IF_MATCH) {
-        let text = value
-            .to_str()
-            .map_err(|_| ApiError::bad_request("If-Match must be visible ASCII, e.g. \"3\""))?
-            .trim();
-        precondition.versions = Some(if text == "*" { None } else { Some(if_match_versions(text)?) });
+    let lines = headers.get_all(header::IF_MATCH).iter().map(|v| v.to_str().map(str::trim));
+    let lines = lines
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ApiError::bad_request("If-Match must be visible ASCII, e.g. \"3\""))?;
+    if !lines.is_empty() {
+        let text = lines.join(",");
+        precondition.versions = Some(if text == "*" { None } else { Some(if_match_versions(&text)?) });
     }
-    if may_create && let Some(value) = headers.get(header::IF_NONE_MATCH) {
+    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
         // An empty list (RFC 9110, 5.6.1) asks nothing, as if the header were absent.
         match value.as_bytes().trim_ascii() {
             b"*" => precondition.absent = true,
             b"" => {}
             _ => {
                 return Err(ApiError::bad_request(
-                    "If-None-Match takes only `*` here (create: the record must not exist); \
-                     to replace a version, send If-Match",
+                    "If-None-Match takes only `*` here (the record must not exist); to name a \
+                     version, send If-Match",
                 ));
             }
         }
     }
-    if precondition == Precondition::default() {
-        let how = if may_create {
+    let said =
+        if creates { precondition != Precondition::default() } else { precondition.versions.is_some() };
+    if !said {
+        let how = if creates {
             "If-Match: \"<version>\" to replace, or If-None-Match: * to create"
         } else {
             "If-Match: \"<version>\""
@@ -315,9 +320,7 @@ async fn write(
     if !precondition.holds(&current) {
         return Err(precondition_failed(service, key, current.visible_version()));
     }
-    if value.is_none() && current.value.is_none() {
-        return Ok((current.version, false));
-    }
+    // (A delete's precondition needs the record to exist: nothing is ever deleted twice.)
     let version = current.version + 1;
     let changes = ChangeSet {
         reads: vec![(key.to_owned(), current.version)],

@@ -120,3 +120,64 @@ async fn unknown_routes_methods_and_missing_preconditions_say_what_to_do() {
         assert!(problem["detail"].as_str().unwrap().contains(detail), "expected {detail:?} in {problem}");
     }
 }
+
+/// RFC 9110's preconditions as the records API reads them: both headers, when sent,
+/// must hold; an empty `If-Match` list matches nothing; `If-None-Match` takes only `*`;
+/// several `If-Match` lines are one list.
+#[tokio::test]
+async fn record_writes_evaluate_every_precondition_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let write = |method: &str, headers: &[(&str, &str)]| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri("/v1/services/echo/records/k")
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {ADMIN}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(Body::from("{\"n\": 1}")).unwrap()
+    };
+    let status = async |request| send(&state, request).await.0.as_u16();
+    assert_eq!(status(write("PUT", &[("if-none-match", "*")])).await, 201, "created at version 1");
+    type Headers = &'static [(&'static str, &'static str)];
+    let cases: &[(&str, Headers, u16)] = &[
+        ("PUT", &[("if-match", "")], 412),
+        ("PUT", &[("if-match", "W/\"1\"")], 412),
+        ("PUT", &[("if-match", "\"1\""), ("if-none-match", "*")], 412),
+        ("PUT", &[("if-match", "*"), ("if-none-match", "*")], 412),
+        ("PUT", &[("if-none-match", "\"1\"")], 400),
+        ("PUT", &[("if-none-match", "")], 428),
+        ("PUT", &[("if-match", "3x")], 400),
+        ("DELETE", &[("if-none-match", "*")], 428),
+        ("DELETE", &[("if-match", "\"1\""), ("if-none-match", "*")], 412),
+        ("DELETE", &[("if-match", "\"7\"")], 412),
+    ];
+    for (method, headers, expected) in cases {
+        assert_eq!(status(write(method, headers)).await, *expected, "{method} {headers:?}");
+    }
+    // Two If-Match lines are one list: "7" or "1".
+    assert_eq!(status(write("PUT", &[("if-match", "\"7\""), ("if-match", "\"1\"")])).await, 200);
+    assert_eq!(status(write("DELETE", &[("if-match", "\"2\"")])).await, 204);
+    assert_eq!(status(write("DELETE", &[("if-match", "*")])).await, 412, "nothing left to delete");
+}
+
+/// A page's `limit` is 1 to 1,000 on every list; outside, a 400 that says so.
+#[tokio::test]
+async fn list_limits_outside_their_range_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    for path in ["/v1/sagas", "/v1/events?correlation=c&", "/v1/services/echo/records"] {
+        let join = if path.ends_with('&') { "" } else { "?" };
+        for (limit, expected) in [("0", 400), ("1001", 400), ("-1", 400), ("1", 200), ("1000", 200)] {
+            let uri = format!("{path}{join}limit={limit}");
+            let request = Request::get(&uri).header("host", "localhost").body(Body::empty()).unwrap();
+            let (got, _, body) = send(&state, request).await;
+            assert_eq!(got.as_u16(), expected, "{uri}: {body}");
+            if expected == 400 {
+                assert!(body["detail"].as_str().unwrap().contains("limit"), "{uri}: {body}");
+            }
+        }
+    }
+}

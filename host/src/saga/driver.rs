@@ -115,7 +115,8 @@ async fn call(
     let began = std::time::Instant::now();
     let actions = async { call_until_answered(engine, run, &def, request, step, direction).await }
         .instrument(span)
-        .await?;
+        .await
+        .inspect_err(|error| trace.fail(error))?;
     let outcome = match run.state.steps[step].status {
         StepStatus::Done | StepStatus::Compensated => "ok",
         _ => "failed",

@@ -245,7 +245,7 @@ pub async fn import(to: &Location, input: &mut dyn BufRead) -> anyhow::Result<Co
                 let values = table
                     .columns
                     .iter()
-                    .map(|(column, kind)| sqlite_param(table, column, *kind, &row[*column]))
+                    .map(|(column, kind)| sqlite_param(table, column, *kind, value_of(&row, column)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 tx.prepare_cached(&sqlite_insert(table))?.execute(rusqlite::params_from_iter(values))?;
                 counts[t].1 += 1;
@@ -265,7 +265,7 @@ pub async fn import(to: &Location, input: &mut dyn BufRead) -> anyhow::Result<Co
                 let values = table
                     .columns
                     .iter()
-                    .map(|(column, kind)| pg_param(table, column, *kind, &row[*column]))
+                    .map(|(column, kind)| pg_param(table, column, *kind, value_of(&row, column)))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                     values.iter().map(|v| v.as_ref() as _).collect();
@@ -285,6 +285,13 @@ pub async fn import(to: &Location, input: &mut dyn BufRead) -> anyhow::Result<Co
         }
     }
     Ok(counts)
+}
+
+/// A row's value of `column`: NULL when the file has none (a column added since the
+/// file was written, such as the outbox's `traceparent`; a NOT NULL one is then
+/// refused by the store).
+fn value_of<'a>(row: &'a Map<String, Value>, column: &str) -> &'a Value {
+    row.get(column).unwrap_or(&Value::Null)
 }
 
 fn columns(table: &Table) -> String {
@@ -512,7 +519,9 @@ mod tests {
             correlation_id: Some("c".into()),
         });
         changes.events.push(Event { topic: "t".into(), payload: b"\x00\xff".to_vec(), correlation_id: None });
-        store.commit(commit_of(changes, Some(outcome("k", 1, i64::MAX)))).await.unwrap();
+        let mut commit = commit_of(changes, Some(outcome("k", 1, i64::MAX)));
+        commit.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        store.commit(commit).await.unwrap();
         let mut tx = Transaction::new(store.snapshot("svc").unwrap(), TxLimits::default());
         tx.delete("gone", Some(1)).await.unwrap();
         store.commit(commit_of(tx.into_changes(), None)).await.unwrap();
@@ -612,6 +621,34 @@ mod tests {
         let error = export(&Location::Sqlite(dir.path().into()), &mut Vec::new()).await.unwrap_err();
         assert!(format!("{error:#}").contains("there is no wasaga store in"), "{error:#}");
         assert!(!dir.path().join("wasaga.db").exists());
+    }
+
+    /// A file written before the outbox had `traceparent` (no such key in its rows)
+    /// loads, its events without one.
+    #[tokio::test]
+    async fn a_file_from_before_a_new_column_loads() {
+        let full = {
+            let dir = tempfile::tempdir().unwrap();
+            fill(&SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap()).await;
+            String::from_utf8(export_of(&Location::Sqlite(dir.path().into())).await).unwrap()
+        };
+        assert!(full.contains("\"traceparent\":\"00-4bf92f"), "{full}");
+        let older: String = full
+            .lines()
+            .map(|line| match serde_json::from_str::<Value>(line) {
+                Ok(mut row) if row["table"] == "outbox" => {
+                    row["row"].as_object_mut().unwrap().remove("traceparent");
+                    format!("{row}\n")
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        assert!(!older.contains("traceparent\":\"00"), "{older}");
+        let dir = tempfile::tempdir().unwrap();
+        let counts = import(&Location::Sqlite(dir.path().into()), &mut older.as_bytes()).await.unwrap();
+        assert_eq!(counts.iter().find(|(t, _)| *t == "outbox").unwrap().1, 2);
+        let again = String::from_utf8(export_of(&Location::Sqlite(dir.path().into())).await).unwrap();
+        assert_eq!(again.matches("\"traceparent\":null").count(), 2, "{again}");
     }
 
     /// A file cut short, one that is not an export, or one with a column no store
