@@ -23,7 +23,18 @@ const GUESTS: &[(&str, &[&str])] = &[
     ("services", &["echo", "inventory", "payment", "profile", "order", "notification"]),
     (
         "fixtures",
-        &["trap", "spin", "hog", "escape", "stranger", "hello-v1", "hello-v2", "old-inventory", "legacy"],
+        &[
+            "trap",
+            "spin",
+            "hog",
+            "escape",
+            "stranger",
+            "hello-v1",
+            "hello-v2",
+            "old-inventory",
+            "legacy",
+            "broken-payment",
+        ],
     ),
 ];
 

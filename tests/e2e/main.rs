@@ -22,3 +22,4 @@ mod security;
 mod serve;
 mod storage_faults;
 mod support;
+mod verify;

@@ -8,6 +8,7 @@ mod plugin;
 mod plugin_run;
 mod print;
 mod saga;
+mod saga_verify;
 mod serve;
 mod store;
 mod tokens;

@@ -20,6 +20,7 @@ pub enum SagaCommand {
     /// Undo what a stuck saga did (only while its pivot has not committed).
     Compensate(ActionArgs),
     Resolve(ResolveArgs),
+    Verify(super::saga_verify::VerifyArgs),
 }
 
 /// Start a saga, e.g. `wasaga saga start place-order --input '{"order": "o-1", ...}'`.
@@ -137,6 +138,7 @@ pub struct ResolveArgs {
 pub async fn run(command: SagaCommand) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::new();
     match command {
+        SagaCommand::Verify(args) => super::saga_verify::run(args).await,
         SagaCommand::Start(args) => {
             let input: Value = serde_json::from_str(&args.input).context("--input is not valid JSON")?;
             let key = args.key.unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7()));

@@ -93,12 +93,18 @@ pub struct SagaDef {
     pub digest: String,
     /// The TOML it was parsed from, kept in the store for the sagas that use it.
     pub text: String,
+    /// Records a compensated saga may leave behind, its audit trail (a key, or a
+    /// prefix ending in `*`, in any service: `order/*` keeps a cancelled order):
+    /// `wasaga saga verify` does not count them as left undone.
+    pub audit: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SagaFile {
     name: String,
+    #[serde(default)]
+    audit: Vec<String>,
     #[serde(default)]
     step: Vec<StepFile>,
 }
@@ -212,7 +218,8 @@ impl SagaDef {
         let pivot = pivot.unwrap_or(steps.len());
         let digest = steps_digest(&steps);
         let text = text.to_owned();
-        Ok(SagaDef { name: parsed.name, steps, pivot, source: file.to_owned(), digest, text })
+        let audit = parsed.audit;
+        Ok(SagaDef { name: parsed.name, steps, pivot, source: file.to_owned(), digest, text, audit })
     }
 
     /// Whether a step can be undone (it comes before the pivot).

@@ -244,7 +244,7 @@ async fn save(
 }
 
 /// The event an outcome means.
-fn outcome_event(step: usize, direction: Direction, produced: &Produced<'_>, at: i64) -> Event {
+pub(super) fn outcome_event(step: usize, direction: Direction, produced: &Produced<'_>, at: i64) -> Event {
     let (digest, touched) = (produced.digest.to_string(), produced.written.to_vec());
     match (direction, produced.result) {
         (Direction::Do, Ok(output)) => Event::Succeeded {
@@ -265,7 +265,7 @@ fn outcome_event(step: usize, direction: Direction, produced: &Produced<'_>, at:
 
 /// A step's input: the saga's input, with `saga_id`, `steps` (the outputs of the
 /// completed steps, by name) and, for a compensation, `reason`.
-fn step_input(run: &Run, direction: Direction) -> Vec<u8> {
+pub(super) fn step_input(run: &Run, direction: Direction) -> Vec<u8> {
     let mut input = run.input.clone();
     input.insert("saga_id".into(), Value::String(run.id.to_string()));
     let outputs: Map<String, Value> = run

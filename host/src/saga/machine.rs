@@ -592,6 +592,7 @@ mod tests {
             source: PathBuf::from("s.toml"),
             digest: "d".into(),
             text: String::new(),
+            audit: Vec::new(),
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod definition;
 mod driver;
 pub mod machine;
+pub mod verify;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -5,7 +5,10 @@
 //!   new order; the same order created again with the same details answers its status;
 //!   with other details it is refused (an order id names one order)
 //! - `complete {order}` → `{order, status: "completed"}`; rejected if cancelled
-//! - `cancel {order, reason?}` → `{order, status: "cancelled"}`; rejected if completed
+//! - `cancel {order, reason?}` → `{order, status: "cancelled"}`; rejected if completed;
+//!   an order never created has nothing to undo: `{order, status: "cancelled",
+//!   created: false}` (a compensation must not fail for a step that never committed,
+//!   as `wasaga saga verify` checks)
 //! - `place {...}`: the choreographed flow's entry (the only public operation): creates
 //!   the order and publishes `order-placed` in the chain named by the order id
 //!
@@ -133,6 +136,9 @@ fn create(input: Create) -> Result<Value, Failure> {
 fn change(input: Change, to: &str) -> Result<Value, Failure> {
     let key = format!("order/{}", input.order);
     let Some((mut order, _)) = json::get::<Order>(&key)? else {
+        if to == "cancelled" {
+            return Ok(serde_json::json!({"order": input.order, "status": to, "created": false}));
+        }
         return Err(Failure::Rejected(format!("no order `{}`", input.order)));
     };
     if order.status != to {

@@ -398,6 +398,10 @@ fn spawn_checkpointer(
             let mut failing = false;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(interval);
+                // Dropped while this slept: a temporary store's files may be gone.
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 // PASSIVE never waits for the writer or readers: it copies what it can.
                 // A failure (a full disk) is said once, not twenty times a second.
                 let passive = {
