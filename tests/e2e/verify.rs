@@ -70,6 +70,12 @@ fn broken_compensations_are_caught_with_their_schedule() {
     // for the strict refund, the charge done by hand (an operator's resolve) too.
     let cases = [
         ("refund-twice", "compensated, but records are not as they were: payment:account/ada", None),
+        // The same refund, as the definition's invariant sees it.
+        (
+            "refund-twice",
+            "invariant payment.check-balances: account/ada holds 102500, more than was ever put in",
+            None,
+        ),
         ("refund-forgetful", "compensated, but records are not as they were: payment:account/ada", None),
         (
             "refund-strict",
@@ -81,7 +87,8 @@ fn broken_compensations_are_caught_with_their_schedule() {
         let name = format!("place-order-{refund}");
         let definition = place_order
             .replace("name = \"place-order\"", &format!("name = \"{name}\""))
-            .replace("compensation = \"refund\"", &format!("compensation = \"{refund}\""));
+            .replace("compensation = \"refund\"", &format!("compensation = \"{refund}\""))
+            + "\n[[invariant]]\nservice = \"payment\"\noperation = \"check-balances\"\n";
         assert!(definition.contains(refund));
         std::fs::write(sagas.path().join(format!("{name}.toml")), definition).unwrap();
         let out = verify(&name, Some(plugins.path()), sagas.path(), &[]);

@@ -97,6 +97,10 @@ pub struct SagaDef {
     /// prefix ending in `*`, in any service: `order/*` keeps a cancelled order):
     /// `wasaga saga verify` does not count them as left undone.
     pub audit: Vec<String>,
+    /// The user's invariants, checked by `wasaga saga verify` at the end of every
+    /// schedule: operations (service, operation) that answer a JSON array of
+    /// violations, empty when all is well.
+    pub invariants: Vec<(String, String)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,7 +110,16 @@ struct SagaFile {
     #[serde(default)]
     audit: Vec<String>,
     #[serde(default)]
+    invariant: Vec<InvariantFile>,
+    #[serde(default)]
     step: Vec<StepFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvariantFile {
+    service: String,
+    operation: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,8 +231,31 @@ impl SagaDef {
         let pivot = pivot.unwrap_or(steps.len());
         let digest = steps_digest(&steps);
         let text = text.to_owned();
+        let mut invariants = Vec::new();
+        for invariant in parsed.invariant {
+            if let Some(manifest) = manifest {
+                let known = manifest(&invariant.service).and_then(|m| m.operation(&invariant.operation));
+                if known.is_none() {
+                    let problem = format!(
+                        "the invariant `{}.{}`: no such service and operation is loaded",
+                        invariant.service, invariant.operation
+                    );
+                    return Err(error(None, problem));
+                }
+            }
+            invariants.push((invariant.service, invariant.operation));
+        }
         let audit = parsed.audit;
-        Ok(SagaDef { name: parsed.name, steps, pivot, source: file.to_owned(), digest, text, audit })
+        Ok(SagaDef {
+            name: parsed.name,
+            steps,
+            pivot,
+            source: file.to_owned(),
+            digest,
+            text,
+            audit,
+            invariants,
+        })
     }
 
     /// Whether a step can be undone (it comes before the pivot).
@@ -317,6 +353,21 @@ mod tests {
         assert_eq!(def.steps[1].retry.backoff_ceiling(3), Duration::from_millis(40));
         assert_eq!(def.steps[1].retry.backoff_ceiling(30), Duration::from_secs(1));
         assert_eq!(def.steps[0].retry, RetryPolicy::default());
+    }
+
+    /// `audit` and `[[invariant]]` (for `saga verify`) are read, an invariant checked
+    /// against the loaded services, and neither changes the digest.
+    #[test]
+    fn audit_and_invariants_are_read_and_checked() {
+        let with = format!(
+            "audit = [\"order/*\"]\n{GOOD}\n[[invariant]]\nservice = \"order\"\noperation = \"complete\"\n"
+        );
+        let def = parse(&with).unwrap();
+        assert_eq!(def.audit, ["order/*"]);
+        assert_eq!(def.invariants, [("order".to_owned(), "complete".to_owned())]);
+        assert_eq!(def.digest, parse(GOOD).unwrap().digest);
+        let error = parse(&with.replace("operation = \"complete\"", "operation = \"audit\"")).unwrap_err();
+        assert!(error.to_string().contains("the invariant `order.audit`"), "{error}");
     }
 
     #[test]

@@ -593,6 +593,7 @@ mod tests {
             digest: "d".into(),
             text: String::new(),
             audit: Vec::new(),
+            invariants: Vec::new(),
         }
     }
 

@@ -12,7 +12,9 @@
 //!   definition's `audit` keys;
 //! - a saga that ends `completed` leaves the records of the run without faults;
 //! - a saga ends `stuck` only when a compensation, or a step after the pivot, was made
-//!   to fail for good.
+//!   to fail for good;
+//! - the definition's invariants (operations answering a JSON array of violations),
+//!   called at the end of every run, find none.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -230,6 +232,7 @@ impl Verification {
             Some(_) => {}
             None => findings.push(format!("did not end within {MAX_CALLS} calls")),
         }
+        findings.extend(end.violations.iter().cloned());
         Verdict { schedule, status, changed, findings }
     }
 
@@ -322,7 +325,26 @@ impl Verification {
             actions = apply(&def, &mut run.state, event);
         }
         let compensation_failed = run.state.steps.iter().any(|s| s.status == StepStatus::CompensationFailed);
-        Ok(End { status, records: records(&*store, &self.registry).await?, compensation_failed })
+        let records = records(&*store, &self.registry).await?;
+        let mut violations = Vec::new();
+        for (n, (service, operation)) in def.invariants.iter().enumerate() {
+            let key = format!("verify/invariant/{n}");
+            let request = Request::new(Caller::Operator, service, operation, b"{}".to_vec(), key);
+            let answer = invoker.invoke(request).await;
+            let output = match &answer {
+                Ok(invoked) => invoked.result.as_ref().map_err(Clone::clone),
+                Err(error) => Err(error.to_string()),
+            };
+            let found = match output.map(|bytes| serde_json::from_slice::<Vec<Value>>(bytes)) {
+                Ok(Ok(found)) => {
+                    found.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect()
+                }
+                Ok(Err(_)) => vec!["answered something other than a JSON array of violations".to_owned()],
+                Err(reason) => vec![format!("could not run: {reason}")],
+            };
+            violations.extend(found.into_iter().map(|v| format!("invariant {service}.{operation}: {v}")));
+        }
+        Ok(End { status, records, compensation_failed, violations })
     }
 }
 
@@ -334,6 +356,8 @@ struct End {
     records: Records,
     /// A compensation failed for good (what keeps a saga stuck, if it is).
     compensation_failed: bool,
+    /// What the definition's invariants found.
+    violations: Vec<String>,
 }
 
 /// The call the driver would make.
