@@ -103,3 +103,39 @@ fn broken_compensations_are_caught_with_their_schedule() {
         }
     }
 }
+
+/// What it cannot run says why, and exits 2 (a finding is 1).
+#[test]
+fn a_verification_that_cannot_run_says_why() {
+    let records = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(records.path(), r#"{"inventory": [1]}"#).unwrap();
+    let sagas = Path::new(SAGAS);
+    let run = |name: &str, input: &str, records: &Path| {
+        let mut command = wasaga();
+        command
+            .args(["saga", "verify", name, "--input", input, "--records"])
+            .arg(records)
+            .arg("--sagas")
+            .arg(sagas);
+        command.output().unwrap()
+    };
+    let cases = [
+        run("place-order", "[1]", Path::new(RECORDS)),
+        run("place-order", "{", Path::new(RECORDS)),
+        run("no-such-saga", INPUT, Path::new(RECORDS)),
+        run("place-order", INPUT, records.path()),
+        run("place-order", INPUT, Path::new("/no/such/records.json")),
+    ];
+    let expected = [
+        "--input must be a JSON object",
+        "--input is not valid JSON",
+        "no saga `no-such-saga`",
+        "`inventory` must be an object of records",
+        "reading /no/such/records.json",
+    ];
+    for (out, expected) in cases.iter().zip(expected) {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{expected}: {stderr}");
+        assert!(stderr.contains(expected), "expected {expected:?} in {stderr}");
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::RuntimeArgs;
 use crate::runtime::Registry;
@@ -28,7 +28,8 @@ use crate::saga::verify::{Records, Verdict, Verification};
 /// the records of the run without faults; and it may end stuck only when a
 /// compensation, or a step after the pivot, was made to fail for good. Prints a table
 /// of the schedules; exits 1 on any finding, naming the shortest schedule that shows
-/// it, 0 when there is none.
+/// it, 0 when there is none, 2 when it cannot run (a bad input or records file, a saga
+/// or a plugin that does not load).
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The saga definition's name (`<name>.toml` in --sagas).
@@ -60,6 +61,17 @@ pub struct VerifyArgs {
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    // Told apart from a finding (1), for a CI job.
+    match verify(args).await {
+        Ok(code) => Ok(code),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let input = match serde_json::from_str(&args.input).context("--input is not valid JSON")? {
         Value::Object(input) => input,
         _ => anyhow::bail!("--input must be a JSON object, as a saga's input is"),
@@ -156,10 +168,9 @@ fn records(file: &Path) -> anyhow::Result<Records> {
     };
     let mut all = Records::new();
     for (service, records) in services {
-        let Value::Object(records): Value = records else {
+        let Value::Object(records) = records else {
             anyhow::bail!("{}: `{service}` must be an object of records (key → value)", file.display());
         };
-        let records: Map<String, Value> = records;
         for (key, value) in records {
             all.insert((service.clone(), key), value.to_string().into_bytes());
         }
