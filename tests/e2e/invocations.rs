@@ -354,17 +354,8 @@ async fn a_step_stored_before_is_replayed_even_when_its_run_fails() {
 async fn idempotency_keys_as_the_draft_reads_them() {
     let server = Server::with_sagas(&[]);
     let client = Server::client();
-    let call = async |path: &str, key: &str, body: &str| {
-        let response = client
-            .post(format!("{}/v1/services/{path}", server.url))
-            .header("Idempotency-Key", key)
-            .header("Content-Type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        let replayed = response.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap().to_owned());
-        (response.status().as_u16(), replayed, response.text().await.unwrap())
+    let call = |path: &str, key: &str, body: &str| {
+        post_as_written(client.clone(), format!("{}/v1/services/{path}", server.url), key.into(), body.into())
     };
     let restock = r#"{"sku": "quoted", "qty": 1}"#;
     let replayed = |answer: &(u16, Option<String>, String)| (answer.0, answer.1.clone());
@@ -412,18 +403,31 @@ async fn idempotency_keys_as_the_draft_reads_them() {
     assert_eq!(answers.iter().filter(|(_, replayed)| replayed == "false").count(), 1, "{answers:?}");
 }
 
-/// Starts `place-order` with `body` as written; returns the saga's id and
-/// `Idempotent-Replayed`.
-async fn start_as_written(url: String, client: reqwest::Client, key: &str, body: &str) -> (String, String) {
+/// POSTs `body` as written (not re-serialised) under `key`; returns the status,
+/// `Idempotent-Replayed` (if answered) and the body.
+async fn post_as_written(
+    client: reqwest::Client,
+    url: String,
+    key: String,
+    body: String,
+) -> (u16, Option<String>, String) {
     let response = client
-        .post(format!("{url}/v1/sagas/place-order"))
+        .post(url)
         .header("Idempotency-Key", key)
         .header("Content-Type", "application/json")
-        .body(body.to_owned())
+        .body(body)
         .send()
         .await
         .unwrap();
-    let replayed = response.headers()["idempotent-replayed"].to_str().unwrap().to_owned();
-    let saga: Value = response.json().await.unwrap();
-    (saga["id"].as_str().unwrap().to_owned(), replayed)
+    let replayed = response.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), replayed, response.text().await.unwrap())
+}
+
+/// Starts `place-order` with `body` as written; returns the saga's id and
+/// `Idempotent-Replayed`.
+async fn start_as_written(url: String, client: reqwest::Client, key: &str, body: &str) -> (String, String) {
+    let (_, replayed, text) =
+        post_as_written(client, format!("{url}/v1/sagas/place-order"), key.into(), body.into()).await;
+    let saga: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (saga["id"].as_str().unwrap().to_owned(), replayed.expect("a saga start says whether it replayed"))
 }
