@@ -4,7 +4,8 @@
 //!    duplicate that arrives meanwhile waits for the first and gets its outcome.
 //! 2. A stored outcome for (service, key) is replayed; a stored outcome of a different
 //!    request (operation + input) refuses the key.
-//! 3. The plugin runs on a fresh snapshot; its reads, writes, events and outcome are
+//! 3. The plugin runs on fresh reads (a snapshot, or what the backend keeps: see
+//!    `Store::invocation_reads`); its reads, writes, events and outcome are
 //!    committed together. When a read changed underneath, nothing is written and the
 //!    plugin runs again (bounded, with jittered backoff). After a few conflicts the
 //!    run becomes exclusive for its service, so that a hot record cannot starve it.
@@ -436,7 +437,7 @@ impl Invoker {
         run: u32,
     ) -> Result<Result<Invoked, StoreError>, InvokeError> {
         let options = &self.inner.options;
-        let tx = Transaction::new(self.inner.store.snapshot(&request.service)?, options.tx_limits);
+        let tx = Transaction::new(self.inner.store.invocation_reads(&request.service)?, options.tx_limits);
         let call = Invocation {
             operation: request.operation.clone(),
             input: request.input.clone(),

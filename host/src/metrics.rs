@@ -33,8 +33,12 @@ pub struct Metrics {
     pub conflicts: Family<Labels, Counter>,
     /// Invocations answered from a stored outcome.
     pub replays: Family<Labels, Counter>,
-    /// Invocations per SQLite transaction.
+    /// Commits per write transaction (group commit).
     pub commit_batch: Histogram,
+    /// An invocation's record reads answered from the PostgreSQL store's cache, and
+    /// those that went to the database.
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
     /// The WAL's size, after the last batch.
     pub wal_bytes: Gauge,
     /// 1 while the store cannot write (disk full, I/O errors), else 0.
@@ -80,6 +84,8 @@ impl Metrics {
             conflicts: Family::default(),
             replays: Family::default(),
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
             wal_bytes: Gauge::default(),
             store_failing: Gauge::default(),
             wal_checkpoint: latency_histogram(),
@@ -118,8 +124,18 @@ impl Metrics {
         );
         registry.register(
             "commit_batch_size",
-            "Invocations per SQLite transaction",
+            "Commits per write transaction (group commit)",
             metrics.commit_batch.clone(),
+        );
+        registry.register(
+            "record_cache_hits",
+            "Record reads of invocations answered from memory (PostgreSQL store)",
+            metrics.cache_hits.clone(),
+        );
+        registry.register(
+            "record_cache_misses",
+            "Record reads of invocations that went to the database (PostgreSQL store)",
+            metrics.cache_misses.clone(),
         );
         registry.register("wal_bytes", "The SQLite WAL's size, in bytes", metrics.wal_bytes.clone());
         registry.register(

@@ -92,6 +92,13 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "Storage", env = "WASAGA_DATABASE_CONNECTIONS", default_value_t = 16)]
     database_connections: usize,
 
+    /// With --database: memory for the records invocations read (their reads that it
+    /// answers do not go to the database; every read is checked again at the
+    /// invocation's commit, so a record another host changed is read anew). 0 turns
+    /// it off.
+    #[arg(long, help_heading = "Storage", env = "WASAGA_DATABASE_CACHE", default_value = "64MiB", value_parser = parse_bytes)]
+    database_cache: u64,
+
     /// With --database: how long a host counts as alive after each heartbeat (it beats
     /// every third of it). The sagas of a host that stopped (or paused) are taken over by
     /// the others this long after its last beat.
@@ -195,7 +202,11 @@ impl ServeArgs {
     fn app_config(&self) -> AppConfig {
         let storage = match (&self.database, &self.data) {
             (Some(url), _) => {
-                let options = PgOptions { max_batch: self.max_batch, connections: self.database_connections };
+                let options = PgOptions {
+                    max_batch: self.max_batch,
+                    connections: self.database_connections,
+                    cache_bytes: usize::try_from(self.database_cache).unwrap_or(usize::MAX),
+                };
                 Storage::Postgres { url: url.clone(), options }
             }
             (None, data) => Storage::Sqlite {

@@ -362,6 +362,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// through it synchronously, inside a call.
     fn snapshot(&self, service: &str) -> Result<Box<dyn Snapshot>, StoreError>;
 
+    /// What an invocation reads `service`'s records through. Every record it reads is
+    /// checked again at its commit (its read set), so a backend may answer from what it
+    /// keeps in memory and read the rest without a snapshot (PostgreSQL does: a read
+    /// there is a network round trip); the commit is refused if any read was stale.
+    /// A snapshot unless the backend says otherwise.
+    fn invocation_reads(&self, service: &str) -> Result<Box<dyn Snapshot>, StoreError> {
+        self.snapshot(service)
+    }
+
     /// Atomically validate and apply `commit`: every read must still be at the version
     /// read, every write's version check must hold, the idempotency record (if any)
     /// must not exist unexpired, a saga created must be new for its (name, key), a saga

@@ -41,7 +41,11 @@ impl Conn {
         // grew: on a fresh database the writer's lock of a batch's records read every
         // record, and a host fell from 450 to 280 sagas/s within a minute. None of
         // these statements should scan a table: scans are the plan of last resort.
-        let settings = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off";
+        // That makes a plan that must scan (a one-row table) look dear, and past
+        // `jit_above_cost` PostgreSQL compiles each execution of it with LLVM: 17 % of
+        // its CPU went to that in the saga benchmark. These statements are lookups;
+        // none gains from JIT.
+        let settings = "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET jit = off";
         client.batch_execute(settings).await.map_err(unavailable)?;
         Ok(Conn { client, statements: HashMap::new() })
     }

@@ -13,6 +13,7 @@
 //!
 //! The client is tokio-postgres (see docs/architecture.md for why).
 
+mod cache;
 mod conn;
 mod listen;
 mod prune;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Config;
 
+use self::cache::RecordCache;
 use self::conn::{Conn, Pool};
 use super::health::Health;
 use super::{
@@ -45,11 +47,13 @@ pub struct PgOptions {
     pub max_batch: usize,
     /// Connections for reads and snapshots (the writer has one more of its own).
     pub connections: usize,
+    /// Bytes of records kept in memory for invocations' reads (`cache.rs`); 0: none.
+    pub cache_bytes: usize,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { max_batch: 256, connections: 16 }
+        PgOptions { max_batch: 256, connections: 16, cache_bytes: 64 << 20 }
     }
 }
 
@@ -57,6 +61,7 @@ impl Default for PgOptions {
 #[derive(Debug)]
 pub struct PgStore {
     pool: Arc<Pool>,
+    cache: Arc<RecordCache>,
     writer: mpsc::Sender<writer::Job>,
     health: Arc<Health>,
     wakeups: Arc<Wakeups>,
@@ -74,10 +79,18 @@ impl PgStore {
         // Complete once the listener listens: until then other hosts' changes go unheard.
         let wakeups = Arc::new(Wakeups::new(false));
         let conn = writer::open(&config).await?;
-        let writer = writer::spawn(conn, config.clone(), options.max_batch, health.clone(), wakeups.clone());
+        let cache = Arc::new(RecordCache::new(options.cache_bytes));
+        let writer = writer::spawn(
+            conn,
+            config.clone(),
+            options.max_batch,
+            health.clone(),
+            wakeups.clone(),
+            cache.clone(),
+        );
         listen::spawn(config.clone(), wakeups.clone());
         let pool = Arc::new(Pool::new(config, options.connections, health.clone()));
-        Ok(PgStore { pool, writer, health, wakeups })
+        Ok(PgStore { pool, cache, writer, health, wakeups })
     }
 
     /// Brings the schema at `url` up to date, and nothing more (for `wasaga export` and
@@ -137,6 +150,10 @@ fn writer_gone() -> StoreError {
 impl Store for PgStore {
     fn snapshot(&self, service: &str) -> Result<Box<dyn Snapshot>, StoreError> {
         Ok(Box::new(records::PgSnapshot::new(self.pool.clone(), service)))
+    }
+
+    fn invocation_reads(&self, service: &str) -> Result<Box<dyn Snapshot>, StoreError> {
+        Ok(Box::new(records::CachedReads::new(self.pool.clone(), self.cache.clone(), service)))
     }
 
     fn commit(&self, commit: Commit) -> CommitFuture {
@@ -274,7 +291,10 @@ mod tests {
 
     use super::{PgOptions, PgStore, testing};
     use crate::store::contract_tests::{commit_of, create_saga, saga, woken};
-    use crate::store::{ChangeSet, Commit, Event, SagaChange, SagaStatus, Store, UploadChange, UploadRow};
+    use crate::store::{
+        ChangeSet, Commit, Event, SagaChange, SagaStatus, Slot, Store, StoreError, Transaction, TxLimits,
+        UploadChange, UploadRow,
+    };
 
     crate::store::contract_tests::contract_tests!(super::scratch);
 
@@ -338,5 +358,40 @@ mod tests {
         let expected = vec![(SagaStatus::Completed, 1), (SagaStatus::Running, 1)];
         assert_eq!(a.saga_counts().await.unwrap(), expected, "a saga of one host finished by the other");
         assert_eq!(b.saga_counts().await.unwrap(), expected);
+    }
+
+    /// An invocation reads through this host's cache, which another host's commit
+    /// makes stale: the commit that read the stale version is refused, the entry is
+    /// forgotten, and the next invocation reads the database's version.
+    #[tokio::test]
+    async fn a_read_another_host_made_stale_is_refused_at_commit_then_read_anew() {
+        let url = testing::scratch().await;
+        let connect = || PgStore::connect(&url, PgOptions::default());
+        let (here, there) = (connect().await.unwrap(), connect().await.unwrap());
+        let reads =
+            |store: &PgStore| Transaction::new(store.invocation_reads("svc").unwrap(), TxLimits::default());
+        let write = |mut tx: Transaction, value: &'static str| async move {
+            tx.set("k", value.as_bytes().to_vec()).await.unwrap();
+            commit_of(tx.into_changes(), None)
+        };
+
+        here.commit(write(reads(&here), "1").await).await.unwrap();
+        let kept = Slot { value: Some(b"1".to_vec()), version: 1 };
+        assert_eq!(here.cache.get("svc", "k"), Some(kept), "kept at the commit, before it is answered");
+        there.commit(write(reads(&there), "2").await).await.unwrap();
+
+        let mut stale = reads(&here);
+        assert_eq!(stale.get("k").await.unwrap().map(|e| e.version), Some(1), "from the cache");
+        match here.commit(write(stale, "3").await).await {
+            Err(StoreError::Conflict(c)) => {
+                assert_eq!((c.key, c.expected, c.actual), ("k".into(), Some(1), Some(2)))
+            }
+            other => panic!("a commit on a stale read: {other:?}"),
+        }
+        assert_eq!(here.cache.get("svc", "k"), None, "forgotten");
+        let mut fresh = reads(&here);
+        assert_eq!(fresh.get("k").await.unwrap().map(|e| (e.value, e.version)), Some((b"2".to_vec(), 2)));
+        here.commit(write(fresh, "3").await).await.unwrap();
+        assert_eq!(there.snapshot("svc").unwrap().get("k").await.unwrap().version, 3);
     }
 }

@@ -1,11 +1,13 @@
 //! Records and idempotency records in PostgreSQL: snapshots (read-only repeatable-read
-//! transactions on pooled connections) and the stored outcomes. The commit's checks and
+//! transactions on pooled connections), an invocation's reads (through the cache, one
+//! statement each when it misses) and the stored outcomes. The commit's checks and
 //! writes are in `writer.rs`.
 
 use std::sync::Arc;
 
 use tokio_postgres::Row;
 
+use super::cache::RecordCache;
 use super::conn::{Conn, Lent, Pool, unavailable};
 use crate::store::{Entry, IdempotencyKey, Scanned, Slot, Snapshot, StoreError, StoredOutcome};
 
@@ -26,13 +28,11 @@ pub(super) struct PgSnapshot {
     pool: Arc<Pool>,
     service: String,
     begun: bool,
-    /// The service's version floor, as of the first read.
-    floor: Option<u64>,
 }
 
 impl PgSnapshot {
     pub(super) fn new(pool: Arc<Pool>, service: &str) -> PgSnapshot {
-        PgSnapshot { conn: None, pool, service: service.to_owned(), begun: false, floor: None }
+        PgSnapshot { conn: None, pool, service: service.to_owned(), begun: false }
     }
 
     /// Runs `sql` in the snapshot, beginning it with this first query (one round trip).
@@ -64,13 +64,7 @@ impl Snapshot for PgSnapshot {
     async fn get(&mut self, key: &str) -> Result<Slot, StoreError> {
         let service = self.service.clone();
         let row = self.query(GET, &[&service, &key]).await?.pop().expect("GET answers one row");
-        let floor = *self.floor.get_or_insert(row.get::<_, Option<i64>>(2).map_or(0, |floor| floor as u64));
-        match row.get::<_, Option<i64>>(1) {
-            Some(version) => Ok(Slot { value: row.get(0), version: version as u64 }),
-            // No row: never written, or its tombstone forgotten; it reads at the floor
-            // (as of the snapshot's first read).
-            None => Ok(Slot { value: None, version: floor }),
-        }
+        Ok(slot(&row))
     }
 
     async fn scan(
@@ -109,6 +103,78 @@ impl Drop for PgSnapshot {
                 }
             });
         }
+    }
+}
+
+/// The slot a `GET` row describes: a record's, or the service's floor for a key with no
+/// row (never written, or its tombstone forgotten).
+fn slot(row: &Row) -> Slot {
+    match row.get::<_, Option<i64>>(1) {
+        Some(version) => Slot { value: row.get(0), version: version as u64 },
+        None => Slot { value: None, version: row.get::<_, Option<i64>>(2).map_or(0, |floor| floor as u64) },
+    }
+}
+
+/// An invocation's reads. Not a snapshot: each read that the cache cannot answer is a
+/// statement of its own, with no transaction around them, so two reads may see two
+/// moments. The invocation's commit checks every read again (its read set), and is
+/// refused if any changed since: what it commits was computed from records that were
+/// all current together, at its commit. What it saves: the round trips of the reads the
+/// cache answers, and a read transaction (`BEGIN`, `ROLLBACK`) per invocation.
+pub(super) struct CachedReads {
+    pool: Arc<Pool>,
+    cache: Arc<RecordCache>,
+    service: String,
+}
+
+impl CachedReads {
+    pub(super) fn new(pool: Arc<Pool>, cache: Arc<RecordCache>, service: &str) -> CachedReads {
+        CachedReads { pool, cache, service: service.to_owned() }
+    }
+
+    async fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        let mut conn = self.pool.take().await?;
+        let rows = conn.query(sql, params).await;
+        self.pool.put(conn);
+        rows
+    }
+}
+
+#[async_trait::async_trait]
+impl Snapshot for CachedReads {
+    async fn get(&mut self, key: &str) -> Result<Slot, StoreError> {
+        let metrics = crate::metrics::metrics();
+        if let Some(slot) = self.cache.get(&self.service, key) {
+            metrics.cache_hits.inc();
+            return Ok(slot);
+        }
+        metrics.cache_misses.inc();
+        let row = self.query(GET, &[&self.service, &key]).await?.pop().expect("GET answers one row");
+        let slot = slot(&row);
+        self.cache.offer(&self.service, key, slot.clone());
+        Ok(slot)
+    }
+
+    async fn scan(
+        &mut self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Scanned, StoreError> {
+        let (from, inclusive) = Scanned::start(prefix, start_after);
+        let sql = if inclusive { SCAN_FROM } else { SCAN_AFTER };
+        let rows = self.query(sql, &[&self.service, &from, &(limit as i64)]).await?;
+        let rows = rows
+            .iter()
+            .map(|row| Ok((row.get(0), Entry { value: row.get(1), version: row.get::<_, i64>(2) as u64 })));
+        // Not kept: a scan's records are read again by key rather seldom, and keeping
+        // them would copy up to a few MiB a scan.
+        Scanned::collect(rows, prefix, limit, max_bytes)
     }
 }
 

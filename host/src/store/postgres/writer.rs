@@ -29,13 +29,14 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
 
+use super::cache::RecordCache;
 use super::conn::{Conn, unavailable};
 use super::prune;
 use crate::store::health::{Health, PROBE_EVERY};
 use crate::store::wakeups::{Hints, Wakeups};
 use crate::store::{
-    Commit, Conflict, DeliveryChange, DeliveryStatus, IdempotencyKey, PruneKind, SagaChange, StoreError,
-    UploadChange, attempt_refused,
+    Commit, Conflict, DeliveryChange, DeliveryStatus, IdempotencyKey, PruneKind, SagaChange, Slot,
+    StoreError, UploadChange, attempt_refused,
 };
 
 pub(super) enum Job {
@@ -81,9 +82,10 @@ pub(super) fn spawn(
     max_batch: usize,
     health: Arc<Health>,
     wakeups: Arc<Wakeups>,
+    cache: Arc<RecordCache>,
 ) -> mpsc::Sender<Job> {
     let (sender, receiver) = mpsc::channel(QUEUE);
-    tokio::spawn(run(conn, config, receiver, max_batch.max(1), health, wakeups));
+    tokio::spawn(run(conn, config, receiver, max_batch.max(1), health, wakeups, cache));
     sender
 }
 
@@ -94,6 +96,7 @@ async fn run(
     max_batch: usize,
     health: Arc<Health>,
     wakeups: Arc<Wakeups>,
+    cache: Arc<RecordCache>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     loop {
@@ -131,7 +134,7 @@ async fn run(
             Job::Prune(..) => None,
         }));
         // A failed batch marks the store failing itself (before it answers anyone).
-        let _ = write_batch(&mut conn, &config, std::mem::take(&mut batch), hints, &health).await;
+        let _ = write_batch(&mut conn, &config, std::mem::take(&mut batch), hints, &health, &cache).await;
         // Also after a failed batch, as in SQLite's writer: one whose COMMIT's answer was
         // lost may be durable, and a hint that finds nothing new costs one look.
         wakeups.wake(hints);
@@ -166,15 +169,17 @@ async fn write_batch(
     mut jobs: Vec<Job>,
     hints: Hints,
     health: &Health,
+    cache: &RecordCache,
 ) -> Result<(), StoreError> {
     let commits = jobs.iter().filter(|job| matches!(job, Job::Commit(..))).count();
     crate::metrics::metrics().commit_batch.observe(commits as f64);
     loop {
-        match try_batch(conn, config, &jobs, hints).await {
+        match try_batch(conn, config, &jobs, hints, cache).await {
             Ok(Tried::Again) => continue,
             Ok(Tried::Late(i, refusal)) => {
                 // Rolled back: that commit is refused, the others go again.
-                if let Job::Commit(_, reply) = jobs.remove(i) {
+                if let Job::Commit(commit, reply) = jobs.remove(i) {
+                    forget(cache, &commit);
                     let _ = reply.send(Err(refusal));
                 }
             }
@@ -228,6 +233,7 @@ async fn try_batch(
     config: &Config,
     jobs: &[Job],
     hints: Hints,
+    cache: &RecordCache,
 ) -> Result<Tried, StoreError> {
     let statements = Statements::prepare(conn).await?;
     let client = &conn.client;
@@ -257,6 +263,9 @@ async fn try_batch(
         };
         let facts = facts.next().expect("one set of facts per commit")?;
         let verdict = overlay.check(commit, &facts);
+        if let Err(StoreError::Conflict(_)) = verdict {
+            forget(cache, commit);
+        }
         if verdict.is_ok() {
             overlay.apply(commit);
             written.extend(commit.changes.writes.iter().map(|w| (commit.service.as_str(), w.key.as_str())));
@@ -319,6 +328,15 @@ async fn try_batch(
         }
         tracing::warn!(xact, "the COMMIT's answer was lost ({error}), but the batch committed");
     }
+    // Before anyone is answered: a caller's next invocation reads what it just wrote.
+    for (job, answer) in jobs.iter().zip(&answers) {
+        if let (Job::Commit(commit, _), Some(Answer::Commit(Ok(())))) = (job, answer) {
+            for write in &commit.changes.writes {
+                let slot = Slot { value: write.value.clone(), version: write.version };
+                cache.offer(&commit.service, &write.key, slot);
+            }
+        }
+    }
     Ok(Tried::Done(answers.into_iter().map(|a| a.expect("every job answered")).collect()))
 }
 
@@ -338,6 +356,14 @@ async fn committed(conn: &mut Conn, config: &Config, xact: &str) -> Result<bool,
         }
     }
     Err(format!("transaction {xact} was still in progress after a second"))
+}
+
+/// Forgets every record a refused commit read or wrote: one of them at least is
+/// another version in the database, and its re-run must read them there.
+fn forget(cache: &RecordCache, commit: &Commit) {
+    for (key, _) in expected(commit) {
+        cache.forget(&commit.service, key);
+    }
 }
 
 fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
