@@ -21,8 +21,9 @@ use std::sync::Mutex;
 
 use crate::store::Slot;
 
-/// Bytes a cached entry costs besides its key and value (the maps' own upkeep).
-const OVERHEAD: usize = 64;
+/// Bytes a cached entry costs besides its key and value: the map's slot, and the
+/// allocator's share of the three allocations (service, key, value).
+const OVERHEAD: usize = 160;
 
 /// Records by (service, key).
 #[derive(Debug)]

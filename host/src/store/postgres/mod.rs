@@ -1,10 +1,11 @@
 //! The shared backend: PostgreSQL, for hosts that outgrow one machine's SQLite.
 //!
-//! - One writer task per host owns a connection and group-commits (`writer.rs`):
+//! - One writer thread per host owns a connection and group-commits (`writer.rs`):
 //!   a batch is one transaction in three round trips (every commit's checks, the
 //!   writes of those that hold, `COMMIT`).
 //! - Snapshots are read-only `REPEATABLE READ` transactions on pooled connections
-//!   (`records.rs`); the other reads run on pooled connections too (`queries.rs`).
+//!   (`records.rs`); invocations read through a cache of records, checked at their
+//!   commit (`cache.rs`); the other reads run on pooled connections (`queries.rs`).
 //! - Migrations run at start, one host at a time (`schema.rs`).
 //! - Several hosts may share the database: heartbeats, saga claims and the
 //!   leader come from `queries.rs` (`heartbeat`, `claim`; see `cluster.rs`); every
@@ -78,16 +79,10 @@ impl PgStore {
         let health = Arc::new(Health::default());
         // Complete once the listener listens: until then other hosts' changes go unheard.
         let wakeups = Arc::new(Wakeups::new(false));
-        let conn = writer::open(&config).await?;
         let cache = Arc::new(RecordCache::new(options.cache_bytes));
-        let writer = writer::spawn(
-            conn,
-            config.clone(),
-            options.max_batch,
-            health.clone(),
-            wakeups.clone(),
-            cache.clone(),
-        );
+        let writer =
+            writer::spawn(config.clone(), options.max_batch, health.clone(), wakeups.clone(), cache.clone())
+                .await?;
         listen::spawn(config.clone(), wakeups.clone());
         let pool = Arc::new(Pool::new(config, options.connections, health.clone()));
         Ok(PgStore { pool, cache, writer, health, wakeups })

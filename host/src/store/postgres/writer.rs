@@ -1,5 +1,5 @@
-//! The writer: one task owns a connection and commits what the invocations send it, in
-//! batches (group commit), like SQLite's writer thread.
+//! The writer: a thread of its own owns a connection and commits what the invocations
+//! send it, in batches (group commit), like SQLite's writer thread.
 //!
 //! Each batch is one PostgreSQL transaction, so one WAL flush, whatever its size, and
 //! three round trips, whatever its size: every statement of a phase goes out at once
@@ -10,11 +10,11 @@
 //!    before the batch; what the batch's earlier commits change is overlaid, so each
 //!    commit is checked as if those before it were written. A commit whose checks fail
 //!    is refused and writes nothing; the batch goes on without it.
-//! 2. the writes of the commits that hold, each guarded as in SQLite
-//!    (`… WHERE version = <read>`), so that a change the checks did not see is still
-//!    caught. Only a writer of another process could make one (one wasaga host per
-//!    database for now, see `mod.rs`); then the batch is rolled back, that commit
-//!    refused, and the others written again.
+//! 2. the writes of the commits that hold (the rows of outcomes, records and saga
+//!    updates as one statement per table, the rest a statement each), each guarded as
+//!    in SQLite (`… WHERE version = <read>`), so that a change the checks did not see
+//!    is still caught. Only another host's writer could make one; then the batch is
+//!    rolled back, that commit refused, and the others written again.
 //! 3. `COMMIT`.
 //!
 //! No savepoints: PostgreSQL keeps a subtransaction per savepoint until the
@@ -76,17 +76,39 @@ const LOCK_RECORDS: &str = "SELECT 1 FROM unnest($1::text[], $2::text[]) AS w (s
 const NOTIFY_EVENTS: &str = "SELECT pg_notify('wasaga_events', current_schema())";
 const NOTIFY_PLUGINS: &str = "SELECT pg_notify('wasaga_plugins', current_schema())";
 
-pub(super) fn spawn(
-    conn: Conn,
+/// Starts the writer on a thread of its own, with its own connection, once that
+/// connection is open. Not a task of the host's runtime: there, each of a batch's round
+/// trips (the writer's task, its connection's task) waited in the run queues behind
+/// plugin calls, and a batch of 32 commits took 7 ms, twice PostgreSQL's share of it.
+/// Every invocation waits for a batch, so the writer's turn-around is the host's.
+pub(super) async fn spawn(
     config: Config,
     max_batch: usize,
     health: Arc<Health>,
     wakeups: Arc<Wakeups>,
     cache: Arc<RecordCache>,
-) -> mpsc::Sender<Job> {
+) -> Result<mpsc::Sender<Job>, StoreError> {
     let (sender, receiver) = mpsc::channel(QUEUE);
-    tokio::spawn(run(conn, config, receiver, max_batch.max(1), health, wakeups, cache));
-    sender
+    let (opened, open_answer) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the writer's runtime: {e}")))?;
+    std::thread::Builder::new()
+        .name("wasaga-pg-writer".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let conn = match open(&config).await {
+                    Ok(conn) => conn,
+                    Err(error) => return drop(opened.send(Err(error))),
+                };
+                let _ = opened.send(Ok(()));
+                run(conn, config, receiver, max_batch.max(1), health, wakeups, cache).await
+            })
+        })
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the writer's thread: {e}")))?;
+    open_answer.await.map_err(|_| StoreError::Unavailable("the writer's thread stopped".into()))??;
+    Ok(sender)
 }
 
 async fn run(
@@ -250,8 +272,7 @@ async fn try_batch(
     );
     begun.map_err(unavailable)?;
     let mut overlay = Overlay::default();
-    let mut steps = Vec::new();
-    let mut owners = Vec::new();
+    let mut batch = Writes::default();
     // The records the batch writes: (service, key).
     let mut written: Vec<(&str, &str)> = Vec::new();
     let mut answers = Vec::with_capacity(jobs.len());
@@ -269,40 +290,35 @@ async fn try_batch(
         if verdict.is_ok() {
             overlay.apply(commit);
             written.extend(commit.changes.writes.iter().map(|w| (commit.service.as_str(), w.key.as_str())));
-            let written = writes(commit);
-            owners.extend(std::iter::repeat_n(i, written.len()));
-            steps.extend(written);
+            batch.add(i, commit);
         }
         answers.push(Some(Answer::Commit(verdict)));
     }
     // The locks every batch takes first, in one order for all of them, so that two
     // hosts' batches cannot each hold a row the other waits for (PostgreSQL finds such
     // a deadlock only after `deadlock_timeout`, 1 s, and the batch goes again).
-    let mut first = Vec::new();
+    let mut steps = Vec::new();
     if commits.iter().any(|commit| !commit.changes.events.is_empty()) {
-        first.push(step(PUBLISHING, Vec::new()));
+        steps.push(step(PUBLISHING, Vec::new()));
     }
     if !written.is_empty() {
         written.sort_unstable();
         written.dedup();
         let (services, keys): (Vec<String>, Vec<String>) =
             written.into_iter().map(|(s, k)| (s.to_owned(), k.to_owned())).unzip();
-        first.push(step(LOCK_RECORDS, vec![Box::new(services), Box::new(keys)]));
+        steps.push(step(LOCK_RECORDS, vec![Box::new(services), Box::new(keys)]));
     }
-    owners.splice(0..0, std::iter::repeat_n(usize::MAX, first.len()));
-    steps.splice(0..0, first);
+    steps.extend(batch.steps());
     for (wanted, notify) in [(hints.events, NOTIFY_EVENTS), (hints.plugins, NOTIFY_PLUGINS)] {
         if wanted {
             steps.push(step(notify, Vec::new()));
-            owners.push(usize::MAX);
         }
     }
     let xact = match pipeline(conn, &steps).await? {
         Pipelined::Done(xact) => xact,
-        Pipelined::Late(step) => {
+        Pipelined::Late(owner, refusal) => {
             conn.client.batch_execute("ROLLBACK").await.map_err(unavailable)?;
-            let refusal = steps.swap_remove(step).guard.expect("only a guarded step is late");
-            return Ok(Tried::Late(owners[step], refusal));
+            return Ok(Tried::Late(owner, refusal));
         }
         Pipelined::Deadlock => {
             conn.client.batch_execute("ROLLBACK").await.map_err(unavailable)?;
@@ -314,7 +330,8 @@ async fn try_batch(
             *answer = Some(Answer::Prune(Ok(prune::prune(conn, *kind, *before, *size).await?)));
         }
     }
-    if let Err(error) = conn.client.batch_execute("COMMIT").await {
+    let committing = conn.client.batch_execute("COMMIT").await;
+    if let Err(error) = committing {
         // The connection broke with the COMMIT sent: the server may have committed
         // (its answer lost on the way, say in a failover or a network cut). Asking a
         // new connection tells the callers the truth either way, where it can.
@@ -584,28 +601,39 @@ impl Overlay {
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
-/// One statement of a pipeline. `guard`: the statement must change exactly one row,
-/// else the commit meets a change its checks did not see, and is refused with this.
+/// One statement of a pipeline, and how its answer is checked.
 struct Step {
     sql: &'static str,
     params: Vec<Param>,
-    guard: Option<StoreError>,
+    guard: Guard,
+}
+
+/// What a statement must have changed, else the commit it writes for meets a change
+/// its checks did not see, and is refused.
+enum Guard {
+    None,
+    /// Exactly one row, else job `.0` is refused with `.1`.
+    One(usize, StoreError),
+    /// A statement that writes rows of many commits and returns the key of each row it
+    /// changed: each (key, job, refusal) whose key it did not return refuses its job.
+    Rows(Vec<(String, usize, StoreError)>),
 }
 
 fn step(sql: &'static str, params: Vec<Param>) -> Step {
-    Step { sql, params, guard: None }
+    Step { sql, params, guard: Guard::None }
 }
 
-fn guarded(sql: &'static str, params: Vec<Param>, refusal: StoreError) -> Step {
-    Step { sql, params, guard: Some(refusal) }
+fn guarded(sql: &'static str, params: Vec<Param>, job: usize, refusal: StoreError) -> Step {
+    Step { sql, params, guard: Guard::One(job, refusal) }
 }
 
 enum Pipelined {
     /// Every step ran; the transaction's id (to ask about it if its COMMIT's answer is
     /// lost).
     Done(String),
-    /// This guarded step did not change exactly one row (the first such).
-    Late(usize),
+    /// A guarded step did not change what it had to (the first such): this job is
+    /// refused with this.
+    Late(usize, StoreError),
     /// PostgreSQL found a deadlock with another host's batch and failed this one.
     Deadlock,
 }
@@ -623,12 +651,17 @@ async fn pipeline(conn: &mut Conn, steps: &[Step]) -> Result<Pipelined, StoreErr
     let (results, xact) = tokio::join!(
         futures_util::future::join_all(steps.iter().zip(&statements).map(|(step, statement)| {
             let params: Vec<&(dyn ToSql + Sync)> = step.params.iter().map(|p| p.as_ref() as _).collect();
-            async move { client.execute(statement, &params).await }
+            async move {
+                match step.guard {
+                    Guard::Rows(_) => client.query(statement, &params).await.map(Changed::Rows),
+                    _ => client.execute(statement, &params).await.map(Changed::Count),
+                }
+            }
         })),
         client.query_one(&xact_id, &[])
     );
     let mut late = None;
-    for (i, (step, result)) in steps.iter().zip(results).enumerate() {
+    for (step, result) in steps.iter().zip(results) {
         let changed = match result {
             Ok(changed) => changed,
             Err(error) if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
@@ -636,44 +669,83 @@ async fn pipeline(conn: &mut Conn, steps: &[Step]) -> Result<Pipelined, StoreErr
             }
             Err(error) => return Err(unavailable(error)),
         };
-        if step.guard.is_some() && changed != 1 && late.is_none() {
-            late = Some(i);
+        if late.is_none() {
+            late = step.guard.missed(changed);
         }
     }
     match late {
-        Some(step) => Ok(Pipelined::Late(step)),
+        Some((job, refusal)) => Ok(Pipelined::Late(job, refusal)),
         None => Ok(Pipelined::Done(xact.map_err(unavailable)?.get(0))),
     }
+}
+
+/// What a statement changed: a count of rows, or the rows it returned.
+enum Changed {
+    Count(u64),
+    Rows(Vec<tokio_postgres::Row>),
+}
+
+impl Guard {
+    /// The first job refused by what its statement changed.
+    fn missed(&self, changed: Changed) -> Option<(usize, StoreError)> {
+        match (self, changed) {
+            (Guard::One(job, refusal), Changed::Count(n)) if n != 1 => Some((*job, refusal.clone())),
+            (Guard::Rows(expected), Changed::Rows(rows)) => {
+                let returned: HashSet<String> = rows.iter().map(row_key).collect();
+                let (_, job, refusal) = expected.iter().find(|(key, ..)| !returned.contains(key))?;
+                Some((*job, refusal.clone()))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The key of a row a multi-row write returned: its key columns, joined by NUL
+/// (which no key holds).
+fn row_key(row: &tokio_postgres::Row) -> String {
+    (0..row.len()).map(|i| row.get::<_, &str>(i)).collect::<Vec<_>>().join("\0")
 }
 
 /// The batch's transaction id (assigned by this call if no step has yet).
 const XACT_ID: &str = "SELECT pg_current_xact_id()::text";
 
-const STORE_OUTCOME: &str =
+// The writes most commits make are each one statement for the whole batch, over
+// arrays of the batch's rows (`unnest`): a statement per row cost PostgreSQL more in
+// the statement's handling than in the row's (~150 statements a batch), and a
+// batch's writes took 3.4 ms, the longest of its round trips. Each returns the keys
+// of the rows it changed, which are the rows whose guard held.
+const STORE_OUTCOMES: &str =
     "INSERT INTO invocations (service, space, key, fingerprint, operation, ok, output,
          digest, correlation_id, created_at, expires_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::bool[],
+         $7::bytea[], $8::text[], $9::text[], $10::int8[], $11::int8[])
      ON CONFLICT (service, space, key) DO UPDATE SET
          fingerprint = excluded.fingerprint, operation = excluded.operation,
          ok = excluded.ok, output = excluded.output, digest = excluded.digest,
          correlation_id = excluded.correlation_id,
          created_at = excluded.created_at, expires_at = excluded.expires_at
-     WHERE invocations.expires_at <= excluded.created_at";
-const WRITE_RECORD: &str =
-    "INSERT INTO records (service, key, value, version, deleted_at) VALUES ($1, $2, $3, $4, $5)
+     WHERE invocations.expires_at <= excluded.created_at
+     RETURNING service, space, key";
+/// A write's version is the one it read plus one.
+const WRITE_RECORDS: &str = "INSERT INTO records (service, key, value, version, deleted_at)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int8[], $5::int8[])
      ON CONFLICT (service, key) DO UPDATE SET
          value = excluded.value, version = excluded.version, deleted_at = excluded.deleted_at
-     WHERE records.version = $6";
+     WHERE records.version = excluded.version - 1
+     RETURNING service, key";
+/// The owner's check is here only (the batch's checks read the version alone): a saga
+/// taken over by another host is rare, and refusing it late costs a batch's redo.
+const UPDATE_SAGAS: &str = "UPDATE sagas SET status = u.status, state = u.state, version = u.version + 1,
+         updated_at = u.at, owner = coalesce(u.by, sagas.owner)
+     FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[])
+         AS u (id, version, status, state, at, by)
+     WHERE sagas.id = u.id AND sagas.version = u.version
+       AND (u.by IS NULL OR sagas.owner IS NULL OR sagas.owner = u.by OR sagas.status = 'stuck')
+     RETURNING sagas.id";
 const CREATE_SAGA: &str = "INSERT INTO sagas
          (id, name, status, input, state, version, key, fingerprint, created_at, updated_at, owner)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
      ON CONFLICT DO NOTHING";
-/// The owner's check is here only (the batch's checks read the version alone): a saga
-/// taken over by another host is rare, and refusing it late costs a batch's redo.
-const UPDATE_SAGA: &str = "UPDATE sagas SET status = $3, state = $4, version = $2 + 1, updated_at = $5,
-         owner = coalesce($6::text, owner)
-     WHERE id = $1 AND version = $2
-       AND ($6::text IS NULL OR owner IS NULL OR owner = $6::text OR status = 'stuck')";
 const CREATE_DELIVERY: &str =
     "INSERT INTO deliveries (event_id, subscriber, operation, topic, correlation_id,
          status, attempts, next_at, created_at)
@@ -695,50 +767,178 @@ const DISCARD_UPLOAD: &str = "DELETE FROM plugin_uploads WHERE service = $1";
 const PUBLISH: &str = "INSERT INTO outbox (service, topic, payload, correlation_id, created_at, traceparent)
      VALUES ($1, $2, $3, $4, $5, $6)";
 
-/// The statements that apply a checked commit, in SQLite's order.
-fn writes(commit: &Commit) -> Vec<Step> {
+/// A batch's writes: the rows most commits write, gathered per table into one
+/// statement each, and the rest, one statement per change in commit order.
+#[derive(Default)]
+struct Writes {
+    outcomes: Vec<Row<11>>,
+    records: Vec<Row<5>>,
+    sagas: Vec<Row<6>>,
+    others: Vec<Step>,
+}
+
+/// One row of a multi-row write: the job it is for, its key, its columns' values, and
+/// what the job is refused with if the row's guard does not hold.
+struct Row<const N: usize> {
+    job: usize,
+    key: String,
+    values: [Param; N],
+    refusal: StoreError,
+}
+impl Writes {
+    /// Adds the writes of checked commit `job`.
+    fn add(&mut self, job: usize, commit: &Commit) {
+        let service = &commit.service;
+        if let Some(o) = &commit.outcome {
+            let (ok, output) = match &o.result {
+                Ok(output) => (true, output.clone()),
+                Err(reason) => (false, reason.clone().into_bytes()),
+            };
+            let k = &o.key;
+            self.outcomes.push(Row {
+                job,
+                key: format!("{}\0{}\0{}", k.service, k.space.as_str(), k.key),
+                values: [
+                    Box::new(k.service.clone()),
+                    Box::new(k.space.as_str()),
+                    Box::new(k.key.clone()),
+                    Box::new(o.fingerprint.to_vec()),
+                    Box::new(o.operation.clone()),
+                    Box::new(ok),
+                    Box::new(output),
+                    Box::new(o.digest.to_string()),
+                    Box::new(o.correlation_id.clone()),
+                    Box::new(o.created_at),
+                    Box::new(o.expires_at),
+                ],
+                refusal: StoreError::Duplicate(k.key.clone()),
+            });
+        }
+        for write in &commit.changes.writes {
+            let read = write.version - 1;
+            let deleted_at = write.value.is_none().then(crate::clock::now_ms);
+            self.records.push(Row {
+                job,
+                key: format!("{service}\0{}", write.key),
+                values: [
+                    Box::new(service.clone()),
+                    Box::new(write.key.clone()),
+                    Box::new(write.value.clone()),
+                    Box::new(write.version as i64),
+                    Box::new(deleted_at),
+                ],
+                refusal: Conflict {
+                    key: write.key.clone(),
+                    expected: (read > 0).then_some(read),
+                    actual: None,
+                }
+                .into(),
+            });
+        }
+        if let Some(SagaChange::Update { id, version, status, state, at, by }) = &commit.saga {
+            self.sagas.push(Row {
+                job,
+                key: id.clone(),
+                values: [
+                    Box::new(id.clone()),
+                    Box::new(*version as i64),
+                    Box::new(status.as_str()),
+                    Box::new(state.clone()),
+                    Box::new(*at),
+                    Box::new(by.clone()),
+                ],
+                refusal: Conflict { key: format!("saga {id}"), expected: Some(*version), actual: None }
+                    .into(),
+            });
+        }
+        self.others.extend(others(job, commit));
+    }
+
+    /// The statements, in an order that keeps each commit's dependencies: outcomes,
+    /// records, the other changes (sagas created among them), sagas updated.
+    fn steps(self) -> Vec<Step> {
+        let Writes { outcomes, records, sagas, others } = self;
+        let mut steps = multi_row(STORE_OUTCOMES, outcomes);
+        steps.extend(multi_row(WRITE_RECORDS, records));
+        steps.extend(others);
+        steps.extend(multi_row(UPDATE_SAGAS, sagas));
+        steps
+    }
+}
+
+/// The statements of one multi-row write: its rows as one array per column, in
+/// rounds in which no key appears twice (PostgreSQL changes a row once per statement;
+/// two commits of a batch may write one record), a key's rows in commit order.
+fn multi_row<const N: usize>(sql: &'static str, rows: Vec<Row<N>>) -> Vec<Step> {
+    let mut rounds: Vec<Vec<Row<N>>> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for row in rows {
+        let round = seen.entry(row.key.clone()).or_insert(0);
+        if rounds.len() == *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(row);
+        *round += 1;
+    }
+    rounds
+        .into_iter()
+        .map(|round| {
+            let mut columns: Vec<Vec<Param>> = (0..N).map(|_| Vec::with_capacity(round.len())).collect();
+            let mut expected = Vec::with_capacity(round.len());
+            for Row { job, key, values, refusal } in round {
+                for (column, value) in columns.iter_mut().zip(values) {
+                    column.push(value);
+                }
+                expected.push((key, job, refusal));
+            }
+            let params = columns.into_iter().map(|column| Box::new(Column(column)) as Param).collect();
+            Step { sql, params, guard: Guard::Rows(expected) }
+        })
+        .collect()
+}
+
+/// One column of a multi-row write's rows: an array parameter, whatever its values'
+/// type (each value encodes itself as an element of the array).
+#[derive(Debug)]
+struct Column(Vec<Param>);
+
+impl ToSql for Column {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let tokio_postgres::types::Kind::Array(member) = ty.kind() else {
+            return Err(format!("a column of rows is an array, not {ty}").into());
+        };
+        postgres_protocol::types::array_to_sql(
+            Some(postgres_protocol::types::ArrayDimension {
+                len: i32::try_from(self.0.len())?,
+                lower_bound: 1,
+            }),
+            member.oid(),
+            self.0.iter(),
+            |value, out| match value.to_sql_checked(member, out)? {
+                tokio_postgres::types::IsNull::No => Ok(postgres_protocol::IsNull::No),
+                tokio_postgres::types::IsNull::Yes => Ok(postgres_protocol::IsNull::Yes),
+            },
+            out,
+        )?;
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        matches!(ty.kind(), tokio_postgres::types::Kind::Array(_))
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// The statements of a checked commit's changes that are not multi-row writes, in
+/// SQLite's order.
+fn others(job: usize, commit: &Commit) -> Vec<Step> {
     let mut steps = Vec::new();
     let service = &commit.service;
-    if let Some(o) = &commit.outcome {
-        let (ok, output) = match &o.result {
-            Ok(output) => (true, output.clone()),
-            Err(reason) => (false, reason.clone().into_bytes()),
-        };
-        let k = &o.key;
-        steps.push(guarded(
-            STORE_OUTCOME,
-            vec![
-                Box::new(k.service.clone()),
-                Box::new(k.space.as_str()),
-                Box::new(k.key.clone()),
-                Box::new(o.fingerprint.to_vec()),
-                Box::new(o.operation.clone()),
-                Box::new(ok),
-                Box::new(output),
-                Box::new(o.digest.to_string()),
-                Box::new(o.correlation_id.clone()),
-                Box::new(o.created_at),
-                Box::new(o.expires_at),
-            ],
-            StoreError::Duplicate(k.key.clone()),
-        ));
-    }
-    for write in &commit.changes.writes {
-        let read = write.version - 1;
-        let deleted_at = write.value.is_none().then(crate::clock::now_ms);
-        steps.push(guarded(
-            WRITE_RECORD,
-            vec![
-                Box::new(service.clone()),
-                Box::new(write.key.clone()),
-                Box::new(write.value.clone()),
-                Box::new(write.version as i64),
-                Box::new(deleted_at),
-                Box::new(read as i64),
-            ],
-            Conflict { key: write.key.clone(), expected: (read > 0).then_some(read), actual: None }.into(),
-        ));
-    }
     match &commit.saga {
         Some(SagaChange::Create(row)) => steps.push(guarded(
             CREATE_SAGA,
@@ -755,21 +955,10 @@ fn writes(commit: &Commit) -> Vec<Step> {
                 Box::new(row.updated_at),
                 Box::new(row.owner.clone()),
             ],
+            job,
             StoreError::Duplicate(row.key.clone()),
         )),
-        Some(SagaChange::Update { id, version, status, state, at, by }) => steps.push(guarded(
-            UPDATE_SAGA,
-            vec![
-                Box::new(id.clone()),
-                Box::new(*version as i64),
-                Box::new(status.as_str()),
-                Box::new(state.clone()),
-                Box::new(*at),
-                Box::new(by.clone()),
-            ],
-            Conflict { key: format!("saga {id}"), expected: Some(*version), actual: None }.into(),
-        )),
-        None => {}
+        Some(SagaChange::Update { .. }) | None => {}
     }
     for change in &commit.deliveries {
         match change {
@@ -810,11 +999,13 @@ fn writes(commit: &Commit) -> Vec<Step> {
                     Box::new(last_error.clone()),
                     Box::new(*done_at),
                 ],
+                job,
                 attempt_refused(*event_id, subscriber, *attempts),
             )),
             DeliveryChange::Redeliver { event_id, subscriber, at } => steps.push(guarded(
                 REDELIVER,
                 vec![Box::new(*event_id), Box::new(subscriber.clone()), Box::new(*at)],
+                job,
                 StoreError::Invalid(format!("no dead delivery of event {event_id} to `{subscriber}`")),
             )),
         }
@@ -870,7 +1061,10 @@ fn writes(commit: &Commit) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::super::{PgOptions, PgStore, config, testing};
-    use super::{Conn, FACTS, LOCK_RECORDS};
+    use super::{
+        Conn, FACTS, LOCK_RECORDS, Pipelined, STORE_OUTCOMES, UPDATE_SAGAS, WRITE_RECORDS, Writes, pipeline,
+    };
+    use crate::store::{ChangeSet, Commit, StoreError, Write};
 
     /// The writer's look-ups of rows by key are planned once per connection and the
     /// plan kept until the table is next analyzed. Planned while the tables hold a few
@@ -888,7 +1082,14 @@ mod tests {
             )
             .await
             .unwrap();
-        for (name, sql, parameters) in [("lock", LOCK_RECORDS, 2), ("facts", FACTS, 9)] {
+        let statements = [
+            ("lock", LOCK_RECORDS, 2),
+            ("facts", FACTS, 9),
+            ("outcomes", STORE_OUTCOMES, 11),
+            ("records", WRITE_RECORDS, 5),
+            ("sagas", UPDATE_SAGAS, 6),
+        ];
+        for (name, sql, parameters) in statements {
             conn.client.batch_execute(&format!("PREPARE {name} AS {sql}")).await.unwrap();
             let nulls = vec!["NULL"; parameters].join(", ");
             let plan: Vec<String> = conn
@@ -902,5 +1103,54 @@ mod tests {
             let plan = plan.join("\n");
             assert!(!plan.contains("Seq Scan"), "{name} scans a table:\n{plan}");
         }
+    }
+
+    /// A batch's record writes are one statement per round: a key written by two of
+    /// its commits goes in two, in commit order, and a row whose guard fails (a version
+    /// another writer changed after the checks) refuses the commit it belongs to.
+    #[tokio::test]
+    async fn multi_row_writes_go_in_rounds_and_name_the_commit_a_guard_refuses() {
+        let url = testing::scratch().await;
+        drop(PgStore::connect(&url, PgOptions::default()).await.unwrap()); // the schema
+        let mut conn = Conn::open(&config(&url).unwrap()).await.unwrap();
+        conn.client
+            .batch_execute(
+                "INSERT INTO records (service, key, value, version) VALUES ('svc', 'taken', '', 5)",
+            )
+            .await
+            .unwrap();
+        let commit = |writes: &[(&str, u64)]| Commit {
+            service: "svc".into(),
+            changes: ChangeSet {
+                writes: writes
+                    .iter()
+                    .map(|(key, version)| Write {
+                        key: (*key).into(),
+                        value: Some(b"v".to_vec()),
+                        version: *version,
+                    })
+                    .collect(),
+                ..ChangeSet::default()
+            },
+            ..Commit::default()
+        };
+        let mut batch = Writes::default();
+        batch.add(0, &commit(&[("a", 1)]));
+        batch.add(1, &commit(&[("a", 2), ("b", 1)]));
+        let steps = batch.steps();
+        assert_eq!(steps.len(), 2, "`a` twice: two rounds");
+        conn.client.batch_execute("BEGIN").await.unwrap();
+        assert!(matches!(pipeline(&mut conn, &steps).await.unwrap(), Pipelined::Done(_)));
+        conn.client.batch_execute("ROLLBACK").await.unwrap();
+
+        let mut batch = Writes::default();
+        batch.add(0, &commit(&[("a", 1)]));
+        batch.add(1, &commit(&[("c", 1), ("taken", 3)])); // read at 2, but it is at 5
+        conn.client.batch_execute("BEGIN").await.unwrap();
+        match pipeline(&mut conn, &batch.steps()).await.unwrap() {
+            Pipelined::Late(job, StoreError::Conflict(c)) => assert_eq!((job, c.key.as_str()), (1, "taken")),
+            _ => panic!("the guard of `taken` holds"),
+        }
+        conn.client.batch_execute("ROLLBACK").await.unwrap();
     }
 }
