@@ -330,8 +330,7 @@ async fn try_batch(
             *answer = Some(Answer::Prune(Ok(prune::prune(conn, *kind, *before, *size).await?)));
         }
     }
-    let committing = conn.client.batch_execute("COMMIT").await;
-    if let Err(error) = committing {
+    if let Err(error) = conn.client.batch_execute("COMMIT").await {
         // The connection broke with the COMMIT sent: the server may have committed
         // (its answer lost on the way, say in a failover or a network cut). Asking a
         // new connection tells the callers the truth either way, where it can.
