@@ -5,8 +5,9 @@
 //! three round trips, whatever its size: every statement of a phase goes out at once
 //! (pipelined) and the answers are read after.
 //!
-//! 1. the checks read what every commit depends on: its idempotency key, the versions
-//!    of the records it read, its saga's version. They read the database as it was
+//! 1. the checks read what every commit depends on (one statement for the whole batch
+//!    per kind): its idempotency key, the versions of the records it read, its saga's
+//!    version. They read the database as it was
 //!    before the batch; what the batch's earlier commits change is overlaid, so each
 //!    commit is checked as if those before it were written. A commit whose checks fail
 //!    is refused and writes nothing; the batch goes on without it.
@@ -257,7 +258,7 @@ async fn try_batch(
     hints: Hints,
     cache: &RecordCache,
 ) -> Result<Tried, StoreError> {
-    let statements = Statements::prepare(conn).await?;
+    let checks = prepare_checks(conn).await?;
     let client = &conn.client;
     let commits: Vec<&Commit> = jobs
         .iter()
@@ -266,11 +267,9 @@ async fn try_batch(
             Job::Prune(..) => None,
         })
         .collect();
-    let (begun, facts) = tokio::join!(
-        client.batch_execute("BEGIN"),
-        futures_util::future::join_all(commits.iter().map(|commit| facts(client, &statements, commit)))
-    );
+    let (begun, facts) = tokio::join!(client.batch_execute("BEGIN"), facts(client, &checks, &commits));
     begun.map_err(unavailable)?;
+    let facts = facts?;
     let mut overlay = Overlay::default();
     let mut batch = Writes::default();
     // The records the batch writes: (service, key).
@@ -282,7 +281,7 @@ async fn try_batch(
             answers.push(None);
             continue;
         };
-        let facts = facts.next().expect("one set of facts per commit")?;
+        let facts = facts.next().expect("one set of facts per commit");
         let verdict = overlay.check(commit, &facts);
         if let Err(StoreError::Conflict(_)) = verdict {
             forget(cache, commit);
@@ -395,34 +394,27 @@ fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
     }
 }
 
-/// Everything one commit's checks need, in one statement: whether its idempotency key
-/// has an unexpired outcome, its service's floor, the records it depends on, its
-/// saga's version (by id for an update, by name and key for a creation). A part the
-/// commit does not have gets NULL parameters and finds nothing.
-const FACTS: &str = "SELECT
-        EXISTS (SELECT 1 FROM invocations WHERE service = $1 AND space = $2 AND key = $3 AND expires_at > $4),
-        (SELECT floor FROM version_floors WHERE service = $5),
-        r.keys, r.versions, r.live,
-        (SELECT version FROM sagas WHERE id = $7),
-        (SELECT version FROM sagas WHERE name = $8 AND key = $9)
-    FROM (SELECT array_agg(key) AS keys, array_agg(version) AS versions, array_agg(value IS NOT NULL) AS live
-          FROM records WHERE service = $5 AND key = ANY($6)) AS r";
+// What a batch's checks read, one statement each for the whole batch (over arrays of
+// what its commits depend on), whatever its size: a statement per commit cost
+// PostgreSQL more in handling the statements than in their lookups, as the writes did.
+// Each looks its rows up by key, one lookup per element.
+
+/// The ordinals (from 1) of the idempotency keys that have an unexpired outcome.
+const OUTCOMES_STORED: &str = "SELECT k.i FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[])
+         WITH ORDINALITY AS k (service, space, key, at, i)
+     WHERE EXISTS (SELECT 1 FROM invocations v
+         WHERE v.service = k.service AND v.space = k.space AND v.key = k.key AND v.expires_at > k.at)";
+/// The records that have a row: version, and whether it is live (not a tombstone).
+const RECORD_VERSIONS: &str = "SELECT r.service, r.key, r.version, r.value IS NOT NULL
+     FROM unnest($1::text[], $2::text[]) AS k (service, key)
+     CROSS JOIN LATERAL (SELECT service, key, version, value FROM records r
+         WHERE r.service = k.service AND r.key = k.key) AS r";
+const FLOORS: &str = "SELECT service, floor FROM version_floors WHERE service = ANY($1::text[])";
+const SAGA_VERSIONS: &str = "SELECT s.id, s.version FROM unnest($1::text[]) AS k (id)
+     CROSS JOIN LATERAL (SELECT id, version FROM sagas s WHERE s.id = k.id) AS s";
+const SAGAS_BY_KEY: &str = "SELECT s.name, s.key, s.version FROM unnest($1::text[], $2::text[]) AS k (name, key)
+     CROSS JOIN LATERAL (SELECT name, key, version FROM sagas s WHERE s.name = k.name AND s.key = k.key) AS s";
 const DELIVERY_STATUS: &str = "SELECT status FROM deliveries WHERE event_id = $1 AND subscriber = $2";
-
-/// The checks' statements, prepared on the writer's connection.
-struct Statements {
-    facts: Statement,
-    delivery: Statement,
-}
-
-impl Statements {
-    async fn prepare(conn: &mut Conn) -> Result<Statements, StoreError> {
-        Ok(Statements {
-            facts: conn.statement(FACTS).await?,
-            delivery: conn.statement(DELIVERY_STATUS).await?,
-        })
-    }
-}
 
 /// What the database says of what one commit depends on, before the batch.
 struct Facts {
@@ -450,45 +442,127 @@ fn expected(commit: &Commit) -> Vec<(&str, u64)> {
     expected
 }
 
-/// Reads the facts of one commit (its statement goes out with every other commit's).
-async fn facts(client: &Client, st: &Statements, commit: &Commit) -> Result<Facts, StoreError> {
-    let keys: Vec<&str> = expected(commit).into_iter().map(|(k, _)| k).collect();
-    let outcome = commit.outcome.as_ref();
-    let (service, space, key, at) = (
-        outcome.map(|o| o.key.service.as_str()),
-        outcome.map(|o| o.key.space.as_str()),
-        outcome.map(|o| o.key.key.as_str()),
-        outcome.map(|o| o.created_at),
+/// The checks' statements, prepared on the writer's connection.
+type Checks = [Statement; 6];
+
+async fn prepare_checks(conn: &mut Conn) -> Result<Checks, StoreError> {
+    Ok([
+        conn.statement(OUTCOMES_STORED).await?,
+        conn.statement(RECORD_VERSIONS).await?,
+        conn.statement(FLOORS).await?,
+        conn.statement(SAGA_VERSIONS).await?,
+        conn.statement(SAGAS_BY_KEY).await?,
+        conn.statement(DELIVERY_STATUS).await?,
+    ])
+}
+
+/// Reads the facts of every commit of a batch, in one pipeline (which goes out with
+/// the batch's `BEGIN`).
+async fn facts(client: &Client, checks: &Checks, commits: &[&Commit]) -> Result<Vec<Facts>, StoreError> {
+    let [outcomes_stored, record_versions, floors, saga_versions, sagas_by_key, delivery] = checks;
+    let outcomes: Vec<_> = commits.iter().filter_map(|c| c.outcome.as_ref()).collect();
+    let keys: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = (
+        outcomes.iter().map(|o| o.key.service.as_str()).collect(),
+        outcomes.iter().map(|o| o.key.space.as_str()).collect(),
+        outcomes.iter().map(|o| o.key.key.as_str()).collect(),
+        outcomes.iter().map(|o| o.created_at).collect(),
     );
-    let (saga_id, saga_name, saga_key) = match &commit.saga {
-        Some(SagaChange::Update { id, .. }) => (Some(id.as_str()), None, None),
-        Some(SagaChange::Create(row)) => (None, Some(row.name.as_str()), Some(row.key.as_str())),
-        None => (None, None, None),
-    };
-    let params: [&(dyn ToSql + Sync); 9] =
-        [&service, &space, &key, &at, &commit.service, &keys, &saga_id, &saga_name, &saga_key];
-    let facts = client.query_one(&st.facts, &params);
-    let dead = futures_util::future::join_all(commit.deliveries.iter().filter_map(|change| match change {
-        DeliveryChange::Redeliver { event_id, subscriber, .. } => Some(async move {
-            let row = client.query_opt(&st.delivery, &[event_id, subscriber]).await?;
+    let mut records: Vec<(&str, &str)> = commits
+        .iter()
+        .flat_map(|c| expected(c).into_iter().map(|(key, _)| (c.service.as_str(), key)))
+        .collect();
+    records.sort_unstable();
+    records.dedup();
+    let (record_services, record_keys): (Vec<&str>, Vec<&str>) = records.into_iter().unzip();
+    let mut services: Vec<&str> = commits.iter().map(|c| c.service.as_str()).collect();
+    services.sort_unstable();
+    services.dedup();
+    let (mut ids, mut names, mut saga_keys) = (Vec::new(), Vec::new(), Vec::new());
+    for commit in commits {
+        match &commit.saga {
+            Some(SagaChange::Update { id, .. }) => ids.push(id.as_str()),
+            Some(SagaChange::Create(row)) => {
+                names.push(row.name.as_str());
+                saga_keys.push(row.key.as_str());
+            }
+            None => {}
+        }
+    }
+    let redeliveries: Vec<(i64, &str)> = commits
+        .iter()
+        .flat_map(|c| &c.deliveries)
+        .filter_map(|change| match change {
+            DeliveryChange::Redeliver { event_id, subscriber, .. } => Some((*event_id, subscriber.as_str())),
+            _ => None,
+        })
+        .collect();
+    let params: [&[&(dyn ToSql + Sync)]; 5] = [
+        &[&keys.0, &keys.1, &keys.2, &keys.3],
+        &[&record_services, &record_keys],
+        &[&services],
+        &[&ids],
+        &[&names, &saga_keys],
+    ];
+    let (stored, versions, floors, by_id, by_key, dead) = tokio::join!(
+        client.query(outcomes_stored, params[0]),
+        client.query(record_versions, params[1]),
+        client.query(floors, params[2]),
+        client.query(saga_versions, params[3]),
+        client.query(sagas_by_key, params[4]),
+        futures_util::future::join_all(redeliveries.iter().map(|(event_id, subscriber)| async move {
+            let row = client.query_opt(delivery, &[event_id, subscriber]).await?;
             Ok::<_, tokio_postgres::Error>(row.is_some_and(|row| row.get::<_, &str>(0) == "dead"))
-        }),
-        _ => None,
-    }));
-    let (row, dead) = tokio::join!(facts, dead);
-    let row = row.map_err(unavailable)?;
-    let keys: Vec<String> = row.get::<_, Option<Vec<String>>>(2).unwrap_or_default();
-    let versions: Vec<i64> = row.get::<_, Option<Vec<i64>>>(3).unwrap_or_default();
-    let live: Vec<bool> = row.get::<_, Option<Vec<bool>>>(4).unwrap_or_default();
-    let by_id: Option<i64> = row.get(5);
-    let by_key: Option<i64> = row.get(6);
-    Ok(Facts {
-        duplicate: row.get(0),
-        records: keys.into_iter().zip(versions.into_iter().map(|v| v as u64).zip(live)).collect(),
-        floor: row.get::<_, Option<i64>>(1).map_or(0, |floor| floor as u64),
-        saga: by_id.or(by_key).map(|v| v as u64),
-        dead: dead.into_iter().collect::<Result<_, _>>().map_err(unavailable)?,
-    })
+        })),
+    );
+    let stored: HashSet<usize> =
+        stored.map_err(unavailable)?.iter().map(|row| row.get::<_, i64>(0) as usize - 1).collect();
+    let versions: HashMap<(String, String), (u64, bool)> = versions
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), (row.get::<_, i64>(2) as u64, row.get(3))))
+        .collect();
+    let floors: HashMap<String, u64> =
+        floors.map_err(unavailable)?.iter().map(|row| (row.get(0), row.get::<_, i64>(1) as u64)).collect();
+    let by_id: HashMap<String, u64> =
+        by_id.map_err(unavailable)?.iter().map(|row| (row.get(0), row.get::<_, i64>(1) as u64)).collect();
+    let by_key: HashMap<(String, String), u64> = by_key
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), row.get::<_, i64>(2) as u64))
+        .collect();
+    let mut dead = dead.into_iter();
+    let mut outcome = 0;
+    let mut facts = Vec::with_capacity(commits.len());
+    for commit in commits {
+        let duplicate = commit.outcome.is_some() && {
+            outcome += 1;
+            stored.contains(&(outcome - 1))
+        };
+        let records = expected(commit)
+            .into_iter()
+            .filter_map(|(key, _)| {
+                Some((key.to_owned(), *versions.get(&(commit.service.clone(), key.to_owned()))?))
+            })
+            .collect();
+        let saga = match &commit.saga {
+            Some(SagaChange::Update { id, .. }) => by_id.get(id).copied(),
+            Some(SagaChange::Create(row)) => by_key.get(&(row.name.clone(), row.key.clone())).copied(),
+            None => None,
+        };
+        let redeliveries = commit
+            .deliveries
+            .iter()
+            .filter(|change| matches!(change, DeliveryChange::Redeliver { .. }))
+            .count();
+        facts.push(Facts {
+            duplicate,
+            records,
+            floor: floors.get(&commit.service).copied().unwrap_or(0),
+            saga,
+            dead: dead.by_ref().take(redeliveries).collect::<Result<_, _>>().map_err(unavailable)?,
+        });
+    }
+    Ok(facts)
 }
 
 /// What the batch's commits accepted so far changed, keyed like the facts: a later
@@ -1061,7 +1135,8 @@ fn others(job: usize, commit: &Commit) -> Vec<Step> {
 mod tests {
     use super::super::{PgOptions, PgStore, config, testing};
     use super::{
-        Conn, FACTS, LOCK_RECORDS, Pipelined, STORE_OUTCOMES, UPDATE_SAGAS, WRITE_RECORDS, Writes, pipeline,
+        Conn, FLOORS, LOCK_RECORDS, OUTCOMES_STORED, Pipelined, RECORD_VERSIONS, SAGA_VERSIONS, SAGAS_BY_KEY,
+        STORE_OUTCOMES, UPDATE_SAGAS, WRITE_RECORDS, Writes, pipeline,
     };
     use crate::store::{ChangeSet, Commit, StoreError, Write};
 
@@ -1077,13 +1152,17 @@ mod tests {
         conn.client
             .batch_execute(
                 "INSERT INTO records (service, key, value, version) VALUES ('s', 'a', '', 1), ('s', 'b', '', 1);
-                 ANALYZE records; ANALYZE invocations; ANALYZE sagas;",
+                 ANALYZE records; ANALYZE invocations; ANALYZE sagas; ANALYZE version_floors;",
             )
             .await
             .unwrap();
         let statements = [
             ("lock", LOCK_RECORDS, 2),
-            ("facts", FACTS, 9),
+            ("outcomes_stored", OUTCOMES_STORED, 4),
+            ("record_versions", RECORD_VERSIONS, 2),
+            ("floors", FLOORS, 1),
+            ("saga_versions", SAGA_VERSIONS, 1),
+            ("sagas_by_key", SAGAS_BY_KEY, 2),
             ("outcomes", STORE_OUTCOMES, 11),
             ("records", WRITE_RECORDS, 5),
             ("sagas", UPDATE_SAGAS, 6),
