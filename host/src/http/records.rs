@@ -21,11 +21,14 @@ use crate::store::{ChangeSet, Commit, NUL_IN_KEY, Slot, StoreError, Write};
     params(
         ("service" = String, Path, description = "A loaded service"),
         ("key" = String, Path, pattern = "^[^\\u0000]+$", description = "The record's key (it may hold `/`, not NUL)"),
+        ("If-None-Match" = Option<String>, Header, pattern = "^(\\*|[ ,]*((W/)?\"[0-9]{1,19}\" *,[ ,]*)*((W/)?\"[0-9]{1,19}\" *)?)$", description = "Versions the client holds, as ETags (`\"3\"`), or `*`: a 304 if the record is still at one of them"),
     ),
     responses(
         (status = 200, description = "The value", content_type = "application/json", body = serde_json::Value,
             headers(("ETag" = String, description = "The record's version, quoted: send it in If-Match"))),
-        (status = 400, description = "The key holds a NUL character"),
+        (status = 304, description = "The record is still at a version named in If-None-Match",
+            headers(("ETag" = String, description = "The record's version, quoted"))),
+        (status = 400, description = "The key holds a NUL character, or If-None-Match is not a list of ETags"),
         (status = 404, description = "No such service, or no such record"),
         (status = 503, description = "The store could not answer"),
     ),
@@ -35,16 +38,40 @@ pub async fn get(
     _: Reader,
     State(state): State<AppState>,
     Path((service, key)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let held = held_versions(&headers)?;
     let slot = read(&state, &service, &key).await?;
     let Some(entry) = slot.entry() else {
         return Err(ApiError::not_found(format!("service `{service}` has no record `{key}`")));
     };
+    // RFC 9110, 13.1.2: a GET whose If-None-Match matches the current version (weakly)
+    // is answered 304, with the ETag and no body: the client's copy is current.
+    if held.is_some_and(|held| held.is_none_or(|versions| versions.contains(&entry.version))) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag(entry.version))]).into_response());
+    }
     let headers = [
         (header::ETAG, etag(entry.version)),
         (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
     ];
     Ok((StatusCode::OK, headers, entry.value).into_response())
+}
+
+/// A read's `If-None-Match`: `None` when not sent; `Some(None)` for `*` (any version);
+/// else the versions its entity tags name, weak ones too (a read compares weakly).
+fn held_versions(headers: &HeaderMap) -> Result<Option<Option<Vec<u64>>>, ApiError> {
+    let lines = headers.get_all(header::IF_NONE_MATCH).iter().map(|v| v.to_str().map(str::trim));
+    let lines = lines
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ApiError::bad_request("If-None-Match must be visible ASCII, e.g. \"3\""))?;
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    let text = lines.join(",");
+    if text == "*" {
+        return Ok(Some(None));
+    }
+    Ok(Some(Some(entity_tags(&text, "If-None-Match", Comparison::Weak)?)))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -235,7 +262,8 @@ fn precondition(headers: &HeaderMap, creates: bool) -> Result<Precondition, ApiE
         .map_err(|_| ApiError::bad_request("If-Match must be visible ASCII, e.g. \"3\""))?;
     if !lines.is_empty() {
         let text = lines.join(",");
-        precondition.versions = Some(if text == "*" { None } else { Some(if_match_versions(&text)?) });
+        precondition.versions =
+            Some(if text == "*" { None } else { Some(entity_tags(&text, "If-Match", Comparison::Strong)?) });
     }
     if let Some(value) = headers.get(header::IF_NONE_MATCH) {
         // An empty list (RFC 9110, 5.6.1) asks nothing, as if the header were absent.
@@ -266,21 +294,32 @@ fn precondition(headers: &HeaderMap, creates: bool) -> Result<Precondition, ApiE
     Ok(precondition)
 }
 
-/// The strong versions of an `If-Match` list.
-fn if_match_versions(text: &str) -> Result<Vec<u64>, ApiError> {
+/// How an entity-tag list is compared with a version (RFC 9110, 8.8.3.2): a write's
+/// `If-Match` strongly (a weak tag `W/"3"` never matches), a read's `If-None-Match`
+/// weakly (`W/"3"` matches 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    Strong,
+    Weak,
+}
+
+/// The versions an entity-tag list of `header` names, as `comparison` reads them.
+fn entity_tags(text: &str, header: &str, comparison: Comparison) -> Result<Vec<u64>, ApiError> {
     let mut versions = Vec::new();
     // A list may have empty elements (RFC 9110, 5.6.1), and may be empty: then no
-    // version matches, and the write is refused as a failed precondition.
+    // version matches.
     for tag in text.split(',').map(str::trim).filter(|tag| !tag.is_empty()) {
-        if tag.starts_with("W/") {
-            continue;
-        }
-        let version = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse().ok());
+        let strong = match tag.strip_prefix("W/") {
+            Some(_) if comparison == Comparison::Strong => continue,
+            Some(weak) => weak,
+            None => tag,
+        };
+        let version = strong.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse().ok());
         match version {
             Some(version) => versions.push(version),
             None => {
                 return Err(ApiError::bad_request(format!(
-                    "If-Match takes versions as returned in ETag, e.g. \"3\" (got {tag})"
+                    "{header} takes versions as returned in ETag, e.g. \"3\" (got {tag})"
                 )));
             }
         }

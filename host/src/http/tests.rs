@@ -163,6 +163,46 @@ async fn record_writes_evaluate_every_precondition_sent() {
     assert_eq!(status(write("DELETE", &[("if-match", "*")])).await, 412, "nothing left to delete");
 }
 
+/// A read with `If-None-Match` naming the record's current version (weakly, or `*`) is
+/// answered 304 with its ETag and no body; another version, or none, gets the record.
+#[tokio::test]
+async fn a_record_read_with_its_current_etag_is_not_modified() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state(dir.path()).await;
+    let request = |method: &str, headers: &[(&str, &str)]| {
+        let mut request = Request::builder()
+            .method(method)
+            .uri("/v1/services/echo/records/k")
+            .header("host", "localhost")
+            .header("authorization", format!("Bearer {ADMIN}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(Body::from("{\"n\": 1}")).unwrap()
+    };
+    let read = async |held: &[&str]| {
+        let headers: Vec<(&str, &str)> = held.iter().map(|tag| ("if-none-match", *tag)).collect();
+        let response = router(state.clone()).oneshot(request("GET", &headers)).await.unwrap();
+        let status = response.status().as_u16();
+        let etag = response.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, etag, body.len())
+    };
+    assert_eq!(read(&["*"]).await.0, 404, "nothing to hold yet");
+    assert_eq!(send(&state, request("PUT", &[("if-none-match", "*")])).await.0.as_u16(), 201);
+    let current = (304, Some("\"1\"".to_owned()), 0);
+    assert_eq!(read(&["\"1\""]).await, current);
+    assert_eq!(read(&["W/\"1\""]).await, current, "a read compares weakly");
+    assert_eq!(read(&["*"]).await, current);
+    assert_eq!(read(&["\"7\", \"1\""]).await, current);
+    assert_eq!(read(&["\"7\"", "\"1\""]).await, current, "two lines are one list");
+    assert_eq!(read(&["\"7\""]).await.0, 200);
+    assert_eq!(read(&[]).await.0, 200);
+    assert_eq!(read(&["1"]).await.0, 400, "an ETag is quoted");
+    assert_eq!(send(&state, request("PUT", &[("if-match", "\"1\"")])).await.0.as_u16(), 200);
+    assert_eq!(read(&["\"1\""]).await.0, 200, "changed since");
+}
+
 /// A page's `limit` is 1 to 1,000 on every list; outside, a 400 that says so.
 #[tokio::test]
 async fn list_limits_outside_their_range_are_refused() {
