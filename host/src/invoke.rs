@@ -24,11 +24,11 @@ use tokio::sync::{RwLock, watch};
 
 use crate::clock::now_ms;
 use crate::metrics::{labels, metrics};
-use crate::runtime::{CallError, Plugin, Registry};
+use crate::runtime::{CallError, Outcome, Plugin, Registry};
 use crate::service::{Failure, Invocation, PluginDigest, Visibility};
 use crate::store::{
-    ChangeSet, Commit, Conflict, DeliveryChange, IdempotencyKey, KeySpace, SagaChange, Store, StoreError,
-    StoredOutcome, Transaction, TxLimits,
+    ChangeSet, Commit, Conflict, DeliveryChange, IdempotencyKey, KeySpace, SagaChange, Snapshot, Store,
+    StoreError, StoredOutcome, Transaction, TxLimits,
 };
 use crate::trace::{Kind, Span, TraceContext};
 
@@ -437,15 +437,17 @@ impl Invoker {
         run: u32,
     ) -> Result<Result<Invoked, StoreError>, InvokeError> {
         let options = &self.inner.options;
-        let tx = Transaction::new(self.inner.store.invocation_reads(&request.service)?, options.tx_limits);
-        let call = Invocation {
-            operation: request.operation.clone(),
-            input: request.input.clone(),
-            idempotency_key: request.key.clone(),
-            correlation_id: request.correlation_id.clone(),
-            attempt: request.attempt + run - 1,
-        };
-        let outcome = plugin.invoke(call, tx).await?;
+        let reads = self.inner.store.invocation_reads(&request.service)?;
+        let one_moment = reads.one_moment();
+        let outcome = match self.call(plugin, request, run, reads).await {
+            // A failure commits nothing, so nothing checks its reads: on reads that were
+            // not one moment (PostgreSQL's cache) it may have failed on a view that never
+            // existed at once. It runs again on a snapshot, and that run's answer stands.
+            outcome if !one_moment && failed(&outcome) => {
+                self.call(plugin, request, run, self.inner.store.snapshot(&request.service)?).await
+            }
+            outcome => outcome,
+        }?;
         let (result, changes) = match outcome.result {
             Ok(output) => (Ok(output), outcome.changes),
             // A rejection commits no writes or events, but its reads are still
@@ -490,6 +492,24 @@ impl Invoker {
             runs: run,
             written,
         }))
+    }
+
+    /// Calls the plugin on `reads`, as run `run` of the request.
+    async fn call(
+        &self,
+        plugin: &Plugin,
+        request: &Request,
+        run: u32,
+        reads: Box<dyn Snapshot>,
+    ) -> Result<Outcome, CallError> {
+        let call = Invocation {
+            operation: request.operation.clone(),
+            input: request.input.clone(),
+            idempotency_key: request.key.clone(),
+            correlation_id: request.correlation_id.clone(),
+            attempt: request.attempt + run - 1,
+        };
+        plugin.invoke(call, Transaction::new(reads, self.inner.options.tx_limits)).await
     }
 
     /// Commits a change that is not an invocation (a record written over HTTP, a saga
@@ -571,6 +591,15 @@ pub fn fingerprint(operation: &str, input: &[u8]) -> [u8; 32] {
     hash.update([0]);
     hash.update(input);
     hash.finalize().into()
+}
+
+/// A call that failed in a way its reads could have caused: a transient failure the
+/// plugin reported, or a trap.
+fn failed(outcome: &Result<Outcome, CallError>) -> bool {
+    match outcome {
+        Ok(outcome) => matches!(outcome.result, Err(Failure::Transient(_))),
+        Err(error) => matches!(error, CallError::Trap { .. }),
+    }
 }
 
 /// Exponential backoff with full jitter: up to 2 ms, 4 ms, 8 ms, ... capped at 50 ms.

@@ -102,6 +102,43 @@ async fn two_hosts_share_keys_and_sagas() {
     assert_eq!(b.record(&client, "payment", "account/ada").await.unwrap(), json!({"balance": 7_500}));
 }
 
+/// Each host keeps the records its invocations read and wrote in memory, and another
+/// host's write makes them stale: a call that reads one stale record and one fresh one
+/// sees them disagree. A failure commits nothing, so nothing would check those reads:
+/// the host runs such a call again on a snapshot, and answers what that run answers.
+#[tokio::test]
+async fn a_call_that_failed_on_a_stale_read_runs_again_on_a_snapshot() {
+    let database = postgres_testing::scratch().await;
+    let plugins = plugins_dir(&["echo"]);
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start_in(plugins.path(), data_a.path(), &["--database", &database]);
+    let b = Server::start_in(plugins.path(), data_b.path(), &["--database", &database]);
+    let client = Server::client();
+    let call = async |server: &Server, operation: &str, key: &str, body: Value| {
+        let response = server.invoke(&client, &format!("echo/{operation}"), key, &body).send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(call(&a, "set", "a-x", json!({"key": "x", "value": 1})).await.0, 200, "x = 1, kept by a");
+    assert_eq!(
+        call(&b, "set", "b-x", json!({"key": "x", "value": 2})).await.0,
+        200,
+        "x = 2: a's copy is stale"
+    );
+    assert_eq!(
+        call(&b, "set", "b-y", json!({"key": "y", "value": 2})).await.0,
+        200,
+        "y = 2, only in the database"
+    );
+
+    let (status, body) = call(&a, "agree", "a-agree", json!({"keys": ["x", "y"]})).await;
+    assert_eq!((status, &body["value"]), (200, &json!(2)), "x and y agree in the database: {body}");
+
+    assert_eq!(call(&b, "set", "b-y3", json!({"key": "y", "value": 3})).await.0, 200);
+    let (status, body) = call(&a, "agree", "a-disagree", json!({"keys": ["x", "y"]})).await;
+    assert_eq!(status, 503, "records that do disagree still fail: {body}");
+    assert!(body["detail"].as_str().unwrap().contains("the records disagree"), "{body}");
+}
+
 /// A host paused (SIGSTOP) past its lease loses its sagas to the other host, which
 /// finishes them while it is stopped; resumed (SIGCONT), the paused host neither
 /// advances them nor applies any step again: its updates are fenced by version and

@@ -128,6 +128,12 @@ pub trait Snapshot: Send {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Scanned, StoreError>;
+
+    /// Whether every read sees one moment. Only an invocation's reads may not
+    /// ([`Store::invocation_reads`]): their commit checks them instead.
+    fn one_moment(&self) -> bool {
+        true
+    }
 }
 
 /// The records a scan found, in key order.

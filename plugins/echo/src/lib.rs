@@ -11,6 +11,8 @@
 //! - `publish` `{topic, payload, chain?}` → `{}` (the event in chain `chain` if given).
 //! - `log` `{message}` → `{}` (logs at every level and prints to stdout and stderr).
 //! - `fail` `{kind: "rejected" | "transient", reason}` → that failure.
+//! - `agree` `{keys: [..]}` → `{value}` when every key holds the same value, else a
+//!   transient failure.
 //! - `burn` `{ms}` → `{burned_ms}`: keeps its instance busy that long (at most 2 s).
 //! - `publish-then-refuse` `{topic, payload}` → publishes, then a rejection.
 //! - `append` `{n}` (subscribed to `journal`, so internal) → appends `n` to
@@ -39,6 +41,10 @@ impl Guest for Echo {
                 op("publish", "Publishes one event."),
                 op("log", "Writes to the host log, stdout and stderr."),
                 op("fail", "Fails the way the input asks."),
+                op(
+                    "agree",
+                    "Reads the given keys: their one value, or a transient failure if any two differ.",
+                ),
                 op("burn", "Keeps its instance busy for `ms` milliseconds."),
                 op("publish-then-refuse", "Publishes an event, then refuses: the event must never exist."),
                 op("append", "On `journal` events: appends the input's `n` to journal/<correlation id>."),

@@ -83,6 +83,22 @@ pub fn handle(operation: &str, input: &[u8], correlation_id: &str) -> Result<Vec
             }
             json!({"burned_ms": ms})
         }
+        "agree" => {
+            // Reads every key given; all of them holding one value is an answer, any two
+            // apart a transient failure (a call whose reads must agree with each other).
+            let keys: Vec<String> = input["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect();
+            let values: Vec<Value> =
+                keys.iter().map(|key| store::get(key).map_or(Value::Null, |e| parse(&e.value))).collect();
+            if values.windows(2).any(|pair| pair[0] != pair[1]) {
+                return Err(Failure::Transient(format!("the records disagree: {values:?}")));
+            }
+            json!({"value": values.first()})
+        }
         "fail" => {
             let reason = text("reason");
             return Err(match input["kind"].as_str() {

@@ -176,6 +176,10 @@ impl Snapshot for CachedReads {
         // them would copy up to a few MiB a scan.
         Scanned::collect(rows, prefix, limit, max_bytes)
     }
+
+    fn one_moment(&self) -> bool {
+        false
+    }
 }
 
 pub(super) const OUTCOME: &str =
