@@ -121,6 +121,19 @@ async fn unknown_routes_methods_and_missing_preconditions_say_what_to_do() {
     }
 }
 
+/// `method` on echo's record `k` as an operator, with `headers`, and a JSON body.
+fn record(method: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri("/v1/services/echo/records/k")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {ADMIN}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.body(Body::from("{\"n\": 1}")).unwrap()
+}
+
 /// RFC 9110's preconditions as the records API reads them: both headers, when sent,
 /// must hold; an empty `If-Match` list matches nothing; `If-None-Match` takes only `*`;
 /// several `If-Match` lines are one list.
@@ -128,19 +141,8 @@ async fn unknown_routes_methods_and_missing_preconditions_say_what_to_do() {
 async fn record_writes_evaluate_every_precondition_sent() {
     let dir = tempfile::tempdir().unwrap();
     let state = state(dir.path()).await;
-    let write = |method: &str, headers: &[(&str, &str)]| {
-        let mut request = Request::builder()
-            .method(method)
-            .uri("/v1/services/echo/records/k")
-            .header("host", "localhost")
-            .header("authorization", format!("Bearer {ADMIN}"));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        request.body(Body::from("{\"n\": 1}")).unwrap()
-    };
     let status = async |request| send(&state, request).await.0.as_u16();
-    assert_eq!(status(write("PUT", &[("if-none-match", "*")])).await, 201, "created at version 1");
+    assert_eq!(status(record("PUT", &[("if-none-match", "*")])).await, 201, "created at version 1");
     type Headers = &'static [(&'static str, &'static str)];
     let cases: &[(&str, Headers, u16)] = &[
         ("PUT", &[("if-match", "")], 412),
@@ -155,12 +157,12 @@ async fn record_writes_evaluate_every_precondition_sent() {
         ("DELETE", &[("if-match", "\"7\"")], 412),
     ];
     for (method, headers, expected) in cases {
-        assert_eq!(status(write(method, headers)).await, *expected, "{method} {headers:?}");
+        assert_eq!(status(record(method, headers)).await, *expected, "{method} {headers:?}");
     }
     // Two If-Match lines are one list: "7" or "1".
-    assert_eq!(status(write("PUT", &[("if-match", "\"7\""), ("if-match", "\"1\"")])).await, 200);
-    assert_eq!(status(write("DELETE", &[("if-match", "\"2\"")])).await, 204);
-    assert_eq!(status(write("DELETE", &[("if-match", "*")])).await, 412, "nothing left to delete");
+    assert_eq!(status(record("PUT", &[("if-match", "\"7\""), ("if-match", "\"1\"")])).await, 200);
+    assert_eq!(status(record("DELETE", &[("if-match", "\"2\"")])).await, 204);
+    assert_eq!(status(record("DELETE", &[("if-match", "*")])).await, 412, "nothing left to delete");
 }
 
 /// A read with `If-None-Match` naming the record's current version (weakly, or `*`) is
@@ -169,27 +171,16 @@ async fn record_writes_evaluate_every_precondition_sent() {
 async fn a_record_read_with_its_current_etag_is_not_modified() {
     let dir = tempfile::tempdir().unwrap();
     let state = state(dir.path()).await;
-    let request = |method: &str, headers: &[(&str, &str)]| {
-        let mut request = Request::builder()
-            .method(method)
-            .uri("/v1/services/echo/records/k")
-            .header("host", "localhost")
-            .header("authorization", format!("Bearer {ADMIN}"));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        request.body(Body::from("{\"n\": 1}")).unwrap()
-    };
     let read = async |held: &[&str]| {
         let headers: Vec<(&str, &str)> = held.iter().map(|tag| ("if-none-match", *tag)).collect();
-        let response = router(state.clone()).oneshot(request("GET", &headers)).await.unwrap();
+        let response = router(state.clone()).oneshot(record("GET", &headers)).await.unwrap();
         let status = response.status().as_u16();
         let etag = response.headers().get("etag").map(|v| v.to_str().unwrap().to_owned());
         let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
         (status, etag, body.len())
     };
     assert_eq!(read(&["*"]).await.0, 404, "nothing to hold yet");
-    assert_eq!(send(&state, request("PUT", &[("if-none-match", "*")])).await.0.as_u16(), 201);
+    assert_eq!(send(&state, record("PUT", &[("if-none-match", "*")])).await.0.as_u16(), 201);
     let current = (304, Some("\"1\"".to_owned()), 0);
     assert_eq!(read(&["\"1\""]).await, current);
     assert_eq!(read(&["W/\"1\""]).await, current, "a read compares weakly");
@@ -199,7 +190,7 @@ async fn a_record_read_with_its_current_etag_is_not_modified() {
     assert_eq!(read(&["\"7\""]).await.0, 200);
     assert_eq!(read(&[]).await.0, 200);
     assert_eq!(read(&["1"]).await.0, 400, "an ETag is quoted");
-    assert_eq!(send(&state, request("PUT", &[("if-match", "\"1\"")])).await.0.as_u16(), 200);
+    assert_eq!(send(&state, record("PUT", &[("if-match", "\"1\"")])).await.0.as_u16(), 200);
     assert_eq!(read(&["\"1\""]).await.0, 200, "changed since");
 }
 

@@ -5,9 +5,10 @@
 //! checked by the writer against the database), so a read may come from anywhere, even
 //! from an entry another host has since made stale: the commit is then refused as a
 //! conflict, the writer forgets the stale entries, and the re-run reads the database.
-//! What the cache saves is the reads of records that did not change: on one host,
-//! every record it did not just write itself. Only invocations read through it
-//! ([`super::PgStore::invocation_reads`]); snapshots and the HTTP API read the database.
+//! It saves the reads of records this host read or wrote before (on one host, every
+//! read but those of keys never seen, such as a new order's). Only invocations read
+//! through it
+//! (`Store::invocation_reads`); snapshots and the HTTP API read the database.
 //!
 //! Entries only move forward: an entry is replaced by a read or a write of a higher
 //! version only, so a read that left the database before a commit cannot put back

@@ -531,12 +531,13 @@ async fn facts(client: &Client, checks: &Checks, commits: &[&Commit]) -> Result<
         .map(|row| ((row.get(0), row.get(1)), row.get::<_, i64>(2) as u64))
         .collect();
     let mut dead = dead.into_iter();
-    let mut outcome = 0;
+    // The outcomes were sent in the order of their commits.
+    let mut ordinals = 0..;
     let mut facts = Vec::with_capacity(commits.len());
     for commit in commits {
-        let duplicate = commit.outcome.is_some() && {
-            outcome += 1;
-            stored.contains(&(outcome - 1))
+        let duplicate = match commit.outcome {
+            Some(_) => stored.contains(&ordinals.next().expect("unbounded")),
+            None => false,
         };
         let records = expected(commit)
             .into_iter()
