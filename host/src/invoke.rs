@@ -594,11 +594,12 @@ pub fn fingerprint(operation: &str, input: &[u8]) -> [u8; 32] {
 }
 
 /// A call that failed in a way its reads could have caused: a transient failure the
-/// plugin reported, or a trap.
+/// plugin reported, a trap, more asked of the store than a call may. Not a deadline
+/// or the memory limit: running those again costs up to their limit once more.
 fn failed(outcome: &Result<Outcome, CallError>) -> bool {
     match outcome {
         Ok(outcome) => matches!(outcome.result, Err(Failure::Transient(_))),
-        Err(error) => matches!(error, CallError::Trap { .. }),
+        Err(error) => matches!(error, CallError::Trap { .. } | CallError::OverLimit { .. }),
     }
 }
 

@@ -314,7 +314,10 @@ fn entity_tags(text: &str, header: &str, comparison: Comparison) -> Result<Vec<u
             Some(weak) => weak,
             None => tag,
         };
-        let version = strong.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|t| t.parse().ok());
+        let digits = strong.strip_prefix('"').and_then(|t| t.strip_suffix('"'));
+        // Digits only: `u64`'s parser would also take `"+1"`.
+        let digits = digits.filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()));
+        let version = digits.and_then(|t| t.parse().ok());
         match version {
             Some(version) => versions.push(version),
             None => {

@@ -190,6 +190,7 @@ async fn a_record_read_with_its_current_etag_is_not_modified() {
     assert_eq!(read(&["\"7\""]).await.0, 200);
     assert_eq!(read(&[]).await.0, 200);
     assert_eq!(read(&["1"]).await.0, 400, "an ETag is quoted");
+    assert_eq!(read(&["\"+1\""]).await.0, 400, "a version is digits");
     assert_eq!(send(&state, record("PUT", &[("if-match", "\"1\"")])).await.0.as_u16(), 200);
     assert_eq!(read(&["\"1\""]).await.0, 200, "changed since");
 }

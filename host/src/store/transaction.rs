@@ -194,7 +194,7 @@ impl Transaction {
         // Only what is returned joins the read set (a buffered key is there already).
         for (key, entry) in &rows {
             if !self.writes.contains_key(key) {
-                self.reads.entry(key.clone()).or_insert(entry.version);
+                self.read(key, entry.version);
             }
         }
         Ok(rows)
@@ -312,6 +312,15 @@ impl Transaction {
 
     /// Refuses reading `more` records past `max_reads` (the read set is checked at
     /// commit, one lookup each).
+    /// Puts `key` at `version` in the read set. Reads that are not one snapshot (see
+    /// `Store::invocation_reads`) may see one key at two versions: the lower one is
+    /// kept, which is not the database's, so the commit is refused and the call runs
+    /// again, rather than commit a value computed from the older version as if it had
+    /// read the newer one.
+    fn read(&mut self, key: &str, version: u64) {
+        self.reads.entry(key.to_owned()).and_modify(|kept| *kept = (*kept).min(version)).or_insert(version);
+    }
+
     fn check_reads(&self, more: usize) -> Result<(), StoreError> {
         if self.reads.len() + more > self.limits.max_reads {
             return Err(StoreError::Invalid(format!(
@@ -331,7 +340,7 @@ impl Transaction {
             self.check_reads(1)?;
         }
         let slot = self.snapshot.get(key).await?;
-        self.reads.entry(key.to_owned()).or_insert(slot.version);
+        self.read(key, slot.version);
         Ok(slot)
     }
 

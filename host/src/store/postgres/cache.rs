@@ -98,6 +98,13 @@ impl RecordCache {
         inner.old.remove(&id);
     }
 
+    /// Forgets everything: the writer connected again, maybe to a standby promoted
+    /// after a failover, which may lack commits whose versions are kept here (and another
+    /// host may commit other values at those versions).
+    pub(super) fn clear(&self) {
+        *self.lock() = Generations::default();
+    }
+
     /// Entries kept (for tests).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {

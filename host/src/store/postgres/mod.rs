@@ -138,7 +138,7 @@ macro_rules! read {
 }
 
 fn writer_gone() -> StoreError {
-    StoreError::Unavailable("the writer task has stopped".into())
+    StoreError::Unavailable("the writer has stopped".into())
 }
 
 #[async_trait::async_trait]
@@ -388,5 +388,35 @@ mod tests {
         assert_eq!(fresh.get("k").await.unwrap().map(|e| (e.value, e.version)), Some((b"2".to_vec(), 2)));
         here.commit(write(fresh, "3").await).await.unwrap();
         assert_eq!(there.snapshot("svc").unwrap().get("k").await.unwrap().version, 3);
+    }
+
+    /// A scan reads the database and a get the cache, so one call may see a key at two
+    /// versions, the cached one stale: its commit is refused (the older version is the
+    /// one its read set keeps), not written as if the value it used were the newer one.
+    #[tokio::test]
+    async fn a_key_read_at_two_versions_in_one_call_is_refused_at_commit() {
+        let url = testing::scratch().await;
+        let connect = || PgStore::connect(&url, PgOptions::default());
+        let (here, there) = (connect().await.unwrap(), connect().await.unwrap());
+        let reads =
+            |store: &PgStore| Transaction::new(store.invocation_reads("svc").unwrap(), TxLimits::default());
+        let write = |mut tx: Transaction, value: &'static str| async move {
+            tx.set("k", value.as_bytes().to_vec()).await.unwrap();
+            commit_of(tx.into_changes(), None)
+        };
+        here.commit(write(reads(&here), "1").await).await.unwrap(); // kept by `here`
+        there.commit(write(reads(&there), "2").await).await.unwrap();
+
+        let mut call = reads(&here);
+        let scanned = call.scan("k", None, 10).await.unwrap();
+        assert_eq!(scanned[0].1.version, 2, "a scan reads the database");
+        assert_eq!(call.get("k").await.unwrap().map(|e| e.version), Some(1), "a get, the cache");
+        match here.commit(write(call, "3").await).await {
+            Err(StoreError::Conflict(c)) => assert_eq!((c.expected, c.actual), (Some(1), Some(2))),
+            other => panic!("a commit computed from the stale version: {other:?}"),
+        }
+        let mut again = reads(&here);
+        assert_eq!(again.get("k").await.unwrap().map(|e| e.version), Some(2), "read anew");
+        here.commit(write(again, "3").await).await.unwrap();
     }
 }

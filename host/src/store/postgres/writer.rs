@@ -6,8 +6,8 @@
 //! (pipelined) and the answers are read after.
 //!
 //! 1. the checks read what every commit depends on (one statement for the whole batch
-//!    per kind): its idempotency key, the versions of the records it read, its saga's
-//!    version. They read the database as it was
+//!    per kind, and one per redelivery): its idempotency key, the versions of the
+//!    records it read, its saga's version. They read the database as it was
 //!    before the batch; what the batch's earlier commits change is overlaid, so each
 //!    commit is checked as if those before it were written. A commit whose checks fail
 //!    is refused and writes nothing; the batch goes on without it.
@@ -130,7 +130,7 @@ async fn run(
             Ok(None) => return,
             Err(_) => {
                 if health.is_failing() {
-                    probe(&mut conn, &config, &health).await;
+                    probe(&mut conn, &config, &health, &cache).await;
                 }
                 continue;
             }
@@ -144,7 +144,10 @@ async fn run(
         }
         if conn.client.is_closed() {
             match open(&config).await {
-                Ok(fresh) => conn = fresh,
+                Ok(fresh) => {
+                    cache.clear();
+                    conn = fresh;
+                }
                 Err(error) => {
                     health.failed(&error.to_string());
                     fail_all(batch.drain(..), &error);
@@ -165,10 +168,13 @@ async fn run(
 }
 
 /// While the store fails, a commit of one row every second tells when it writes again.
-async fn probe(conn: &mut Conn, config: &Config, health: &Health) {
+async fn probe(conn: &mut Conn, config: &Config, health: &Health, cache: &RecordCache) {
     if conn.client.is_closed() {
         match open(config).await {
-            Ok(fresh) => *conn = fresh,
+            Ok(fresh) => {
+                cache.clear();
+                *conn = fresh;
+            }
             Err(error) => return health.failed(&error.to_string()),
         }
     }
@@ -333,6 +339,7 @@ async fn try_batch(
         // The connection broke with the COMMIT sent: the server may have committed
         // (its answer lost on the way, say in a failover or a network cut). Asking a
         // new connection tells the callers the truth either way, where it can.
+        cache.clear();
         if !committed(conn, config, &xact).await.map_err(|why| {
             StoreError::Unavailable(format!(
                 "PostgreSQL: the connection broke at COMMIT ({error}); whether the batch committed is unknown ({why}): \
@@ -956,7 +963,10 @@ fn multi_row<const N: usize>(sql: &'static str, rows: Vec<Row<N>>) -> Vec<Step> 
     }
     rounds
         .into_iter()
-        .map(|round| {
+        .map(|mut round| {
+            // In key order, as the records' locks are taken: two hosts' batches that
+            // insert the same new keys then wait for each other in one order.
+            round.sort_by(|a, b| a.key.cmp(&b.key));
             let mut columns: Vec<Vec<Param>> = (0..N).map(|_| Vec::with_capacity(round.len())).collect();
             let mut expected = Vec::with_capacity(round.len());
             for Row { job, key, values, refusal } in round {
