@@ -355,20 +355,30 @@ mod tests {
         assert_eq!(b.saga_counts().await.unwrap(), expected);
     }
 
+    /// Two hosts on one fresh schema.
+    async fn two_hosts() -> (PgStore, PgStore) {
+        let url = testing::scratch().await;
+        let connect = || PgStore::connect(&url, PgOptions::default());
+        (connect().await.unwrap(), connect().await.unwrap())
+    }
+
+    /// An invocation's reads of `svc` on `store`.
+    fn reads(store: &PgStore) -> Transaction {
+        Transaction::new(store.invocation_reads("svc").unwrap(), TxLimits::default())
+    }
+
+    /// The commit of `tx` once it has set `k` to `value`.
+    async fn write(mut tx: Transaction, value: &str) -> Commit {
+        tx.set("k", value.as_bytes().to_vec()).await.unwrap();
+        commit_of(tx.into_changes(), None)
+    }
+
     /// An invocation reads through this host's cache, which another host's commit
     /// makes stale: the commit that read the stale version is refused, the entry is
     /// forgotten, and the next invocation reads the database's version.
     #[tokio::test]
     async fn a_read_another_host_made_stale_is_refused_at_commit_then_read_anew() {
-        let url = testing::scratch().await;
-        let connect = || PgStore::connect(&url, PgOptions::default());
-        let (here, there) = (connect().await.unwrap(), connect().await.unwrap());
-        let reads =
-            |store: &PgStore| Transaction::new(store.invocation_reads("svc").unwrap(), TxLimits::default());
-        let write = |mut tx: Transaction, value: &'static str| async move {
-            tx.set("k", value.as_bytes().to_vec()).await.unwrap();
-            commit_of(tx.into_changes(), None)
-        };
+        let (here, there) = two_hosts().await;
 
         here.commit(write(reads(&here), "1").await).await.unwrap();
         let kept = Slot { value: Some(b"1".to_vec()), version: 1 };
@@ -395,15 +405,7 @@ mod tests {
     /// one its read set keeps), not written as if the value it used were the newer one.
     #[tokio::test]
     async fn a_key_read_at_two_versions_in_one_call_is_refused_at_commit() {
-        let url = testing::scratch().await;
-        let connect = || PgStore::connect(&url, PgOptions::default());
-        let (here, there) = (connect().await.unwrap(), connect().await.unwrap());
-        let reads =
-            |store: &PgStore| Transaction::new(store.invocation_reads("svc").unwrap(), TxLimits::default());
-        let write = |mut tx: Transaction, value: &'static str| async move {
-            tx.set("k", value.as_bytes().to_vec()).await.unwrap();
-            commit_of(tx.into_changes(), None)
-        };
+        let (here, there) = two_hosts().await;
         here.commit(write(reads(&here), "1").await).await.unwrap(); // kept by `here`
         there.commit(write(reads(&there), "2").await).await.unwrap();
 
