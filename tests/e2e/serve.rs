@@ -54,14 +54,22 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(exit.success(), "{exit:?}");
 }
 
-/// The server runs with transparent huge pages off unless `--huge-pages` keeps them:
-/// with them, the kernel folded mimalloc's sparse 2 MiB ranges into whole huge pages
-/// about eleven minutes into a run, and RSS stepped up by 10–30 MiB with the live heap
-/// unchanged (docs/benchmarks.md, "Runs for months").
+/// The server runs with transparent huge pages off unless `--huge-pages` (or
+/// `WASAGA_HUGE_PAGES`) keeps them: with them, the kernel folded mimalloc's sparse 2 MiB
+/// ranges into whole huge pages about eleven minutes into a run, and RSS stepped up by
+/// 8–30 MiB with the live heap unchanged (docs/benchmarks.md, "Runs for months").
 #[cfg(target_os = "linux")]
 #[test]
 fn the_server_runs_without_transparent_huge_pages_unless_asked() {
-    let thp_enabled = |server: &Server| {
+    let dir = plugins_dir(&["echo"]);
+    let thp_enabled = |env: Option<&str>, args: &[&str]| {
+        let data = tempfile::tempdir().unwrap();
+        let mut command = crate::support::wasaga();
+        command.env_remove("WASAGA_HUGE_PAGES");
+        if let Some(value) = env {
+            command.env("WASAGA_HUGE_PAGES", value);
+        }
+        let server = Server::start_with(command, dir.path(), data.path(), args);
         let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
         status
             .lines()
@@ -70,19 +78,10 @@ fn the_server_runs_without_transparent_huge_pages_unless_asked() {
             .trim()
             .to_owned()
     };
-    let dir = plugins_dir(&["echo"]);
-    let data = tempfile::tempdir().unwrap();
-    let server = Server::start_in(dir.path(), data.path(), &[]);
-    assert_eq!(thp_enabled(&server), "0", "transparent huge pages are still allowed for the server");
-    drop(server);
-
-    let data = tempfile::tempdir().unwrap();
-    let kept = Server::start_in(dir.path(), data.path(), &["--huge-pages"]);
-    assert_eq!(
-        thp_enabled(&kept),
-        "1",
-        "--huge-pages did not keep them (or this test's parent has them off)"
-    );
+    assert_eq!(thp_enabled(None, &[]), "0", "transparent huge pages are still allowed for the server");
+    assert_eq!(thp_enabled(None, &["--huge-pages"]), "1", "--huge-pages did not keep them");
+    assert_eq!(thp_enabled(Some("yes"), &[]), "1", "WASAGA_HUGE_PAGES=yes did not keep them");
+    assert_eq!(thp_enabled(Some("0"), &[]), "0", "WASAGA_HUGE_PAGES=0 kept them");
 }
 
 /// Calls of made-up services and operations are counted without their names: /metrics
