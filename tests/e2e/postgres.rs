@@ -14,6 +14,15 @@ fn server_on(database: &str, plugins: &std::path::Path, data: &std::path::Path) 
     Server::start_in(plugins, data, &["--sagas", SAGAS, "--database", database])
 }
 
+/// A server of `echo` alone on the PostgreSQL schema `database`, with directories of
+/// its own.
+fn echo_host(database: &str) -> Server {
+    let (plugins, data) = (plugins_dir(&["echo"]), tempfile::tempdir().unwrap());
+    let mut server = Server::start_in(plugins.path(), data.path(), &["--database", database]);
+    server.keep(plugins, data);
+    server
+}
+
 /// A sagas directory with the demo's `place-order`, whose last step (the confirmation
 /// mail) retries after a random wait of up to `backoff`.
 fn sagas_with_mail_retry_after(backoff: &str) -> tempfile::TempDir {
@@ -109,10 +118,7 @@ async fn two_hosts_share_keys_and_sagas() {
 #[tokio::test]
 async fn a_call_that_failed_on_a_stale_read_runs_again_on_a_snapshot() {
     let database = postgres_testing::scratch().await;
-    let plugins = plugins_dir(&["echo"]);
-    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Server::start_in(plugins.path(), data_a.path(), &["--database", &database]);
-    let b = Server::start_in(plugins.path(), data_b.path(), &["--database", &database]);
+    let (a, b) = (echo_host(&database), echo_host(&database));
     let client = Server::client();
     let call = async |server: &Server, operation: &str, key: &str, body: Value| {
         let response = server.invoke(&client, &format!("echo/{operation}"), key, &body).send().await.unwrap();
@@ -543,10 +549,7 @@ async fn a_sqlite_store_moves_to_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_published_on_both_hosts_are_delivered_once_and_in_order() {
     let database = postgres_testing::scratch().await;
-    let plugins = plugins_dir(&["echo"]);
-    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Server::start_in(plugins.path(), data_a.path(), &["--database", &database]);
-    let b = Server::start_in(plugins.path(), data_b.path(), &["--database", &database]);
+    let (a, b) = (echo_host(&database), echo_host(&database));
     crate::events::journals_are_delivered_once_in_order(&[&a, &b]).await;
 }
 

@@ -310,8 +310,6 @@ impl Transaction {
         Ok(())
     }
 
-    /// Refuses reading `more` records past `max_reads` (the read set is checked at
-    /// commit, one lookup each).
     /// Puts `key` at `version` in the read set. Reads that are not one snapshot (see
     /// `Store::invocation_reads`) may see one key at two versions: the lower one is
     /// kept, which is not the database's, so the commit is refused and the call runs
@@ -321,6 +319,8 @@ impl Transaction {
         self.reads.entry(key.to_owned()).and_modify(|kept| *kept = (*kept).min(version)).or_insert(version);
     }
 
+    /// Refuses reading `more` records past `max_reads` (the read set is checked at
+    /// commit, one lookup each).
     fn check_reads(&self, more: usize) -> Result<(), StoreError> {
         if self.reads.len() + more > self.limits.max_reads {
             return Err(StoreError::Invalid(format!(

@@ -7,8 +7,7 @@
 //! conflict, the writer forgets the stale entries, and the re-run reads the database.
 //! It saves the reads of records this host read or wrote before (on one host, every
 //! read but those of keys never seen, such as a new order's). Only invocations read
-//! through it
-//! (`Store::invocation_reads`); snapshots and the HTTP API read the database.
+//! through it (`Store::invocation_reads`); snapshots and the HTTP API read the database.
 //!
 //! Entries only move forward: an entry is replaced by a read or a write of a higher
 //! version only, so a read that left the database before a commit cannot put back
