@@ -176,17 +176,23 @@ impl App {
             store.clone(),
             legacy_uploads,
         );
+        // The directory's plugins, then the definitions they satisfy, then the plugin
+        // changes kept in the store, checked against those definitions as a change made
+        // while running is; then every definition against what serves at last (one that
+        // needs what only an upload has loads now).
         if let Some(dir) = &config.plugins {
             plugins
                 .load(dir)
                 .await
                 .with_context(|| format!("reading the plugins directory {}", dir.display()))?;
         }
+        let read_sagas = |dir: &std::path::Path| format!("reading the sagas directory {}", dir.display());
         if let Some(dir) = &config.sagas {
-            sagas
-                .load_definitions(dir)
-                .await
-                .with_context(|| format!("reading the sagas directory {}", dir.display()))?;
+            sagas.preload_definitions(dir).await.with_context(|| read_sagas(dir))?;
+        }
+        plugins.apply_kept().await.context("applying the plugin changes kept in the store")?;
+        if let Some(dir) = &config.sagas {
+            sagas.load_definitions(dir).await.with_context(|| read_sagas(dir))?;
         }
         if config.watch {
             if let Some(dir) = &config.plugins {

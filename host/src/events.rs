@@ -26,7 +26,9 @@ use crate::clock::now_ms;
 use crate::cluster::Membership;
 use crate::invoke::{Attached, Caller, InvokeError, Invoker, Produced, Request};
 use crate::metrics::{labels, metrics};
-use crate::store::{Commit, DeliveryChange, DeliveryRow, DeliveryStatus, Store, StoreError};
+use crate::store::{
+    Commit, DeliveryChange, DeliveryRow, DeliveryStatus, EventRow, Store, StoreError, Subscriber,
+};
 use crate::trace::{Kind, Span, TraceContext};
 
 /// Attempts of one delivery before it is dead-lettered.
@@ -85,10 +87,14 @@ impl Dispatcher {
             // While the store cannot answer (a database restarting), say so once and
             // look again every second, not every poll.
             let mut failing = false;
+            let mut looked_back = false;
             loop {
                 if !dispatcher.inner.membership.leads() {
                     tokio::time::sleep(POLL).await;
                     continue;
+                }
+                if !looked_back {
+                    looked_back = dispatcher.say_what_was_lost().await;
                 }
                 let pass = match dispatcher.fan_out().await {
                     Ok(()) => {
@@ -117,6 +123,43 @@ impl Dispatcher {
         })
     }
 
+    /// Says, once, which events kept from an older wasaga the cursor passed with no
+    /// delivery although their topic is subscribed to here: an older wasaga could give
+    /// an event an id at or below the cursor (SQLite, after retention forgot the events
+    /// before it; PostgreSQL, after an import), and such an event was never delivered.
+    /// False while the store cannot answer, to look again.
+    async fn say_what_was_lost(&self) -> bool {
+        let mut topics: Vec<String> = self
+            .inner
+            .invoker
+            .registry()
+            .plugins()
+            .iter()
+            .flat_map(|plugin| plugin.manifest().subscriptions.iter().map(|(topic, _)| topic.clone()))
+            .collect();
+        topics.sort_unstable();
+        topics.dedup();
+        match self.inner.store.unfanned_events(&topics).await {
+            Ok(None) => true,
+            Ok(Some(lost)) => {
+                tracing::warn!(
+                    "{} events (ids {} to {}, published {} to {}) on topics subscribed to here were passed by \
+                     the dispatcher without a delivery: an older wasaga gave them ids below its cursor (after \
+                     retention forgot the events before them, or after an import) and never delivered them \
+                     (an event published before its topic had a subscriber shows here too); they are in the \
+                     store, `GET /v1/events?correlation=` shows each chain",
+                    lost.count,
+                    lost.ids.0,
+                    lost.ids.1,
+                    crate::clock::utc(lost.published.0),
+                    crate::clock::utc(lost.published.1),
+                );
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Makes the deliveries of the events not yet seen.
     async fn fan_out(&self) -> Result<(), StoreError> {
         let store = &self.inner.store;
@@ -124,31 +167,8 @@ impl Dispatcher {
             let through = store.dispatched_through().await?;
             let events = store.events_after(through, 500).await?;
             let Some(last) = events.last().map(|e| e.id) else { return Ok(()) };
-            let plugins = self.inner.invoker.registry().plugins();
-            let now = now_ms();
-            let mut deliveries = Vec::new();
-            for event in &events {
-                for plugin in &plugins {
-                    for (topic, operation) in &plugin.manifest().subscriptions {
-                        if *topic == event.topic {
-                            deliveries.push(DeliveryRow {
-                                event_id: event.id,
-                                subscriber: plugin.service().to_owned(),
-                                operation: operation.clone(),
-                                topic: topic.clone(),
-                                correlation_id: event.correlation_id.clone(),
-                                status: DeliveryStatus::Pending,
-                                attempts: 0,
-                                next_at: now,
-                                outcome: None,
-                                last_error: None,
-                                created_at: now,
-                                done_at: None,
-                            });
-                        }
-                    }
-                }
-            }
+            let registry = self.inner.invoker.registry();
+            let deliveries = deliveries_of(&events, now_ms(), |topic| registry.subscribers(topic));
             let change = DeliveryChange::Create { deliveries, through: last };
             self.inner.invoker.commit(Commit { deliveries: vec![change], ..Commit::default() }).await?;
         }
@@ -226,6 +246,9 @@ impl Dispatcher {
                 }
                 return Ok(());
             }
+            // Another attempt of this delivery was recorded meanwhile (a former
+            // leader's): the delivery is where that attempt left it.
+            Err(InvokeError::Store(StoreError::Moved(_))) => return Ok(()),
             Err(InvokeError::Store(error)) => {
                 trace.fail(&error);
                 return Err(error);
@@ -270,7 +293,11 @@ impl Dispatcher {
     }
 
     async fn commit(&self, change: DeliveryChange) -> Result<(), StoreError> {
-        self.inner.invoker.commit(Commit { deliveries: vec![change], ..Commit::default() }).await
+        match self.inner.invoker.commit(Commit { deliveries: vec![change], ..Commit::default() }).await {
+            // Another attempt was recorded meanwhile (a former leader's): it stands.
+            Err(StoreError::Moved(_)) => Ok(()),
+            other => other,
+        }
     }
 
     /// Puts a dead delivery back in the queue (its attempts go on counting).
@@ -278,6 +305,38 @@ impl Dispatcher {
         let change = DeliveryChange::Redeliver { event_id, subscriber: subscriber.into(), at: now_ms() };
         self.inner.invoker.commit(Commit { deliveries: vec![change], ..Commit::default() }).await
     }
+}
+
+/// The deliveries of `events`: one to each subscriber fixed when the event was
+/// published, whatever serves now (a subscriber being reloaded, or one that failed to
+/// load on this host, is not left out); for an event published by a wasaga from
+/// before they were kept, one to each subscriber `serving` gives for its topic now.
+fn deliveries_of(
+    events: &[EventRow],
+    now: i64,
+    serving: impl Fn(&str) -> Vec<Subscriber>,
+) -> Vec<DeliveryRow> {
+    let mut deliveries = Vec::new();
+    for event in events {
+        let subscribers = event.subscribers.clone().unwrap_or_else(|| serving(&event.topic));
+        for Subscriber { service, operation } in subscribers {
+            deliveries.push(DeliveryRow {
+                event_id: event.id,
+                subscriber: service,
+                operation,
+                topic: event.topic.clone(),
+                correlation_id: event.correlation_id.clone(),
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                next_at: now,
+                outcome: None,
+                last_error: None,
+                created_at: now,
+                done_at: None,
+            });
+        }
+    }
+    deliveries
 }
 
 /// The record of a delivery the subscriber answered (`ok`, or a refusal: a business
@@ -315,4 +374,55 @@ fn backoff(attempt: u32) -> Duration {
 /// text cannot hold them).
 fn storable(message: &str) -> String {
     message.replace('\0', "\u{fffd}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: i64, topic: &str, subscribers: Option<&[(&str, &str)]>) -> EventRow {
+        EventRow {
+            id,
+            service: "publisher".into(),
+            topic: topic.into(),
+            payload: b"{}".to_vec(),
+            correlation_id: Some("chain".into()),
+            created_at: 1,
+            traceparent: None,
+            subscribers: subscribers.map(|list| {
+                list.iter()
+                    .map(|(s, o)| Subscriber { service: (*s).into(), operation: (*o).into() })
+                    .collect()
+            }),
+        }
+    }
+
+    /// An event goes to the subscribers fixed when it was published, not to those
+    /// serving when it is fanned out (one of them reloaded, or gone, meanwhile); an
+    /// event from before they were kept goes to those serving; none to an event
+    /// published with no subscriber, even if one subscribes since.
+    #[test]
+    fn an_event_goes_to_the_subscribers_of_its_publication() {
+        let events = [
+            event(1, "placed", Some(&[("stock", "reserve"), ("mail", "note")])),
+            event(2, "placed", None),
+            event(3, "placed", Some(&[])),
+        ];
+        let serving = |topic: &str| {
+            assert_eq!(topic, "placed");
+            vec![Subscriber { service: "audit".into(), operation: "log".into() }]
+        };
+        let made: Vec<(i64, String, String)> = deliveries_of(&events, 9, serving)
+            .into_iter()
+            .map(|d| {
+                assert_eq!(
+                    (d.status, d.attempts, d.next_at, d.topic.as_str()),
+                    (DeliveryStatus::Pending, 0, 9, "placed")
+                );
+                (d.event_id, d.subscriber, d.operation)
+            })
+            .collect();
+        let expected = [(1, "stock", "reserve"), (1, "mail", "note"), (2, "audit", "log")];
+        assert_eq!(made, expected.map(|(id, s, o)| (id, s.to_owned(), o.to_owned())));
+    }
 }

@@ -449,7 +449,7 @@ impl Invoker {
             outcome => outcome,
         }?;
         let (result, changes) = match outcome.result {
-            Ok(output) => (Ok(output), outcome.changes),
+            Ok(output) => (Ok(output), self.with_subscribers(outcome.changes)),
             // A rejection commits no writes or events, but its reads are still
             // validated: a refusal based on stale data is not stored.
             Err(Failure::Rejected(reason)) => {
@@ -492,6 +492,17 @@ impl Invoker {
             runs: run,
             written,
         }))
+    }
+
+    /// Fixes who receives each event the call publishes: the subscribers of its topic
+    /// among the services serving now, as it is published. The dispatcher fans an event
+    /// out to those, whatever serves when it gets there (a subscriber reloaded, or one
+    /// that failed to load on the leader, still gets what was published for it).
+    fn with_subscribers(&self, mut changes: ChangeSet) -> ChangeSet {
+        for event in &mut changes.events {
+            event.subscribers = Some(self.inner.registry.subscribers(&event.topic));
+        }
+        changes
     }
 
     /// Calls the plugin on `reads`, as run `run` of the request.
@@ -617,6 +628,59 @@ mod tests {
     fn fingerprints_separate_operation_from_input() {
         assert_ne!(fingerprint("ab", b"c"), fingerprint("a", b"bc"));
         assert_eq!(fingerprint("a", b"x"), fingerprint("a", b"x"));
+    }
+
+    /// A commit refused by its saga's fence (the saga moved on: another host took it
+    /// over) ends the invocation at once: no run again can change where the saga is,
+    /// and re-runs past the third would each hold the service's exclusive turn.
+    #[tokio::test]
+    async fn a_commit_the_saga_fence_refuses_is_not_run_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use crate::runtime::{Limits, Runtime, RuntimeOptions};
+        use crate::store::{SagaRow, SagaStatus, SqliteStore};
+
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::temporary().unwrap());
+        let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
+        let registry = Registry::new(runtime.clone());
+        let wasm = std::fs::read(crate::guests::path("echo")).unwrap();
+        registry.insert(runtime.load("echo", wasm, Limits::default()).await.unwrap());
+        let invoker = Invoker::new(registry, store.clone(), InvokeOptions::default());
+        let saga = SagaRow {
+            id: "s".into(),
+            name: "n".into(),
+            status: SagaStatus::Running,
+            input: b"{}".to_vec(),
+            state: "{}".into(),
+            version: 3,
+            key: "k".into(),
+            fingerprint: [0; 32],
+            created_at: 1,
+            updated_at: 1,
+            owner: Some("elsewhere".into()),
+        };
+        store.commit(Commit { saga: Some(SagaChange::Create(saga)), ..Commit::default() }).await.unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let attach: Attach = Arc::new(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let stale = SagaChange::Update {
+                id: "s".into(),
+                version: 1,
+                status: SagaStatus::Running,
+                state: "{}".into(),
+                at: 2,
+                by: Some("here".into()),
+            };
+            Attached { saga: Some(stale), ..Attached::default() }
+        });
+        let input = br#"{"key": "effect", "value": 1}"#.to_vec();
+        let request = Request::new(Caller::Saga, "echo", "set", input, "saga/s/step/do".into());
+        let result = invoker.invoke_with(request, attach).await;
+        assert!(matches!(result, Err(InvokeError::Store(StoreError::Moved(_)))), "{result:?}");
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "run once");
+        let mut reads = store.snapshot("echo").unwrap();
+        assert_eq!(reads.get("effect").await.unwrap().version, 0, "nothing written");
     }
 
     #[test]

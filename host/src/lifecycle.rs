@@ -132,10 +132,9 @@ impl PluginManager {
         &self.inner.registry
     }
 
-    /// Loads the plugins directory, then the uploads kept in the store. An upload wins
-    /// over the directory's file for its service, unless that file's content changed
-    /// since the upload (the upload keeps the digest of the file it replaced): the
-    /// latest change wins, across restarts too.
+    /// Loads the plugins directory. Then [`PluginManager::apply_kept`] applies the
+    /// changes kept in the store, once the saga definitions they are checked against
+    /// are loaded (`app.rs`).
     pub async fn load(&self, plugins_dir: &Path) -> std::io::Result<()> {
         let registry = &self.inner.registry;
         self.load_dir(plugins_dir).await?;
@@ -146,6 +145,19 @@ impl PluginManager {
                 seen.files.insert(file, state);
             }
         }
+        Ok(())
+    }
+
+    /// Applies the uploads and removals kept in the store, with the checks a change
+    /// made while running passes (`checked`, `check_unused`): an upload or removal
+    /// this host refused while it ran, because it would break a saga here, is refused
+    /// again rather than served after a restart (it stays in `refused`, and the
+    /// directory's file serves). An upload wins over the directory's file for its
+    /// service, unless that file's content changed since the upload (the upload keeps
+    /// the digest of the file it replaced): the latest change wins, across restarts too.
+    pub async fn apply_kept(&self) -> std::io::Result<()> {
+        let registry = &self.inner.registry;
+        let mut seen = self.inner.changing.lock().await;
         self.import_legacy_uploads().await?;
         let uploads = self.inner.store.uploads().await.map_err(std::io::Error::other)?;
         for upload in uploads {
@@ -162,16 +174,33 @@ impl PluginManager {
             seen.applied.insert(service.clone(), upload.stamp());
             let source = upload_source(&service);
             let Some(Uploaded { wasm, .. }) = upload.component else {
-                registry.remove(&service);
-                tracing::info!(service, "removed through the admin API: not served");
+                if registry.get(&service).is_none() {
+                    continue;
+                }
+                match self.check_unused(&service).await {
+                    Ok(()) => {
+                        registry.remove(&service);
+                        tracing::info!(service, "removed through the admin API: not served");
+                    }
+                    Err(error) => {
+                        let why =
+                            format!("removed through the admin API, but here {error}; it keeps serving");
+                        tracing::warn!(service, "{why}");
+                        registry.refuse(&source, why);
+                    }
+                }
                 continue;
             };
-            match registry.runtime().load(&service, wasm, self.inner.settings.defaults).await {
+            match self.checked(&service, wasm).await {
                 Ok(plugin) => {
                     tracing::info!(service, digest = %plugin.digest(), "uploaded plugin loaded");
                     registry.swap(plugin, Some(&source));
                 }
-                Err(error) => registry.refuse(&source, format!("{error:#}")),
+                Err(error) => {
+                    let why = format!("kept from an upload, but here: {error}; the version serving stays");
+                    tracing::warn!(service, "{why}");
+                    registry.refuse(&source, why);
+                }
             }
         }
         Ok(())
@@ -489,6 +518,10 @@ impl PluginManager {
             else {
                 continue;
             };
+            if let Err(why) = crate::service::validate_service_name(&service) {
+                tracing::warn!(file = %file.display(), "an upload kept as a file is left where it is: {why}");
+                continue;
+            }
             let base = std::fs::read_to_string(file.with_extension("base")).unwrap_or_default();
             let upload = UploadRow {
                 component: Some(Uploaded { digest: PluginDigest::of(&wasm), wasm }),

@@ -117,16 +117,33 @@ impl Manifest {
                 ));
             }
         }
-        for (topic, operation) in &self.subscriptions {
+        if let Some(op) = self.operations.iter().find(|op| RESERVED.contains(&op.name.as_str())) {
+            return Err(format!(
+                "an operation may not be called `{}`: /v1/services/{{service}}/{} is the service's records",
+                op.name, op.name
+            ));
+        }
+        for (i, (topic, operation)) in self.subscriptions.iter().enumerate() {
             if self.operation(operation).is_none() {
                 return Err(format!(
                     "subscription to `{topic}` names operation `{operation}`, which the service does not declare"
+                ));
+            }
+            // A delivery is one per event and service (its idempotency key names the
+            // service): a second handler of the same topic would never be called.
+            if let Some((_, first)) = self.subscriptions[..i].iter().find(|(t, _)| t == topic) {
+                return Err(format!(
+                    "topic `{topic}` is subscribed twice (by `{first}` and `{operation}`): a service receives \
+                     each event once, so one operation handles a topic"
                 ));
             }
         }
         Ok(())
     }
 }
+
+/// Operation names the HTTP API takes for itself under `/v1/services/{service}/`.
+const RESERVED: &[&str] = &["records"];
 
 /// Service names appear in URLs, file names and idempotency keys, so they are kept
 /// plain: 1 to 64 of lowercase ASCII letters, digits and `-`, starting with a letter.
@@ -238,6 +255,22 @@ mod tests {
         assert!(twice.contains("`a` is declared twice"), "{twice}");
         let dangling = manifest(vec![op("a", None)], vec![("t", "b")]).validate().unwrap_err();
         assert!(dangling.contains("names operation `b`"), "{dangling}");
+    }
+
+    /// One service, one handler per topic: a second would silently never be called
+    /// (deliveries are one per event and service).
+    #[test]
+    fn a_topic_subscribed_twice_is_refused() {
+        let twice = manifest(vec![op("a", None), op("b", None)], vec![("t", "a"), ("u", "a"), ("t", "b")]);
+        let err = twice.validate().unwrap_err();
+        assert!(err.contains("topic `t` is subscribed twice (by `a` and `b`)"), "{err}");
+    }
+
+    /// `POST /v1/services/{service}/records` is the records API, not a call.
+    #[test]
+    fn an_operation_named_records_is_refused() {
+        let err = manifest(vec![op("records", None)], vec![]).validate().unwrap_err();
+        assert!(err.contains("may not be called `records`"), "{err}");
     }
 
     #[test]

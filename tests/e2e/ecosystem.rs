@@ -1,7 +1,8 @@
 //! Outside tools check what the host serves: schemathesis fuzzes the HTTP API against
 //! its own OpenAPI document (`/openapi.json`), and promtool checks the metrics. Each
-//! runs against the real `wasaga demo`. A missing tool fails the test and says what to
-//! install; nothing is skipped.
+//! runs against the real `wasaga demo`. Each test installs its tool under target/ when
+//! it is missing (schemathesis from PyPI, promtool from Debian's package); one it
+//! cannot install fails the test and says what to install. Nothing is skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -88,16 +89,50 @@ async fn schemathesis_finds_nothing_wrong_with_the_api() {
     assert!(!report.contains("Errored:") && !report.contains("Skipped:"), "{report}");
 }
 
+/// promtool: the one on the PATH, else the one of Debian's `prometheus` package
+/// fetched once into target/ (`apt-get download`, which needs no root, and `dpkg-deb
+/// -x`), so that `cargo test` needs nothing installed by hand on Debian or Ubuntu.
+fn promtool() -> PathBuf {
+    let works = |program: &Path| {
+        Command::new(program).arg("--version").output().is_ok_and(|out| out.status.success())
+    };
+    if works(Path::new("promtool")) {
+        return PathBuf::from("promtool");
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("promtool");
+    let program = dir.join("usr/bin/promtool");
+    if works(&program) {
+        return program;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let fetched = Command::new("apt-get").args(["download", "-q", "prometheus"]).current_dir(&dir).output();
+    let said = match &fetched {
+        Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        fetched.is_ok_and(|out| out.status.success()),
+        "the metrics test needs promtool: none on the PATH, and `apt-get download prometheus` failed ({}); \
+         install it (Debian: apt-get install prometheus) or put it on the PATH",
+        said.trim()
+    );
+    let deb = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .find(|path| path.extension().is_some_and(|e| e == "deb"))
+        .expect("apt-get download leaves a .deb");
+    let unpacked = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir).status();
+    assert!(unpacked.is_ok_and(|s| s.success()), "dpkg-deb -x {} failed", deb.display());
+    assert!(works(&program), "{} does not run", program.display());
+    program
+}
+
 /// promtool (Debian's `prometheus` package) finds no error and no lint problem in the
 /// metrics of a demo that ran sagas, refused a call, and replayed one; a scraper that
 /// asks for OpenMetrics gets it.
 #[tokio::test]
 async fn promtool_accepts_the_metrics() {
-    let version = Command::new("promtool").arg("--version").output();
-    assert!(
-        version.is_ok_and(|o| o.status.success()),
-        "the metrics test needs promtool (Debian: apt-get install prometheus)"
-    );
+    let promtool = promtool();
     let data = tempfile::tempdir().unwrap();
     let demo = Demo::start(data.path(), &["--traffic", "50"]);
     let client = Server::client();
@@ -129,7 +164,7 @@ async fn promtool_accepts_the_metrics() {
     {
         assert!(text.contains(&format!("\n{family}")), "no {family} samples in:\n{text}");
     }
-    let mut promtool = Command::new("promtool")
+    let mut promtool = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -69,6 +69,12 @@ async fn a_choreographed_order_completes_and_its_chain_shows_how() {
     assert_eq!(seen, topics, "in causal order");
     assert_eq!(events[0]["publisher"], "order");
     assert_eq!(events[0]["payload"]["amount"], 2_500);
+    // Who receives each event was fixed when it was published.
+    assert_eq!(events[0]["subscribers"], json!([{"service": "inventory", "operation": "reserve-placed"}]));
+    assert_eq!(
+        events[3]["subscribers"],
+        json!([{"service": "notification", "operation": "send-confirmation"}])
+    );
     let delivery = &events[1]["deliveries"][0];
     assert_eq!(
         (delivery["subscriber"].as_str(), delivery["status"].as_str(), delivery["outcome"].as_str()),

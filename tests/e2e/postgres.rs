@@ -267,6 +267,62 @@ async fn uploads_and_removals_through_one_host_reach_the_others() {
     reached(&b, (200, "{\"version\":1}")).await;
 }
 
+/// An upload one host keeps but another refuses (it would break a saga definition
+/// there) stays refused on that host after a restart: the version serving before
+/// serves still, and the definition still loads. (Before, a restart applied every kept
+/// upload unchecked: `inventory` without `release` served, and `place-order` was
+/// refused at load.)
+#[tokio::test]
+async fn an_upload_a_host_refused_stays_refused_after_its_restart() {
+    let database = postgres_testing::scratch().await;
+    let shop = plugins_dir(&["inventory", "payment", "order", "notification"]);
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Server::start_in(shop.path(), data_a.path(), &["--database", database.as_str()]);
+    let with_sagas = ["--database", database.as_str(), "--sagas", crate::support::SAGAS];
+    let mut b = Server::start_in(shop.path(), data_b.path(), &with_sagas);
+    let client = Server::client();
+    let state = async |server: &Server| -> Value {
+        client.get(format!("{}/v1/plugins", server.url)).send().await.unwrap().json().await.unwrap()
+    };
+    let digest = |list: &Value| {
+        list["plugins"].as_array().unwrap().iter().find(|p| p["service"] == "inventory").unwrap()["digest"]
+            .clone()
+    };
+    let refusal = |list: &Value| {
+        list["refused"].as_array().unwrap().iter().find(|r| r["file"] == "upload:inventory").cloned()
+    };
+    let serving = digest(&state(&b).await);
+
+    let old = std::fs::read(guest("old-inventory")).unwrap();
+    let pushed = client.put(format!("{}/v1/plugins/inventory", a.url)).body(old).send().await.unwrap();
+    assert_eq!(pushed.status(), 200, "host A has no saga that needs `release`");
+    let mut refused = None;
+    for _ in 0..200 {
+        refused = refusal(&state(&b).await);
+        if refused.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let refused = refused.expect("host B refuses the upload");
+    assert!(refused["error"].as_str().unwrap().contains("needs operation `release`"), "{refused}");
+
+    b.kill();
+    let b = Server::start_in(shop.path(), data_b.path(), &with_sagas);
+    let after = state(&b).await;
+    assert_eq!(digest(&after), serving, "the version B served before serves after its restart");
+    let refused = refusal(&after).expect("the refusal is said again");
+    assert!(refused["error"].as_str().unwrap().contains("needs operation `release`"), "{refused}");
+    let started = client
+        .post(format!("{}/v1/sagas/place-order", b.url))
+        .header("Idempotency-Key", "after-restart")
+        .json(&json!({"order": "o-1", "customer": "c", "sku": "s", "qty": 1, "amount": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202, "place-order still loads on B: {}", started.text().await.unwrap());
+}
+
 fn signal(server: &Server, signal: &str) {
     let status = std::process::Command::new("kill")
         .arg(format!("-{signal}"))

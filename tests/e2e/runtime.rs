@@ -104,11 +104,7 @@ async fn echo_reads_and_writes_versioned_records() {
 
     let (result, changes) = run("publish", json!({"topic": "greeted", "payload": {"n": 1}})).await;
     result.unwrap();
-    let event = |chain: Option<&str>| Event {
-        topic: "greeted".into(),
-        payload: br#"{"n":1}"#.to_vec(),
-        correlation_id: chain.map(Into::into),
-    };
+    let event = |chain: Option<&str>| Event::new("greeted", br#"{"n":1}"#, chain);
     assert_eq!(changes.events, vec![event(None)], "in the invocation's own chain");
     let chained = json!({"topic": "greeted", "payload": {"n": 1}, "chain": "order-7"});
     let (result, changes) = run("publish", chained).await;

@@ -91,7 +91,7 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Conflict(_) | StoreError::Duplicate(_) => {
+            StoreError::Conflict(_) | StoreError::Moved(_) | StoreError::Duplicate(_) => {
                 ApiError::new(StatusCode::CONFLICT, error.to_string()).retry_soon()
             }
             StoreError::Invalid(detail) => ApiError::bad_request(detail),

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::auth::{Operator, Reader};
 use super::extract::{Path, Query};
 use super::{ApiError, AppState};
-use crate::store::{DeliveryRow, DeliveryStatus, EventRow, StoreError};
+use crate::store::{DeliveryRow, DeliveryStatus, EventRow, StoreError, Subscriber};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -43,6 +43,10 @@ pub struct EventView {
     pub created_at: i64,
     /// Whether its deliveries have been made (an event with no subscriber has none).
     pub dispatched: bool,
+    /// Who receives it: the subscribers of its topic among the services serving when
+    /// it was published (absent for events published by a wasaga from before they
+    /// were kept, which go to the subscribers serving when they are dispatched).
+    pub subscribers: Option<Vec<Subscriber>>,
     pub deliveries: Vec<DeliveryView>,
 }
 
@@ -90,6 +94,7 @@ fn view(event: EventRow, deliveries: Vec<DeliveryRow>, dispatched_through: i64) 
         payload: serde_json::from_slice(&event.payload)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&event.payload).into_owned())),
         created_at: event.created_at,
+        subscribers: event.subscribers,
         deliveries: deliveries.into_iter().map(Into::into).collect(),
     }
 }

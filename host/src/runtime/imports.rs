@@ -22,9 +22,10 @@ fn refusal(error: StoreError) -> wasmtime::Result<wit_store::StoreError> {
     match error {
         StoreError::Conflict(c) => Ok(wit_store::StoreError::Conflict(c.into())),
         StoreError::Invalid(message) => Ok(wit_store::StoreError::Invalid(message)),
-        failed @ (StoreError::Unavailable(_) | StoreError::Duplicate(_) | StoreError::Overloaded(_)) => {
-            Err(failed.into())
-        }
+        failed @ (StoreError::Unavailable(_)
+        | StoreError::Duplicate(_)
+        | StoreError::Overloaded(_)
+        | StoreError::Moved(_)) => Err(failed.into()),
     }
 }
 

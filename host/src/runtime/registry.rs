@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use super::{Plugin, PluginDigest, Runtime};
+use crate::store::Subscriber;
 
 /// A plugin file or upload that could not be loaded, and why.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -69,6 +70,22 @@ impl Registry {
     /// Every serving plugin, by service name.
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
         self.read().services.values().cloned().collect()
+    }
+
+    /// Who subscribes to `topic` among the services serving now, by service (each
+    /// service subscribes to a topic once: `Manifest::validate`).
+    pub fn subscribers(&self, topic: &str) -> Vec<Subscriber> {
+        let inner = self.read();
+        inner
+            .services
+            .values()
+            .flat_map(|plugin| {
+                let manifest = plugin.manifest();
+                manifest.subscriptions.iter().filter(move |(t, _)| t == topic).map(move |(_, operation)| {
+                    Subscriber { service: manifest.name.clone(), operation: operation.clone() }
+                })
+            })
+            .collect()
     }
 
     /// The versions `service` had before, newest first.

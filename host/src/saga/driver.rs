@@ -32,8 +32,14 @@ pub(super) struct Run {
     pub started_at: i64,
 }
 
-/// Drives the saga until it finishes, gets stuck, or the store fails for good.
-pub(super) async fn drive(engine: Arc<EngineInner>, mut run: Run, mut actions: Vec<Action>) {
+/// Drives the saga until it finishes, gets stuck or is another host's (`Ok`), or a
+/// step's call or its transition fails in a way the driver does not wait out (`Err`:
+/// the engine's supervisor starts it again from the stored saga).
+pub(super) async fn drive(
+    engine: Arc<EngineInner>,
+    mut run: Run,
+    mut actions: Vec<Action>,
+) -> Result<(), StoreError> {
     while let Some(action) = actions.pop() {
         actions = match action {
             Action::Finished(status) => {
@@ -59,16 +65,11 @@ pub(super) async fn drive(engine: Arc<EngineInner>, mut run: Run, mut actions: V
                 }
                 // A slot per call, not per saga: sagas waiting out a backoff hold none.
                 let _permit = engine.permits.acquire().await.expect("the semaphore is never closed");
-                match call(&engine, &mut run, step, direction, attempt).await {
-                    Ok(next) => next,
-                    Err(error) => {
-                        tracing::error!(saga = %run.id, "saga driver stopped: {error}; it resumes at the next start");
-                        Vec::new()
-                    }
-                }
+                call(&engine, &mut run, step, direction, attempt).await?
             }
         };
     }
+    Ok(())
 }
 
 /// Makes one step call and commits the transition it causes; returns the next actions.
@@ -171,6 +172,9 @@ async fn call_until_answered(
                 run.version += 1;
                 return Ok(actions);
             }
+            // The step's commit was refused by the saga's fence: another host (or an
+            // operator) moved the saga on. No re-run of the call can change that.
+            Err(InvokeError::Store(StoreError::Moved(_))) => return moved_on(engine, run).await,
             Err(InvokeError::Store(error)) => {
                 // Not the step's fault: wait and make the same call again.
                 tracing::warn!("the store failed during a saga step ({error}); trying again in 1 s");
@@ -205,7 +209,7 @@ async fn call_until_answered(
 }
 
 /// Commits the saga's new state on its own. The store failing is waited out; a
-/// version conflict means the stored saga moved on (another process drove it): the
+/// refused update means the stored saga moved on (another process drove it): the
 /// driver takes the stored state and goes on from there.
 async fn save(
     engine: &EngineInner,
@@ -219,21 +223,7 @@ async fn save(
                 run.version += 1;
                 return Ok(actions);
             }
-            Err(StoreError::Conflict(_)) => {
-                let row = engine.store.saga(&run.id.to_string()).await?.ok_or_else(|| {
-                    StoreError::Unavailable(format!("saga {} disappeared from the store", run.id))
-                })?;
-                run.state = serde_json::from_str(&row.state).map_err(|e| {
-                    StoreError::Unavailable(format!("saga {} has an unreadable state: {e}", run.id))
-                })?;
-                run.version = row.version;
-                if let Some(owner) = row.owner.filter(|owner| *owner != engine.host) {
-                    tracing::warn!(saga = %run.id, %owner, "another host took the saga over; this one stops driving it");
-                    return Ok(Vec::new());
-                }
-                tracing::warn!(saga = %run.id, "the saga moved on elsewhere; going on from its stored state");
-                return Ok(super::machine::resume(&run.state));
-            }
+            Err(StoreError::Moved(_)) => return moved_on(engine, run).await,
             Err(error @ (StoreError::Unavailable(_) | StoreError::Overloaded(_))) => {
                 tracing::warn!(saga = %run.id, "saving the saga failed ({error}); trying again in 1 s");
                 engine.clock.sleep(Duration::from_secs(1)).await;
@@ -241,6 +231,26 @@ async fn save(
             Err(other) => return Err(other),
         }
     }
+}
+
+/// The saga is not where this driver had it (its update was refused): the stored state
+/// from now on, and nothing more to do here if another host owns the saga now. A read
+/// that fails is the supervisor's to retry (`SagaEngine::supervise`).
+async fn moved_on(engine: &EngineInner, run: &mut Run) -> Result<Vec<Action>, StoreError> {
+    let row = engine
+        .store
+        .saga(&run.id.to_string())
+        .await?
+        .ok_or_else(|| StoreError::Unavailable(format!("saga {} disappeared from the store", run.id)))?;
+    run.state = serde_json::from_str(&row.state)
+        .map_err(|e| StoreError::Unavailable(format!("saga {} has an unreadable state: {e}", run.id)))?;
+    run.version = row.version;
+    if let Some(owner) = row.owner.filter(|owner| *owner != engine.host) {
+        tracing::warn!(saga = %run.id, %owner, "another host took the saga over; this one stops driving it");
+        return Ok(Vec::new());
+    }
+    tracing::warn!(saga = %run.id, "the saga moved on elsewhere; going on from its stored state");
+    Ok(super::machine::resume(&run.state))
 }
 
 /// The event an outcome means.

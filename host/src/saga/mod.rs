@@ -166,6 +166,18 @@ impl SagaEngine {
     /// logged) and refused. An I/O error, or the store failing to keep a definition,
     /// is an error.
     pub async fn load_definitions(&self, dir: &Path) -> anyhow::Result<Vec<DefinitionError>> {
+        self.load_definitions_saying(dir, true).await
+    }
+
+    /// Loads the definitions of `dir` that the services serving now satisfy, saying
+    /// nothing of the others: the definitions kept plugin changes are checked against
+    /// at start, before [`SagaEngine::load_definitions`] loads them all against the
+    /// versions that then serve (`app.rs`).
+    pub async fn preload_definitions(&self, dir: &Path) -> anyhow::Result<()> {
+        self.load_definitions_saying(dir, false).await.map(drop)
+    }
+
+    async fn load_definitions_saying(&self, dir: &Path, say: bool) -> anyhow::Result<Vec<DefinitionError>> {
         let mut files: Vec<_> = std::fs::read_dir(dir)?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
@@ -176,11 +188,15 @@ impl SagaEngine {
             let text = std::fs::read_to_string(&file)?;
             match self.parse(&file, &text) {
                 Ok(def) => {
-                    tracing::info!(saga = %def.name, file = %file.display(), steps = def.steps.len(), "saga definition loaded");
+                    if say {
+                        tracing::info!(saga = %def.name, file = %file.display(), steps = def.steps.len(), "saga definition loaded");
+                    }
                     self.add_definition(def).await?;
                 }
                 Err(error) => {
-                    tracing::error!("saga definition refused: {error}");
+                    if say {
+                        tracing::error!("saga definition refused: {error}");
+                    }
                     refused.push(error);
                 }
             }
@@ -498,7 +514,7 @@ impl SagaEngine {
             version: record.row.version + 1,
             started_at: record.row.created_at,
         };
-        self.drive_claimed(claim, run, actions);
+        self.drive_claimed(claim, Start::Run(run, actions));
         self.get(id).await
     }
 
@@ -586,36 +602,25 @@ impl SagaEngine {
     }
 
     /// Starts a driver for each of `rows` (sagas this host owns now); returns how many.
+    /// One that cannot be read or driven does not keep the others from theirs: its
+    /// supervisor says so and tries again (before, one unreadable saga failed the whole
+    /// takeover, and the sagas claimed with it were owned by this host and driven by
+    /// none).
     async fn resume(&self, rows: Vec<SagaRow>) -> Result<usize, SagaError> {
         let mut resumed = 0;
         for row in rows {
-            let record = self.decode(row).await?;
-            let Some(def) = record.def else {
-                tracing::error!(
-                    saga = %record.row.id,
-                    name = %record.row.name,
-                    "cannot resume: the definition it started with is not in the store"
-                );
-                continue;
-            };
-            let actions = resume(&record.state);
-            let run = Run {
-                def,
-                id: SagaId(record.row.id.clone()),
-                input: input_object(&record.row.input),
-                state: record.state,
-                version: record.row.version,
-                started_at: record.row.created_at,
-            };
-            self.spawn(run, actions);
-            resumed += 1;
+            let id = SagaId(row.id.clone());
+            if let Some(claim) = self.claim(&id) {
+                self.drive_claimed(claim, Start::Stored(row));
+                resumed += 1;
+            }
         }
         Ok(resumed)
     }
 
     fn spawn(&self, run: Run, actions: Vec<machine::Action>) {
         if let Some(claim) = self.claim(&run.id) {
-            self.drive_claimed(claim, run, actions);
+            self.drive_claimed(claim, Start::Run(run, actions));
         }
     }
 
@@ -625,12 +630,91 @@ impl SagaEngine {
         claimed.then(|| Driving { engine: self.inner.clone(), id: id.clone() })
     }
 
-    fn drive_claimed(&self, claim: Driving, run: Run, actions: Vec<machine::Action>) {
-        let engine = self.inner.clone();
-        tokio::spawn(async move {
-            driver::drive(engine, run, actions).await;
-            drop(claim);
-        });
+    fn drive_claimed(&self, claim: Driving, start: Start) {
+        let engine = self.clone();
+        tokio::spawn(async move { engine.supervise(claim, start).await });
+    }
+
+    /// Drives a saga while it needs a driver here: until it finishes, gets stuck, or
+    /// another host owns it. A driver that stops on an error it does not wait out (the
+    /// store failing while it reads the saga back after a conflict, a state it cannot
+    /// read, a definition not found) or that panics is started again from the stored
+    /// saga after a second, then at most every 30 s, making the call in progress again
+    /// with its key (so its effect happens once); the first failure raises an alert
+    /// (`saga_driver_failed`). Before, such a saga stayed `running` with this live host
+    /// as its owner: no other host took it over, an operator could not act on a saga
+    /// that was not stuck, and nothing said so.
+    async fn supervise(&self, claim: Driving, start: Start) {
+        let id = claim.id.clone();
+        let mut next = Some(start);
+        let mut failures: u32 = 0;
+        loop {
+            let drove = async {
+                let (run, actions) = match next.take() {
+                    Some(Start::Run(run, actions)) => (run, actions),
+                    Some(Start::Stored(row)) => match self.to_drive(row).await? {
+                        Some(driving) => driving,
+                        None => return Ok(()),
+                    },
+                    None => match self.inner.store.saga(&id.to_string()).await? {
+                        Some(row) => match self.to_drive(row).await? {
+                            Some(driving) => driving,
+                            None => return Ok(()),
+                        },
+                        None => return Ok(()),
+                    },
+                };
+                match tokio::spawn(driver::drive(self.inner.clone(), run, actions)).await {
+                    Ok(result) => Ok(result?),
+                    // The runtime is shutting down: nothing to drive any more.
+                    Err(failed) if failed.is_cancelled() => Ok(()),
+                    Err(failed) => Err(SagaError::Store(StoreError::Unavailable(panic_message(failed)))),
+                }
+            };
+            let error = match drove.await {
+                Ok(()) => return drop(claim),
+                Err(error) => error,
+            };
+            failures += 1;
+            let wait = Duration::from_secs(1 << (failures - 1).min(5)).min(Duration::from_secs(30));
+            if failures == 1 {
+                self.inner.alerter.raise(crate::alert::Alert {
+                    kind: "saga_driver_failed",
+                    saga_id: id.to_string(),
+                    saga: String::new(),
+                    step: None,
+                    reason: format!("its driver stopped ({error}); it is started again from the stored saga"),
+                    at: self.inner.clock.now_ms(),
+                });
+            }
+            tracing::error!(saga = %id, failures, "the saga's driver stopped ({error}); starting it again in {wait:?}");
+            self.inner.clock.sleep(wait).await;
+        }
+    }
+
+    /// What to drive of a stored saga, from its state: `None` when it needs no driver
+    /// here (finished, stuck, or another host's).
+    async fn to_drive(&self, row: SagaRow) -> Result<Option<(Run, Vec<machine::Action>)>, SagaError> {
+        if row.owner.as_ref().is_some_and(|owner| *owner != self.inner.host) {
+            return Ok(None);
+        }
+        let record = self.decode(row).await?;
+        if record.state.status.is_terminal() || record.state.status == SagaStatus::Stuck {
+            return Ok(None);
+        }
+        let Some(def) = record.def else {
+            return Err(SagaError::DefinitionGone { id: record.row.id, name: record.row.name });
+        };
+        let actions = resume(&record.state);
+        let run = Run {
+            def,
+            id: SagaId(record.row.id.clone()),
+            input: input_object(&record.row.input),
+            state: record.state,
+            version: record.row.version,
+            started_at: record.row.created_at,
+        };
+        Ok(Some((run, actions)))
     }
 
     async fn decode_all(&self, rows: Vec<SagaRow>) -> Result<Vec<SagaRecord>, SagaError> {
@@ -662,6 +746,23 @@ impl Drop for Driving {
         self.engine.running.lock().expect("running mutex poisoned").remove(&self.id);
         self.engine.notify(&self.id);
     }
+}
+
+/// How a supervised driver starts: from a state in hand, or from a stored saga.
+enum Start {
+    Run(Run, Vec<machine::Action>),
+    Stored(SagaRow),
+}
+
+/// What a task that panicked said.
+fn panic_message(failed: tokio::task::JoinError) -> String {
+    let Ok(payload) = failed.try_into_panic() else { return "the driver was cancelled".into() };
+    let said = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("the driver panicked: {said}")
 }
 
 fn input_object(bytes: &[u8]) -> Map<String, Value> {
@@ -752,5 +853,89 @@ mod tests {
         let waited: i64 = slept.iter().map(|d| d.as_millis() as i64).sum();
         let (began, ended) = (step.started_at.unwrap(), step.finished_at.unwrap());
         assert_eq!(ended - began, waited, "the step's time is the clock's: its waits, nothing else");
+    }
+
+    /// A saga whose stored state this host cannot read (here: not JSON, until it is
+    /// repaired) does not stop the takeover of the others, nor stay running with
+    /// nobody driving it: its driver says so (an alert) and starts again from the
+    /// stored saga until it can drive it, and then the saga finishes. (Before, the
+    /// takeover failed on it, and every saga claimed with it was owned by this host
+    /// and driven by none.)
+    #[tokio::test]
+    async fn a_saga_its_driver_cannot_read_is_driven_once_it_can() {
+        let store: Arc<dyn crate::store::Store> = Arc::new(SqliteStore::temporary().unwrap());
+        let runtime =
+            Runtime::new(RuntimeOptions { max_concurrent_calls: 8, ..RuntimeOptions::default() }).unwrap();
+        let registry = Registry::new(runtime.clone());
+        let wasm = std::fs::read(crate::guests::path("notification")).unwrap();
+        registry.insert(runtime.load("notification", wasm, Limits::default()).await.unwrap());
+        let invoker = Invoker::new(registry.clone(), store.clone(), Default::default());
+        let clock = Arc::new(ManualClock::default());
+        let engine = SagaEngine::new(invoker, store.clone(), clock, 4, Alerter::none(), "host-1".into());
+        let plugins = registry.plugins();
+        let def =
+            SagaDef::parse(Path::new("notify-hourly.toml"), HOURLY, |_| Some(plugins[0].manifest())).unwrap();
+        engine.add_definition(def.clone()).await.unwrap();
+        let mut state = SagaState::new(&def);
+        apply(&def, &mut state, Event::Started { at: 1 });
+        let good = serde_json::to_string(&state).unwrap();
+        let row = |id: &str, state: &str| SagaRow {
+            id: id.into(),
+            name: "notify-hourly".into(),
+            status: SagaStatus::Running,
+            input: br#"{"order": "o-1"}"#.to_vec(),
+            state: state.into(),
+            version: 1,
+            key: id.into(),
+            fingerprint: [0; 32],
+            created_at: 1,
+            updated_at: 1,
+            owner: None,
+        };
+        for saga in [row("a-unreadable", "not JSON"), row("b-fine", &good)] {
+            store.commit(Commit { saga: Some(SagaChange::Create(saga)), ..Commit::default() }).await.unwrap();
+        }
+        let alerts = || {
+            crate::metrics::metrics()
+                .alerts
+                .get_or_create(&crate::metrics::labels(&[("kind", "saga_driver_failed")]))
+                .get()
+        };
+        let alerted = alerts();
+
+        assert_eq!(engine.take_over().await.unwrap(), 2, "both are driven");
+        let finished = |id: &'static str| {
+            let engine = engine.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(20), async {
+                    loop {
+                        if engine.get(id).await.is_ok_and(|r| r.state.status.is_terminal()) {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await
+                .is_ok()
+            }
+        };
+        assert!(finished("b-fine").await, "the readable saga finishes");
+        for _ in 0..400 {
+            if alerts() > alerted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(alerts() > alerted, "the unreadable one raised an alert");
+        let repair = SagaChange::Update {
+            id: "a-unreadable".into(),
+            version: 1,
+            status: SagaStatus::Running,
+            state: good.clone(),
+            at: 2,
+            by: Some("host-1".into()),
+        };
+        store.commit(Commit { saga: Some(repair), ..Commit::default() }).await.unwrap();
+        assert!(finished("a-unreadable").await, "repaired, it is driven to its end");
     }
 }

@@ -31,6 +31,38 @@ impl DeliveryStatus {
     }
 }
 
+/// One receiver of an event: a service and the operation its subscription names.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct Subscriber {
+    pub service: String,
+    pub operation: String,
+}
+
+impl Subscriber {
+    /// How a list of them is kept with an event (a column of text): JSON.
+    pub(crate) fn encode(subscribers: &[Subscriber]) -> String {
+        serde_json::to_string(subscribers).expect("subscribers serialise")
+    }
+
+    /// The list kept with an event; `None` for an event that has none kept (published
+    /// by an older wasaga) or whose list does not read (never written so).
+    pub(crate) fn decode(text: Option<&str>) -> Option<Vec<Subscriber>> {
+        serde_json::from_str(text?).ok()
+    }
+}
+
+/// Events kept that the dispatcher passed without a delivery ([`super::Store::unfanned_events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfanned {
+    pub count: u64,
+    /// The lowest and highest of their ids.
+    pub ids: (i64, i64),
+    /// When the first and the last of them were published (unix ms).
+    pub published: (i64, i64),
+}
+
 /// An event of the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
@@ -45,6 +77,10 @@ pub struct EventRow {
     pub created_at: i64,
     /// The publishing invocation's span (W3C `traceparent`), when traces were on.
     pub traceparent: Option<String>,
+    /// Who receives it: the subscribers of its topic among the services serving when
+    /// it was published (`None`: published by a wasaga from before they were kept; the
+    /// dispatcher then takes the subscribers serving when it fans the event out).
+    pub subscribers: Option<Vec<Subscriber>>,
 }
 
 /// One event's delivery to one subscriber.
@@ -102,10 +138,15 @@ pub enum DeliveryChange {
 /// Why a [`DeliveryChange::Update`] was refused: the delivery is no longer pending
 /// after `attempts - 1` attempts (another host recorded one meanwhile).
 pub(crate) fn attempt_refused(event_id: i64, subscriber: &str, attempts: u32) -> StoreError {
-    Conflict {
+    StoreError::Moved(Conflict {
         key: format!("delivery of event {event_id} to `{subscriber}`"),
         expected: Some(u64::from(attempts.saturating_sub(1))),
         actual: None,
-    }
-    .into()
+    })
+}
+
+/// Why a saga's update was refused: it is no longer at `expected` (or not this
+/// host's any more, or gone).
+pub(crate) fn saga_moved(id: &str, expected: u64, actual: Option<u64>) -> StoreError {
+    StoreError::Moved(Conflict { key: format!("saga {id}"), expected: Some(expected), actual })
 }

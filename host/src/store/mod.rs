@@ -32,8 +32,8 @@ use std::future::Future;
 use crate::service::PluginDigest;
 use std::pin::Pin;
 
-pub(crate) use events::attempt_refused;
-pub use events::{ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, EventRow};
+pub use events::{ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, EventRow, Subscriber, Unfanned};
+pub(crate) use events::{attempt_refused, saga_moved};
 #[doc(hidden)]
 pub use postgres::testing as postgres_testing;
 pub use postgres::{PgOptions, PgStore};
@@ -96,6 +96,12 @@ pub enum StoreError {
     /// An expected version did not match. Retryable by re-reading.
     #[error(transparent)]
     Conflict(#[from] Conflict),
+    /// The saga or delivery a commit carries is not where the commit expects it: it
+    /// moved on (another host took the saga over, an operator acted, another attempt
+    /// was recorded). Running the call again cannot change that: the caller reads
+    /// where it is now. Nothing was written.
+    #[error("{0}; it moved on")]
+    Moved(Conflict),
     /// The request is wrong (bad key, value too large, too many writes). Final.
     #[error("{0}")]
     Invalid(String),
@@ -446,6 +452,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The event with this id.
     async fn event(&self, id: i64) -> Result<Option<EventRow>, StoreError>;
+
+    /// Events the dispatcher passed without making a delivery although their topic is
+    /// one of `topics` (subscribed to now), among those kept without their subscribers
+    /// (published by a wasaga from before they were kept): what an older wasaga lost
+    /// when it gave an event an id at or below the cursor (or events published before
+    /// their topic's subscriber came).
+    async fn unfanned_events(&self, topics: &[String]) -> Result<Option<Unfanned>, StoreError>;
 
     /// Pending deliveries due by `now`, oldest event first, at most `limit`, leaving out
     /// each one whose group (subscriber, topic, correlation id) has an earlier pending

@@ -103,6 +103,7 @@ const TABLES: &[Table] = &[
             ("correlation_id", Text),
             ("created_at", Int),
             ("traceparent", Text),
+            ("subscribers", Text),
         ],
         order: "id",
     },
@@ -276,9 +277,11 @@ pub async fn import(to: &Location, input: &mut dyn BufRead) -> anyhow::Result<Co
                 tx.execute(statement, &params).await?;
                 counts[t].1 += 1;
             }
-            // New events go on above the imported ones.
+            // New events go on above the imported ones and the dispatcher's cursor (the
+            // newest events may have been forgotten by retention before the export).
             tx.batch_execute(
-                "SELECT setval(pg_get_serial_sequence('outbox', 'id'), greatest((SELECT max(id) FROM outbox), 1))",
+                "SELECT setval(pg_get_serial_sequence('outbox', 'id'),
+                   greatest((SELECT max(id) FROM outbox), (SELECT through FROM dispatch WHERE id = 1), 1))",
             )
             .await?;
             tx.commit().await?;
@@ -502,7 +505,7 @@ mod tests {
     use crate::store::contract_tests::{commit_of, create_saga, outcome, saga};
     use crate::store::{
         ChangeSet, Commit, DefinitionRow, DeliveryChange, DeliveryRow, DeliveryStatus, Event, SagaStatus,
-        Store, Transaction, TxLimits, UploadChange, UploadRow, Uploaded,
+        Store, Subscriber, Transaction, TxLimits, UploadChange, UploadRow, Uploaded,
     };
 
     /// A store with rows in the tables that are copied: a record, a tombstone, a stored
@@ -514,11 +517,10 @@ mod tests {
         tx.set("gone", b"1".to_vec()).await.unwrap();
         let mut changes = tx.into_changes();
         changes.events.push(Event {
-            topic: "t".into(),
-            payload: b"{}".to_vec(),
-            correlation_id: Some("c".into()),
+            subscribers: Some(vec![Subscriber { service: "mail".into(), operation: "on-t".into() }]),
+            ..Event::new("t", b"{}", Some("c"))
         });
-        changes.events.push(Event { topic: "t".into(), payload: b"\x00\xff".to_vec(), correlation_id: None });
+        changes.events.push(Event::new("t", b"\x00\xff", None));
         let mut commit = commit_of(changes, Some(outcome("k", 1, i64::MAX)));
         commit.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         store.commit(commit).await.unwrap();
@@ -599,7 +601,7 @@ mod tests {
         assert_eq!(store.saga("s-1").await.unwrap().unwrap().key, "order-1");
         let events = store.events_after(0, 10).await.unwrap();
         let mut changes = ChangeSet::default();
-        changes.events.push(Event { topic: "t".into(), payload: b"{}".to_vec(), correlation_id: None });
+        changes.events.push(Event::new("t", b"{}", None));
         store.commit(commit_of(changes, None)).await.unwrap();
         let after = store.events_after(events[1].id, 10).await.unwrap();
         assert_eq!(after.len(), 1, "a new event goes on above the imported ones");
@@ -611,6 +613,44 @@ mod tests {
         let back = tempfile::tempdir().unwrap();
         import(&Location::Sqlite(back.path().into()), &mut from_postgres.as_slice()).await.unwrap();
         assert_eq!(export_of(&Location::Sqlite(back.path().into())).await, from_sqlite, "and back to SQLite");
+    }
+
+    /// A store whose every event retention forgot moves with its dispatcher's cursor,
+    /// and on either backend the next event goes on above that cursor, to be fanned
+    /// out. (PostgreSQL's sequence was once set from the highest event left: with none
+    /// left, new events got ids at or below the cursor, never delivered.)
+    #[tokio::test]
+    async fn after_an_import_new_events_go_above_the_dispatcher_s_cursor() {
+        let sqlite = tempfile::tempdir().unwrap();
+        let through = {
+            let store = SqliteStore::open(sqlite.path(), SqliteOptions::default()).unwrap();
+            for _ in 0..3 {
+                let mut changes = ChangeSet::default();
+                changes.events.push(Event::new("t", b"{}", None));
+                store.commit(commit_of(changes, None)).await.unwrap();
+            }
+            let through = store.events_after(0, 10).await.unwrap()[2].id;
+            let fanned = DeliveryChange::Create { deliveries: Vec::new(), through };
+            store.commit(Commit { deliveries: vec![fanned], ..Commit::default() }).await.unwrap();
+            let later = crate::clock::now_ms() + 1;
+            assert_eq!(store.prune(crate::store::PruneKind::Events, later, 10).await.unwrap(), 3);
+            through
+        };
+        let file = export_of(&Location::Sqlite(sqlite.path().into())).await;
+        let publish = async |store: &dyn Store| {
+            let mut changes = ChangeSet::default();
+            changes.events.push(Event::new("t", b"{}", None));
+            store.commit(commit_of(changes, None)).await.unwrap();
+            assert_eq!(store.dispatched_through().await.unwrap(), through);
+            let new = store.events_after(through, 10).await.unwrap();
+            assert_eq!(new.len(), 1, "the new event is past the cursor {through}");
+        };
+        let url = crate::store::postgres_testing::scratch().await;
+        import(&Location::Postgres(url.clone()), &mut file.as_slice()).await.unwrap();
+        publish(&PgStore::connect(&url, PgOptions::default()).await.unwrap()).await;
+        let back = tempfile::tempdir().unwrap();
+        import(&Location::Sqlite(back.path().into()), &mut file.as_slice()).await.unwrap();
+        publish(&SqliteStore::open(back.path(), SqliteOptions::default()).unwrap()).await;
     }
 
     /// An export from a directory without a store (a mistyped `--data`) says so, and

@@ -57,6 +57,21 @@ pub struct Event {
     pub payload: Vec<u8>,
     /// The chain the plugin put it in; `None`: the invocation's own.
     pub correlation_id: Option<String>,
+    /// Who receives it, fixed when it is published (the invocation path sets it from
+    /// the services serving then); `None` leaves it to the dispatcher's view when it
+    /// fans the event out.
+    pub subscribers: Option<Vec<super::Subscriber>>,
+}
+
+impl Event {
+    pub fn new(topic: &str, payload: &[u8], correlation_id: Option<&str>) -> Event {
+        Event {
+            topic: topic.into(),
+            payload: payload.to_vec(),
+            correlation_id: correlation_id.map(str::to_owned),
+            subscribers: None,
+        }
+    }
 }
 
 /// Keys and topics are text that every backend keeps as it is: PostgreSQL's text
@@ -231,7 +246,7 @@ impl Transaction {
             crate::service::validate_correlation_id(id)
                 .map_err(|e| StoreError::Invalid(format!("an event's correlation id: {e}")))?;
         }
-        self.events.push(Event { topic: topic.to_owned(), payload, correlation_id });
+        self.events.push(Event { topic: topic.to_owned(), payload, correlation_id, subscribers: None });
         Ok(())
     }
 

@@ -36,8 +36,8 @@ use self::conn::{Conn, Pool};
 use super::health::Health;
 use super::{
     ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
-    IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, UploadRow,
-    UploadStamp, Wakeups,
+    IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, Unfanned,
+    UploadRow, UploadStamp, Wakeups,
 };
 use crate::service::PluginDigest;
 
@@ -206,6 +206,10 @@ impl Store for PgStore {
         read!(self, conn => queries::definition(conn, digest))
     }
 
+    async fn unfanned_events(&self, topics: &[String]) -> Result<Option<Unfanned>, StoreError> {
+        read!(self, conn => queries::unfanned(conn, topics))
+    }
+
     async fn dispatched_through(&self) -> Result<i64, StoreError> {
         read!(self, conn => queries::dispatched_through(conn))
     }
@@ -318,7 +322,7 @@ mod tests {
         let (here, there) = (listener.wakeups(), elsewhere.wakeups());
 
         let mut changes = ChangeSet::default();
-        changes.events.push(Event { topic: "t".into(), payload: b"{}".to_vec(), correlation_id: None });
+        changes.events.push(Event::new("t", b"{}", None));
         writer.commit(commit_of(changes, None)).await.unwrap();
         assert!(woken(here.events(hour, hour)).await, "the other host's event wakes this dispatcher");
         assert!(!woken(there.events(hour, hour)).await, "not one of another schema");
@@ -420,5 +424,70 @@ mod tests {
         let mut again = reads(&here);
         assert_eq!(again.get("k").await.unwrap().map(|e| e.version), Some(2), "read anew");
         here.commit(write(again, "3").await).await.unwrap();
+    }
+
+    /// Write skew across hosts: `here` reads `x` and writes `y`, `there` reads `y` and
+    /// writes `x`, both from version 1. Serializable invocations let one of them
+    /// commit, never both (on one host the writer's single transaction sees to it).
+    /// The two batches are made to overlap: a third session holds both rows until
+    /// each host's writer waits for a lock, so that neither commits before the other
+    /// has checked what it read. (Before the records a commit only read were locked
+    /// and checked under the lock, both committed.)
+    #[tokio::test]
+    async fn two_hosts_never_both_commit_a_write_skew() {
+        let url = testing::scratch().await;
+        let connect = || PgStore::connect(&url, PgOptions::default());
+        let (here, there) = (connect().await.unwrap(), connect().await.unwrap());
+        let mut setup = reads(&here);
+        setup.set("x", b"1".to_vec()).await.unwrap();
+        setup.set("y", b"1".to_vec()).await.unwrap();
+        here.commit(commit_of(setup.into_changes(), None)).await.unwrap();
+        let skewed = async |store: &PgStore, read: &str, written: &str| {
+            let mut tx = reads(store);
+            assert_eq!(tx.get(read).await.unwrap().map(|e| e.version), Some(1));
+            tx.set(written, b"2".to_vec()).await.unwrap();
+            commit_of(tx.into_changes(), None)
+        };
+        let (a, b) = (skewed(&here, "x", "y").await, skewed(&there, "y", "x").await);
+
+        let (holder, connection) = super::config(&url).unwrap().connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        holder.batch_execute("BEGIN; SELECT 1 FROM records WHERE service = 'svc' FOR UPDATE").await.unwrap();
+        let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        let (a, b) = (here.commit(a), there.commit(b));
+        let both = tokio::spawn(async move { (a.await, b.await) });
+        // Both writers wait, on the holder or on each other.
+        let mut waiting = 0;
+        for _ in 0..200 {
+            let rows = holder
+                .query(
+                    "SELECT pid, pg_blocking_pids(pid) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let mut behind = vec![holder_pid];
+            for _ in 0..rows.len() {
+                for row in &rows {
+                    let (pid, blockers): (i32, Vec<i32>) = (row.get(0), row.get(1));
+                    if !behind.contains(&pid) && blockers.iter().any(|b| behind.contains(b)) {
+                        behind.push(pid);
+                    }
+                }
+            }
+            waiting = behind.len() - 1;
+            if waiting >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(waiting, 2, "both writers wait for a lock");
+        holder.batch_execute("ROLLBACK").await.unwrap();
+        let (a, b) = both.await.unwrap();
+        let refused = [&a, &b].iter().filter(|r| matches!(r, Err(StoreError::Conflict(_)))).count();
+        assert!(
+            a.is_ok() != b.is_ok() && refused == 1,
+            "exactly one commits, the other conflicts: {a:?}, {b:?}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use super::conn::{Conn, unavailable};
 use super::records::fingerprint;
 use crate::store::{
     ChainPage, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, SagaRow, SagaStatus, StoreError,
-    UploadRow, UploadStamp, Uploaded,
+    Subscriber, Unfanned, UploadRow, UploadStamp, Uploaded,
 };
 
 fn saga_row(row: &Row) -> Result<SagaRow, StoreError> {
@@ -196,6 +196,7 @@ fn event_row(row: &Row) -> EventRow {
         correlation_id: row.get(4),
         created_at: row.get(5),
         traceparent: row.get(6),
+        subscribers: Subscriber::decode(row.get(7)),
     }
 }
 
@@ -219,7 +220,7 @@ fn delivery_row(row: &Row) -> Result<DeliveryRow, StoreError> {
 macro_rules! events_where {
     ($filter:literal) => {
         concat!(
-            "SELECT id, service, topic, payload, correlation_id, created_at, traceparent FROM outbox ",
+            "SELECT id, service, topic, payload, correlation_id, created_at, traceparent, subscribers FROM outbox ",
             $filter
         )
     };
@@ -250,6 +251,20 @@ pub(super) async fn events_after(
     let rows =
         conn.query(events_where!("WHERE id > $1 ORDER BY id LIMIT $2"), &[&after, &(limit as i64)]).await?;
     Ok(rows.iter().map(event_row).collect())
+}
+
+pub(super) async fn unfanned(conn: &mut Conn, topics: &[String]) -> Result<Option<Unfanned>, StoreError> {
+    let sql = "SELECT count(*), min(o.id), max(o.id), min(o.created_at), max(o.created_at) FROM outbox o
+         WHERE o.subscribers IS NULL AND o.id <= (SELECT through FROM dispatch WHERE id = 1)
+           AND o.topic = ANY($1::text[])
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = o.id)";
+    let Some(row) = conn.query_opt(sql, &[&topics]).await? else { return Ok(None) };
+    let count: i64 = row.get(0);
+    Ok((count > 0).then(|| Unfanned {
+        count: count as u64,
+        ids: (row.get(1), row.get(2)),
+        published: (row.get(3), row.get(4)),
+    }))
 }
 
 pub(super) async fn event(conn: &mut Conn, id: i64) -> Result<Option<EventRow>, StoreError> {

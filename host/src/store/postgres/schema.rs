@@ -173,6 +173,15 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE outbox ADD COLUMN traceparent TEXT;
     "#,
+    // 6: who receives each event, fixed when it is published (a JSON list of
+    // {service, operation}); NULL for events published before, which the dispatcher
+    // fans out to the subscribers serving when it sees them, as it did. The index finds
+    // those older events at start, to say which of them were never fanned out (an
+    // import could set the event ids below the dispatcher's cursor).
+    r#"
+    ALTER TABLE outbox ADD COLUMN subscribers TEXT;
+    CREATE INDEX outbox_unfixed ON outbox (id) WHERE subscribers IS NULL;
+    "#,
 ];
 
 /// Every host migrates at start, under a transaction-scoped advisory lock on the schema

@@ -5,12 +5,18 @@
 //! three round trips, whatever its size: every statement of a phase goes out at once
 //! (pipelined) and the answers are read after.
 //!
-//! 1. the checks read what every commit depends on (one statement for the whole batch
-//!    per kind, and one per redelivery): its idempotency key, the versions of the
-//!    records it read, its saga's version. They read the database as it was
-//!    before the batch; what the batch's earlier commits change is overlaid, so each
-//!    commit is checked as if those before it were written. A commit whose checks fail
-//!    is refused and writes nothing; the batch goes on without it.
+//! 1. the locks of the records every commit reads or writes (shared for a record it
+//!    only read, exclusive for one it writes), then the checks of what every commit
+//!    depends on (one statement for the whole batch per kind, and one per
+//!    redelivery): its idempotency key, the versions of the records it read, its
+//!    saga's version. Read under the locks, the versions stay as checked until the
+//!    batch commits, whatever other hosts do: that is what makes invocations
+//!    serializable across hosts (checked without them, two hosts could each commit a
+//!    write computed from a record the other changed: write skew). They read the
+//!    database as it was before the batch; what the batch's earlier commits change is
+//!    overlaid, so each commit is checked as if those before it were written. A
+//!    commit whose checks fail is refused and writes nothing; the batch goes on
+//!    without it.
 //! 2. the writes of the commits that hold (the rows of outcomes, records and saga
 //!    updates as one statement per table, the rest a statement each), each guarded as
 //!    in SQLite (`… WHERE version = <read>`), so that a change the checks did not see
@@ -37,7 +43,7 @@ use crate::store::health::{Health, PROBE_EVERY};
 use crate::store::wakeups::{Hints, Wakeups};
 use crate::store::{
     Commit, Conflict, DeliveryChange, DeliveryStatus, IdempotencyKey, PruneKind, SagaChange, Slot,
-    StoreError, UploadChange, attempt_refused,
+    StoreError, Subscriber, UploadChange, attempt_refused, saga_moved,
 };
 
 pub(super) enum Job {
@@ -66,10 +72,46 @@ pub(super) async fn open(config: &Config) -> Result<Conn, StoreError> {
 /// dispatcher's cursor never passes an event that commits later.
 const PUBLISHING: &str = "SELECT pg_advisory_xact_lock(x'7761'::int, hashtext(current_schema()) + 1)";
 
-/// Locks the existing records a batch writes, in the order of its arrays (sorted by the
-/// caller): one lookup by primary key each.
-const LOCK_RECORDS: &str = "SELECT 1 FROM unnest($1::text[], $2::text[]) AS w (service, key)
-     CROSS JOIN LATERAL (SELECT 1 FROM records r WHERE r.service = w.service AND r.key = w.key FOR UPDATE) AS locked";
+/// Locks every record a batch's commits read or write, before the checks read their
+/// versions, and holds the locks until the batch ends: a transaction-scoped advisory
+/// lock per record (on [`record_lock`] of its service and key, so that a key with no
+/// row is locked too), exclusive where a commit writes the record, shared where the
+/// commits only read it. Taken in the order of the locks' keys (sorted by the caller)
+/// by every host, so that two batches never each hold a lock the other waits for.
+const LOCK_RECORDS: &str = "SELECT CASE WHEN k.exclusive THEN pg_advisory_xact_lock(k.lock)
+         ELSE pg_advisory_xact_lock_shared(k.lock) END
+     FROM unnest($1::int8[], $2::bool[]) AS k (lock, exclusive)";
+
+/// The advisory lock of one record: FNV-1a (64 bits) of its service and key, the same
+/// on every host and every build (a collision only makes two records share a lock).
+/// The single-key form of advisory locks, apart from the two-key form the schema's
+/// and the event ids' locks use.
+fn record_lock(service: &str, key: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in service.bytes().chain([0]).chain(key.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// The record locks a batch takes: (lock, exclusive), sorted by lock, one per lock
+/// (exclusive if any commit writes a record of it).
+fn record_locks(commits: &[&Commit]) -> (Vec<i64>, Vec<bool>) {
+    let mut locks: Vec<(i64, bool)> = commits
+        .iter()
+        .flat_map(|commit| {
+            let reads =
+                commit.changes.reads.iter().map(|(key, _)| (record_lock(&commit.service, key), false));
+            let writes = commit.changes.writes.iter().map(|w| (record_lock(&commit.service, &w.key), true));
+            reads.chain(writes)
+        })
+        .collect();
+    // Exclusive first within a lock, so that dedup keeps it.
+    locks.sort_unstable_by_key(|&(lock, exclusive)| (lock, !exclusive));
+    locks.dedup_by_key(|(lock, _)| *lock);
+    locks.into_iter().unzip()
+}
 
 /// Tell the other hosts' listeners (`listen.rs`) what a batch changed, at its commit
 /// (`NOTIFY` is transactional); the payload names the schema, since channels are per
@@ -275,11 +317,18 @@ async fn try_batch(
         .collect();
     let (begun, facts) = tokio::join!(client.batch_execute("BEGIN"), facts(client, &checks, &commits));
     begun.map_err(unavailable)?;
-    let facts = facts?;
+    let facts = match facts {
+        Ok(facts) => facts,
+        // Its locks wait on a batch that waits on this one (only batches of hosts that
+        // lock otherwise can: an older wasaga's, retention's): everything goes again.
+        Err(error) if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
+            client.batch_execute("ROLLBACK").await.map_err(unavailable)?;
+            return Ok(Tried::Again);
+        }
+        Err(error) => return Err(unavailable(error)),
+    };
     let mut overlay = Overlay::default();
     let mut batch = Writes::default();
-    // The records the batch writes: (service, key).
-    let mut written: Vec<(&str, &str)> = Vec::new();
     let mut answers = Vec::with_capacity(jobs.len());
     let mut facts = facts.into_iter();
     for (i, job) in jobs.iter().enumerate() {
@@ -294,24 +343,15 @@ async fn try_batch(
         }
         if verdict.is_ok() {
             overlay.apply(commit);
-            written.extend(commit.changes.writes.iter().map(|w| (commit.service.as_str(), w.key.as_str())));
             batch.add(i, commit);
         }
         answers.push(Some(Answer::Commit(verdict)));
     }
-    // The locks every batch takes first, in one order for all of them, so that two
-    // hosts' batches cannot each hold a row the other waits for (PostgreSQL finds such
-    // a deadlock only after `deadlock_timeout`, 1 s, and the batch goes again).
+    // The records' rows need no locks of their own: the batch holds every record it
+    // writes exclusively since its checks, so no other host's batch writes them.
     let mut steps = Vec::new();
     if commits.iter().any(|commit| !commit.changes.events.is_empty()) {
         steps.push(step(PUBLISHING, Vec::new()));
-    }
-    if !written.is_empty() {
-        written.sort_unstable();
-        written.dedup();
-        let (services, keys): (Vec<String>, Vec<String>) =
-            written.into_iter().map(|(s, k)| (s.to_owned(), k.to_owned())).unzip();
-        steps.push(step(LOCK_RECORDS, vec![Box::new(services), Box::new(keys)]));
     }
     steps.extend(batch.steps());
     for (wanted, notify) in [(hints.events, NOTIFY_EVENTS), (hints.plugins, NOTIFY_PLUGINS)] {
@@ -449,11 +489,12 @@ fn expected(commit: &Commit) -> Vec<(&str, u64)> {
     expected
 }
 
-/// The checks' statements, prepared on the writer's connection.
-type Checks = [Statement; 6];
+/// The locks' and the checks' statements, prepared on the writer's connection.
+type Checks = [Statement; 7];
 
 async fn prepare_checks(conn: &mut Conn) -> Result<Checks, StoreError> {
     Ok([
+        conn.statement(LOCK_RECORDS).await?,
         conn.statement(OUTCOMES_STORED).await?,
         conn.statement(RECORD_VERSIONS).await?,
         conn.statement(FLOORS).await?,
@@ -463,10 +504,16 @@ async fn prepare_checks(conn: &mut Conn) -> Result<Checks, StoreError> {
     ])
 }
 
-/// Reads the facts of every commit of a batch, in one pipeline (which goes out with
-/// the batch's `BEGIN`).
-async fn facts(client: &Client, checks: &Checks, commits: &[&Commit]) -> Result<Vec<Facts>, StoreError> {
-    let [outcomes_stored, record_versions, floors, saga_versions, sagas_by_key, delivery] = checks;
+/// Takes the batch's record locks and reads the facts of every commit under them, in
+/// one pipeline (which goes out with the batch's `BEGIN`, the locks first).
+async fn facts(
+    client: &Client,
+    checks: &Checks,
+    commits: &[&Commit],
+) -> Result<Vec<Facts>, tokio_postgres::Error> {
+    let [lock_records, outcomes_stored, record_versions, floors, saga_versions, sagas_by_key, delivery] =
+        checks;
+    let locks = record_locks(commits);
     let outcomes: Vec<_> = commits.iter().filter_map(|c| c.outcome.as_ref()).collect();
     let keys: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = (
         outcomes.iter().map(|o| o.key.service.as_str()).collect(),
@@ -510,7 +557,13 @@ async fn facts(client: &Client, checks: &Checks, commits: &[&Commit]) -> Result<
         &[&ids],
         &[&names, &saga_keys],
     ];
-    let (stored, versions, floors, by_id, by_key, dead) = tokio::join!(
+    let (locked, stored, versions, floors, by_id, by_key, dead) = tokio::join!(
+        async {
+            match locks.0.is_empty() {
+                true => Ok(0),
+                false => client.execute(lock_records, &[&locks.0, &locks.1]).await,
+            }
+        },
         client.query(outcomes_stored, params[0]),
         client.query(record_versions, params[1]),
         client.query(floors, params[2]),
@@ -521,22 +574,18 @@ async fn facts(client: &Client, checks: &Checks, commits: &[&Commit]) -> Result<
             Ok::<_, tokio_postgres::Error>(row.is_some_and(|row| row.get::<_, &str>(0) == "dead"))
         })),
     );
-    let stored: HashSet<usize> =
-        stored.map_err(unavailable)?.iter().map(|row| row.get::<_, i64>(0) as usize - 1).collect();
-    let versions: HashMap<(String, String), (u64, bool)> = versions
-        .map_err(unavailable)?
+    locked?;
+    let stored: HashSet<usize> = stored?.iter().map(|row| row.get::<_, i64>(0) as usize - 1).collect();
+    let versions: HashMap<(String, String), (u64, bool)> = versions?
         .iter()
         .map(|row| ((row.get(0), row.get(1)), (row.get::<_, i64>(2) as u64, row.get(3))))
         .collect();
     let floors: HashMap<String, u64> =
-        floors.map_err(unavailable)?.iter().map(|row| (row.get(0), row.get::<_, i64>(1) as u64)).collect();
+        floors?.iter().map(|row| (row.get(0), row.get::<_, i64>(1) as u64)).collect();
     let by_id: HashMap<String, u64> =
-        by_id.map_err(unavailable)?.iter().map(|row| (row.get(0), row.get::<_, i64>(1) as u64)).collect();
-    let by_key: HashMap<(String, String), u64> = by_key
-        .map_err(unavailable)?
-        .iter()
-        .map(|row| ((row.get(0), row.get(1)), row.get::<_, i64>(2) as u64))
-        .collect();
+        by_id?.iter().map(|row| (row.get(0), row.get::<_, i64>(1) as u64)).collect();
+    let by_key: HashMap<(String, String), u64> =
+        by_key?.iter().map(|row| ((row.get(0), row.get(1)), row.get::<_, i64>(2) as u64)).collect();
     let mut dead = dead.into_iter();
     // The outcomes were sent in the order of their commits.
     let mut ordinals = 0..;
@@ -567,7 +616,7 @@ async fn facts(client: &Client, checks: &Checks, commits: &[&Commit]) -> Result<
             records,
             floor: floors.get(&commit.service).copied().unwrap_or(0),
             saga,
-            dead: dead.by_ref().take(redeliveries).collect::<Result<_, _>>().map_err(unavailable)?,
+            dead: dead.by_ref().take(redeliveries).collect::<Result<_, _>>()?,
         });
     }
     Ok(facts)
@@ -624,9 +673,7 @@ impl Overlay {
             Some(SagaChange::Update { id, version, .. }) => {
                 let actual = self.saga_versions.get(id).copied().or(facts.saga);
                 if actual != Some(*version) {
-                    return Err(
-                        Conflict { key: format!("saga {id}"), expected: Some(*version), actual }.into()
-                    );
+                    return Err(saga_moved(id, *version, actual));
                 }
             }
             _ => {}
@@ -845,8 +892,9 @@ const KEEP_UPLOAD: &str = "INSERT INTO plugin_uploads (service, digest, base, wa
      ON CONFLICT (service) DO UPDATE SET digest = excluded.digest, base = excluded.base,
          wasm = excluded.wasm, uploaded_at = excluded.uploaded_at";
 const DISCARD_UPLOAD: &str = "DELETE FROM plugin_uploads WHERE service = $1";
-const PUBLISH: &str = "INSERT INTO outbox (service, topic, payload, correlation_id, created_at, traceparent)
-     VALUES ($1, $2, $3, $4, $5, $6)";
+const PUBLISH: &str =
+    "INSERT INTO outbox (service, topic, payload, correlation_id, created_at, traceparent, subscribers)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
 /// A batch's writes: the rows most commits write, gathered per table into one
 /// statement each, and the rest, one statement per change in commit order.
@@ -928,8 +976,7 @@ impl Writes {
                     Box::new(*at),
                     Box::new(by.clone()),
                 ],
-                refusal: Conflict { key: format!("saga {id}"), expected: Some(*version), actual: None }
-                    .into(),
+                refusal: saga_moved(id, *version, None),
             });
         }
         self.others.extend(others(job, commit));
@@ -1135,6 +1182,7 @@ fn others(job: usize, commit: &Commit) -> Vec<Step> {
                     Box::new(chain),
                     Box::new(created_at),
                     Box::new(commit.traceparent.clone()),
+                    Box::new(event.subscribers.as_deref().map(Subscriber::encode)),
                 ],
             ));
         }

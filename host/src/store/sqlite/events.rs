@@ -5,10 +5,12 @@ use rusqlite::{Connection, params};
 
 use super::unavailable;
 use crate::store::{
-    ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, Event, EventRow, StoreError, attempt_refused,
+    ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, Event, EventRow, StoreError, Subscriber,
+    Unfanned, attempt_refused,
 };
 
-const EVENT_COLUMNS: &str = "id, service, topic, payload, correlation_id, created_at, traceparent";
+const EVENT_COLUMNS: &str =
+    "id, service, topic, payload, correlation_id, created_at, traceparent, subscribers";
 const DELIVERY_COLUMNS: &str = "d.event_id, d.subscriber, d.operation, d.topic, d.correlation_id, d.status, \
      d.attempts, d.next_at, d.outcome, d.last_error, d.created_at, d.done_at";
 
@@ -21,6 +23,7 @@ fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         correlation_id: row.get(4)?,
         created_at: row.get(5)?,
         traceparent: row.get(6)?,
+        subscribers: Subscriber::decode(row.get::<_, Option<String>>(7)?.as_deref()),
     })
 }
 
@@ -63,6 +66,27 @@ pub(super) fn dispatched_through(conn: &Connection) -> rusqlite::Result<i64> {
 
 pub(super) fn events_after(conn: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<EventRow>> {
     read_events(conn, "WHERE id > ?1 ORDER BY id LIMIT ?2", params![after, limit as i64])
+}
+
+/// Events without their subscribers at or below the cursor, on one of `topics` (a JSON
+/// array), with no delivery: through the partial index of events kept without
+/// subscribers, which only events from before migration 13 are.
+pub(super) fn unfanned(conn: &Connection, topics: &str) -> rusqlite::Result<Option<Unfanned>> {
+    let sql = "SELECT count(*), min(o.id), max(o.id), min(o.created_at), max(o.created_at) FROM outbox o
+         WHERE o.subscribers IS NULL AND o.id <= (SELECT through FROM dispatch WHERE id = 1)
+           AND o.topic IN (SELECT value FROM json_each(?1))
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = o.id)";
+    conn.query_row(sql, [topics], |row| {
+        let count: i64 = row.get(0)?;
+        Ok((count > 0).then(|| -> rusqlite::Result<Unfanned> {
+            Ok(Unfanned {
+                count: count as u64,
+                ids: (row.get(1)?, row.get(2)?),
+                published: (row.get(3)?, row.get(4)?),
+            })
+        }))
+    })?
+    .transpose()
 }
 
 pub(super) fn event(conn: &Connection, id: i64) -> rusqlite::Result<Option<EventRow>> {
@@ -133,6 +157,13 @@ pub(super) fn chain(
 
 /// Writes the events a commit publishes into the outbox, in order; an event without a
 /// chain of its own takes the commit's.
+///
+/// Each id is above every id the outbox ever gave and above the dispatcher's cursor.
+/// SQLite's own choice for a rowid, one above the highest row left, would give again
+/// the ids of events retention forgot (the newest among them, once an idle spell
+/// outlasts the event retention): such an event is at or below the cursor, so it was
+/// never fanned out, and retention later forgot it as delivered. An event id reused
+/// would also meet its predecessor's deliveries' idempotency keys.
 pub(super) fn publish(
     conn: &Connection,
     service: &str,
@@ -143,14 +174,23 @@ pub(super) fn publish(
 ) -> Result<(), StoreError> {
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO outbox (service, topic, payload, correlation_id, created_at, traceparent)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO outbox (id, service, topic, payload, correlation_id, created_at, traceparent, subscribers)
+             VALUES (max((SELECT coalesce(max(id), 0) FROM outbox), (SELECT through FROM dispatch WHERE id = 1)) + 1,
+                     ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(unavailable)?;
     for event in events {
         let chain = event.correlation_id.as_ref().or(chain);
         insert
-            .execute(params![service, event.topic, event.payload, chain, created_at, traceparent])
+            .execute(params![
+                service,
+                event.topic,
+                event.payload,
+                chain,
+                created_at,
+                traceparent,
+                event.subscribers.as_deref().map(Subscriber::encode)
+            ])
             .map_err(unavailable)?;
     }
     Ok(())

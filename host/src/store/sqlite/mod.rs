@@ -31,8 +31,8 @@ use tokio::sync::oneshot;
 
 use super::{
     ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
-    IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, UploadRow,
-    UploadStamp, Wakeups,
+    IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, Unfanned,
+    UploadRow, UploadStamp, Wakeups,
 };
 
 /// SQLite's `synchronous` setting for commits.
@@ -267,6 +267,11 @@ impl Store for SqliteStore {
 
     async fn definition(&self, digest: &str) -> Result<Option<DefinitionRow>, StoreError> {
         self.read(|conn| sagas::definition(conn, digest))
+    }
+
+    async fn unfanned_events(&self, topics: &[String]) -> Result<Option<Unfanned>, StoreError> {
+        let topics = serde_json::to_string(topics).expect("text serialises");
+        self.read(|conn| events::unfanned(conn, &topics))
     }
 
     async fn dispatched_through(&self) -> Result<i64, StoreError> {

@@ -5,7 +5,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::unavailable;
-use crate::store::{Conflict, DefinitionRow, SagaChange, SagaRow, SagaStatus, StoreError};
+use crate::store::{DefinitionRow, SagaChange, SagaRow, SagaStatus, StoreError, saga_moved};
 
 const SAGA_COLUMNS: &str =
     "id, name, status, input, state, version, key, fingerprint, created_at, updated_at, owner";
@@ -186,12 +186,7 @@ pub(super) fn apply(conn: &Connection, change: &SagaChange) -> Result<(), StoreE
                     .query_row("SELECT version FROM sagas WHERE id = ?1", [id], |row| row.get(0))
                     .optional()
                     .map_err(unavailable)?;
-                return Err(Conflict {
-                    key: format!("saga {id}"),
-                    expected: Some(*version),
-                    actual: actual.map(|v| v as u64),
-                }
-                .into());
+                return Err(saga_moved(id, *version, actual.map(|v| v as u64)));
             }
         }
     }

@@ -207,6 +207,15 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE outbox ADD COLUMN traceparent TEXT;
     ",
+    // 13: who receives each event, fixed when it is published (a JSON list of
+    // {service, operation}); NULL for events published before, which the dispatcher
+    // fans out to the subscribers serving when it sees them, as it did. The index finds
+    // those older events at start, to say which of them were never fanned out (an
+    // older wasaga could give an event an id below the dispatcher's cursor).
+    "
+    ALTER TABLE outbox ADD COLUMN subscribers TEXT;
+    CREATE INDEX outbox_unfixed ON outbox (id) WHERE subscribers IS NULL;
+    ",
 ];
 
 /// Brings the schema up to date, in one transaction per migration. A database from a
