@@ -20,7 +20,7 @@ const TARGET: &str = "wasm32-wasip2";
 
 /// The guest crates whose components the host and its tests use, by folder.
 const GUESTS: &[(&str, &[&str])] = &[
-    ("services", &["echo", "inventory", "payment", "profile", "order", "notification"]),
+    ("services", &["echo", "inventory", "payment", "profile", "order", "notification", "history"]),
     (
         "fixtures",
         &[

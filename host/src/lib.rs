@@ -4,6 +4,8 @@
 //!
 //! - [`app`]: the host wired together (store, plugins, sagas, background tasks), used
 //!   by `serve`, the demo, the benchmarks and the tests.
+//! - [`check`]: the history checker of `wasaga bench check`: serializability (Elle's
+//!   list-append), events delivered once and in order, saga steps once each.
 //! - [`alert`]: alerts (log, metric, webhook) when a saga cannot finish by itself.
 //! - [`service`]: the plugin contract in the host's types (manifest, invocation, failure).
 //! - [`runtime`]: wasmtime: the engine, the sandbox and its limits, loading and
@@ -31,6 +33,7 @@
 
 pub mod alert;
 pub mod app;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

@@ -6,6 +6,7 @@ mod crash;
 mod demo;
 mod ecosystem;
 mod events;
+mod history;
 mod http_props;
 mod invocations;
 mod new_service;

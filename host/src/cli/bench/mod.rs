@@ -1,6 +1,7 @@
 //! `wasaga bench`: the project's own benchmarks. They report figures; nothing fails
 //! when a figure moves.
 
+mod check;
 mod events;
 mod invoke;
 mod reload;
@@ -16,6 +17,7 @@ use clap::Subcommand;
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     Runtime(runtime::Args),
+    Check(check::Args),
     Invoke(invoke::Args),
     Sagas(sagas::Args),
     Reload(reload::Args),
@@ -27,6 +29,7 @@ pub enum BenchCommand {
 pub async fn run(command: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
     match command {
         BenchCommand::Runtime(args) => runtime::run(args).await,
+        BenchCommand::Check(args) => check::run(args).await,
         BenchCommand::Invoke(args) => invoke::run(args).await,
         BenchCommand::Sagas(args) => sagas::run(args).await,
         BenchCommand::Reload(args) => reload::run(args).await,

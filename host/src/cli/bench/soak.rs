@@ -221,6 +221,12 @@ impl Server {
         Ok(request.send().await?.error_for_status()?.text().await?)
     }
 
+    /// SIGKILL (a crash: nothing is flushed or said goodbye to), then waits for it.
+    pub(super) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM (a clean stop, like an operator's), then waits for the server to finish.
     pub(super) fn stop(mut self) {
         let term = std::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
