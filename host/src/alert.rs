@@ -49,7 +49,7 @@ impl Alerter {
             saga = %alert.saga_id,
             name = %alert.saga,
             step = alert.step.as_deref().unwrap_or(""),
-            reason = %alert.reason,
+            reason = %crate::text::printable(&alert.reason),
             "ALERT"
         );
         metrics().alerts.get_or_create(&labels(&[("kind", alert.kind)])).inc();

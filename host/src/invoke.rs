@@ -367,7 +367,15 @@ impl Invoker {
         let invoker = self.clone();
         tokio::spawn(async move { invoker.run_claimed(plugin, request, fingerprint, attach, claim).await })
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+            .unwrap_or_else(|failed| {
+                // Cancelled: the runtime is stopping. Nothing was answered, the key may
+                // be retried. (A panic in the call goes on as a panic: the request's
+                // panic guard answers 500.)
+                match failed.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(_) => Err(StoreError::Unavailable("the server is stopping".into()).into()),
+                }
+            })
     }
 
     /// Runs, commits, and re-runs on conflict, while `_claim` holds the key.
@@ -448,6 +456,7 @@ impl Invoker {
             }
             outcome => outcome,
         }?;
+        let outcome = bounded(&request.service, outcome)?;
         let (result, changes) = match outcome.result {
             Ok(output) => (Ok(output), self.with_subscribers(outcome.changes)),
             // A rejection commits no writes or events, but its reads are still
@@ -604,6 +613,49 @@ pub fn fingerprint(operation: &str, input: &[u8]) -> [u8; 32] {
     hash.finalize().into()
 }
 
+/// The most bytes of output a call may answer (as much as an input may be).
+pub const MAX_OUTPUT: usize = 1 << 20;
+/// The most bytes of a refusal's or a transient failure's reason that are kept: the
+/// rest is cut, saying how long it was.
+pub const MAX_REASON: usize = 4 << 10;
+
+/// A plugin's answer, held to what the host keeps of one: an output is stored with
+/// the outcome and copied into a saga's state and history, a reason into the saga's
+/// `last_error` and history too, rewritten at every transition (an answer of a GiB made
+/// a PostgreSQL batch fail, every commit in it with it). An output past
+/// [`MAX_OUTPUT`] ends the call as over its limits (nothing is stored); a reason past
+/// [`MAX_REASON`] is cut.
+fn bounded(service: &str, mut outcome: Outcome) -> Result<Outcome, InvokeError> {
+    match &mut outcome.result {
+        Ok(output) if output.len() > MAX_OUTPUT => {
+            return Err(InvokeError::Call(CallError::OverLimit {
+                service: service.to_owned(),
+                message: format!(
+                    "its output is {} bytes, more than the {MAX_OUTPUT} a call may answer",
+                    output.len()
+                ),
+            }));
+        }
+        Ok(_) => {}
+        Err(Failure::Rejected(reason) | Failure::Transient(reason)) => cut(reason, MAX_REASON),
+    }
+    Ok(outcome)
+}
+
+/// Cuts `text` to at most `max` bytes (at a character's boundary), saying so.
+pub(crate) fn cut(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let total = text.len();
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("… ({total} bytes in all)"));
+}
+
 /// A call that failed in a way its reads could have caused: a transient failure the
 /// plugin reported, a trap, more asked of the store than a call may. Not a deadline
 /// or the memory limit: running those again costs up to their limit once more.
@@ -630,6 +682,37 @@ mod tests {
         assert_eq!(fingerprint("a", b"x"), fingerprint("a", b"x"));
     }
 
+    /// An invoker over `echo` on a scratch store.
+    async fn echo() -> (Invoker, Arc<dyn Store>) {
+        use crate::runtime::{Limits, Runtime, RuntimeOptions};
+
+        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::temporary().unwrap());
+        let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
+        let registry = Registry::new(runtime.clone());
+        let wasm = std::fs::read(crate::guests::path("echo")).unwrap();
+        registry.insert(runtime.load("echo", wasm, Limits::default()).await.unwrap());
+        (Invoker::new(registry, store.clone(), InvokeOptions::default()), store)
+    }
+
+    /// An output larger than a call may answer ends the call (over its limits), and
+    /// nothing is stored: the key may be used again.
+    #[tokio::test]
+    async fn an_output_past_its_limit_is_not_stored() {
+        let (invoker, store) = echo().await;
+        let big = vec![b'x'; MAX_OUTPUT + 1];
+        let request = Request::new(Caller::Client, "echo", "echo", big, "big".into());
+        let result = invoker.invoke(request.clone()).await;
+        match result {
+            Err(InvokeError::Call(CallError::OverLimit { message, .. })) => {
+                assert!(message.contains(&format!("{} bytes", MAX_OUTPUT + 1)), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.outcome(&request.idempotency_key(), now_ms()).await.unwrap(), None);
+        let fits = Request::new(Caller::Client, "echo", "echo", vec![b'x'; MAX_OUTPUT], "fits".into());
+        assert_eq!(invoker.invoke(fits).await.unwrap().result.map(|o| o.len()), Ok(MAX_OUTPUT));
+    }
+
     /// A commit refused by its saga's fence (the saga moved on: another host took it
     /// over) ends the invocation at once: no run again can change where the saga is,
     /// and re-runs past the third would each hold the service's exclusive turn.
@@ -637,15 +720,9 @@ mod tests {
     async fn a_commit_the_saga_fence_refuses_is_not_run_again() {
         use std::sync::atomic::{AtomicUsize, Ordering};
 
-        use crate::runtime::{Limits, Runtime, RuntimeOptions};
-        use crate::store::{SagaRow, SagaStatus, SqliteStore};
+        use crate::store::{SagaRow, SagaStatus};
 
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::temporary().unwrap());
-        let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
-        let registry = Registry::new(runtime.clone());
-        let wasm = std::fs::read(crate::guests::path("echo")).unwrap();
-        registry.insert(runtime.load("echo", wasm, Limits::default()).await.unwrap());
-        let invoker = Invoker::new(registry, store.clone(), InvokeOptions::default());
+        let (invoker, store) = echo().await;
         let saga = SagaRow {
             id: "s".into(),
             name: "n".into(),
@@ -681,6 +758,17 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1, "run once");
         let mut reads = store.snapshot("echo").unwrap();
         assert_eq!(reads.get("effect").await.unwrap().version, 0, "nothing written");
+    }
+
+    /// A reason is cut at a character, and says how long it was; a short one stays.
+    #[test]
+    fn long_reasons_are_cut() {
+        let mut short = "declined".to_owned();
+        cut(&mut short, 10);
+        assert_eq!(short, "declined");
+        let mut long = "é".repeat(10); // 20 bytes
+        cut(&mut long, 5);
+        assert_eq!(long, "éé… (20 bytes in all)");
     }
 
     #[test]

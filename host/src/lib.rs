@@ -27,6 +27,7 @@
 //! - [`events`]: choreography: the dispatcher delivering outbox events to subscribers.
 //! - [`http`]: the axum API and its problem+json errors.
 //! - [`clock`]: wall-clock time as stored (unix ms).
+//! - [`text`]: outside text (plugins', operators') made safe for the log.
 //! - [`config`]: the duration and size parsers (a leaf: it uses nothing of the host).
 //! - [`cli`]: the `wasaga` command line, one file per command.
 //! - [`guests`]: paths of the guest components built with this crate.
@@ -50,4 +51,5 @@ pub mod runtime;
 pub mod saga;
 pub mod service;
 pub mod store;
+pub mod text;
 pub mod trace;

@@ -559,6 +559,8 @@ async fn a_sqlite_store_moves_to_postgres() {
     let exported =
         wasaga().args(["export", "--data"]).arg(data.path()).arg("--output").arg(&file).output().unwrap();
     assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "the export holds every record: its owner's only");
     let imported = wasaga().args(["import", "--database", &database, "--input"]).arg(&file).output().unwrap();
     let said = String::from_utf8_lossy(&imported.stderr);
     assert!(

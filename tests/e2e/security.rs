@@ -408,6 +408,50 @@ async fn a_loopback_server_refuses_foreign_host_names() {
     }
 }
 
+/// The same off loopback when no API token guards the server (a container published on
+/// 127.0.0.1, a dev box listening on 0.0.0.0): a rebound name is refused, the address
+/// written as an IP and a name given with `--allow-host` are served.
+#[tokio::test]
+async fn a_server_without_an_api_token_refuses_names_it_was_not_given() {
+    let plugins = plugins_dir(&["echo"]);
+    let data = tempfile::tempdir().unwrap();
+    let mut child = wasaga()
+        .args(["serve", "--listen", "0.0.0.0:0", "--allow-host", "wasaga.internal", "--plugins"])
+        .arg(plugins.path())
+        .arg("--data")
+        .arg(data.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)
+        .unwrap();
+    let port = line.trim().rsplit(':').next().unwrap().to_owned();
+    let url = format!("http://127.0.0.1:{port}");
+    for (host, status) in [
+        (format!("evil.example:{port}"), 421),
+        (format!("10.1.2.3:{port}"), 200),
+        (format!("wasaga.internal:{port}"), 200),
+        (format!("localhost:{port}"), 200),
+    ] {
+        let response = Server::anonymous()
+            .post(format!("{url}/v1/services/echo/echo"))
+            .header("Host", &host)
+            .header("Idempotency-Key", format!("echo-{host}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "Host: {host}");
+        if status == 421 {
+            let problem: Value = response.json().await.unwrap();
+            assert!(problem["detail"].as_str().unwrap().contains("--allow-host"), "{problem}");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A token on the command line is visible to every user in the process list: the
 /// flags are refused with the reason; short tokens are refused; a token file works, and
 /// a command that needs the admin token says how to give it.

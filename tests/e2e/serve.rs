@@ -108,3 +108,49 @@ async fn made_up_names_do_not_grow_the_metrics() {
     assert!(after.contains("wasaga_unknown_calls_total 200"), "{after}");
     assert!(after.len() < before + 1024, "grew from {before} to {} bytes", after.len());
 }
+
+/// A client that sends a request's head a byte at a time, never finishing it, is cut
+/// off after the header timeout (10 s) instead of holding its connection for ever.
+#[test]
+fn a_request_head_that_never_ends_is_cut_off() {
+    use std::io::{Read, Write};
+    let server = Server::with_plugins(&["echo"]);
+    let address = server.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").unwrap();
+    let began = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    let took = began.elapsed();
+    assert!(read.is_ok(), "the server closes the connection: {read:?}");
+    assert!(
+        took >= std::time::Duration::from_secs(8) && took < std::time::Duration::from_secs(25),
+        "{took:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+/// With `--max-connections 2`, a third client waits while two connections are open,
+/// and is served as soon as one closes.
+#[tokio::test]
+async fn connections_past_the_bound_wait_for_a_place() {
+    let plugins = plugins_dir(&["echo"]);
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_in(plugins.path(), data.path(), &["--max-connections", "2"]);
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let first = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let _second = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let client = reqwest::Client::new();
+    let third = tokio::spawn({
+        let url = server.url.clone();
+        async move { client.get(format!("{url}/healthz")).send().await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(!third.is_finished(), "the third connection waits");
+    drop(first);
+    let status =
+        tokio::time::timeout(std::time::Duration::from_secs(5), third).await.unwrap().unwrap().unwrap();
+    assert_eq!(status, 200);
+}

@@ -73,6 +73,10 @@ async fn writes_stop_and_say_why(
     let (status, why) = readyz(server, client).await;
     assert_eq!(status, 503);
     assert!(why.contains("the store cannot write since") && why.contains(cause), "{why}");
+    // Anyone may ask /readyz; only an operator hears the store's own words.
+    let (status, said) = readyz(server, &Server::anonymous()).await;
+    assert_eq!(status, 503);
+    assert!(said.contains("the store cannot write since") && !said.contains(cause), "{said}");
     assert_kept(server, client, &acknowledged, value).await;
     acknowledged
 }

@@ -281,7 +281,12 @@ pub async fn app_state(plugins: Vec<Plugin>, options: InvokeOptions, data: &Path
     for plugin in plugins {
         app.registry().insert(plugin);
     }
-    app.state(Access { admin_token: Some(Secret::new(ADMIN_TOKEN)), api_token: None, loopback_only: true })
+    app.state(Access {
+        admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        api_token: None,
+        loopback_only: true,
+        allowed_hosts: Vec::new(),
+    })
 }
 
 /// The API in this process, over real HTTP on a free loopback port, with the given

@@ -11,7 +11,7 @@ use super::RuntimeArgs;
 use super::tokens::{ServerTokens, Tokens};
 use crate::app::{App, AppConfig, Storage};
 use crate::config::{parse_bytes, parse_duration};
-use crate::http::{Access, AppState, Secret, router};
+use crate::http::{Access, AppState, Secret, ServerLimits, router};
 use crate::invoke::InvokeOptions;
 use crate::retention::Retention;
 use crate::store::{PgOptions, SqliteOptions, Synchronous};
@@ -164,6 +164,19 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "HTTP", env = "WASAGA_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
+    /// The most client connections open at once; more wait in the listen backlog until
+    /// one closes. A client gets 10 s to send a request's head and 75 s for the whole
+    /// request (its body included).
+    #[arg(long, help_heading = "HTTP", env = "WASAGA_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+
+    /// A host name clients use to reach this server (repeatable, or comma-separated in
+    /// the variable). Without an API token a server answers only requests for
+    /// localhost, loopback addresses and (off loopback) its IP address, since a web
+    /// page can point any name it owns at it (DNS rebinding); name the others here.
+    #[arg(long, help_heading = "HTTP", env = "WASAGA_ALLOW_HOSTS", value_delimiter = ',')]
+    allow_host: Vec<String>,
+
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -303,9 +316,11 @@ pub(super) async fn run_with(
         admin_token: tokens.admin.as_deref().map(Secret::new),
         api_token: tokens.api.as_deref().map(Secret::new),
         loopback_only: addr.ip().is_loopback(),
+        allowed_hosts: args.allow_host.clone(),
     });
     ready(state.clone(), addr);
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    let limits = ServerLimits { max_connections: args.max_connections, ..ServerLimits::default() };
+    crate::http::serve(listener, router(state), limits, shutdown).await;
     crate::trace::flush(std::time::Duration::from_secs(2)).await;
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
@@ -322,7 +337,9 @@ fn warn_if_exposed(addr: SocketAddr, tokens: &Tokens) {
             %addr,
             "listening on a non-loopback address without an API token: anyone who can reach it \
              may call public operations, start sagas and read every record; set WASAGA_API_TOKEN \
-             (or --api-token-file) unless that is what you want"
+             (or --api-token-file) unless that is what you want. Meanwhile only requests for its \
+             IP, localhost or a name given with --allow-host are answered (a web page can point any \
+             other name at it)"
         );
     }
     if tokens.admin.is_none() {

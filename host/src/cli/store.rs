@@ -69,8 +69,13 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let counts = if args.output.as_os_str() == "-" {
         portable::export(&from, &mut BufWriter::new(std::io::stdout().lock())).await?
     } else {
-        let file = std::fs::File::create(&args.output)
-            .with_context(|| format!("creating {}", args.output.display()))?;
+        // Every record and outcome is in it: readable by its owner only, as the store is.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file =
+            options.open(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
         portable::export(&from, &mut BufWriter::new(file)).await?
     };
     eprintln!("exported {from}: {}", summary(&counts));

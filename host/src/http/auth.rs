@@ -26,18 +26,26 @@ use axum::response::Response;
 
 use super::{ApiError, AppState};
 
-/// A token, compared in constant time and never printed.
+/// A token, kept as its SHA-256 digest, compared in constant time and never printed.
+/// Digests first: both sides of the comparison are then 32 bytes whatever was sent, so
+/// neither the time taken nor an early length check says anything of the token.
 #[derive(Clone)]
-pub struct Secret(Arc<str>);
+pub struct Secret(Arc<[u8; 32]>);
 
 impl Secret {
     pub fn new(token: &str) -> Self {
-        Secret(Arc::from(token))
+        Secret(Arc::new(digest(token)))
     }
 
     fn matches(&self, given: &str) -> bool {
-        constant_time_eq(given.as_bytes(), self.0.as_bytes())
+        use subtle::ConstantTimeEq;
+        bool::from(digest(given).ct_eq(&*self.0))
     }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 impl fmt::Debug for Secret {
@@ -56,6 +64,9 @@ pub struct Access {
     /// The server listens on a loopback address: only requests for a loopback host
     /// name are answered.
     pub loopback_only: bool,
+    /// Host names answered besides those [`Access::host_allowed`] allows by itself
+    /// (`--allow-host`).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Who sent a request, by its `Authorization` header.
@@ -67,6 +78,11 @@ enum Role {
 }
 
 impl Access {
+    /// Whether the request carries the admin token.
+    pub(super) fn is_operator(&self, headers: &HeaderMap) -> bool {
+        matches!(self.role(headers), Ok(Role::Operator))
+    }
+
     fn role(&self, headers: &HeaderMap) -> Result<Role, ApiError> {
         let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(Role::Anonymous) };
         let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
@@ -137,52 +153,58 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-/// Refuses, on a server listening on loopback, a request whose `Host` is not a loopback
-/// name: a page on another site that rebinds its own name to 127.0.0.1 must not reach
-/// the server. (A request without `Host`, which no browser sends, passes.)
+impl Access {
+    /// Whether a request for `host` (its `Host` header) is answered. A page on another
+    /// site can rebind its own name to this server's address; the browser then counts
+    /// the server as that page's own origin, and nothing stops the page from calling
+    /// it (DNS rebinding). So: loopback names always; names `--allow-host` gives; on a
+    /// loopback address nothing else; elsewhere, with an API token any name (a page
+    /// cannot know the token), without one an address written as such (an IP) only,
+    /// which no DNS answer changes.
+    pub(super) fn host_allowed(&self, host: &str) -> bool {
+        // Host is `name[:port]`, or `[v6]:port`.
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or_default(),
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let ip = name.parse::<std::net::IpAddr>();
+        if name == "localhost" || name.ends_with(".localhost") || ip.as_ref().is_ok_and(|ip| ip.is_loopback())
+        {
+            return true;
+        }
+        if self.allowed_hosts.iter().any(|allowed| allowed.eq_ignore_ascii_case(&name)) {
+            return true;
+        }
+        !self.loopback_only && (self.api_token.is_some() || ip.is_ok())
+    }
+}
+
+/// Refuses a request whose `Host` the server does not answer ([`Access::host_allowed`]):
+/// 421. (A request without `Host`, which no browser sends, passes.)
 pub async fn loopback_host(State(state): State<AppState>, request: Request, next: Next) -> Response {
     use axum::response::IntoResponse;
-    if state.access.loopback_only
-        && let Some(host) = request.headers().get(header::HOST)
-        && !is_loopback_host(host.to_str().unwrap_or_default())
+    if let Some(host) = request.headers().get(header::HOST)
+        && !state.access.host_allowed(host.to_str().unwrap_or_default())
     {
+        let detail = if state.access.loopback_only {
+            "this server listens on a loopback address and answers requests for localhost, 127.0.0.1 or \
+             [::1] only"
+        } else {
+            "this server has no API token, so it answers requests for its address (an IP), localhost, \
+             or a name given with --allow-host only (a page on another site could point any other name at it)"
+        };
         return ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
-            format!(
-                "this server listens on a loopback address and answers requests for localhost, \
-                 127.0.0.1 or [::1] only (Host: {})",
-                host.to_str().unwrap_or("not ASCII")
-            ),
+            format!("{detail} (Host: {})", host.to_str().unwrap_or("not ASCII")),
         )
         .into_response();
     }
     next.run(request).await
 }
 
-fn is_loopback_host(host: &str) -> bool {
-    // Host is `name[:port]`, or `[v6]:port`.
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 fn unauthorized(detail: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, detail).with_header(header::WWW_AUTHENTICATE, "Bearer")
-}
-
-/// Compares without stopping at the first difference, so that the time taken says
-/// nothing about how much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut difference = a.len() ^ b.len();
-    for (i, byte) in a.iter().enumerate() {
-        difference |= usize::from(byte ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
-    }
-    difference == 0
 }
 
 #[cfg(test)]
@@ -191,23 +213,41 @@ mod tests {
 
     #[test]
     fn tokens_compare_by_every_byte() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
-        assert!(!constant_time_eq(b"secret-and-more", b"secret"));
-        assert!(!constant_time_eq(b"", b"secret"));
-        assert!(!constant_time_eq(b"s", b""));
+        let secret = Secret::new("secret");
+        assert!(secret.matches("secret"));
+        for wrong in ["secreT", "secret-and-more", "", "s"] {
+            assert!(!secret.matches(wrong), "{wrong}");
+        }
     }
 
+    /// Which `Host` a server answers: on loopback, loopback names only; elsewhere
+    /// without an API token, also its addresses written as such and the names allowed,
+    /// never another name (DNS rebinding); with an API token, any.
     #[test]
-    fn loopback_hosts_are_recognised_with_and_without_ports() {
-        for host in
-            ["localhost", "localhost:8080", "127.0.0.1:8080", "127.0.0.2", "[::1]:8080", "app.localhost"]
-        {
-            assert!(is_loopback_host(host), "{host}");
+    fn the_hosts_answered_follow_the_address_and_the_token() {
+        let on_loopback = Access { loopback_only: true, ..Access::default() };
+        let open = Access { allowed_hosts: vec!["wasaga.internal".into()], ..Access::default() };
+        let guarded = Access { api_token: Some(Secret::new("api-token-0123456789")), ..Access::default() };
+        let loopback =
+            ["localhost", "localhost:8080", "127.0.0.1:8080", "127.0.0.2", "[::1]:8080", "app.localhost"];
+        for host in loopback {
+            for access in [&on_loopback, &open, &guarded] {
+                assert!(access.host_allowed(host), "{host}");
+            }
         }
         for host in ["evil.example", "evil.example:8080", "10.0.0.1:80", "[2001:db8::1]:80", "localhost.evil"]
         {
-            assert!(!is_loopback_host(host), "{host}");
+            assert!(!on_loopback.host_allowed(host), "{host}");
+            assert!(guarded.host_allowed(host), "{host}");
+        }
+        for (host, answered) in [
+            ("10.0.0.1:80", true),
+            ("[2001:db8::1]:80", true),
+            ("WASAGA.internal:8080", true),
+            ("evil.example", false),
+            ("localhost.evil", false),
+        ] {
+            assert_eq!(open.host_allowed(host), answered, "{host}");
         }
     }
 
@@ -217,6 +257,7 @@ mod tests {
             admin_token: Some(Secret::new("admin-token-0123456789")),
             api_token: Some(Secret::new("api-token-0123456789")),
             loopback_only: false,
+            allowed_hosts: Vec::new(),
         };
         let with = |value: &str| {
             let mut headers = HeaderMap::new();

@@ -111,6 +111,11 @@ impl From<InvokeError> for ApiError {
     fn from(error: InvokeError) -> Self {
         let error = match error {
             InvokeError::Store(store) => return store.into(),
+            // The store's own words (PostgreSQL's, SQLite's) stay in the log.
+            InvokeError::Call(CallError::StoreUnavailable { service, message }) => {
+                let what = format!("the store could not answer while `{service}` ran");
+                return ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, &what, &message);
+            }
             other => other,
         };
         let status = match &error {
@@ -122,9 +127,8 @@ impl From<InvokeError> for ApiError {
             InvokeError::Transient { .. } => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::Call(CallError::UnknownOperation { .. }) => StatusCode::NOT_FOUND,
             InvokeError::Call(CallError::Deadline { .. }) => StatusCode::GATEWAY_TIMEOUT,
-            InvokeError::Call(CallError::Busy { .. } | CallError::StoreUnavailable { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            InvokeError::Call(CallError::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeError::Call(CallError::StoreUnavailable { .. }) => unreachable!("answered above"),
             // The plugin's own failure (a trap, a limit it went past): its message is
             // the plugin author's, not the host's inside, and is what they need.
             InvokeError::Call(
@@ -197,7 +201,9 @@ mod tests {
         assert!(!error.detail.contains("disk I/O") && !error.detail.contains("/var/lib"), "{}", error.detail);
         assert!(error.detail.contains("logged as error "), "{}", error.detail);
         assert_eq!(retry_after(&error), Some("1"));
+        let in_a_call = CallError::StoreUnavailable { service: "svc".into(), message: cause.into() };
         for wrapped in [
+            ApiError::from(InvokeError::Call(in_a_call)),
             ApiError::from(InvokeError::Store(StoreError::Unavailable(cause.into()))),
             ApiError::from(SagaError::Store(StoreError::Unavailable(cause.into()))),
             ApiError::from(ChangeError::Io(cause.into())),

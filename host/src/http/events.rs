@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::auth::{Operator, Reader};
 use super::extract::{Path, Query};
 use super::{ApiError, AppState};
-use crate::store::{DeliveryRow, DeliveryStatus, EventRow, StoreError, Subscriber};
+use crate::store::{DeliveryRow, DeliveryStatus, EventRow, PAGE_BYTES, StoreError, Subscriber};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -124,8 +124,8 @@ pub async fn chain(
         .correlation
         .ok_or_else(|| ApiError::bad_request("give the chain's correlation id: /v1/events?correlation=ID"))?;
     let limit = super::page_limit(query.limit)?;
-    let page = state.store.chain(&correlation, query.after.unwrap_or(0), limit).await?;
-    let next = (page.events.len() == limit).then(|| page.events.last().map(|e| e.id)).flatten();
+    let page = state.store.chain(&correlation, query.after.unwrap_or(0), limit, PAGE_BYTES).await?;
+    let next = page.more.then(|| page.events.last().map(|e| e.id)).flatten();
     let mut deliveries = page.deliveries.into_iter().peekable();
     let events = page
         .events

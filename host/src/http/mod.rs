@@ -11,6 +11,7 @@ mod openapi;
 mod plugins;
 mod records;
 mod sagas;
+mod server;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ use axum::routing::{get, post};
 pub use auth::{Access, Secret};
 pub use error::ApiError;
 pub use sagas::{SagaList, SagaView, StepView};
+pub use server::{ServerLimits, serve};
 pub use services::{CORRELATION, DIGEST, REPLAYED, RETENTION};
 
 use std::sync::Arc;
@@ -82,10 +84,35 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(timed))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::loopback_host))
         .layer(axum::middleware::from_fn(traced))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .with_state(state)
+}
+
+/// How long one request may take, its body's arrival included: more than the longest
+/// wait a request may ask for (`?wait=`, 60 s).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// Ends a request that takes longer than [`REQUEST_TIMEOUT`] (a body that trickles in)
+/// with 408. An invocation it started runs to its end anyway (`invoke.rs`); a retry
+/// with its key gets its outcome.
+async fn timed(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request did not complete within {REQUEST_TIMEOUT:?}; retry it (with the same idempotency key)"),
+        )
+        .into_response(),
+    };
+    // No answer is to be read as anything but the type it says it is.
+    response
+        .headers_mut()
+        .insert(axum::http::header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// The last line of defence: a handler that panicked answers 500 (as problem+json,
@@ -164,15 +191,19 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 )]
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
+    headers: axum::http::HeaderMap,
 ) -> Result<&'static str, ApiError> {
+    // Open to anyone, it says since when; why (the store's own words: a path, a
+    // database's message) only to an operator, and in the log.
     if let Some(failing) = state.store.failing() {
         let since = crate::clock::utc(failing.since);
+        let why = match state.access.is_operator(&headers) {
+            true => failing.reason,
+            false => "the cause is in the log, and said to an operator".into(),
+        };
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the store cannot write since {since}: {}; writes are refused until it can",
-                failing.reason
-            ),
+            format!("the store cannot write since {since}: {why}; writes are refused until it can"),
         ));
     }
     state.sagas.counts().await?;

@@ -196,8 +196,8 @@ pub async fn list(
             return Err(ApiError::bad_request(format!("unknown order `{other}`: use oldest or newest")));
         }
     };
-    let records = state.sagas.list(status, query.after.as_deref(), limit, newest_first).await?;
-    let next = (records.len() == limit).then(|| records.last().map(|r| r.row.id.clone())).flatten();
+    let (records, more) = state.sagas.list(status, query.after.as_deref(), limit, newest_first).await?;
+    let next = more.then(|| records.last().map(|r| r.row.id.clone())).flatten();
     Ok(Json(SagaList { sagas: records.iter().map(SagaView::from).collect(), next }))
 }
 
@@ -258,6 +258,13 @@ pub async fn search(
             "give what to look for: /v1/search?q=<saga id, order id, idempotency key, correlation id>",
         ));
     }
+    // A search reads up to a thousand inputs: a few at a time, the rest wait a little
+    // or are told to come back, rather than take the store from everyone else.
+    static SEARCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    let _turn = tokio::time::timeout(std::time::Duration::from_secs(5), SEARCHES.acquire())
+        .await
+        .map_err(|_| crate::store::StoreError::Overloaded("too many searches at once".into()))?
+        .expect("never closed");
     let sagas = state.sagas.search(q, 20).await?;
     let events = state.store.count_events_of(q).await?;
     let sagas = sagas.iter().map(SagaView::from).collect();

@@ -20,7 +20,12 @@ async fn state(dir: &std::path::Path) -> AppState {
         let wasm = std::fs::read(crate::guests::path(service)).unwrap();
         app.registry().insert(app.registry().runtime().load(service, wasm, Limits::default()).await.unwrap());
     }
-    app.state(Access { admin_token: Some(Secret::new(ADMIN)), api_token: None, loopback_only: true })
+    app.state(Access {
+        admin_token: Some(Secret::new(ADMIN)),
+        api_token: None,
+        loopback_only: true,
+        allowed_hosts: Vec::new(),
+    })
 }
 
 /// Sends one request; returns the status, the content type and the body as JSON (or

@@ -65,7 +65,10 @@ pub enum Origin {
 }
 
 impl CompiledCache {
-    /// The cache in `dir` (created, private to this user, if missing).
+    /// The cache in `dir` (created, private to this user, if missing). A directory that
+    /// is there already is used only if it is this user's and nobody else may write
+    /// in it: its files are loaded as native code, so whoever can put one there runs
+    /// code as wasaga.
     pub fn open(dir: impl Into<PathBuf>, budget: u64) -> std::io::Result<CompiledCache> {
         let dir = dir.into();
         let mut builder = std::fs::DirBuilder::new();
@@ -73,6 +76,21 @@ impl CompiledCache {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(&dir)?;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(&dir)?;
+            let me = rustix::process::geteuid().as_raw();
+            if meta.uid() != me || meta.mode() & 0o022 != 0 {
+                return Err(std::io::Error::other(format!(
+                    "{} is not private to this user (owner {}, mode {:o}): others could put native code \
+                     in it; use a directory of this user's that only it may write (chmod go-w)",
+                    dir.display(),
+                    meta.uid(),
+                    meta.mode() & 0o777
+                )));
+            }
+        }
         Ok(CompiledCache { dir, budget, worker: None })
     }
 
@@ -268,6 +286,23 @@ mod tests {
 
     fn guest(name: &str) -> Vec<u8> {
         std::fs::read(crate::guests::path(name)).unwrap()
+    }
+
+    /// A cache directory that others may write in is refused (its files run as native
+    /// code); one made here is private.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_cache_directory_others_may_write_in_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let made = dir.path().join("made");
+        CompiledCache::open(&made, DEFAULT_BUDGET).unwrap();
+        assert_eq!(std::fs::metadata(&made).unwrap().permissions().mode() & 0o777, 0o700);
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = CompiledCache::open(&shared, DEFAULT_BUDGET).expect_err("refused");
+        assert!(refused.to_string().contains("is not private to this user"), "{refused}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use super::bindings::{events, log, wit_store};
 use super::sandbox::CallState;
 use crate::store::{StoreError, Transaction};
+use crate::text::printable;
 
 /// A store or events import used where there is no transaction: in `describe`.
 #[derive(Debug, thiserror::Error)]
@@ -99,10 +100,18 @@ impl log::Host for CallState {
         self.logged += message.len();
         let (service, operation) = (&*self.service, &self.operation);
         match level {
-            log::Level::Debug => tracing::debug!(target: "wasaga::plugin", service, operation, "{message}"),
-            log::Level::Info => tracing::info!(target: "wasaga::plugin", service, operation, "{message}"),
-            log::Level::Warn => tracing::warn!(target: "wasaga::plugin", service, operation, "{message}"),
-            log::Level::Error => tracing::error!(target: "wasaga::plugin", service, operation, "{message}"),
+            log::Level::Debug => {
+                tracing::debug!(target: "wasaga::plugin", service, operation, "{}", printable(&message))
+            }
+            log::Level::Info => {
+                tracing::info!(target: "wasaga::plugin", service, operation, "{}", printable(&message))
+            }
+            log::Level::Warn => {
+                tracing::warn!(target: "wasaga::plugin", service, operation, "{}", printable(&message))
+            }
+            log::Level::Error => {
+                tracing::error!(target: "wasaga::plugin", service, operation, "{}", printable(&message))
+            }
         }
         Ok(())
     }

@@ -127,7 +127,7 @@ impl Runtime {
             cache::load_or_compile(&engine, cache.as_ref(), &digest, &wasm)
         })
         .await
-        .expect("compilation task panicked")
+        .map_err(|failed| LoadError::Invalid(format!("its compilation failed: {failed}")))?
         .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let from = match origin {
             Origin::Compiled => "compilation",

@@ -78,6 +78,7 @@ impl CallState {
         for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let (text, dropped) = captured.take();
             for line in text.lines() {
+                let line = crate::text::printable(line);
                 tracing::info!(target: "wasaga::plugin", service = %self.service, stream, "{line}");
             }
             if dropped > 0 {

@@ -88,8 +88,10 @@ pub struct SagaDef {
     pub pivot: usize,
     /// The file it came from.
     pub source: PathBuf,
-    /// sha256 of the steps (names, services, operations): a saga records the digest
-    /// of the definition it started with, and is never driven by a different one.
+    /// sha256 of what drives a saga: its name and its steps (names, services,
+    /// operations, retry policies). A saga records the digest of the definition it
+    /// started with, and is never driven by a different one: an edited retry policy is
+    /// a new version, not a change under the sagas already running.
     pub digest: String,
     /// The TOML it was parsed from, kept in the store for the sagas that use it.
     pub text: String,
@@ -162,9 +164,15 @@ impl SagaDef {
     /// Parses a definition kept in the store for the sagas that started with it. Its
     /// services are not checked against the ones loaded now: they were when it was
     /// loaded, and a step whose service changed since fails (transiently) when called.
+    /// A saga of a wasaga from before the digest covered the name and the retry
+    /// policies records the digest of its steps alone: that one is accepted too.
     pub fn parse_stored(digest: &str, text: &str) -> Result<SagaDef, DefinitionError> {
         let source = PathBuf::from(format!("stored definition {digest}"));
-        Self::parse_with(&source, text, None::<&fn(&str) -> Option<&'static Manifest>>)
+        let mut def = Self::parse_with(&source, text, None::<&fn(&str) -> Option<&'static Manifest>>)?;
+        if digest == steps_digest(&def.steps) {
+            def.digest = digest.to_owned();
+        }
+        Ok(def)
     }
 
     fn parse_with<'m>(
@@ -229,7 +237,7 @@ impl SagaDef {
             steps.push(step);
         }
         let pivot = pivot.unwrap_or(steps.len());
-        let digest = steps_digest(&steps);
+        let digest = definition_digest(&parsed.name, &steps);
         let text = text.to_owned();
         let mut invariants = Vec::new();
         for invariant in parsed.invariant {
@@ -264,6 +272,33 @@ impl SagaDef {
     }
 }
 
+/// The digest of a definition: its name, and each step with its retry policy. (It was
+/// the steps' alone, [`steps_digest`]: two definitions of the same steps shared one
+/// stored row, and an edited retry policy changed the running sagas' after a restart.)
+fn definition_digest(name: &str, steps: &[StepDef]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"wasaga saga definition 2\0");
+    hash.update(name.as_bytes());
+    hash.update([0]);
+    for step in steps {
+        for part in [&step.name, &step.service, &step.action, step.compensation.as_deref().unwrap_or("")] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        let retry = &step.retry;
+        for n in [
+            u64::from(retry.max_attempts),
+            retry.initial_backoff.as_millis() as u64,
+            retry.max_backoff.as_millis() as u64,
+        ] {
+            hash.update(n.to_le_bytes());
+        }
+    }
+    hex::encode(hash.finalize())
+}
+
+/// The digest older wasagas recorded: the steps' names, services and operations.
 fn steps_digest(steps: &[StepDef]) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
@@ -370,14 +405,22 @@ mod tests {
         assert!(error.to_string().contains("the invariant `order.audit`"), "{error}");
     }
 
+    /// The digest changes with the steps, their retry policies and the saga's name;
+    /// a stored definition of an older wasaga is still found by the digest of its steps
+    /// its sagas recorded.
     #[test]
-    fn the_digest_changes_with_the_steps_not_the_retry_policy() {
+    fn the_digest_changes_with_the_steps_their_retries_and_the_name() {
         let def = parse(GOOD).unwrap();
-        assert_eq!(parse(&GOOD.replace("max_attempts = 5", "max_attempts = 7")).unwrap().digest, def.digest);
-        assert_ne!(
-            parse(&GOOD.replace("name = \"complete\"", "name = \"finish\"")).unwrap().digest,
-            def.digest
-        );
+        for changed in [
+            GOOD.replace("max_attempts = 5", "max_attempts = 7"),
+            GOOD.replace("name = \"complete\"", "name = \"finish\""),
+            GOOD.replacen("name = \"s\"", "name = \"s-2\"", 1),
+        ] {
+            assert_ne!(parse(&changed).unwrap().digest, def.digest, "{changed}");
+        }
+        assert_eq!(parse(&format!("# a comment\n{GOOD}")).unwrap().digest, def.digest);
+        let legacy = steps_digest(&def.steps);
+        assert_eq!(SagaDef::parse_stored(&legacy, &def.text).unwrap().digest, legacy);
     }
 
     /// A stored version parses without the services (they may have changed since), and

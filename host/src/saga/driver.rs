@@ -196,13 +196,11 @@ async fn call_until_answered(
                 }
             }
         };
-        tracing::info!(
-            "saga step failed, no outcome stored: {}",
-            match &event {
-                Event::Failed { reason, .. } | Event::CompensationFailed { reason, .. } => reason.as_str(),
-                _ => "",
-            }
-        );
+        let reason = match &event {
+            Event::Failed { reason, .. } | Event::CompensationFailed { reason, .. } => reason.as_str(),
+            _ => "",
+        };
+        tracing::info!("saga step failed, no outcome stored: {}", crate::text::printable(reason));
         let actions = apply(def, &mut run.state, event);
         return save(engine, run, at, actions).await;
     }

@@ -30,7 +30,7 @@ pub use machine::{
 use crate::alert::Alerter;
 use crate::clock::Clock;
 use crate::invoke::Invoker;
-use crate::store::{Commit, DefinitionRow, SagaChange, SagaRow, Store, StoreError};
+use crate::store::{Commit, DefinitionRow, PAGE_BYTES, SagaChange, SagaRow, Store, StoreError};
 use driver::Run;
 use machine::{Event, apply, resume};
 
@@ -316,7 +316,9 @@ impl SagaEngine {
     /// Running, compensating and stuck sagas.
     async fn unfinished_rows(&self) -> Result<Vec<SagaRow>, SagaError> {
         let mut rows = self.inner.store.unfinished_sagas().await?;
-        rows.extend(self.inner.store.sagas(Some(SagaStatus::Stuck), None, 10_000, false).await?);
+        rows.extend(
+            self.inner.store.sagas(Some(SagaStatus::Stuck), None, 10_000, false, usize::MAX).await?.sagas,
+        );
         Ok(rows)
     }
 
@@ -406,16 +408,17 @@ impl SagaEngine {
     }
 
     /// Sagas in creation order (or newest first), of one status if given, after the
-    /// id `after` in that order.
+    /// id `after` in that order: a page of at most `limit` and [`PAGE_BYTES`] of
+    /// inputs and states, and whether more may follow.
     pub async fn list(
         &self,
         status: Option<SagaStatus>,
         after: Option<&str>,
         limit: usize,
         newest_first: bool,
-    ) -> Result<Vec<SagaRecord>, SagaError> {
-        let rows = self.inner.store.sagas(status, after, limit, newest_first).await?;
-        self.decode_all(rows).await
+    ) -> Result<(Vec<SagaRecord>, bool), SagaError> {
+        let page = self.inner.store.sagas(status, after, limit, newest_first, PAGE_BYTES).await?;
+        Ok((self.decode_all(page.sagas).await?, page.more))
     }
 
     /// Sagas an operator may be looking for by `text` (see [`Store::search_sagas`]),
@@ -461,7 +464,13 @@ impl SagaEngine {
             let stuck = state
                 .stuck_step()
                 .ok_or_else(|| SagaError::NotStuck { id: id.into(), status: state.status.as_str().into() })?;
-            let name = &def.steps[stuck].name;
+            // A state whose steps are not its definition's (corrupt, or from before
+            // definitions had digests) has no step to resolve.
+            let name = &def
+                .steps
+                .get(stuck)
+                .ok_or_else(|| SagaError::DefinitionGone { id: id.into(), name: def.name.clone() })?
+                .name;
             if let Some(asked) = step.filter(|asked| asked != name) {
                 return Err(SagaError::NotTheStuckStep {
                     id: id.into(),
@@ -503,6 +512,7 @@ impl SagaEngine {
         let update = driver::update(&self.inner, &saga_id, record.row.version, &state, at);
         driver::commit(&self.inner, update).await?;
         if let Some(HistoryEntry { what: Happened::Operator { action, by, .. }, .. }) = state.history.last() {
+            let by = crate::text::printable(by);
             tracing::info!(saga = %saga_id, ?action, %by, "operator action on a stuck saga");
         }
         let input = input_object(&record.row.input);
@@ -525,7 +535,9 @@ impl SagaEngine {
         loop {
             let mut woken = {
                 let mut waiters = self.inner.waiters.lock().expect("waiters mutex poisoned");
-                waiters.entry(saga_id.clone()).or_insert_with(|| watch::channel(()).0).subscribe()
+                let receiver =
+                    waiters.entry(saga_id.clone()).or_insert_with(|| watch::channel(()).0).subscribe();
+                Waiting { engine: &self.inner, id: &saga_id, receiver: Some(receiver) }
             };
             let left = until.saturating_duration_since(Instant::now());
             // A saga with a driver here is not settled, and its driver wakes us when it
@@ -535,23 +547,23 @@ impl SagaEngine {
                 let _ = tokio::time::timeout(left, woken.changed()).await;
                 continue;
             }
+            drop(woken);
             let record = self.get(id).await;
             let settled = record
                 .as_ref()
                 .map_or(true, |r| r.state.status.is_terminal() || r.state.status == SagaStatus::Stuck);
             let left = until.saturating_duration_since(Instant::now());
             if settled || left.is_zero() {
-                drop(woken);
-                // Nobody else waits for this saga: its entry goes (a finishing driver
-                // removes it too, but a saga that already finished has none).
-                let mut waiters = self.inner.waiters.lock().expect("waiters mutex poisoned");
-                if waiters.get(&saga_id).is_some_and(|w| w.receiver_count() == 0) {
-                    waiters.remove(&saga_id);
-                }
                 return record;
             }
             // Not driven here: another host may be driving it, and nobody here would say
             // when it ends. Read it again now and then.
+            let mut woken = {
+                let mut waiters = self.inner.waiters.lock().expect("waiters mutex poisoned");
+                let receiver =
+                    waiters.entry(saga_id.clone()).or_insert_with(|| watch::channel(()).0).subscribe();
+                Waiting { engine: &self.inner, id: &saga_id, receiver: Some(receiver) }
+            };
             let _ = tokio::time::timeout(left.min(LOOK_ELSEWHERE), woken.changed()).await;
         }
     }
@@ -748,6 +760,34 @@ impl Drop for Driving {
     }
 }
 
+/// One waiter of a saga's end. Dropped, however the wait ends (the saga settled, the
+/// time ran out, the client went away and its request was dropped), it takes the
+/// saga's entry with it when no one else waits: entries of sagas another host drove,
+/// which no local driver removes, stayed for good before.
+struct Waiting<'a> {
+    engine: &'a EngineInner,
+    id: &'a SagaId,
+    receiver: Option<watch::Receiver<()>>,
+}
+
+impl Waiting<'_> {
+    async fn changed(&mut self) {
+        if let Some(receiver) = &mut self.receiver {
+            let _ = receiver.changed().await;
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        let mut waiters = self.engine.waiters.lock().expect("waiters mutex poisoned");
+        if waiters.get(self.id).is_some_and(|w| w.receiver_count() == 0) {
+            waiters.remove(self.id);
+        }
+    }
+}
+
 /// How a supervised driver starts: from a state in hand, or from a stored saga.
 enum Start {
     Run(Run, Vec<machine::Action>),
@@ -937,5 +977,49 @@ mod tests {
         };
         store.commit(Commit { saga: Some(repair), ..Commit::default() }).await.unwrap();
         assert!(finished("a-unreadable").await, "repaired, it is driven to its end");
+    }
+
+    /// A wait for a saga another host drives leaves nothing behind, whether it runs out
+    /// of time or its client goes away mid-wait (its request dropped).
+    #[tokio::test]
+    async fn waits_for_sagas_driven_elsewhere_leave_no_entry() {
+        let store: Arc<dyn crate::store::Store> = Arc::new(SqliteStore::temporary().unwrap());
+        let registry = Registry::new(Runtime::new(RuntimeOptions::default()).unwrap());
+        let invoker = Invoker::new(registry, store.clone(), Default::default());
+        let engine = SagaEngine::new(
+            invoker,
+            store.clone(),
+            Arc::new(ManualClock::default()),
+            4,
+            Alerter::none(),
+            "here".into(),
+        );
+        let row = SagaRow {
+            id: "elsewhere-1".into(),
+            name: "n".into(),
+            status: SagaStatus::Running,
+            input: b"{}".to_vec(),
+            state: serde_json::to_string(&SagaState::new(&SagaDef::parse_stored("d", HOURLY).unwrap()))
+                .unwrap(),
+            version: 1,
+            key: "k".into(),
+            fingerprint: [0; 32],
+            created_at: 1,
+            updated_at: 1,
+            owner: Some("there".into()),
+        };
+        store.commit(Commit { saga: Some(SagaChange::Create(row)), ..Commit::default() }).await.unwrap();
+        let entries = || engine.inner.waiters.lock().unwrap().len();
+        let _ = engine.wait("elsewhere-1", Duration::from_millis(300)).await;
+        assert_eq!(entries(), 0, "after a wait that ran out");
+        let waiting = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.wait("elsewhere-1", Duration::from_secs(60)).await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(entries(), 1, "while it waits");
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(entries(), 0, "after its client went away");
     }
 }

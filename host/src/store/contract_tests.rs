@@ -34,6 +34,7 @@ macro_rules! contract_tests {
             sagas_of_hosts_that_stopped_are_claimed_and_their_owners_fenced,
             an_attempt_is_recorded_only_after_the_one_before,
             sagas_are_listed_by_id_and_status,
+            pages_of_sagas_and_events_stop_at_their_byte_budget,
             sagas_are_found_by_id_key_or_input_value,
             definitions_are_kept_by_digest,
             events_are_published_in_commit_order_with_their_chain,
@@ -530,12 +531,21 @@ pub(crate) async fn sagas_are_listed_by_id_and_status(store: &dyn Store) {
         create_saga(store, saga(id, "s", id, status, 1)).await.unwrap();
     }
     let ids = |rows: Vec<SagaRow>| rows.into_iter().map(|s| s.id).collect::<Vec<_>>();
-    assert_eq!(ids(store.sagas(None, None, 10, false).await.unwrap()), ["a", "b", "c", "d", "e"]);
-    assert_eq!(ids(store.sagas(None, Some("b"), 2, false).await.unwrap()), ["c", "d"]);
-    assert_eq!(ids(store.sagas(None, None, 2, true).await.unwrap()), ["e", "d"]);
-    assert_eq!(ids(store.sagas(None, Some("d"), 10, true).await.unwrap()), ["c", "b", "a"]);
-    assert_eq!(ids(store.sagas(Some(SagaStatus::Running), None, 10, false).await.unwrap()), ["b", "e"]);
-    assert_eq!(ids(store.sagas(Some(SagaStatus::Running), Some("e"), 10, true).await.unwrap()), ["b"]);
+    assert_eq!(
+        ids(store.sagas(None, None, 10, false, usize::MAX).await.unwrap().sagas),
+        ["a", "b", "c", "d", "e"]
+    );
+    assert_eq!(ids(store.sagas(None, Some("b"), 2, false, usize::MAX).await.unwrap().sagas), ["c", "d"]);
+    assert_eq!(ids(store.sagas(None, None, 2, true, usize::MAX).await.unwrap().sagas), ["e", "d"]);
+    assert_eq!(ids(store.sagas(None, Some("d"), 10, true, usize::MAX).await.unwrap().sagas), ["c", "b", "a"]);
+    assert_eq!(
+        ids(store.sagas(Some(SagaStatus::Running), None, 10, false, usize::MAX).await.unwrap().sagas),
+        ["b", "e"]
+    );
+    assert_eq!(
+        ids(store.sagas(Some(SagaStatus::Running), Some("e"), 10, true, usize::MAX).await.unwrap().sagas),
+        ["b"]
+    );
     assert_eq!(ids(store.unfinished_sagas().await.unwrap()), ["b", "d", "e"], "running and compensating");
     let counts = store.saga_counts().await.unwrap();
     let expected = [("compensating", 1), ("completed", 1), ("running", 2), ("stuck", 1)];
@@ -708,7 +718,7 @@ pub(crate) async fn an_attempt_is_recorded_only_after_the_one_before(store: &dyn
     deliveries(store, vec![attempt(1, DeliveryStatus::Delivered)]).await.unwrap();
     let late = deliveries(store, vec![attempt(1, DeliveryStatus::Pending)]).await;
     assert!(matches!(late, Err(StoreError::Moved(_))), "a late attempt 1 over the delivered one: {late:?}");
-    let page = store.chain("chain", 0, 10).await.unwrap();
+    let page = store.chain("chain", 0, 10, usize::MAX).await.unwrap();
     assert_eq!(
         page.deliveries.iter().map(|d| (d.status, d.attempts)).collect::<Vec<_>>(),
         [(DeliveryStatus::Delivered, 1)],
@@ -725,14 +735,14 @@ pub(crate) async fn a_chain_page_is_one_moment_of_its_chain(store: &dyn Store) {
         through: ids[1],
     };
     deliveries(store, vec![made]).await.unwrap();
-    let page = store.chain("chain", 0, 2).await.unwrap();
+    let page = store.chain("chain", 0, 2, usize::MAX).await.unwrap();
     assert_eq!(page.events.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[0], ids[1]]);
     assert_eq!(page.deliveries.iter().map(|d| d.event_id).collect::<Vec<_>>(), [ids[0], ids[1]]);
     assert_eq!(page.dispatched_through, ids[1]);
-    let next = store.chain("chain", ids[1], 2).await.unwrap();
+    let next = store.chain("chain", ids[1], 2, usize::MAX).await.unwrap();
     assert_eq!(next.events.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[2]]);
     assert_eq!(next.deliveries, [], "not dispatched yet");
-    assert_eq!(store.chain("nobody", 0, 10).await.unwrap().events, []);
+    assert_eq!(store.chain("nobody", 0, 10, usize::MAX).await.unwrap().events, []);
 }
 
 /// Retention forgets only what is past it and finished: a running or stuck saga, an
@@ -756,8 +766,14 @@ pub(crate) async fn retention_forgets_only_what_is_finished_and_old(store: &dyn 
         create_saga(store, saga(id, "s", id, status, at)).await.unwrap();
     }
     assert_eq!(store.prune(PruneKind::Sagas, 100, 500).await.unwrap(), 2);
-    let left: Vec<String> =
-        store.sagas(None, None, 10, false).await.unwrap().into_iter().map(|s| s.id).collect();
+    let left: Vec<String> = store
+        .sagas(None, None, 10, false, usize::MAX)
+        .await
+        .unwrap()
+        .sagas
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     assert_eq!(left, ["c", "d", "e"]);
 
     publish(store, "topic", "chain", &["0", "1", "2"]).await;
@@ -770,10 +786,45 @@ pub(crate) async fn retention_forgets_only_what_is_finished_and_old(store: &dyn 
     deliveries(store, vec![delivery_update(ids[0], DeliveryStatus::Delivered)]).await.unwrap();
     let later = crate::clock::now_ms() + 1;
     assert_eq!(store.prune(PruneKind::Events, later, 500).await.unwrap(), 1, "only the delivered event");
-    let page = store.chain("chain", 0, 10).await.unwrap();
+    let page = store.chain("chain", 0, 10, usize::MAX).await.unwrap();
     let left: Vec<i64> = page.events.iter().map(|e| e.id).collect();
     assert_eq!(left, [ids[1], ids[2]], "the second has a pending delivery; the third is not dispatched yet");
     assert_eq!(page.deliveries.len(), 1);
+}
+
+/// A page of sagas or of a chain's events holds no more than its byte budget of
+/// inputs and states (payloads) past its first row, at least that row, and says that
+/// more follow when it was cut short or is full.
+pub(crate) async fn pages_of_sagas_and_events_stop_at_their_byte_budget(store: &dyn Store) {
+    for id in ["a", "b", "c"] {
+        let row = SagaRow {
+            input: vec![b' '; 100],
+            state: "{}".into(),
+            ..saga(id, "s", id, SagaStatus::Running, 1)
+        };
+        create_saga(store, row).await.unwrap();
+    }
+    let page = |after: Option<&'static str>, limit, budget| async move {
+        let page = store.sagas(None, after, limit, false, budget).await.unwrap();
+        (page.sagas.into_iter().map(|s| s.id).collect::<Vec<_>>(), page.more)
+    };
+    assert_eq!(
+        page(None, 10, 250).await,
+        (vec!["a".to_owned(), "b".to_owned()], true),
+        "two of 102 bytes fit in 250"
+    );
+    assert_eq!(page(Some("b"), 10, 250).await, (vec!["c".to_owned()], false), "the last");
+    assert_eq!(page(None, 10, 1).await, (vec!["a".to_owned()], true), "the first, whatever its size");
+    assert!(page(None, 3, usize::MAX).await.1, "a full page may have more");
+    let newest = store.sagas(Some(SagaStatus::Running), None, 10, true, 250).await.unwrap();
+    assert_eq!(newest.sagas.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["c", "b"]);
+
+    let payload = "x".repeat(100);
+    publish(store, "t", "chain", &[&payload, &payload, &payload]).await;
+    let first = store.chain("chain", 0, 10, 250).await.unwrap();
+    assert_eq!((first.events.len(), first.more), (2, true));
+    let rest = store.chain("chain", first.events[1].id, 10, 250).await.unwrap();
+    assert_eq!((rest.events.len(), rest.more), (1, false));
 }
 
 /// Once retention forgot every event (an idle spell longer than the event retention),

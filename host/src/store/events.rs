@@ -111,6 +111,9 @@ pub struct ChainPage {
     pub deliveries: Vec<DeliveryRow>,
     /// The last event the dispatcher has made the deliveries of.
     pub dispatched_through: i64,
+    /// Whether more events of the chain may follow (the page is full, or was cut
+    /// short by its byte budget).
+    pub more: bool,
 }
 
 /// A change to the deliveries, committed through the writer.

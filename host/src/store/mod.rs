@@ -142,6 +142,42 @@ pub trait Snapshot: Send {
     }
 }
 
+/// What one page of a list reads whole: its rows' sizes (ids and lengths read first,
+/// without the values), then as many rows as fit in `max_bytes`, at least the first
+/// whatever its size; and whether more may follow (the page was cut short, or is
+/// full). So a list of 1,000 sagas or events of a MiB each is answered a few MiB at a
+/// time, not held whole.
+pub(crate) fn fitting(sizes: &[usize], limit: usize, max_bytes: usize) -> (usize, bool) {
+    let mut total = 0usize;
+    let mut take = 0;
+    for size in sizes {
+        total = total.saturating_add(*size);
+        if take > 0 && total > max_bytes {
+            return (take, true);
+        }
+        take += 1;
+    }
+    (take, sizes.len() >= limit)
+}
+
+/// The most bytes of values one page of sagas or of a chain's events holds past its
+/// first row (see [`fitting`]), as the records list holds.
+pub const PAGE_BYTES: usize = 4 << 20;
+
+/// How many of the latest sagas a search looks into by input value, and the largest
+/// input it parses (`Store::search_sagas`): a search is an operator's look-up, bounded
+/// so that a few of them at once cannot take the store (10,000 inputs of up to 1 MiB
+/// each were parsed per search before).
+pub const SEARCHED: usize = 1000;
+pub const SEARCHED_INPUT: usize = 64 << 10;
+
+/// A page of sagas, and whether more may follow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SagaPage {
+    pub sagas: Vec<SagaRow>,
+    pub more: bool,
+}
+
 /// The records a scan found, in key order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scanned {
@@ -404,14 +440,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn saga_by_key(&self, name: &str, key: &str) -> Result<Option<SagaRow>, StoreError>;
 
     /// Sagas in id order (ids sort by creation time), optionally of one status, after
-    /// the id `after` (before it, newest first), at most `limit`.
+    /// the id `after` (before it, newest first), at most `limit` and no more than
+    /// `max_bytes` of inputs and states past the first ([`fitting`]).
     async fn sagas(
         &self,
         status: Option<SagaStatus>,
         after: Option<&str>,
         limit: usize,
         newest_first: bool,
-    ) -> Result<Vec<SagaRow>, StoreError>;
+        max_bytes: usize,
+    ) -> Result<SagaPage, StoreError>;
 
     /// Sagas that are running or compensating, in id order: the ones to resume after a
     /// restart.
@@ -436,7 +474,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Sagas an operator may be looking for by `text`, newest first, at most `limit`:
     /// its id or idempotency key (any saga), or a value of its input's top-level fields
-    /// (among the latest 10,000 sagas).
+    /// (among the latest [`SEARCHED`] sagas, inputs of at most [`SEARCHED_INPUT`]).
     async fn search_sagas(&self, text: &str, limit: usize) -> Result<Vec<SagaRow>, StoreError>;
 
     /// The saga definition kept under `digest`.
@@ -472,8 +510,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRow>, StoreError>;
 
     /// A page of one chain: its events after event `after`, oldest first, at most
-    /// `limit`, with their deliveries and the dispatcher's cursor, read in one snapshot.
-    async fn chain(&self, correlation_id: &str, after: i64, limit: usize) -> Result<ChainPage, StoreError>;
+    /// `limit` and no more than `max_bytes` of payloads past the first ([`fitting`]),
+    /// with their deliveries and the dispatcher's cursor, read in one snapshot.
+    async fn chain(
+        &self,
+        correlation_id: &str,
+        after: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ChainPage, StoreError>;
 
     /// How many events the chain `correlation_id` has.
     async fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError>;

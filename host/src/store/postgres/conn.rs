@@ -102,6 +102,9 @@ pub(super) struct Pool {
     health: Arc<Health>,
 }
 
+/// How long a read waits for a pooled connection.
+const TAKE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A connection lent by the pool; give it back with [`Pool::put`] (dropped, it is
 /// closed and its place freed).
 pub(super) struct Lent {
@@ -127,8 +130,15 @@ impl Pool {
         Pool { config, idle: Mutex::default(), lends: Arc::new(Semaphore::new(size.max(1))), health }
     }
 
+    /// A connection, waiting for one at most [`TAKE_WITHIN`]: past that the store is
+    /// overloaded (503 with `Retry-After`), rather than a request waiting without end.
     pub(super) async fn take(&self) -> Result<Lent, StoreError> {
-        let place = self.lends.clone().acquire_owned().await.expect("the pool's semaphore is never closed");
+        let place = tokio::time::timeout(TAKE_WITHIN, self.lends.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                StoreError::Overloaded(format!("no database connection came free within {TAKE_WITHIN:?}"))
+            })?
+            .expect("the pool's semaphore is never closed");
         loop {
             let idle = self.idle.lock().expect("pool mutex poisoned").pop();
             match idle {

@@ -36,8 +36,8 @@ use self::conn::{Conn, Pool};
 use super::health::Health;
 use super::{
     ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
-    IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, Unfanned,
-    UploadRow, UploadStamp, Wakeups,
+    IdempotencyKey, PruneKind, SagaPage, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome,
+    Unfanned, UploadRow, UploadStamp, Wakeups,
 };
 use crate::service::PluginDigest;
 
@@ -178,8 +178,9 @@ impl Store for PgStore {
         after: Option<&str>,
         limit: usize,
         newest_first: bool,
-    ) -> Result<Vec<SagaRow>, StoreError> {
-        read!(self, conn => queries::sagas(conn, status, after, limit, newest_first))
+        max_bytes: usize,
+    ) -> Result<SagaPage, StoreError> {
+        read!(self, conn => queries::sagas(conn, status, after, limit, newest_first, max_bytes))
     }
 
     async fn unfinished_sagas(&self) -> Result<Vec<SagaRow>, StoreError> {
@@ -234,8 +235,14 @@ impl Store for PgStore {
         read!(self, conn => queries::dead_deliveries(conn, limit))
     }
 
-    async fn chain(&self, correlation_id: &str, after: i64, limit: usize) -> Result<ChainPage, StoreError> {
-        read!(self, conn => queries::chain(conn, correlation_id, after, limit))
+    async fn chain(
+        &self,
+        correlation_id: &str,
+        after: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ChainPage, StoreError> {
+        read!(self, conn => queries::chain(conn, correlation_id, after, limit, max_bytes))
     }
 
     async fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError> {

@@ -6,8 +6,8 @@ use tokio_postgres::Row;
 use super::conn::{Conn, unavailable};
 use super::records::fingerprint;
 use crate::store::{
-    ChainPage, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, SagaRow, SagaStatus, StoreError,
-    Subscriber, Unfanned, UploadRow, UploadStamp, Uploaded,
+    ChainPage, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, SEARCHED, SEARCHED_INPUT, SagaPage,
+    SagaRow, SagaStatus, StoreError, Subscriber, Unfanned, UploadRow, UploadStamp, Uploaded,
 };
 
 fn saga_row(row: &Row) -> Result<SagaRow, StoreError> {
@@ -55,33 +55,44 @@ pub(super) async fn saga_by_key(
     sagas_of(rows).map(|mut rows| rows.pop())
 }
 
+/// A page of sagas: their ids and sizes first, then as many whole rows as fit in
+/// `max_bytes` (`store::fitting`), by their ids.
 pub(super) async fn sagas(
     conn: &mut Conn,
     status: Option<SagaStatus>,
     after: Option<&str>,
     limit: usize,
     newest_first: bool,
-) -> Result<Vec<SagaRow>, StoreError> {
-    let limit = limit as i64;
-    let rows = match (status, newest_first) {
+    max_bytes: usize,
+) -> Result<SagaPage, StoreError> {
+    macro_rules! page {
+        ($filter:literal) => {
+            concat!("SELECT id, octet_length(input) + octet_length(state) FROM sagas ", $filter)
+        };
+    }
+    let n = limit as i64;
+    let sizes = match (status, newest_first) {
         (Some(status), false) => {
-            let sql = sagas_where!("WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3");
-            conn.query(sql, &[&status.as_str(), &after.unwrap_or(""), &limit]).await?
+            let sql = page!("WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3");
+            conn.query(sql, &[&status.as_str(), &after.unwrap_or(""), &n]).await?
         }
         (Some(status), true) => {
-            let sql = sagas_where!("WHERE status = $1 AND id < $2 ORDER BY id DESC LIMIT $3");
-            conn.query(sql, &[&status.as_str(), &after.unwrap_or("~"), &limit]).await?
+            let sql = page!("WHERE status = $1 AND id < $2 ORDER BY id DESC LIMIT $3");
+            conn.query(sql, &[&status.as_str(), &after.unwrap_or("~"), &n]).await?
         }
         (None, false) => {
-            let sql = sagas_where!("WHERE id > $1 ORDER BY id LIMIT $2");
-            conn.query(sql, &[&after.unwrap_or(""), &limit]).await?
+            conn.query(page!("WHERE id > $1 ORDER BY id LIMIT $2"), &[&after.unwrap_or(""), &n]).await?
         }
         (None, true) => {
-            let sql = sagas_where!("WHERE id < $1 ORDER BY id DESC LIMIT $2");
-            conn.query(sql, &[&after.unwrap_or("~"), &limit]).await?
+            conn.query(page!("WHERE id < $1 ORDER BY id DESC LIMIT $2"), &[&after.unwrap_or("~"), &n]).await?
         }
     };
-    sagas_of(rows)
+    let lengths: Vec<usize> = sizes.iter().map(|row| row.get::<_, i32>(1) as usize).collect();
+    let (take, more) = crate::store::fitting(&lengths, limit, max_bytes);
+    let ids: Vec<String> = sizes.iter().take(take).map(|row| row.get(0)).collect();
+    let mut sagas = sagas_of(conn.query(sagas_where!("WHERE id = ANY($1)"), &[&ids]).await?)?;
+    sagas.sort_by(|a, b| if newest_first { b.id.cmp(&a.id) } else { a.id.cmp(&b.id) });
+    Ok(SagaPage { sagas, more })
 }
 
 pub(super) async fn unfinished(conn: &mut Conn) -> Result<Vec<SagaRow>, StoreError> {
@@ -161,14 +172,18 @@ pub(super) async fn counts(conn: &mut Conn) -> Result<Vec<(SagaStatus, u64)>, St
         .collect()
 }
 
-/// By id or key (any saga), or by a top-level input value among the latest 10,000.
+/// By id or key (any saga), or by a top-level input value among the latest
+/// [`SEARCHED`] sagas whose input is at most [`SEARCHED_INPUT`] bytes.
 pub(super) async fn search(conn: &mut Conn, text: &str, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
+    // The literals of the statement (a `&'static str`) are these.
+    const _: () = assert!(SEARCHED == 1000 && SEARCHED_INPUT == 65536);
     let sql = sagas_where!(
         "WHERE id = $1 OR key = $1
          OR id IN (SELECT latest.id FROM (
                        -- jsonb cannot hold a NUL: an escaped one is read as U+FFFD
                        SELECT id, replace(convert_from(input, 'UTF8'), '\\u0000', '\\ufffd')::jsonb AS doc
-                       FROM sagas ORDER BY id DESC LIMIT 10000) AS latest
+                       FROM (SELECT id, input FROM sagas ORDER BY id DESC LIMIT 1000) AS newest
+                       WHERE octet_length(input) <= 65536) AS latest
                    WHERE EXISTS (SELECT 1 FROM jsonb_each_text(
                        CASE WHEN jsonb_typeof(latest.doc) = 'object' THEN latest.doc ELSE '{}'::jsonb END) AS f
                        WHERE f.value = $1))
@@ -312,6 +327,7 @@ pub(super) async fn chain(
     correlation_id: &str,
     after: i64,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<ChainPage, StoreError> {
     conn.client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -319,9 +335,18 @@ pub(super) async fn chain(
         .map_err(unavailable)?;
     let page = async {
         let dispatched_through = dispatched_through(conn).await?;
+        // The page's sizes first, then as many whole events as fit (`store::fitting`).
+        let sql = "SELECT octet_length(payload) FROM outbox WHERE correlation_id = $1 AND id > $2 ORDER BY id LIMIT $3";
+        let sizes: Vec<usize> = conn
+            .query(sql, &[&correlation_id, &after, &(limit as i64)])
+            .await?
+            .iter()
+            .map(|row| row.get::<_, i32>(0) as usize)
+            .collect();
+        let (take, more) = crate::store::fitting(&sizes, limit, max_bytes);
         let sql = events_where!("WHERE correlation_id = $1 AND id > $2 ORDER BY id LIMIT $3");
         let events: Vec<EventRow> = conn
-            .query(sql, &[&correlation_id, &after, &(limit as i64)])
+            .query(sql, &[&correlation_id, &after, &(take as i64)])
             .await?
             .iter()
             .map(event_row)
@@ -340,7 +365,7 @@ pub(super) async fn chain(
             }
             _ => Vec::new(),
         };
-        Ok(ChainPage { events, deliveries, dispatched_through })
+        Ok(ChainPage { events, deliveries, dispatched_through, more })
     }
     .await;
     conn.client.batch_execute("COMMIT").await.map_err(unavailable)?;

@@ -132,9 +132,21 @@ pub(super) fn chain(
     correlation_id: &str,
     after: i64,
     limit: usize,
+    max_bytes: usize,
 ) -> rusqlite::Result<ChainPage> {
     let tx = conn.transaction()?;
     let dispatched_through = dispatched_through(&tx)?;
+    // The page's sizes first, then as many whole events as fit (`store::fitting`).
+    let sizes: Vec<usize> = tx
+        .prepare_cached(
+            "SELECT length(payload) FROM outbox WHERE correlation_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?
+        .query_map(params![correlation_id, after, limit as i64], |row| {
+            row.get::<_, i64>(0).map(|n| n as usize)
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let (take, more) = crate::store::fitting(&sizes, limit, max_bytes);
+    let limit = take;
     let events = tx
         .prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM outbox WHERE correlation_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
@@ -152,7 +164,7 @@ pub(super) fn chain(
         _ => Vec::new(),
     };
     tx.commit()?;
-    Ok(ChainPage { events, deliveries, dispatched_through })
+    Ok(ChainPage { events, deliveries, dispatched_through, more })
 }
 
 /// Writes the events a commit publishes into the outbox, in order; an event without a

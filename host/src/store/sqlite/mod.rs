@@ -31,8 +31,8 @@ use tokio::sync::oneshot;
 
 use super::{
     ChainPage, Commit, CommitFuture, DefinitionRow, DeliveryRow, DeliveryStatus, EventRow, Failing,
-    IdempotencyKey, PruneKind, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome, Unfanned,
-    UploadRow, UploadStamp, Wakeups,
+    IdempotencyKey, PruneKind, SagaPage, SagaRow, SagaStatus, Snapshot, Store, StoreError, StoredOutcome,
+    Unfanned, UploadRow, UploadStamp, Wakeups,
 };
 
 /// SQLite's `synchronous` setting for commits.
@@ -87,7 +87,13 @@ impl SqliteStore {
     /// Opens (creating if needed) the store in `dir`, brings its schema up to date and
     /// starts the writer and checkpoint threads.
     pub fn open(dir: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        // A data directory made here is its user's alone: the database holds every
+        // record and outcome (one that exists keeps the permissions it was given).
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| io_error(dir, e))?;
         let lock_path = dir.join("wasaga.lock");
         let lock = File::create(&lock_path).map_err(|e| io_error(&lock_path, e))?;
         if !take_lock(&lock) {
@@ -159,6 +165,23 @@ impl SqliteStore {
         let result = read(&mut conn).map_err(unavailable);
         self.readers.put(conn);
         result
+    }
+
+    /// [`SqliteStore::read`] on a thread for blocking work: for the reads that take
+    /// long (a search).
+    async fn read_blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = readers.take()?;
+            let result = read(&mut conn).map_err(unavailable);
+            readers.put(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("a read's thread failed: {e}")))?
     }
 
     /// Runs `work` in the writer, among the commits, once it is durable.
@@ -249,8 +272,9 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: usize,
         newest_first: bool,
-    ) -> Result<Vec<SagaRow>, StoreError> {
-        self.read(|conn| sagas::sagas(conn, status, after, limit, newest_first))
+        max_bytes: usize,
+    ) -> Result<SagaPage, StoreError> {
+        self.read(|conn| sagas::sagas(conn, status, after, limit, newest_first, max_bytes))
     }
 
     async fn unfinished_sagas(&self) -> Result<Vec<SagaRow>, StoreError> {
@@ -262,7 +286,10 @@ impl Store for SqliteStore {
     }
 
     async fn search_sagas(&self, text: &str, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
-        self.read(|conn| sagas::search(conn, text, limit))
+        // Not microseconds, unlike the other reads: on a thread for blocking work, not
+        // on the runtime's, whose every task it would hold up meanwhile.
+        let text = text.to_owned();
+        self.read_blocking(move |conn| sagas::search(conn, &text, limit)).await
     }
 
     async fn definition(&self, digest: &str) -> Result<Option<DefinitionRow>, StoreError> {
@@ -298,8 +325,14 @@ impl Store for SqliteStore {
         self.read(|conn| events::dead_deliveries(conn, limit))
     }
 
-    async fn chain(&self, correlation_id: &str, after: i64, limit: usize) -> Result<ChainPage, StoreError> {
-        self.read(|conn| events::chain(conn, correlation_id, after, limit))
+    async fn chain(
+        &self,
+        correlation_id: &str,
+        after: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ChainPage, StoreError> {
+        self.read(|conn| events::chain(conn, correlation_id, after, limit, max_bytes))
     }
 
     async fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError> {
@@ -460,6 +493,17 @@ mod tests {
 
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(dir, SqliteOptions::default()).unwrap()
+    }
+
+    /// A data directory made by the store is its user's alone.
+    #[cfg(unix)]
+    #[test]
+    fn a_data_directory_made_here_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        drop(open(&dir));
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     fn tx(store: &SqliteStore) -> Transaction {

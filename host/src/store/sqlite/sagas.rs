@@ -5,7 +5,9 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::unavailable;
-use crate::store::{DefinitionRow, SagaChange, SagaRow, SagaStatus, StoreError, saga_moved};
+use crate::store::{DefinitionRow, SagaChange, SagaPage, SagaRow, SagaStatus, StoreError, saga_moved};
+
+use crate::store::{SEARCHED, SEARCHED_INPUT};
 
 const SAGA_COLUMNS: &str =
     "id, name, status, input, state, version, key, fingerprint, created_at, updated_at, owner";
@@ -38,27 +40,36 @@ pub(super) fn saga_by_key(conn: &Connection, name: &str, key: &str) -> rusqlite:
     read(conn, "WHERE name = ?1 AND key = ?2", params![name, key]).map(|mut rows| rows.pop())
 }
 
+/// A page of sagas: their ids and sizes first, then as many whole rows as fit in
+/// `max_bytes` (`store::fitting`), read in one transaction.
 pub(super) fn sagas(
-    conn: &Connection,
+    conn: &mut Connection,
     status: Option<SagaStatus>,
     after: Option<&str>,
     limit: usize,
     newest_first: bool,
-) -> rusqlite::Result<Vec<SagaRow>> {
+    max_bytes: usize,
+) -> rusqlite::Result<SagaPage> {
     let (compare, order) = if newest_first { ("<", "DESC") } else { (">", "ASC") };
     let after = after.unwrap_or(if newest_first { "~" } else { "" });
-    match status {
-        Some(status) => read(
-            conn,
-            &format!("WHERE status = ?1 AND id {compare} ?2 ORDER BY id {order} LIMIT ?3"),
-            params![status.as_str(), after, limit as i64],
-        ),
-        None => read(
-            conn,
-            &format!("WHERE id {compare} ?1 ORDER BY id {order} LIMIT ?2"),
-            params![after, limit as i64],
-        ),
-    }
+    // One range of an index each: `sagas_by_status` with a status, the ids without.
+    let (filter, status) = match status {
+        Some(status) => {
+            (format!("WHERE status = ?3 AND id {compare} ?1 ORDER BY id {order} LIMIT ?2"), status.as_str())
+        }
+        None => (format!("WHERE id {compare} ?1 AND ?3 = '' ORDER BY id {order} LIMIT ?2"), ""),
+    };
+    let tx = conn.transaction()?;
+    let sizes: Vec<usize> = super::rows(
+        &tx,
+        &format!("SELECT length(input) + octet_length(state) FROM sagas {filter}"),
+        params![after, limit as i64, status],
+        |row| row.get::<_, i64>(0).map(|n| n as usize),
+    )?;
+    let (take, more) = crate::store::fitting(&sizes, limit, max_bytes);
+    let sagas = read(&tx, &filter, params![after, take as i64, status])?;
+    tx.commit()?;
+    Ok(SagaPage { sagas, more })
 }
 
 pub(super) fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<SagaRow>> {
@@ -108,13 +119,16 @@ pub(super) fn counts(conn: &Connection) -> rusqlite::Result<Vec<(SagaStatus, u64
 }
 
 /// By id or key (any saga, through their indexes), or by a top-level input value
-/// among the latest 10,000 (a scan, so bounded).
+/// among the latest [`SEARCHED`] sagas whose input is at most [`SEARCHED_INPUT`]
+/// bytes (a scan, so bounded).
 pub(super) fn search(conn: &Connection, text: &str, limit: usize) -> rusqlite::Result<Vec<SagaRow>> {
     let sql = format!(
         "SELECT {SAGA_COLUMNS} FROM sagas WHERE id = ?1 OR key = ?1
          UNION
-         SELECT {SAGA_COLUMNS} FROM (SELECT * FROM sagas ORDER BY id DESC LIMIT 10000) AS latest
-         WHERE EXISTS (SELECT 1 FROM json_each(CAST(latest.input AS TEXT)) WHERE json_each.value = ?1)
+         SELECT {SAGA_COLUMNS} FROM sagas WHERE id IN (
+             SELECT latest.id FROM (SELECT id, input FROM sagas ORDER BY id DESC LIMIT {SEARCHED}) AS latest
+             WHERE length(latest.input) <= {SEARCHED_INPUT}
+               AND EXISTS (SELECT 1 FROM json_each(CAST(latest.input AS TEXT)) WHERE json_each.value = ?1))
          ORDER BY id DESC LIMIT ?2"
     );
     super::rows(conn, &sql, params![text, limit as i64], saga_row)
