@@ -29,8 +29,10 @@ const MARKS: &str = include_str!("../../../../plugins/history/marks.toml");
 /// - transactions that read and append to a few lists (Jepsen's list-append), for
 ///   serializability (G0, G1a, G1b, G1c, G-single, G2 in Adya's terms), lost
 ///   acknowledged writes and effects applied twice;
+///
 /// - events published in a few chains, with idle periods longer than the event
 ///   retention between bursts: each delivered once, in order, none of a refused call;
+///
 /// - sagas (`marks`: two compensable steps, a pivot, a step after it), some refused
 ///   midway: each ends, each step and compensation done once, in order.
 ///
