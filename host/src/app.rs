@@ -19,7 +19,9 @@ use crate::lifecycle::PluginManager;
 use crate::retention::Retention;
 use crate::runtime::{CompiledCache, PluginSettings, Registry, Runtime, RuntimeOptions, Worker};
 use crate::saga::SagaEngine;
-use crate::store::{PgOptions, PgStore, SqliteOptions, SqliteStore, Store};
+use crate::store::Store;
+use crate::store::postgres::{PgOptions, PgStore};
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
 
 /// Where the host keeps everything.
 #[derive(Clone)]
@@ -46,6 +48,27 @@ impl std::fmt::Debug for Storage {
             }
         }
     }
+}
+
+impl Storage {
+    /// Opens (and migrates) the store: the one place a backend is chosen.
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self {
+            Storage::Sqlite { data, options } => Arc::new(
+                SqliteStore::open(data, *options)
+                    .with_context(|| format!("opening the data directory {}", data.display()))?,
+            ),
+            Storage::Postgres { url, options } => {
+                Arc::new(PgStore::connect(url, *options).await.context("opening the PostgreSQL database")?)
+            }
+        })
+    }
+}
+
+/// A store of its own in a temporary directory, gone when the store is dropped (SQLite
+/// without fsync): for `wasaga saga verify`'s runs, `plugin run` and tests.
+pub fn scratch_store() -> Result<Arc<dyn Store>, crate::store::StoreError> {
+    Ok(Arc::new(SqliteStore::temporary()?))
 }
 
 /// What the host is made of. [`AppConfig::new`] gives `wasaga serve`'s defaults, for
@@ -127,15 +150,7 @@ impl App {
     /// reported (`GET /v1/plugins`); an unreadable directory is an error.
     pub async fn start(config: AppConfig) -> anyhow::Result<App> {
         config.retention.check(config.invoke.retention).map_err(anyhow::Error::msg)?;
-        let store: Arc<dyn Store> = match &config.storage {
-            Storage::Sqlite { data, options } => Arc::new(
-                SqliteStore::open(data, *options)
-                    .with_context(|| format!("opening the data directory {}", data.display()))?,
-            ),
-            Storage::Postgres { url, options } => {
-                Arc::new(PgStore::connect(url, *options).await.context("opening the PostgreSQL database")?)
-            }
-        };
+        let store = config.storage.open().await?;
         // Where an older wasaga kept uploads as files, moved into the store at start.
         let legacy_uploads = match &config.storage {
             Storage::Sqlite { data, .. } => Some(data.as_path()),

@@ -686,7 +686,7 @@ mod tests {
     async fn echo() -> (Invoker, Arc<dyn Store>) {
         use crate::runtime::{Limits, Runtime, RuntimeOptions};
 
-        let store: Arc<dyn Store> = Arc::new(crate::store::SqliteStore::temporary().unwrap());
+        let store: Arc<dyn Store> = crate::app::scratch_store().unwrap();
         let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
         let registry = Registry::new(runtime.clone());
         let wasm = std::fs::read(crate::guests::path("echo")).unwrap();

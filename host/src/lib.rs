@@ -12,10 +12,14 @@
 //!   validating plugins, the registry of the versions that serve. The only module
 //!   that sees wasmtime or generated types.
 //! - [`store`]: the storage contract (`Store`: records, idempotency records, sagas,
-//!   definitions, outbox, deliveries, uploaded plugins, retention), the per-invocation
-//!   transaction (read set, buffered writes), the contract's test suite, and the
-//!   SQLite backend (`store/sqlite/`: records, sagas, events, plugins, schema, the
-//!   group-commit writer, the WAL's bound, retention, health).
+//!   definitions, outbox, deliveries, uploaded plugins, retention, the hosts' leases),
+//!   the per-invocation transaction (read set, buffered writes), the contract's test
+//!   suite, and the two backends, each a module of its own: [`store::sqlite`] (embedded)
+//!   and [`store::postgres`] (shared by several hosts).
+//! - [`cluster`]: several hosts on one store: heartbeats, the leader, taking over the
+//!   sagas of a host that died.
+//! - [`trace`]: OpenTelemetry spans (requests, invocations, saga steps, deliveries),
+//!   exported over OTLP/HTTP when an endpoint is configured.
 //! - [`invoke`]: one idempotent, optimistic invocation: replay, claim, run, commit, re-run.
 //! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
 //! - [`lifecycle`]: hot reload, uploads and removals of plugins, checked against the sagas.
@@ -29,7 +33,8 @@
 //! - [`clock`]: wall-clock time as stored (unix ms).
 //! - [`text`]: outside text (plugins', operators') made safe for the log.
 //! - [`config`]: the duration and size parsers (a leaf: it uses nothing of the host).
-//! - [`cli`]: the `wasaga` command line, one file per command.
+//! - [`cli`]: the `wasaga` command line, one file per command (and `choices.rs`, the
+//!   spellings of the settings chosen by name).
 //! - [`guests`]: paths of the guest components built with this crate.
 
 pub mod alert;

@@ -145,42 +145,6 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Commit, SqliteOptions, SqliteStore, Transaction, TxLimits};
-
-    async fn delete_a_record(store: &SqliteStore) {
-        for delete in [false, true] {
-            let mut tx = Transaction::new(store.snapshot("svc").unwrap(), TxLimits::default());
-            if delete {
-                tx.delete("k", None).await.unwrap();
-            } else {
-                tx.set("k", b"v".to_vec()).await.unwrap();
-            }
-            let commit = Commit { service: "svc".into(), changes: tx.into_changes(), ..Commit::default() };
-            store.commit(commit).await.unwrap();
-        }
-    }
-
-    fn tombstones(store: &SqliteStore) -> i64 {
-        let conn = rusqlite::Connection::open(store.path()).unwrap();
-        conn.query_row("SELECT count(*) FROM records WHERE value IS NULL", [], |r| r.get(0)).unwrap()
-    }
-
-    /// A pass forgets what is past its retention, and a retention of centuries keeps
-    /// everything (it once overflowed into "forget everything").
-    #[tokio::test]
-    async fn a_pass_forgets_what_is_past_its_retention_and_centuries_keep() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
-        delete_a_record(&store).await;
-        let later = crate::clock::now_ms() + 60_000;
-        let centuries = Duration::from_secs(u64::MAX / 2);
-        let keep = Retention { tombstones: centuries, ..Retention::default() };
-        keep.prune(&store, later).await;
-        assert_eq!(tombstones(&store), 1);
-        let minute = Retention { tombstones: Duration::from_secs(30), ..Retention::default() };
-        minute.prune(&store, later).await;
-        assert_eq!(tombstones(&store), 0);
-    }
 
     /// The first pass goes back to back; later ones spread as many batches as the last
     /// needed over half the period, never further apart than `MAX_GAP`.

@@ -174,7 +174,7 @@ async fn the_demo_makes_up_an_admin_token_and_prints_it() {
 /// database (with a fresh data directory) it finds the store seeded and its sagas there.
 #[tokio::test]
 async fn the_demo_runs_on_postgres_and_resumes_on_it() {
-    let database = wasaga::store::postgres_testing::scratch().await;
+    let database = wasaga::store::postgres::testing::scratch().await;
     let client = Server::client();
     let record = async |url: &str, path: &str| {
         let response = client.get(format!("{url}/v1/services/{path}")).send().await.unwrap();

@@ -6,7 +6,7 @@
 //! PostgreSQL hosts (G2).
 
 use serde_json::Value;
-use wasaga::store::postgres_testing;
+use wasaga::store::postgres::testing as postgres_testing;
 
 use crate::support::wasaga;
 

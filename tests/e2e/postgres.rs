@@ -5,7 +5,7 @@
 //! uploads and removals followed.
 
 use serde_json::{Value, json};
-use wasaga::store::postgres_testing::{self, PrivateServer};
+use wasaga::store::postgres::testing::{self as postgres_testing, PrivateServer};
 
 use crate::support::{SAGAS, Server, guest, plugins_dir, seed_shop, start_saga, wait_settled, wasaga};
 

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use wasaga::runtime::{CallError, Limits, LoadError};
 use wasaga::service::Failure;
-use wasaga::store::{ChangeSet, Commit, Event, SqliteStore, Store, Transaction, TxLimits};
+use wasaga::store::sqlite::SqliteStore;
+use wasaga::store::{ChangeSet, Commit, Event, Store, Transaction, TxLimits};
 
 use crate::support::{call, guest, load, runtime};
 

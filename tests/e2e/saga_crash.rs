@@ -60,7 +60,7 @@ async fn sagas_finish_exactly_once_across_sigkills() {
 /// invariants hold at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_finish_exactly_once_across_sigkills_of_three_hosts() {
-    let database = wasaga::store::postgres_testing::scratch().await;
+    let database = wasaga::store::postgres::testing::scratch().await;
     let plugins = plugins_dir(&["inventory", "payment", "order", "notification"]);
     let data: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let start = |host: usize| {

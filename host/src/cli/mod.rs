@@ -1,6 +1,7 @@
 //! The command line: one file per command, `///` comments double as `--help`.
 
 mod bench;
+mod choices;
 mod demo;
 mod events;
 mod new;
@@ -19,9 +20,10 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{parse_bytes, parse_duration};
 use crate::runtime::{
-    Allocator, COMPILE_REFUSED, CompileError, CompiledCache, DEFAULT_CACHE_BUDGET, Limits, PluginSettings,
-    Runtime, RuntimeOptions, Worker,
+    COMPILE_REFUSED, CompileError, CompiledCache, DEFAULT_CACHE_BUDGET, Limits, PluginSettings, Runtime,
+    RuntimeOptions, Worker,
 };
+use choices::Allocator;
 
 /// `wasaga --version`: the version, the commit it was built from, and the contract it
 /// serves to plugins.
@@ -196,7 +198,7 @@ struct RuntimeArgs {
 impl RuntimeArgs {
     fn options(&self) -> RuntimeOptions {
         RuntimeOptions {
-            allocator: self.allocator,
+            allocator: self.allocator.into(),
             max_concurrent_calls: self.max_concurrent_calls,
             ..RuntimeOptions::default()
         }

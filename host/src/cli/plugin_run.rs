@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 
 use super::RuntimeArgs;
 use crate::service::{Failure, Invocation};
-use crate::store::{ChangeSet, Commit, SqliteOptions, SqliteStore, Store, Transaction, TxLimits, Write};
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{ChangeSet, Commit, Store, Transaction, TxLimits, Write};
 
 /// Run one operation of a plugin offline, and print what it did.
 ///

@@ -10,6 +10,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::RuntimeArgs;
+use crate::invoke::{InvokeOptions, Invoker};
 use crate::runtime::Registry;
 use crate::saga::definition::SagaDef;
 use crate::saga::verify::{Records, Verdict, Verification};
@@ -106,7 +107,11 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let loaded = registry.plugins();
     let manifest = |service: &str| loaded.iter().find(|p| p.service() == service).map(|p| p.manifest());
     let def = SagaDef::parse(&file, &text, manifest).map_err(anyhow::Error::msg)?;
-    let verification = Verification { def: Arc::new(def), registry, input, seed };
+    let services = loaded.iter().map(|p| p.service().to_owned()).collect();
+    let scratch = Box::new(move || {
+        Ok(Invoker::new(registry.clone(), crate::app::scratch_store()?, InvokeOptions::default()))
+    });
+    let verification = Verification { def: Arc::new(def), input, seed, services, scratch };
     let began = Instant::now();
     let verdicts = verification.run().await?;
     let took = began.elapsed();

@@ -8,13 +8,15 @@ use anyhow::Context;
 use clap::Args;
 
 use super::RuntimeArgs;
+use super::choices::Synchronous;
 use super::tokens::{ServerTokens, Tokens};
 use crate::app::{App, AppConfig, Storage};
 use crate::config::{parse_bytes, parse_duration};
 use crate::http::{Access, AppState, Secret, ServerLimits, router};
 use crate::invoke::InvokeOptions;
 use crate::retention::Retention;
-use crate::store::{PgOptions, SqliteOptions, Synchronous};
+use crate::store::postgres::PgOptions;
+use crate::store::sqlite::SqliteOptions;
 
 /// Serve the plugins of a directory over HTTP.
 ///
@@ -238,7 +240,7 @@ impl ServeArgs {
             (None, data) => Storage::Sqlite {
                 data: data.clone().expect("clap requires --data without --database"),
                 options: SqliteOptions {
-                    synchronous: self.synchronous,
+                    synchronous: self.synchronous.into(),
                     max_batch: self.max_batch,
                     wal_limit: self.wal_limit,
                     ..SqliteOptions::default()

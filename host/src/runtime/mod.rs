@@ -40,7 +40,7 @@ use sandbox::CallState;
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// How instances get their memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Allocator {
     /// Slots reserved up front and reused: the fastest per call.
     #[default]

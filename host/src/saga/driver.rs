@@ -82,19 +82,8 @@ async fn call(
 ) -> Result<Vec<Action>, StoreError> {
     let def = run.def.clone();
     let step_def = &def.steps[step];
-    let (operation, label) = match direction {
-        Direction::Do => (step_def.action.as_str(), "do"),
-        Direction::Undo => {
-            (step_def.compensation.as_deref().expect("only compensable steps are undone"), "undo")
-        }
-    };
-    let mut key = format!("saga/{}/{}/{label}", run.id, step_def.name);
-    if run.state.round > 0 {
-        key.push_str(&format!("/retry-{}", run.state.round));
-    }
-    let input = step_input(run, direction);
-    let mut request = Request::new(Caller::Saga, &step_def.service, operation, input, key);
-    request.correlation_id = run.id.to_string();
+    let label = label(direction);
+    let mut request = step_request(run, step, direction);
     request.attempt = attempt;
     // A child of the request that started the saga, whichever host drives it now.
     let parent = run.state.traceparent.as_deref().and_then(TraceContext::parse);
@@ -133,6 +122,34 @@ async fn call(
         rates().count(Rate::StepFailed, engine.clock.now_ms());
     }
     Ok(actions)
+}
+
+/// How a direction is named in keys, spans and metrics.
+fn label(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Do => "do",
+        Direction::Undo => "undo",
+    }
+}
+
+/// The call a step makes: its operation, its input, and its idempotency key
+/// (`saga/<id>/<step>/<do|undo>`, with `/retry-<n>` once an operator has retried the
+/// stuck saga `n` times, so that the retry runs the call again instead of replaying
+/// its refusal). `saga verify` makes its calls with it too.
+pub(super) fn step_request(run: &Run, step: usize, direction: Direction) -> Request {
+    let step_def = &run.def.steps[step];
+    let operation = match direction {
+        Direction::Do => step_def.action.as_str(),
+        Direction::Undo => step_def.compensation.as_deref().expect("only compensable steps are undone"),
+    };
+    let mut key = format!("saga/{}/{}/{}", run.id, step_def.name, label(direction));
+    if run.state.round > 0 {
+        key.push_str(&format!("/retry-{}", run.state.round));
+    }
+    let mut request =
+        Request::new(Caller::Saga, &step_def.service, operation, step_input(run, direction), key);
+    request.correlation_id = run.id.to_string();
+    request
 }
 
 /// Calls until the call has an answer (anything but a store failure), and commits the

@@ -819,7 +819,6 @@ mod tests {
 
     use super::*;
     use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
-    use crate::store::SqliteStore;
 
     /// A clock whose sleeps return at once and move its time on by what they asked.
     #[derive(Default)]
@@ -856,7 +855,7 @@ mod tests {
     /// clock's.
     #[tokio::test]
     async fn retries_wait_on_the_injected_clock() {
-        let store: Arc<dyn crate::store::Store> = Arc::new(SqliteStore::temporary().unwrap());
+        let store = crate::app::scratch_store().unwrap();
         let runtime =
             Runtime::new(RuntimeOptions { max_concurrent_calls: 8, ..RuntimeOptions::default() }).unwrap();
         let registry = Registry::new(runtime.clone());
@@ -903,7 +902,7 @@ mod tests {
     /// and driven by none.)
     #[tokio::test]
     async fn a_saga_its_driver_cannot_read_is_driven_once_it_can() {
-        let store: Arc<dyn crate::store::Store> = Arc::new(SqliteStore::temporary().unwrap());
+        let store = crate::app::scratch_store().unwrap();
         let runtime =
             Runtime::new(RuntimeOptions { max_concurrent_calls: 8, ..RuntimeOptions::default() }).unwrap();
         let registry = Registry::new(runtime.clone());
@@ -983,7 +982,7 @@ mod tests {
     /// of time or its client goes away mid-wait (its request dropped).
     #[tokio::test]
     async fn waits_for_sagas_driven_elsewhere_leave_no_entry() {
-        let store: Arc<dyn crate::store::Store> = Arc::new(SqliteStore::temporary().unwrap());
+        let store = crate::app::scratch_store().unwrap();
         let registry = Registry::new(Runtime::new(RuntimeOptions::default()).unwrap());
         let invoker = Invoker::new(registry, store.clone(), Default::default());
         let engine = SagaEngine::new(

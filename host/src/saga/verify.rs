@@ -24,11 +24,10 @@ use serde_json::{Map, Value};
 
 use super::SagaId;
 use super::definition::SagaDef;
-use super::driver::{Run, outcome_event, step_input};
+use super::driver::{Run, outcome_event, step_request};
 use super::machine::{Action, Direction, Event, SagaState, SagaStatus, StepStatus, apply};
-use crate::invoke::{Caller, InvokeOptions, Invoker, Produced, Request};
-use crate::runtime::Registry;
-use crate::store::{ChangeSet, Commit, SqliteStore, Store, Write};
+use crate::invoke::{Caller, Invoker, Produced, Request};
+use crate::store::{ChangeSet, Commit, Store, Write};
 
 /// What is done to one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -154,14 +153,25 @@ pub struct Verdict {
     pub findings: Vec<String>,
 }
 
-/// What a verification needs: the definition, its plugins, the saga's input and the
-/// records the plugins start with.
-#[derive(Debug, Clone)]
+/// Makes an invoker over the saga's plugins on a scratch store of its own, empty: one
+/// for each run. The caller (the command line) chooses the plugins and the store.
+pub type Scratch = Box<dyn Fn() -> anyhow::Result<Invoker> + Send + Sync>;
+
+/// What a verification needs: the definition, the saga's input, the records the
+/// plugins start with, the services whose records are compared, and where each run
+/// is made.
 pub struct Verification {
     pub def: Arc<SagaDef>,
-    pub registry: Registry,
     pub input: Map<String, Value>,
     pub seed: Records,
+    pub services: Vec<String>,
+    pub scratch: Scratch,
+}
+
+impl fmt::Debug for Verification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verification").field("def", &self.def.name).field("services", &self.services).finish()
+    }
 }
 
 /// The most calls a run may make before it is called endless.
@@ -238,9 +248,9 @@ impl Verification {
 
     /// One run of the saga under `schedule`, on a scratch store seeded with the seed.
     async fn run_one(&self, schedule: &Schedule, id: &SagaId) -> anyhow::Result<End> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::temporary()?);
+        let invoker = (self.scratch)()?;
+        let store = invoker.store().clone();
         seed(&*store, &self.seed).await?;
-        let invoker = Invoker::new(self.registry.clone(), store.clone(), InvokeOptions::default());
         let def = self.def.clone();
         let mut run = Run {
             def: def.clone(),
@@ -304,7 +314,7 @@ impl Verification {
                     at,
                 },
                 fault => {
-                    let request = request(&run, step, direction);
+                    let request = step_request(&run, step, direction);
                     let mut answer = invoker.invoke(request.clone()).await;
                     if fault == Some(Fault::Twice) && answer.is_ok() {
                         answer = invoker.invoke(request).await;
@@ -325,7 +335,7 @@ impl Verification {
             actions = apply(&def, &mut run.state, event);
         }
         let compensation_failed = run.state.steps.iter().any(|s| s.status == StepStatus::CompensationFailed);
-        let records = records(&*store, &self.registry).await?;
+        let records = records(&*store, &self.services).await?;
         let mut violations = Vec::new();
         for (n, (service, operation)) in def.invariants.iter().enumerate() {
             let key = format!("verify/invariant/{n}");
@@ -360,22 +370,6 @@ struct End {
     violations: Vec<String>,
 }
 
-/// The call the driver would make.
-fn request(run: &Run, step: usize, direction: Direction) -> Request {
-    let step_def = &run.def.steps[step];
-    let (operation, label) = match direction {
-        Direction::Do => (step_def.action.as_str(), "do"),
-        Direction::Undo => {
-            (step_def.compensation.as_deref().expect("only compensable steps are undone"), "undo")
-        }
-    };
-    let key = format!("saga/{}/{}/{label}", run.id, step_def.name);
-    let mut request =
-        Request::new(Caller::Saga, &step_def.service, operation, step_input(run, direction), key);
-    request.correlation_id = run.id.to_string();
-    request
-}
-
 /// Writes the seed records, each at version 1.
 async fn seed(store: &dyn Store, records: &Records) -> anyhow::Result<()> {
     let mut by_service: BTreeMap<&str, Vec<Write>> = BTreeMap::new();
@@ -393,11 +387,10 @@ async fn seed(store: &dyn Store, records: &Records) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every record of every loaded service.
-async fn records(store: &dyn Store, registry: &Registry) -> anyhow::Result<Records> {
+/// Every record of the services.
+async fn records(store: &dyn Store, services: &[String]) -> anyhow::Result<Records> {
     let mut all = Records::new();
-    for plugin in registry.plugins() {
-        let service = plugin.service();
+    for service in services {
         let mut after: Option<String> = None;
         loop {
             let mut snapshot = store.snapshot(service)?;

@@ -9,8 +9,12 @@
 //! - [`Transaction`] is one invocation's view: it reads from a snapshot, records every
 //!   version it read (the read set), buffers writes, and produces the [`ChangeSet`]
 //!   that the backend validates and applies at commit.
-//! - [`SqliteStore`] is the backend: WAL, one writer thread that group-commits, pooled
-//!   read snapshots, migrations, retention, the WAL's bound (`sqlite/`).
+//! - The backends implement it, each in a module of its own: [`sqlite`] (embedded, one
+//!   process per data directory) and [`postgres`] (shared by several hosts). This module
+//!   names neither: code that imports from `store` alone depends on the contract; the
+//!   wiring (`app.rs`, `cli/`) chooses a backend.
+//!
+//! Reads are asynchronous: a snapshot's `get` and `scan` may go to the database.
 //!
 //! Versions are per key and never go back: a record starts at version 1, every write
 //! adds 1, and a delete leaves a tombstone, so a record created again continues from
@@ -21,9 +25,9 @@ mod contract_tests;
 mod events;
 pub(crate) mod health;
 pub mod portable;
-mod postgres;
+pub mod postgres;
 mod sagas;
-mod sqlite;
+pub mod sqlite;
 mod transaction;
 mod wakeups;
 
@@ -34,11 +38,7 @@ use std::pin::Pin;
 
 pub use events::{ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, EventRow, Subscriber, Unfanned};
 pub(crate) use events::{attempt_refused, saga_moved};
-#[doc(hidden)]
-pub use postgres::testing as postgres_testing;
-pub use postgres::{PgOptions, PgStore};
 pub use sagas::{DefinitionRow, SagaChange, SagaRow, SagaStatus};
-pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 pub use transaction::{ChangeSet, Event, NUL_IN_KEY, Transaction, TxLimits, Write};
 pub use wakeups::Wakeups;
 

@@ -23,7 +23,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::TryStreamExt;
 use serde_json::{Map, Value, json};
 
-use super::{PgStore, SqliteOptions, SqliteStore};
+use super::postgres::PgStore;
+use super::sqlite::{SqliteOptions, SqliteStore};
 
 /// The format's name and version, in the header line.
 const FORMAT: &str = "wasaga-export";
@@ -501,8 +502,8 @@ async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 mod tests {
     use super::*;
     use crate::service::PluginDigest;
-    use crate::store::PgOptions;
     use crate::store::contract_tests::{commit_of, create_saga, outcome, saga};
+    use crate::store::postgres::PgOptions;
     use crate::store::{
         ChangeSet, Commit, DefinitionRow, DeliveryChange, DeliveryRow, DeliveryStatus, Event, SagaStatus,
         Store, Subscriber, Transaction, TxLimits, UploadChange, UploadRow, Uploaded,
@@ -586,7 +587,7 @@ mod tests {
         let lines = String::from_utf8(from_sqlite.clone()).unwrap();
         assert_eq!(lines.lines().count(), 1 + 10 + 1, "header, ten rows, end: {lines}");
 
-        let url = crate::store::postgres_testing::scratch().await;
+        let url = crate::store::postgres::testing::scratch().await;
         let postgres = Location::Postgres(url.clone());
         let counts = import(&postgres, &mut from_sqlite.as_slice()).await.unwrap();
         assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 10);
@@ -645,7 +646,7 @@ mod tests {
             let new = store.events_after(through, 10).await.unwrap();
             assert_eq!(new.len(), 1, "the new event is past the cursor {through}");
         };
-        let url = crate::store::postgres_testing::scratch().await;
+        let url = crate::store::postgres::testing::scratch().await;
         import(&Location::Postgres(url.clone()), &mut file.as_slice()).await.unwrap();
         publish(&PgStore::connect(&url, PgOptions::default()).await.unwrap()).await;
         let back = tempfile::tempdir().unwrap();

@@ -385,9 +385,11 @@ impl Transaction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Commit, SqliteStore, Store};
+    use std::sync::Arc;
 
-    fn tx(store: &SqliteStore, limits: TxLimits) -> Transaction {
+    use crate::store::{Commit, Store};
+
+    fn tx(store: &Arc<dyn Store>, limits: TxLimits) -> Transaction {
         Transaction::new(store.snapshot("svc").unwrap(), limits)
     }
 
@@ -402,7 +404,7 @@ mod tests {
     /// again counts its latest value only.
     #[tokio::test]
     async fn one_invocation_writes_a_bounded_number_of_bytes() {
-        let store = SqliteStore::temporary().unwrap();
+        let store = crate::app::scratch_store().unwrap();
         let limits = TxLimits { max_total_bytes: 10, ..TxLimits::default() };
         let mut t = tx(&store, limits);
         t.set("a", vec![0; 4]).await.unwrap();
@@ -417,7 +419,7 @@ mod tests {
     /// The read set is bounded: each record read counts once, scans included.
     #[tokio::test]
     async fn one_invocation_reads_a_bounded_number_of_records() {
-        let store = SqliteStore::temporary().unwrap();
+        let store = crate::app::scratch_store().unwrap();
         let mut seed = tx(&store, TxLimits::default());
         for key in ["p/1", "p/2", "p/3"] {
             seed.set(key, b"x".to_vec()).await.unwrap();
@@ -436,7 +438,7 @@ mod tests {
     /// A scan returns at most `max_scan_bytes` of values, and always one record.
     #[tokio::test]
     async fn a_scan_stops_at_its_byte_budget() {
-        let store = SqliteStore::temporary().unwrap();
+        let store = crate::app::scratch_store().unwrap();
         let mut seed = tx(&store, TxLimits::default());
         for (key, size) in [("k/1", 6), ("k/2", 6), ("k/3", 1)] {
             seed.set(key, vec![b'x'; size]).await.unwrap();

@@ -13,9 +13,10 @@ use rand::Rng;
 
 use super::{cpu_time, millis, percentile};
 use crate::app::{App, AppConfig, Storage};
+use crate::cli::choices::Synchronous;
 use crate::invoke::{Caller, Invoker, Request};
 use crate::runtime::Limits;
-use crate::store::{SqliteOptions, Synchronous};
+use crate::store::sqlite::SqliteOptions;
 
 /// Measure durable invocations: `inventory.reserve` (reads a SKU's stock and the
 /// order's reservation, writes both) with 1, 8 and 64 concurrent clients, group commit
@@ -67,7 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None => tempfile::tempdir()?,
             };
             let options =
-                SqliteOptions { synchronous: args.synchronous, max_batch, ..SqliteOptions::default() };
+                SqliteOptions { synchronous: args.synchronous.into(), max_batch, ..SqliteOptions::default() };
             let storage = Storage::Sqlite { data: dir.path().into(), options };
             let app = App::start(AppConfig { storage, ..AppConfig::new(dir.path()) }).await?;
             let registry = app.registry();

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args as ClapArgs, ValueEnum};
+use clap::Args as ClapArgs;
 
+use crate::cli::choices;
 use crate::runtime::{Allocator, Limits, Plugin, Runtime, RuntimeOptions};
 use crate::service::Invocation;
-use crate::store::{SqliteStore, Store, Transaction, TxLimits};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, Transaction, TxLimits};
 
 use super::{micros, percentile};
 
@@ -47,21 +49,14 @@ pub struct Args {
 
     /// Allocator to measure (default: both).
     #[arg(long, value_enum)]
-    allocator: Option<BenchAllocator>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum BenchAllocator {
-    Pooling,
-    OnDemand,
+    allocator: Option<choices::Allocator>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let file = args.plugin.clone().unwrap_or_else(|| crate::guests::path("echo"));
     let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let allocators = match args.allocator {
-        Some(BenchAllocator::Pooling) => vec![Allocator::Pooling],
-        Some(BenchAllocator::OnDemand) => vec![Allocator::OnDemand],
+        Some(choice) => vec![choice.into()],
         None => vec![Allocator::OnDemand, Allocator::Pooling],
     };
     println!(

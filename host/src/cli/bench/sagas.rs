@@ -11,10 +11,11 @@ use serde_json::json;
 
 use super::{cpu_time, millis, percentile};
 use crate::app::{App, AppConfig, Storage};
+use crate::cli::choices::Synchronous;
 use crate::invoke::{Caller, Invoker, Request};
 use crate::runtime::Limits;
 use crate::saga::{SagaDef, SagaEngine, SagaStatus};
-use crate::store::{SqliteOptions, Synchronous};
+use crate::store::sqlite::SqliteOptions;
 
 /// The demo's saga definition, built in.
 const PLACE_ORDER: &str = include_str!("../../../../plugins/sagas/place-order.toml");
@@ -49,7 +50,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let app = App::start(AppConfig {
             storage: Storage::Sqlite {
                 data: dir.path().into(),
-                options: SqliteOptions { synchronous: args.synchronous, ..SqliteOptions::default() },
+                options: SqliteOptions { synchronous: args.synchronous.into(), ..SqliteOptions::default() },
             },
             max_running_sagas: concurrency.max(1) * 2,
             ..AppConfig::new(dir.path())

@@ -21,7 +21,7 @@ mod prune;
 mod queries;
 mod records;
 mod schema;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod writer;
 

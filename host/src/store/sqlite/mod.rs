@@ -36,7 +36,7 @@ use super::{
 };
 
 /// SQLite's `synchronous` setting for commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Synchronous {
     /// Every commit is on disk before it is acknowledged (fsync of the WAL).
     #[default]
