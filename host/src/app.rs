@@ -71,6 +71,26 @@ pub fn scratch_store() -> Result<Arc<dyn Store>, crate::store::StoreError> {
     Ok(Arc::new(SqliteStore::temporary()?))
 }
 
+/// An invoker over guest components built with this crate (`guests::path`), on a
+/// scratch store, and their manifests in the order given: for the tests of the layers
+/// above the runtime, which then need not see it.
+#[cfg(test)]
+pub(crate) async fn scratch_invoker(services: &[&str]) -> (Invoker, Vec<crate::service::Manifest>) {
+    use crate::runtime::Limits;
+
+    let runtime =
+        Runtime::new(RuntimeOptions { max_concurrent_calls: 8, ..RuntimeOptions::default() }).unwrap();
+    let registry = Registry::new(runtime.clone());
+    let mut manifests = Vec::new();
+    for service in services {
+        let wasm = std::fs::read(crate::guests::path(service)).unwrap();
+        let plugin = runtime.load(service, wasm, Limits::default()).await.unwrap();
+        manifests.push(plugin.manifest().clone());
+        registry.insert(plugin);
+    }
+    (Invoker::new(registry, scratch_store().unwrap(), InvokeOptions::default()), manifests)
+}
+
 /// What the host is made of. [`AppConfig::new`] gives `wasaga serve`'s defaults, for
 /// a data directory.
 #[derive(Debug, Clone)]

@@ -684,14 +684,9 @@ mod tests {
 
     /// An invoker over `echo` on a scratch store.
     async fn echo() -> (Invoker, Arc<dyn Store>) {
-        use crate::runtime::{Limits, Runtime, RuntimeOptions};
-
-        let store: Arc<dyn Store> = crate::app::scratch_store().unwrap();
-        let runtime = Runtime::new(RuntimeOptions::default()).unwrap();
-        let registry = Registry::new(runtime.clone());
-        let wasm = std::fs::read(crate::guests::path("echo")).unwrap();
-        registry.insert(runtime.load("echo", wasm, Limits::default()).await.unwrap());
-        (Invoker::new(registry, store.clone(), InvokeOptions::default()), store)
+        let (invoker, _) = crate::app::scratch_invoker(&["echo"]).await;
+        let store = invoker.store().clone();
+        (invoker, store)
     }
 
     /// An output larger than a call may answer ends the call (over its limits), and

@@ -818,7 +818,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::runtime::{Limits, Registry, Runtime, RuntimeOptions};
 
     /// A clock whose sleeps return at once and move its time on by what they asked.
     #[derive(Default)]
@@ -855,18 +854,11 @@ mod tests {
     /// clock's.
     #[tokio::test]
     async fn retries_wait_on_the_injected_clock() {
-        let store = crate::app::scratch_store().unwrap();
-        let runtime =
-            Runtime::new(RuntimeOptions { max_concurrent_calls: 8, ..RuntimeOptions::default() }).unwrap();
-        let registry = Registry::new(runtime.clone());
-        let wasm = std::fs::read(crate::guests::path("notification")).unwrap();
-        registry.insert(runtime.load("notification", wasm, Limits::default()).await.unwrap());
-        let invoker = Invoker::new(registry.clone(), store.clone(), Default::default());
+        let (invoker, manifests) = crate::app::scratch_invoker(&["notification"]).await;
+        let store = invoker.store().clone();
         let clock = Arc::new(ManualClock::default());
         let engine = SagaEngine::new(invoker, store, clock.clone(), 4, Alerter::none(), "host-1".into());
-        let plugins = registry.plugins();
-        let def =
-            SagaDef::parse(Path::new("notify-hourly.toml"), HOURLY, |_| Some(plugins[0].manifest())).unwrap();
+        let def = SagaDef::parse(Path::new("notify-hourly.toml"), HOURLY, |_| Some(&manifests[0])).unwrap();
         engine.add_definition(def).await.unwrap();
 
         let input = json!({"order": "o-1", "notification_transient_failures": 3});
@@ -902,18 +894,11 @@ mod tests {
     /// and driven by none.)
     #[tokio::test]
     async fn a_saga_its_driver_cannot_read_is_driven_once_it_can() {
-        let store = crate::app::scratch_store().unwrap();
-        let runtime =
-            Runtime::new(RuntimeOptions { max_concurrent_calls: 8, ..RuntimeOptions::default() }).unwrap();
-        let registry = Registry::new(runtime.clone());
-        let wasm = std::fs::read(crate::guests::path("notification")).unwrap();
-        registry.insert(runtime.load("notification", wasm, Limits::default()).await.unwrap());
-        let invoker = Invoker::new(registry.clone(), store.clone(), Default::default());
+        let (invoker, manifests) = crate::app::scratch_invoker(&["notification"]).await;
+        let store = invoker.store().clone();
         let clock = Arc::new(ManualClock::default());
         let engine = SagaEngine::new(invoker, store.clone(), clock, 4, Alerter::none(), "host-1".into());
-        let plugins = registry.plugins();
-        let def =
-            SagaDef::parse(Path::new("notify-hourly.toml"), HOURLY, |_| Some(plugins[0].manifest())).unwrap();
+        let def = SagaDef::parse(Path::new("notify-hourly.toml"), HOURLY, |_| Some(&manifests[0])).unwrap();
         engine.add_definition(def.clone()).await.unwrap();
         let mut state = SagaState::new(&def);
         apply(&def, &mut state, Event::Started { at: 1 });
@@ -982,9 +967,8 @@ mod tests {
     /// of time or its client goes away mid-wait (its request dropped).
     #[tokio::test]
     async fn waits_for_sagas_driven_elsewhere_leave_no_entry() {
-        let store = crate::app::scratch_store().unwrap();
-        let registry = Registry::new(Runtime::new(RuntimeOptions::default()).unwrap());
-        let invoker = Invoker::new(registry, store.clone(), Default::default());
+        let (invoker, _) = crate::app::scratch_invoker(&[]).await;
+        let store = invoker.store().clone();
         let engine = SagaEngine::new(
             invoker,
             store.clone(),
