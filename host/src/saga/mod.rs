@@ -4,9 +4,14 @@
 //! - `machine.rs`: the pure state machine, `apply(state, event) -> actions`.
 //! - `driver.rs`: performs the actions, one driver per saga, each transition committed
 //!   with the step invocation that caused it.
+//! - `catalog.rs`: the engine's definitions, loaded and reloaded from their directory,
+//!   and the versions running sagas still use.
+//! - `verify.rs`: `wasaga saga verify`, the machine and the driver's calls under every
+//!   single and pairwise fault.
 //! - [`SagaEngine`] (here): starts sagas, resumes the unfinished ones after a restart,
 //!   answers queries, waits for outcomes, and retries stuck sagas.
 
+mod catalog;
 pub mod definition;
 mod driver;
 pub mod machine;
@@ -14,7 +19,6 @@ pub mod verify;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,7 +34,7 @@ pub use machine::{
 use crate::alert::Alerter;
 use crate::clock::Clock;
 use crate::invoke::Invoker;
-use crate::store::{Commit, DefinitionRow, PAGE_BYTES, SagaChange, SagaRow, Store, StoreError};
+use crate::store::{Commit, PAGE_BYTES, SagaChange, SagaRow, Store, StoreError};
 use driver::Run;
 use machine::{Event, apply, resume};
 
@@ -161,158 +165,6 @@ impl SagaEngine {
         }
     }
 
-    /// Loads every `*.toml` of `dir`, checked against the loaded services. Good
-    /// definitions replace those of the same name; each bad one is returned (and
-    /// logged) and refused. An I/O error, or the store failing to keep a definition,
-    /// is an error.
-    pub async fn load_definitions(&self, dir: &Path) -> anyhow::Result<Vec<DefinitionError>> {
-        self.load_definitions_saying(dir, true).await
-    }
-
-    /// Loads the definitions of `dir` that the services serving now satisfy, saying
-    /// nothing of the others: the definitions kept plugin changes are checked against
-    /// at start, before [`SagaEngine::load_definitions`] loads them all against the
-    /// versions that then serve (`app.rs`).
-    pub async fn preload_definitions(&self, dir: &Path) -> anyhow::Result<()> {
-        self.load_definitions_saying(dir, false).await.map(drop)
-    }
-
-    async fn load_definitions_saying(&self, dir: &Path, say: bool) -> anyhow::Result<Vec<DefinitionError>> {
-        let mut files: Vec<_> = std::fs::read_dir(dir)?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
-            .collect();
-        files.sort();
-        let mut refused = Vec::new();
-        for file in files {
-            let text = std::fs::read_to_string(&file)?;
-            match self.parse(&file, &text) {
-                Ok(def) => {
-                    if say {
-                        tracing::info!(saga = %def.name, file = %file.display(), steps = def.steps.len(), "saga definition loaded");
-                    }
-                    self.add_definition(def).await?;
-                }
-                Err(error) => {
-                    if say {
-                        tracing::error!("saga definition refused: {error}");
-                    }
-                    refused.push(error);
-                }
-            }
-        }
-        Ok(refused)
-    }
-
-    /// Applies a change of one definition file (the plugin lifecycle's watcher calls
-    /// it): a removed file's definition is no longer offered; a changed or new one is
-    /// checked against the services and offered, or refused with the old one staying.
-    /// Unfinished sagas finish on the version they started with, whatever happens here.
-    pub async fn reload_definition(&self, file: &Path) {
-        if !file.exists() {
-            let Some(def) = self.definitions().into_iter().find(|d| d.source == file) else { return };
-            self.remove_definition(&def.name);
-            tracing::info!(saga = %def.name, "saga definition removed; its unfinished sagas finish on their version");
-            return;
-        }
-        let text = match std::fs::read_to_string(file) {
-            Ok(text) => text,
-            Err(error) => {
-                return tracing::error!(file = %file.display(), "reading a saga definition: {error}");
-            }
-        };
-        match self.parse(file, &text) {
-            Ok(def) => {
-                let name = def.name.clone();
-                match self.add_definition(def).await {
-                    Ok(()) => {
-                        tracing::info!(saga = %name, file = %file.display(), "saga definition reloaded")
-                    }
-                    Err(error) => {
-                        tracing::error!(saga = %name, "keeping the saga definition failed: {error}")
-                    }
-                }
-            }
-            Err(error) => {
-                crate::metrics::metrics().refused.inc();
-                tracing::error!("saga definition refused, the one loaded stays: {error}");
-            }
-        }
-    }
-
-    /// Parses a definition against the services loaded now.
-    fn parse(&self, file: &Path, text: &str) -> Result<SagaDef, DefinitionError> {
-        let plugins = self.inner.invoker.registry().plugins();
-        let manifest = |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
-        SagaDef::parse(file, text, manifest)
-    }
-
-    /// Makes `def` the definition new sagas of its name use. It is kept in the store
-    /// first (by digest), so that every saga that starts with it finds it again after
-    /// its file changes or the process restarts.
-    pub async fn add_definition(&self, def: SagaDef) -> Result<(), SagaError> {
-        let row = DefinitionRow {
-            digest: def.digest.clone(),
-            name: def.name.clone(),
-            text: def.text.clone(),
-            saved_at: self.inner.clock.now_ms(),
-        };
-        self.inner.invoker.commit(Commit { definitions: vec![row], ..Commit::default() }).await?;
-        let def = Arc::new(def);
-        let versions = &self.inner.versions;
-        versions.write().expect("versions lock poisoned").insert(def.digest.clone(), def.clone());
-        self.inner.definitions.write().expect("definitions lock poisoned").insert(def.name.clone(), def);
-        Ok(())
-    }
-
-    /// Stops offering saga `name`. Its unfinished sagas finish on the version they
-    /// started with.
-    pub fn remove_definition(&self, name: &str) {
-        self.inner.definitions.write().expect("definitions lock poisoned").remove(name);
-    }
-
-    /// The definitions that matter now: the ones new sagas use, and every version an
-    /// unfinished saga uses (each once). A plugin change is checked against all of them.
-    pub async fn definitions_in_use(&self) -> Result<Vec<Arc<SagaDef>>, SagaError> {
-        let mut defs = self.definitions();
-        for row in self.unfinished_rows().await? {
-            if let Some(def) = self.decode(row).await?.def
-                && !defs.iter().any(|d| d.digest == def.digest)
-            {
-                defs.push(def);
-            }
-        }
-        Ok(defs)
-    }
-
-    /// The version `digest` of definition `name`: from memory, else from the store (after
-    /// a restart, or for a version replaced since). States from before definitions had
-    /// digests (empty) use the current one of the name.
-    async fn version(&self, name: &str, digest: &str) -> Result<Option<Arc<SagaDef>>, SagaError> {
-        if digest.is_empty() {
-            return Ok(self.definition(name));
-        }
-        if let Some(def) = self.inner.versions.read().expect("versions lock poisoned").get(digest) {
-            return Ok(Some(def.clone()));
-        }
-        let Some(row) = self.inner.store.definition(digest).await? else { return Ok(None) };
-        match SagaDef::parse_stored(&row.digest, &row.text) {
-            Ok(def) if def.digest == digest => {
-                let def = Arc::new(def);
-                let mut versions = self.inner.versions.write().expect("versions lock poisoned");
-                Ok(Some(versions.entry(digest.to_owned()).or_insert(def).clone()))
-            }
-            Ok(_) => {
-                tracing::error!(digest, "a stored saga definition no longer has its digest");
-                Ok(None)
-            }
-            Err(error) => {
-                tracing::error!("a stored saga definition does not parse: {error}");
-                Ok(None)
-            }
-        }
-    }
-
     /// Running, compensating and stuck sagas.
     async fn unfinished_rows(&self) -> Result<Vec<SagaRow>, SagaError> {
         let mut rows = self.inner.store.unfinished_sagas().await?;
@@ -320,17 +172,6 @@ impl SagaEngine {
             self.inner.store.sagas(Some(SagaStatus::Stuck), None, 10_000, false, usize::MAX).await?.sagas,
         );
         Ok(rows)
-    }
-
-    pub fn definition(&self, name: &str) -> Option<Arc<SagaDef>> {
-        self.inner.definitions.read().expect("definitions lock poisoned").get(name).cloned()
-    }
-
-    pub fn definitions(&self) -> Vec<Arc<SagaDef>> {
-        let mut defs: Vec<_> =
-            self.inner.definitions.read().expect("definitions lock poisoned").values().cloned().collect();
-        defs.sort_by(|a, b| a.name.cmp(&b.name));
-        defs
     }
 
     /// Starts saga `name` with `input`, once per idempotency key: the same key gives
@@ -810,199 +651,4 @@ fn input_object(bytes: &[u8]) -> Map<String, Value> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::future::Future;
-    use std::pin::Pin;
-    use std::sync::atomic::{AtomicI64, Ordering};
-
-    use serde_json::json;
-
-    use super::*;
-
-    /// A clock whose sleeps return at once and move its time on by what they asked.
-    #[derive(Default)]
-    struct ManualClock {
-        now: AtomicI64,
-        slept: Mutex<Vec<Duration>>,
-    }
-
-    impl Clock for ManualClock {
-        fn now_ms(&self) -> i64 {
-            self.now.load(Ordering::SeqCst)
-        }
-
-        fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-            self.slept.lock().unwrap().push(duration);
-            self.now.fetch_add(duration.as_millis() as i64, Ordering::SeqCst);
-            Box::pin(tokio::task::yield_now())
-        }
-    }
-
-    /// One step whose retries wait an hour each (full jitter: up to an hour).
-    const HOURLY: &str = r#"
-        name = "notify-hourly"
-        [[step]]
-        name = "send"
-        service = "notification"
-        action = "send-confirmation"
-        retry = { max_attempts = 10, initial_backoff = "1h", max_backoff = "1h" }
-    "#;
-
-    /// The driver waits between attempts on the engine's clock, never on the wall
-    /// clock: three planned failures an hour apart finish at once here, the clock saw
-    /// the three waits (each at most the policy's hour), and the step's times are the
-    /// clock's.
-    #[tokio::test]
-    async fn retries_wait_on_the_injected_clock() {
-        let (invoker, manifests) = crate::app::scratch_invoker(&["notification"]).await;
-        let store = invoker.store().clone();
-        let clock = Arc::new(ManualClock::default());
-        let engine = SagaEngine::new(invoker, store, clock.clone(), 4, Alerter::none(), "host-1".into());
-        let def = SagaDef::parse(Path::new("notify-hourly.toml"), HOURLY, |_| Some(&manifests[0])).unwrap();
-        engine.add_definition(def).await.unwrap();
-
-        let input = json!({"order": "o-1", "notification_transient_failures": 3});
-        let (started, _) = engine.start("notify-hourly", "key-1", input).await.unwrap();
-        let done = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let record = engine.get(&started.row.id).await.unwrap();
-                if record.state.status.is_terminal() {
-                    return record;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the saga finished without waiting hours");
-
-        assert_eq!(done.state.status, SagaStatus::Completed);
-        let step = &done.state.steps[0];
-        assert_eq!(step.attempts, 4, "three failures, then the call that succeeded");
-        let slept = clock.slept.lock().unwrap().clone();
-        assert_eq!(slept.len(), 3, "one wait before each retry: {slept:?}");
-        assert!(slept.iter().all(|wait| *wait <= Duration::from_secs(3600)), "{slept:?}");
-        let waited: i64 = slept.iter().map(|d| d.as_millis() as i64).sum();
-        let (began, ended) = (step.started_at.unwrap(), step.finished_at.unwrap());
-        assert_eq!(ended - began, waited, "the step's time is the clock's: its waits, nothing else");
-    }
-
-    /// A saga whose stored state this host cannot read (here: not JSON, until it is
-    /// repaired) does not stop the takeover of the others, nor stay running with
-    /// nobody driving it: its driver says so (an alert) and starts again from the
-    /// stored saga until it can drive it, and then the saga finishes. (Before, the
-    /// takeover failed on it, and every saga claimed with it was owned by this host
-    /// and driven by none.)
-    #[tokio::test]
-    async fn a_saga_its_driver_cannot_read_is_driven_once_it_can() {
-        let (invoker, manifests) = crate::app::scratch_invoker(&["notification"]).await;
-        let store = invoker.store().clone();
-        let clock = Arc::new(ManualClock::default());
-        let engine = SagaEngine::new(invoker, store.clone(), clock, 4, Alerter::none(), "host-1".into());
-        let def = SagaDef::parse(Path::new("notify-hourly.toml"), HOURLY, |_| Some(&manifests[0])).unwrap();
-        engine.add_definition(def.clone()).await.unwrap();
-        let mut state = SagaState::new(&def);
-        apply(&def, &mut state, Event::Started { at: 1 });
-        let good = serde_json::to_string(&state).unwrap();
-        let row = |id: &str, state: &str| SagaRow {
-            id: id.into(),
-            name: "notify-hourly".into(),
-            status: SagaStatus::Running,
-            input: br#"{"order": "o-1"}"#.to_vec(),
-            state: state.into(),
-            version: 1,
-            key: id.into(),
-            fingerprint: [0; 32],
-            created_at: 1,
-            updated_at: 1,
-            owner: None,
-        };
-        for saga in [row("a-unreadable", "not JSON"), row("b-fine", &good)] {
-            store.commit(Commit { saga: Some(SagaChange::Create(saga)), ..Commit::default() }).await.unwrap();
-        }
-        let alerts = || {
-            crate::metrics::metrics()
-                .alerts
-                .get_or_create(&crate::metrics::labels(&[("kind", "saga_driver_failed")]))
-                .get()
-        };
-        let alerted = alerts();
-
-        assert_eq!(engine.take_over().await.unwrap(), 2, "both are driven");
-        let finished = |id: &'static str| {
-            let engine = engine.clone();
-            async move {
-                tokio::time::timeout(Duration::from_secs(20), async {
-                    loop {
-                        if engine.get(id).await.is_ok_and(|r| r.state.status.is_terminal()) {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-                .await
-                .is_ok()
-            }
-        };
-        assert!(finished("b-fine").await, "the readable saga finishes");
-        for _ in 0..400 {
-            if alerts() > alerted {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert!(alerts() > alerted, "the unreadable one raised an alert");
-        let repair = SagaChange::Update {
-            id: "a-unreadable".into(),
-            version: 1,
-            status: SagaStatus::Running,
-            state: good.clone(),
-            at: 2,
-            by: Some("host-1".into()),
-        };
-        store.commit(Commit { saga: Some(repair), ..Commit::default() }).await.unwrap();
-        assert!(finished("a-unreadable").await, "repaired, it is driven to its end");
-    }
-
-    /// A wait for a saga another host drives leaves nothing behind, whether it runs out
-    /// of time or its client goes away mid-wait (its request dropped).
-    #[tokio::test]
-    async fn waits_for_sagas_driven_elsewhere_leave_no_entry() {
-        let (invoker, _) = crate::app::scratch_invoker(&[]).await;
-        let store = invoker.store().clone();
-        let engine = SagaEngine::new(
-            invoker,
-            store.clone(),
-            Arc::new(ManualClock::default()),
-            4,
-            Alerter::none(),
-            "here".into(),
-        );
-        let row = SagaRow {
-            id: "elsewhere-1".into(),
-            name: "n".into(),
-            status: SagaStatus::Running,
-            input: b"{}".to_vec(),
-            state: serde_json::to_string(&SagaState::new(&SagaDef::parse_stored("d", HOURLY).unwrap()))
-                .unwrap(),
-            version: 1,
-            key: "k".into(),
-            fingerprint: [0; 32],
-            created_at: 1,
-            updated_at: 1,
-            owner: Some("there".into()),
-        };
-        store.commit(Commit { saga: Some(SagaChange::Create(row)), ..Commit::default() }).await.unwrap();
-        let entries = || engine.inner.waiters.lock().unwrap().len();
-        let _ = engine.wait("elsewhere-1", Duration::from_millis(300)).await;
-        assert_eq!(entries(), 0, "after a wait that ran out");
-        let waiting = tokio::spawn({
-            let engine = engine.clone();
-            async move { engine.wait("elsewhere-1", Duration::from_secs(60)).await.map(drop) }
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(entries(), 1, "while it waits");
-        waiting.abort();
-        let _ = waiting.await;
-        assert_eq!(entries(), 0, "after its client went away");
-    }
-}
+mod tests;
