@@ -171,11 +171,6 @@ impl App {
     pub async fn start(config: AppConfig) -> anyhow::Result<App> {
         config.retention.check(config.invoke.retention).map_err(anyhow::Error::msg)?;
         let store = config.storage.open().await?;
-        // Where an older wasaga kept uploads as files, moved into the store at start.
-        let legacy_uploads = match &config.storage {
-            Storage::Sqlite { data, .. } => Some(data.as_path()),
-            Storage::Postgres { .. } => None,
-        };
         // The cache only saves time: one that cannot be used leaves every load compiling.
         let compiled = config.compile_cache.as_ref().and_then(|dir| {
             CompiledCache::open(dir, config.compile_cache_size)
@@ -204,13 +199,7 @@ impl App {
             membership.id().to_owned(),
         );
         let events = Dispatcher::new(invoker.clone(), store.clone(), alerter, membership.clone());
-        let plugins = PluginManager::new(
-            registry,
-            sagas.clone(),
-            config.plugin_settings,
-            store.clone(),
-            legacy_uploads,
-        );
+        let plugins = PluginManager::new(registry, sagas.clone(), config.plugin_settings, store.clone());
         // The directory's plugins, then the definitions they satisfy, then the plugin
         // changes kept in the store, checked against those definitions as a change made
         // while running is; then every definition against what serves at last (one that

@@ -23,6 +23,7 @@
 //! - [`invoke`]: one idempotent, optimistic invocation: replay, claim, run, commit, re-run.
 //! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
 //! - [`lifecycle`]: hot reload, uploads and removals of plugins, checked against the sagas.
+//! - [`watch`]: watching a directory for changed files, debounced.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`retention`]: how long the store keeps finished sagas, delivered events,
 //!   tombstones and expired idempotency records, and the task that prunes them.
@@ -58,3 +59,43 @@ pub mod service;
 pub mod store;
 pub mod text;
 pub mod trace;
+pub mod watch;
+
+/// The maps of the code (this file's list, docs/architecture.md's module table) name
+/// every module of `host/src`, so that a newcomer finds each where the maps say.
+#[cfg(test)]
+mod maps {
+    use std::path::Path;
+
+    fn modules() -> Vec<String> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut modules: Vec<String> = std::fs::read_dir(&src)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter_map(|path| match path.extension() {
+                Some(ext) if ext == "rs" => Some(path.file_stem()?.to_string_lossy().into_owned()),
+                None if path.is_dir() => Some(path.file_name()?.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .filter(|name| name != "lib" && name != "main")
+            .collect();
+        modules.sort();
+        modules.dedup();
+        modules
+    }
+
+    #[test]
+    fn the_maps_name_every_module() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let lib = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
+        let architecture = std::fs::read_to_string(root.join("../docs/architecture.md")).unwrap();
+        let table: String = architecture.lines().filter(|line| line.starts_with("| `")).collect();
+        let modules = modules();
+        assert!(modules.len() > 20, "{modules:?}");
+        for module in &modules {
+            assert!(lib.contains(&format!("//! - [`{module}`]")), "lib.rs's map lacks `{module}`");
+            let named = [format!("`{module}.rs`"), format!("`{module}/`")];
+            assert!(named.iter().any(|n| table.contains(n)), "architecture.md's table lacks `{module}`");
+        }
+    }
+}

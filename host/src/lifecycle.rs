@@ -12,17 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
-use tokio::time::Instant;
-
 use crate::runtime::{Limits, LoadError, Plugin, PluginDigest, PluginSettings, Registry};
 use crate::saga::SagaEngine;
 use crate::service::Manifest;
 use crate::store::{Commit, Store, StoreError, UploadChange, UploadRow, UploadStamp, Uploaded};
-
-/// Changes to one file closer together than this are one change: an editor or a `cp`
-/// writes a file in several steps, and a half-written file must not be loaded.
-const DEBOUNCE: Duration = Duration::from_millis(150);
+use crate::watch;
 
 /// How often a host looks for plugin changes made through other hosts (a read of one
 /// small row per kept change: no bytes unless something changed) while hints of them
@@ -63,9 +57,6 @@ struct Inner {
     settings: PluginSettings,
     /// Where uploads are kept, so that a restart serves the same versions.
     store: Arc<dyn Store>,
-    /// Where an older wasaga kept uploads as files (`<data>/plugins/`): moved into the
-    /// store at start.
-    legacy_uploads: Option<PathBuf>,
     /// One change at a time: an upload, a removal and a file reload that overlapped
     /// could otherwise undo each other (a slow compile swapping in after a newer
     /// upload, a removal deleting a fresh upload). It also guards `seen`.
@@ -107,14 +98,12 @@ fn upload_source(service: &str) -> PathBuf {
 }
 
 impl PluginManager {
-    /// Uploads are kept in `store`; `data_dir/plugins` (SQLite's data directory) is
-    /// where an older wasaga kept them as files.
+    /// Uploads are kept in `store`.
     pub fn new(
         registry: Registry,
         sagas: SagaEngine,
         settings: PluginSettings,
         store: Arc<dyn Store>,
-        data_dir: Option<&Path>,
     ) -> Self {
         PluginManager {
             inner: Arc::new(Inner {
@@ -122,7 +111,6 @@ impl PluginManager {
                 sagas,
                 settings,
                 store,
-                legacy_uploads: data_dir.map(|dir| dir.join("plugins")),
                 changing: tokio::sync::Mutex::new(Seen::default()),
             }),
         }
@@ -158,7 +146,6 @@ impl PluginManager {
     pub async fn apply_kept(&self) -> std::io::Result<()> {
         let registry = &self.inner.registry;
         let mut seen = self.inner.changing.lock().await;
-        self.import_legacy_uploads().await?;
         let uploads = self.inner.store.uploads().await.map_err(std::io::Error::other)?;
         for upload in uploads {
             let service = upload.service.clone();
@@ -500,54 +487,11 @@ impl PluginManager {
         self.inner.store.commit(Commit { uploads: vec![discard], ..Commit::default() }).await
     }
 
-    /// Moves the uploads an older wasaga kept as files (`<data>/plugins/<service>.wasm`,
-    /// with the digest of the file it replaced in `<service>.base`) into the store, and
-    /// deletes the files once the store has them.
-    async fn import_legacy_uploads(&self) -> std::io::Result<()> {
-        let Some(dir) = &self.inner.legacy_uploads else { return Ok(()) };
-        let files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(entries) => {
-                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_plugin_file(p)).collect()
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(error),
-        };
-        for file in files {
-            let (Some(service), wasm) =
-                (file.file_stem().map(|s| s.to_string_lossy().into_owned()), std::fs::read(&file)?)
-            else {
-                continue;
-            };
-            if let Err(why) = crate::service::validate_service_name(&service) {
-                tracing::warn!(file = %file.display(), "an upload kept as a file is left where it is: {why}");
-                continue;
-            }
-            let base = std::fs::read_to_string(file.with_extension("base")).unwrap_or_default();
-            let upload = UploadRow {
-                component: Some(Uploaded { digest: PluginDigest::of(&wasm), wasm }),
-                base: PluginDigest::parse(base.trim()),
-                service,
-                uploaded_at: crate::clock::now_ms(),
-            };
-            let keep = Commit { uploads: vec![UploadChange::Keep(upload)], ..Commit::default() };
-            self.inner.store.commit(keep).await.map_err(std::io::Error::other)?;
-            for kept in [file.clone(), file.with_extension("base")] {
-                if let Err(error) = std::fs::remove_file(&kept)
-                    && error.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!("removing {}: {error}", kept.display());
-                }
-            }
-            tracing::info!(file = %file.display(), "an upload kept as a file moved into the store");
-        }
-        Ok(())
-    }
-
     /// Watches `dir` and applies each change to a `.wasm` (or its `.toml` limits), a
     /// short while after the last event for that file.
     pub fn watch(&self, dir: &Path) -> notify::Result<()> {
         let manager = self.clone();
-        watch_dir(
+        watch::watch_dir(
             dir,
             |path| {
                 let wasm = if path.extension().is_some_and(|e| e == "toml") {
@@ -570,7 +514,7 @@ impl PluginManager {
     /// refused and the old one stays; a removed one goes (for new sagas).
     pub fn watch_sagas(&self, dir: &Path) -> notify::Result<()> {
         let manager = self.clone();
-        watch_dir(
+        watch::watch_dir(
             dir,
             |path| {
                 let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
@@ -628,75 +572,6 @@ impl PluginManager {
     }
 }
 
-/// Watches `dir`; each path that `select` keeps (and maps) is handed to `on_change` a
-/// short while ([`DEBOUNCE`]) after the last event for it.
-fn watch_dir<F, Fut>(dir: &Path, select: fn(PathBuf) -> Option<PathBuf>, on_change: F) -> notify::Result<()>
-where
-    F: Fn(PathBuf) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let (events, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && changes_content(&event.kind)
-        {
-            for path in event.paths {
-                let _ = events.send(path);
-            }
-        }
-    })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        let _watcher = watcher;
-        let mut due: HashMap<PathBuf, Instant> = HashMap::new();
-        loop {
-            let next = due.values().min().copied();
-            tokio::select! {
-                changed = changes.recv() => match changed {
-                    Some(path) => {
-                        if let Some(path) = select(path) {
-                            due.insert(path, Instant::now() + DEBOUNCE);
-                        }
-                    }
-                    None => break,
-                },
-                () = sleep_until(next) => {
-                    let now = Instant::now();
-                    let ready: Vec<PathBuf> = due.iter().filter(|(_, at)| **at <= now).map(|(p, _)| p.clone()).collect();
-                    for path in ready {
-                        due.remove(&path);
-                        on_change(path).await;
-                    }
-                }
-            }
-        }
-    });
-    Ok(())
-}
-
-/// Whether an event can mean new content: a file created, written (closed after
-/// writing), renamed or removed. Opening, reading, closing after reading and metadata
-/// changes (a `touch`, a `chmod`) do not: a `cat` of a plugin's file must not reload it.
-fn changes_content(kind: &notify::EventKind) -> bool {
-    use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
-    match kind {
-        EventKind::Create(_) | EventKind::Remove(_) => true,
-        EventKind::Modify(ModifyKind::Metadata(_)) => false,
-        EventKind::Modify(_) => true,
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Deletes a kept upload and the digest of the file it had replaced.
 /// A `*.wasm` file (not a hidden or temporary one).
 pub fn is_plugin_file(path: &Path) -> bool {
     let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));

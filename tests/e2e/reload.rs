@@ -162,26 +162,6 @@ fn upload_kept(data: &Path, service: &str) -> bool {
     conn.query_row(sql, [service], |row| row.get::<_, i64>(0)).unwrap() == 1
 }
 
-/// Uploads an older wasaga kept as files beside the database move into the store at
-/// start, and keep their rule: an upload whose directory file did not change since
-/// serves; the files are gone afterwards.
-#[tokio::test]
-async fn uploads_kept_as_files_by_an_older_wasaga_move_into_the_store() {
-    let plugins = plugins_dir(&[]);
-    let (v1, v2) = (std::fs::read(guest("hello-v1")).unwrap(), std::fs::read(guest("hello-v2")).unwrap());
-    std::fs::write(plugins.path().join("hello.wasm"), &v1).unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let legacy = data.path().join("plugins");
-    std::fs::create_dir_all(&legacy).unwrap();
-    std::fs::write(legacy.join("hello.wasm"), &v2).unwrap();
-    std::fs::write(legacy.join("hello.base"), wasaga::runtime::PluginDigest::of(&v1).to_string()).unwrap();
-    let server = Server::start_in(plugins.path(), data.path(), &[]);
-    let answer = server.invoke(&Server::client(), "hello/greet", "legacy", &json!({})).send().await.unwrap();
-    assert_eq!(answer.text().await.unwrap(), "{\"version\":2}", "the upload serves");
-    assert!(upload_kept(data.path(), "hello"), "the store keeps it");
-    assert!(!legacy.join("hello.wasm").exists() && !legacy.join("hello.base").exists(), "the files are gone");
-}
-
 async fn upload(url: &str, service: &str, token: Option<&str>, wasm: Vec<u8>) -> (u16, Value) {
     let mut request = Server::anonymous().put(format!("{url}/v1/plugins/{service}")).body(wasm);
     if let Some(token) = token {
