@@ -5,7 +5,7 @@
 //!   outbox events, a saga transition, delivery changes and definition versions
 //!   together, and the queries of sagas (`sagas.rs`), events and deliveries
 //!   (`events.rs`), uploaded plugins, retention and health. Its behaviour is pinned by one test suite
-//!   (`contract_tests.rs`) that every backend runs.
+//!   (`contract_tests/`) that every backend runs.
 //! - [`Transaction`] is one invocation's view: it reads from a snapshot, records every
 //!   version it read (the read set), buffers writes, and produces the [`ChangeSet`]
 //!   that the backend validates and applies at commit.

@@ -2,22 +2,24 @@
 //! this command starts, SIGKILLed and restarted as it runs, then the whole history
 //! judged by the checker (`crate::check`).
 
+mod cluster;
+
 use std::collections::{BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 use rand::Rng;
-use rand::seq::IndexedRandom;
 use serde_json::{Value, json};
 
-use super::soak::{Server, database_url};
+use super::soak::database_url;
 use crate::check::append::{self, MicroOp, Txn};
 use crate::check::{Anomaly, Kind, Outcome, deliveries, sagas};
 use crate::config::parse_duration;
+
+use cluster::{Answer, Cluster, Host, nemesis};
 
 const HISTORY: &[u8] = include_bytes!(concat!(env!("WASAGA_GUEST_DIR"), "/services/history.wasm"));
 const MARKS: &str = include_str!("../../../../plugins/history/marks.toml");
@@ -247,124 +249,6 @@ async fn check(args: Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// A host of the run: what it is started with, again after each kill.
-struct Host {
-    plugins: PathBuf,
-    sagas: PathBuf,
-    data: PathBuf,
-    serve: Vec<String>,
-    token: String,
-}
-
-impl Host {
-    async fn start(&self) -> anyhow::Result<Server> {
-        Server::start(&self.plugins, &self.sagas, &self.data, &self.serve, &self.token).await
-    }
-}
-
-/// The hosts alive, as the clients see them.
-struct Cluster {
-    client: reqwest::Client,
-    /// Each host's URL while it runs (`None` while it is down).
-    urls: RwLock<Vec<Option<String>>>,
-    token: String,
-    /// The first few answers that refused or did not say, for the report.
-    notes: Mutex<Vec<String>>,
-}
-
-/// What a request came to, once it said.
-enum Answer {
-    Ok(Value),
-    /// It took no effect (a refusal, a bad request, a trap).
-    Failed(String),
-    /// No answer said, within the patience: it may or may not have.
-    Unknown(String),
-}
-
-impl Cluster {
-    fn any(&self) -> Option<String> {
-        let urls = self.urls.read().unwrap();
-        let alive: Vec<&String> = urls.iter().flatten().collect();
-        alive.choose(&mut rand::rng()).map(|url| (*url).clone())
-    }
-
-    /// POSTs `body` with idempotency key `key` to any host alive, again (to any host
-    /// alive) while the answer does not say what happened.
-    async fn post(&self, path: &str, key: &str, body: &Value) -> Answer {
-        let give_up = Instant::now() + PATIENCE;
-        let mut last = String::from("no host was up");
-        while Instant::now() < give_up {
-            if let Some(url) = self.any() {
-                let sent = self
-                    .client
-                    .post(format!("{url}{path}"))
-                    .bearer_auth(&self.token)
-                    .header("Idempotency-Key", key)
-                    .json(body)
-                    .send()
-                    .await;
-                match sent {
-                    Ok(response) => {
-                        let status = response.status();
-                        let text = response.text().await.unwrap_or_default();
-                        if status.is_success() {
-                            return match serde_json::from_str(&text) {
-                                Ok(value) => Answer::Ok(value),
-                                Err(e) => {
-                                    Answer::Unknown(format!("{status} with a body that is not JSON ({e})"))
-                                }
-                            };
-                        }
-                        // Conflicts, overload, a store failing, a deadline: nothing was
-                        // stored, or the key replays what was. Anything else is final.
-                        if !matches!(status.as_u16(), 409 | 429 | 502 | 503 | 504) {
-                            return self.noted(Answer::Failed(format!("{path}: {status}: {text}")));
-                        }
-                        last = format!("{status}: {text}");
-                    }
-                    Err(error) => last = error.to_string(),
-                }
-            }
-            let pause = rand::rng().random_range(20..120);
-            tokio::time::sleep(Duration::from_millis(pause)).await;
-        }
-        self.noted(Answer::Unknown(format!("{path}: {last}")))
-    }
-
-    fn noted(&self, answer: Answer) -> Answer {
-        if let Answer::Failed(note) | Answer::Unknown(note) = &answer {
-            let mut notes = self.notes.lock().unwrap();
-            if notes.len() < 5 {
-                notes.push(note.clone());
-            }
-        }
-        answer
-    }
-
-    /// GETs `path` from any host alive until one answers.
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let give_up = Instant::now() + PATIENCE;
-        loop {
-            if let Some(url) = self.any() {
-                let response = self.client.get(format!("{url}{path}")).bearer_auth(&self.token).send().await;
-                if let Ok(response) = response {
-                    let status = response.status();
-                    if status.is_success() {
-                        return Ok(response.json().await?);
-                    }
-                    anyhow::ensure!(
-                        status.is_server_error() && Instant::now() < give_up,
-                        "GET {path}: {status}: {}",
-                        response.text().await.unwrap_or_default()
-                    );
-                }
-            }
-            anyhow::ensure!(Instant::now() < give_up, "GET {path}: no host answered");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 /// The keys in use, each retired for a fresh one after its share of appends.
 struct Keys {
     active: Vec<(u64, usize)>,
@@ -534,41 +418,6 @@ async fn start_sagas(cluster: Arc<Cluster>, end: Instant) -> Vec<(String, Option
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     started
-}
-
-/// SIGKILLs a host every `every` and starts it again after `down`, until `end`; then
-/// every host is up. Returns the hosts and how many kills it made.
-async fn nemesis(
-    cluster: Arc<Cluster>,
-    mut hosts: Vec<(Server, Host)>,
-    every: Duration,
-    down: Duration,
-    end: Instant,
-) -> anyhow::Result<(Vec<(Server, Host)>, usize)> {
-    let kills = AtomicUsize::new(0);
-    if every.is_zero() {
-        tokio::time::sleep_until(end.into()).await;
-        return Ok((hosts, 0));
-    }
-    loop {
-        let next = Instant::now() + every;
-        if next + down >= end {
-            tokio::time::sleep_until(end.into()).await;
-            return Ok((hosts, kills.into_inner()));
-        }
-        tokio::time::sleep_until(next.into()).await;
-        let victim = rand::rng().random_range(0..hosts.len());
-        cluster.urls.write().unwrap()[victim] = None;
-        let (server, host) = hosts.swap_remove(victim);
-        server.kill();
-        kills.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(down).await;
-        let server = host.start().await?;
-        cluster.urls.write().unwrap()[victim] = Some(server.url.clone());
-        hosts.push((server, host));
-        let last = hosts.len() - 1;
-        hosts.swap(victim, last);
-    }
 }
 
 /// Waits until every saga started has ended (or the time is up): (id, refused,
