@@ -280,7 +280,7 @@ async fn traces_follow_a_saga_and_an_event_chain() {
                 >= steps.len()
     })
     .await;
-    let request = named(&spans, "POST /v1/sagas/{id}");
+    let request = named(&spans, "POST /v1/sagas/{saga}");
     assert_eq!(request.len(), 1, "{spans:#?}");
     assert_eq!(request[0]["parentSpanId"], client_span, "the request's span is a child of the client's");
     assert_eq!(request[0]["kind"], 2);

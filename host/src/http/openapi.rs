@@ -24,7 +24,7 @@ use super::{dashboard, events, plugins, records, sagas, services};
     paths(
         services::invoke,
         sagas::start,
-        sagas::show,
+        sagas::get_saga,
         sagas::list,
         sagas::act,
         sagas::search,
@@ -107,7 +107,7 @@ fn build() -> Value {
 type Link = (&'static str, &'static [&'static str], &'static str, &'static [(&'static str, &'static str)]);
 const LINKS: &[Link] = &[
     ("startSaga", &["200", "202"], "getSaga", &[("saga", "$response.body#/id")]),
-    ("startSaga", &["200", "202"], "actOnSaga", &[("id", "$response.body#/id")]),
+    ("startSaga", &["200", "202"], "actOnSaga", &[("saga", "$response.body#/id")]),
     (
         "putRecord",
         &["200", "201"],

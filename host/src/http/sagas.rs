@@ -53,8 +53,8 @@ async fn settled_answer(state: &AppState, record: SagaRecord, wait: Duration) ->
     Ok(response)
 }
 
-/// `POST /v1/sagas/{name}`: 202 with `Location` while it runs; 200 if it finished (or
-/// got stuck) within `?wait=`.
+/// `POST /v1/sagas/{saga}` (a definition's name): 202 with `Location` while it runs;
+/// 200 if it finished (or got stuck) within `?wait=`.
 #[utoipa::path(
     post,
     path = "/v1/sagas/{saga}",
@@ -103,7 +103,7 @@ pub async fn start(
     Ok(response)
 }
 
-/// `GET /v1/sagas/{id}`.
+/// `GET /v1/sagas/{saga}`: a saga by its id.
 #[utoipa::path(
     get,
     path = "/v1/sagas/{saga}",
@@ -117,7 +117,7 @@ pub async fn start(
     ),
     security((), ("api_token" = []), ("admin_token" = [])),
 )]
-pub async fn show(
+pub async fn get_saga(
     _: Reader,
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -346,7 +346,7 @@ impl ActionBody {
     }
 }
 
-/// `POST /v1/sagas/{id}/{action}?wait=`: an operator's decision about a stuck saga:
+/// `POST /v1/sagas/{saga}/{action}?wait=`: an operator's decision about a stuck saga:
 /// - `retry`: its stuck call again;
 /// - `compensate`: undo what it did (409 once its pivot committed);
 /// - `resolve`: the stuck step was done by hand, with `output` (a stuck compensation:
@@ -355,11 +355,11 @@ impl ActionBody {
 /// 202 while it goes on, 200 if it settled within `?wait=`; 409 if it is not stuck.
 #[utoipa::path(
     post,
-    path = "/v1/sagas/{id}/{action}",
+    path = "/v1/sagas/{saga}/{action}",
     operation_id = "actOnSaga",
     tag = "sagas",
     params(
-        ("id" = String, Path, description = "The saga's id"),
+        ("saga" = String, Path, description = "The saga's id"),
         ("action" = Action, Path, description = "What to do"),
         WaitQuery,
     ),
