@@ -3,7 +3,7 @@
 //! empty store of its kind (the SQLite backend's call is at the end of `sqlite/mod.rs`).
 //! A test here may use only the [`Store`] trait: what it proves holds for any backend.
 
-mod events;
+mod outbox;
 mod sagas;
 mod upkeep;
 
@@ -64,7 +64,7 @@ macro_rules! contract_tests {
 }
 pub(crate) use contract_tests;
 // The tests by theme, named by the macro as items of this module.
-pub(crate) use events::*;
+pub(crate) use outbox::*;
 pub(crate) use sagas::*;
 pub(crate) use upkeep::*;
 
