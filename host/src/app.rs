@@ -66,7 +66,7 @@ impl Storage {
 }
 
 /// A store of its own in a temporary directory, gone when the store is dropped (SQLite
-/// without fsync): for `wasaga saga verify`'s runs, `plugin run` and tests.
+/// without fsync): for `wasaga saga verify`'s runs and for tests.
 pub fn scratch_store() -> Result<Arc<dyn Store>, crate::store::StoreError> {
     Ok(Arc::new(SqliteStore::temporary()?))
 }
