@@ -8,10 +8,9 @@ use clap::ValueEnum;
 use crate::{runtime, store};
 
 /// SQLite's `synchronous` setting for commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Synchronous {
     /// Every commit is on disk before it is acknowledged (fsync of the WAL).
-    #[default]
     Full,
     /// Faster; a power loss may lose the last commits (never corrupts).
     Normal,
@@ -27,10 +26,9 @@ impl From<Synchronous> for store::sqlite::Synchronous {
 }
 
 /// How plugin instances get their memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Allocator {
     /// Slots reserved up front and reused: the fastest per call.
-    #[default]
     Pooling,
     /// A fresh mmap per instance: no reservation, slower per call.
     OnDemand,
