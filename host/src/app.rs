@@ -19,9 +19,9 @@ use crate::lifecycle::PluginManager;
 use crate::retention::Retention;
 use crate::runtime::{CompiledCache, PluginSettings, Registry, Runtime, RuntimeOptions, Worker};
 use crate::saga::SagaEngine;
-use crate::store::Store;
 use crate::store::postgres::{PgOptions, PgStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{Store, portable};
 
 /// Where the host keeps everything.
 #[derive(Clone)]
@@ -62,6 +62,37 @@ impl Storage {
                 Arc::new(PgStore::connect(url, *options).await.context("opening the PostgreSQL database")?)
             }
         })
+    }
+}
+
+impl std::fmt::Display for Storage {
+    /// The store as messages name it (never the connection string: it may carry a
+    /// password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Sqlite { data, .. } => write!(f, "the SQLite store in {}", data.display()),
+            Storage::Postgres { .. } => write!(f, "the PostgreSQL database"),
+        }
+    }
+}
+
+impl Storage {
+    /// Writes the whole store to `out` in the format of `store/portable.rs`
+    /// (`wasaga export`). A SQLite store must be at rest (no server using it).
+    pub async fn export(&self, out: &mut dyn std::io::Write) -> anyhow::Result<portable::Counts> {
+        match self {
+            Storage::Sqlite { data, .. } => crate::store::sqlite::portable::export(data, out),
+            Storage::Postgres { url, .. } => crate::store::postgres::portable::export(url, out).await,
+        }
+    }
+
+    /// Loads a file written by [`Storage::export`] into the store, which must be empty:
+    /// all of it, or nothing (`wasaga import`).
+    pub async fn import(&self, input: &mut dyn std::io::BufRead) -> anyhow::Result<portable::Counts> {
+        match self {
+            Storage::Sqlite { data, .. } => crate::store::sqlite::portable::import(data, input),
+            Storage::Postgres { url, .. } => crate::store::postgres::portable::import(url, input).await,
+        }
     }
 }
 

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 
-use crate::store::portable::{self, Counts, Location};
+use crate::app::Storage;
+use crate::store::portable::Counts;
 
 /// Which store: `--data`, or else `--database` (so that a `--data` given on the command
 /// line wins over a WASAGA_DATABASE set for the hosts).
@@ -28,10 +29,10 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn location(&self) -> Location {
+    fn storage(&self) -> Storage {
         match (&self.data, &self.database) {
-            (Some(dir), _) => Location::Sqlite(dir.clone()),
-            (None, Some(url)) => Location::Postgres(url.clone()),
+            (Some(dir), _) => Storage::Sqlite { data: dir.clone(), options: Default::default() },
+            (None, Some(url)) => Storage::Postgres { url: url.clone(), options: Default::default() },
             (None, None) => unreachable!("clap requires one of --data and --database"),
         }
     }
@@ -65,9 +66,9 @@ pub struct ImportArgs {
 }
 
 pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
-    let from = args.store.location();
+    let from = args.store.storage();
     let counts = if args.output.as_os_str() == "-" {
-        portable::export(&from, &mut BufWriter::new(std::io::stdout().lock())).await?
+        from.export(&mut BufWriter::new(std::io::stdout().lock())).await?
     } else {
         // Every record and outcome is in it: readable by its owner only, as the store is.
         let mut options = std::fs::OpenOptions::new();
@@ -76,20 +77,20 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let file =
             options.open(&args.output).with_context(|| format!("creating {}", args.output.display()))?;
-        portable::export(&from, &mut BufWriter::new(file)).await?
+        from.export(&mut BufWriter::new(file)).await?
     };
     eprintln!("exported {from}: {}", summary(&counts));
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
-    let to = args.store.location();
+    let to = args.store.storage();
     let counts = if args.input.as_os_str() == "-" {
-        portable::import(&to, &mut std::io::stdin().lock()).await?
+        to.import(&mut std::io::stdin().lock()).await?
     } else {
         let file =
             std::fs::File::open(&args.input).with_context(|| format!("opening {}", args.input.display()))?;
-        portable::import(&to, &mut BufReader::new(file))
+        to.import(&mut BufReader::new(file))
             .await
             .with_context(|| format!("importing {}", args.input.display()))?
     };

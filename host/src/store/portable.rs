@@ -1,8 +1,7 @@
 //! A whole store as a file, to move it from one backend to the other (SQLite to
 //! PostgreSQL when a deployment outgrows one machine) or to keep a copy: `wasaga export`
 //! writes every table as JSON lines, `wasaga import` loads such a file into an empty
-//! store. Both backends hold the same tables with the same columns (`sqlite/schema.rs`,
-//! `postgres/schema.rs`), listed once here.
+//! store.
 //!
 //! What is copied: records and tombstones with their versions and version floors,
 //! stored outcomes, sagas (with their owners: none is alive in the new store, so the
@@ -14,47 +13,63 @@
 //! The file: a header line, one line per row (`{"table": …, "row": {column: value}}`;
 //! bytes in base64, SQL NULL as `null`), and an end line with the count of rows, so
 //! that a truncated file is refused rather than loaded in part.
+//!
+//! Here is the format, defined once: its tables and columns ([`TABLES`]), how a row is
+//! written ([`Export`]) and read back, checked, as typed cells ([`Rows`]). Each backend
+//! reads and writes its own rows through them (`sqlite/portable.rs`,
+//! `postgres/portable.rs`). The format's tables are its own, not read from a schema:
+//! a file keeps its meaning as the schemas move on (a column added since it was written
+//! loads as NULL), and a test holds both schemas to it (every column is in the format,
+//! or kept back by name).
 
 use std::io::{BufRead, Write};
 
 use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use futures_util::TryStreamExt;
 use serde_json::{Map, Value, json};
-
-use super::postgres::PgStore;
-use super::sqlite::{SqliteOptions, SqliteStore};
 
 /// The format's name and version, in the header line.
 const FORMAT: &str = "wasaga-export";
 const VERSION: u64 = 1;
 
-#[derive(Debug, Clone, Copy)]
-enum Kind {
+/// A column's kind in the file: how its values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::store) enum Kind {
     Text,
     Int,
     Blob,
     Bool,
 }
 
-struct Table {
-    name: &'static str,
-    columns: &'static [(&'static str, Kind)],
-    order: &'static str,
+/// One table of the file.
+pub(in crate::store) struct Table {
+    pub(in crate::store) name: &'static str,
+    pub(in crate::store) columns: &'static [(&'static str, Kind)],
+    /// The columns an export reads the rows in, so that one store always makes one file.
+    pub(in crate::store) order: &'static str,
+    /// Its rows are in every store from the start (the dispatcher's cursor): an import
+    /// replaces them, and they do not make a store non-empty.
+    pub(in crate::store) preset: bool,
 }
 
 use Kind::{Blob, Bool, Int, Text};
 
 /// Every table that is copied, in an order that loads (definitions before the sagas
 /// that name them is not required by the schema, but reads better).
-const TABLES: &[Table] = &[
+pub(in crate::store) const TABLES: &[Table] = &[
     Table {
         name: "records",
         columns: &[("service", Text), ("key", Text), ("value", Blob), ("version", Int), ("deleted_at", Int)],
         order: "service, key",
+        preset: false,
     },
-    Table { name: "version_floors", columns: &[("service", Text), ("floor", Int)], order: "service" },
+    Table {
+        name: "version_floors",
+        columns: &[("service", Text), ("floor", Int)],
+        order: "service",
+        preset: false,
+    },
     Table {
         name: "invocations",
         columns: &[
@@ -71,11 +86,13 @@ const TABLES: &[Table] = &[
             ("expires_at", Int),
         ],
         order: "service, space, key",
+        preset: false,
     },
     Table {
         name: "saga_definitions",
         columns: &[("digest", Text), ("name", Text), ("text", Text), ("saved_at", Int)],
         order: "digest",
+        preset: false,
     },
     Table {
         name: "sagas",
@@ -93,6 +110,7 @@ const TABLES: &[Table] = &[
             ("owner", Text),
         ],
         order: "id",
+        preset: false,
     },
     Table {
         name: "outbox",
@@ -107,6 +125,7 @@ const TABLES: &[Table] = &[
             ("subscribers", Text),
         ],
         order: "id",
+        preset: false,
     },
     Table {
         name: "deliveries",
@@ -125,219 +144,99 @@ const TABLES: &[Table] = &[
             ("done_at", Int),
         ],
         order: "event_id, subscriber",
+        preset: false,
     },
     // One row, there from the start in every store: replaced, not added.
-    Table { name: "dispatch", columns: &[("id", Int), ("through", Int)], order: "id" },
+    Table { name: "dispatch", columns: &[("id", Int), ("through", Int)], order: "id", preset: true },
     Table {
         name: "plugin_uploads",
         columns: &[("service", Text), ("digest", Text), ("base", Text), ("wasm", Blob), ("uploaded_at", Int)],
         order: "service",
+        preset: false,
     },
 ];
 
-/// Where a store is: a SQLite data directory or a PostgreSQL connection string.
-#[derive(Debug, Clone)]
-pub enum Location {
-    Sqlite(std::path::PathBuf),
-    Postgres(String),
-}
+/// Tables of the schemas that are not in the file: what each store keeps about itself.
+#[cfg(test)]
+pub(in crate::store) const KEPT_BACK: &[&str] = &["hosts", "saga_counts", "probes", "wasaga_schema"];
 
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Sqlite(dir) => write!(f, "the SQLite store in {}", dir.display()),
-            Location::Postgres(_) => write!(f, "the PostgreSQL database"),
-        }
-    }
+/// A value of the file, as the kind its column is (or NULL).
+#[derive(Debug, Clone, PartialEq)]
+pub(in crate::store) enum Cell {
+    Null,
+    Text(String),
+    Int(i64),
+    Blob(Vec<u8>),
+    Bool(bool),
 }
 
 /// Rows per table, in [`TABLES`]' order.
 pub type Counts = Vec<(&'static str, u64)>;
 
-/// Writes the whole store at `from` to `out`, read in one snapshot. A SQLite store
-/// must be at rest (no server using it): opening it takes its lock.
-pub async fn export(from: &Location, out: &mut dyn Write) -> anyhow::Result<Counts> {
-    let header = json!({"format": FORMAT, "version": VERSION, "tables": TABLES.iter().map(|t| t.name).collect::<Vec<_>>()});
-    writeln!(out, "{header}")?;
-    let mut counts = Vec::new();
-    match from {
-        Location::Sqlite(dir) => {
-            // Opening would make an empty store where there is none (a mistyped path).
-            anyhow::ensure!(dir.join("wasaga.db").is_file(), "there is no wasaga store in {}", dir.display());
-            // Opening migrates an older store and takes its lock for the export's length.
-            let store = SqliteStore::open(dir, SqliteOptions::default()).map_err(|e| {
-                anyhow::anyhow!("{e} (an export needs the store at rest: stop its server first)")
-            })?;
-            let mut conn = rusqlite::Connection::open(store.path())?;
-            let tx = conn.transaction()?;
-            for table in TABLES {
-                let sql = format!("SELECT {} FROM {} ORDER BY {}", columns(table), table.name, table.order);
-                let mut statement = tx.prepare(&sql)?;
-                let mut rows = statement.query([])?;
-                let mut n = 0;
-                while let Some(row) = rows.next()? {
-                    let mut object = Map::new();
-                    for (i, (column, kind)) in table.columns.iter().enumerate() {
-                        object.insert((*column).into(), sqlite_value(row, i, *kind)?);
-                    }
-                    write_row(out, table.name, object)?;
-                    n += 1;
-                }
-                counts.push((table.name, n));
-            }
-        }
-        Location::Postgres(url) => {
-            // An older schema is migrated first: the file is always of the latest one.
-            PgStore::migrate(url).await?;
-            let client = pg_connect(url).await?;
-            client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
-            for table in TABLES {
-                let select: Vec<String> = table
-                    .columns
-                    .iter()
-                    .map(
-                        |(c, kind)| {
-                            if matches!(kind, Int) { format!("{c}::bigint") } else { (*c).to_owned() }
-                        },
-                    )
-                    .collect();
-                let sql =
-                    format!("SELECT {} FROM {} ORDER BY {}", select.join(", "), table.name, table.order);
-                let rows = client.query_raw(&sql, std::iter::empty::<i64>()).await?;
-                futures_util::pin_mut!(rows);
-                let mut n = 0;
-                while let Some(row) = rows.try_next().await? {
-                    let mut object = Map::new();
-                    for (i, (column, kind)) in table.columns.iter().enumerate() {
-                        object.insert((*column).into(), pg_value(&row, i, *kind));
-                    }
-                    write_row(out, table.name, object)?;
-                    n += 1;
-                }
-                counts.push((table.name, n));
-            }
-            client.batch_execute("COMMIT").await?;
-        }
+fn zero_counts() -> Counts {
+    TABLES.iter().map(|t| (t.name, 0)).collect()
+}
+
+/// A file being written: the header, written at once, then rows, then the end line.
+pub(in crate::store) struct Export<'a> {
+    out: &'a mut dyn Write,
+    counts: Counts,
+}
+
+impl<'a> Export<'a> {
+    pub(in crate::store) fn start(out: &'a mut dyn Write) -> anyhow::Result<Export<'a>> {
+        let tables: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
+        writeln!(out, "{}", json!({"format": FORMAT, "version": VERSION, "tables": tables}))?;
+        Ok(Export { out, counts: zero_counts() })
     }
-    let rows: u64 = counts.iter().map(|(_, n)| n).sum();
-    writeln!(out, "{}", json!({"end": {"rows": rows}}))?;
-    out.flush()?;
-    Ok(counts)
-}
 
-/// Loads a file written by [`export`] into the store at `to`, which must be empty, in
-/// one transaction: all of it, or nothing. The file is read as it loads (it may be
-/// larger than memory); a bad line or a missing end rolls everything back.
-pub async fn import(to: &Location, input: &mut dyn BufRead) -> anyhow::Result<Counts> {
-    let mut rows = Rows::open(input)?;
-    let mut counts: Counts = TABLES.iter().map(|t| (t.name, 0)).collect();
-    match to {
-        Location::Sqlite(dir) => {
-            let store = SqliteStore::open(dir, SqliteOptions::default()).map_err(|e| {
-                anyhow::anyhow!("{e} (an import needs the store at rest: stop its server first)")
-            })?;
-            let mut conn = rusqlite::Connection::open(store.path())?;
-            conn.busy_timeout(std::time::Duration::from_secs(10))?;
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for sql in emptiness_checks() {
-                anyhow::ensure!(!tx.query_row(&sql, [], |row| row.get::<_, bool>(0))?, not_empty(to));
-            }
-            while let Some((t, row)) = rows.next_row()? {
-                let table = &TABLES[t];
-                let values = table
-                    .columns
-                    .iter()
-                    .map(|(column, kind)| sqlite_param(table, column, *kind, value_of(&row, column)))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                tx.prepare_cached(&sqlite_insert(table))?.execute(rusqlite::params_from_iter(values))?;
-                counts[t].1 += 1;
-            }
-            tx.commit()?;
+    /// Writes one row of table `t` (its index in [`TABLES`]): its cells in the order of
+    /// the table's columns.
+    pub(in crate::store) fn row(&mut self, t: usize, cells: Vec<Cell>) -> anyhow::Result<()> {
+        let table = &TABLES[t];
+        anyhow::ensure!(
+            cells.len() == table.columns.len(),
+            "a row of `{}` with {} cells",
+            table.name,
+            cells.len()
+        );
+        let mut row = Map::new();
+        for ((column, _), cell) in table.columns.iter().zip(cells) {
+            let value = match cell {
+                Cell::Null => Value::Null,
+                Cell::Text(s) => s.into(),
+                Cell::Int(n) => n.into(),
+                Cell::Blob(b) => BASE64.encode(b).into(),
+                Cell::Bool(b) => b.into(),
+            };
+            row.insert((*column).into(), value);
         }
-        Location::Postgres(url) => {
-            PgStore::migrate(url).await?;
-            let mut client = pg_connect(url).await?;
-            let tx = client.transaction().await?;
-            for sql in emptiness_checks() {
-                anyhow::ensure!(!tx.query_one(&sql, &[]).await?.get::<_, bool>(0), not_empty(to));
-            }
-            let mut statements = std::collections::HashMap::new();
-            while let Some((t, row)) = rows.next_row()? {
-                let table = &TABLES[t];
-                let values = table
-                    .columns
-                    .iter()
-                    .map(|(column, kind)| pg_param(table, column, *kind, value_of(&row, column)))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                    values.iter().map(|v| v.as_ref() as _).collect();
-                let statement = match statements.get(&t) {
-                    Some(statement) => statement,
-                    None => statements.entry(t).or_insert(tx.prepare(&pg_insert(table)).await?),
-                };
-                tx.execute(statement, &params).await?;
-                counts[t].1 += 1;
-            }
-            // New events go on above the imported ones and the dispatcher's cursor (the
-            // newest events may have been forgotten by retention before the export).
-            tx.batch_execute(
-                "SELECT setval(pg_get_serial_sequence('outbox', 'id'),
-                   greatest((SELECT max(id) FROM outbox), (SELECT through FROM dispatch WHERE id = 1), 1))",
-            )
-            .await?;
-            tx.commit().await?;
-        }
+        writeln!(self.out, "{}", json!({"table": table.name, "row": row}))?;
+        self.counts[t].1 += 1;
+        Ok(())
     }
-    Ok(counts)
-}
 
-/// A row's value of `column`: NULL when the file has none (a column added since the
-/// file was written, such as the outbox's `traceparent`; a NOT NULL one is then
-/// refused by the store).
-fn value_of<'a>(row: &'a Map<String, Value>, column: &str) -> &'a Value {
-    row.get(column).unwrap_or(&Value::Null)
-}
-
-fn columns(table: &Table) -> String {
-    table.columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
-}
-
-/// The statement that loads a row of `table` into SQLite (the dispatcher's cursor,
-/// there from the start, is replaced).
-fn sqlite_insert(table: &Table) -> String {
-    let verb = if table.name == "dispatch" { "INSERT OR REPLACE" } else { "INSERT" };
-    let marks = vec!["?"; table.columns.len()].join(", ");
-    format!("{verb} INTO {} ({}) VALUES ({marks})", table.name, columns(table))
-}
-
-/// The same for PostgreSQL, each parameter cast from its kind (an `INTEGER` column
-/// takes a `bigint` parameter that way).
-fn pg_insert(table: &Table) -> String {
-    let casts: Vec<String> =
-        (1..).zip(table.columns).map(|(i, (_, kind))| format!("${i}::{}", pg_type(*kind))).collect();
-    let mut sql = format!("INSERT INTO {} ({}) VALUES ({})", table.name, columns(table), casts.join(", "));
-    if table.name == "dispatch" {
-        sql += " ON CONFLICT (id) DO UPDATE SET through = excluded.through";
+    /// Writes the end line, with the count of rows.
+    pub(in crate::store) fn finish(self) -> anyhow::Result<Counts> {
+        let rows: u64 = self.counts.iter().map(|(_, n)| n).sum();
+        writeln!(self.out, "{}", json!({"end": {"rows": rows}}))?;
+        self.out.flush()?;
+        Ok(self.counts)
     }
-    sql
 }
 
-fn write_row(out: &mut dyn Write, table: &str, row: Map<String, Value>) -> std::io::Result<()> {
-    writeln!(out, "{}", json!({"table": table, "row": row}))
-}
-
-/// The rows of a file written by [`export`], each checked as it is read: the header
-/// first, then each row's table and columns, and the end line with the count of rows,
-/// without which reading fails (and the import's transaction with it).
-struct Rows<'a> {
+/// The rows of a file written by [`Export`], each checked as it is read: the header
+/// first, then each row's table, columns and values, and the end line with the count
+/// of rows, without which reading fails (and the import's transaction with it).
+pub(in crate::store) struct Rows<'a> {
     lines: std::io::Lines<&'a mut dyn BufRead>,
     /// The number of the line read last.
     number: u64,
-    read: u64,
+    counts: Counts,
 }
 
 impl<'a> Rows<'a> {
-    fn open(input: &'a mut dyn BufRead) -> anyhow::Result<Rows<'a>> {
+    pub(in crate::store) fn open(input: &'a mut dyn BufRead) -> anyhow::Result<Rows<'a>> {
         let mut lines = input.lines();
         let header: Value = match lines.next() {
             Some(line) => serde_json::from_str(&line?).context("the first line is not JSON")?,
@@ -352,12 +251,14 @@ impl<'a> Rows<'a> {
             "a `wasaga export` file of version {}, which this wasaga does not know (it reads version {VERSION})",
             header["version"]
         );
-        Ok(Rows { lines, number: 1, read: 0 })
+        Ok(Rows { lines, number: 1, counts: zero_counts() })
     }
 
-    /// The next row, as the index of its table in [`TABLES`] and its columns; `None`
+    /// The next row, as the index of its table in [`TABLES`] and its cells in the order
+    /// of the table's columns (NULL for a column the file does not have, such as one
+    /// added since it was written; a NOT NULL one is then refused by the store); `None`
     /// after the end line.
-    fn next_row(&mut self) -> anyhow::Result<Option<(usize, Map<String, Value>)>> {
+    pub(in crate::store) fn next_row(&mut self) -> anyhow::Result<Option<(usize, Vec<Cell>)>> {
         let Some(line) = self.lines.next() else {
             anyhow::bail!(
                 "the file ends without its last line: it was cut short, and nothing of it was loaded"
@@ -368,10 +269,10 @@ impl<'a> Rows<'a> {
         let mut value: Value =
             serde_json::from_str(&line?).with_context(|| format!("line {number} is not JSON"))?;
         if let Some(end) = value.get("end") {
+            let read: u64 = self.counts.iter().map(|(_, n)| n).sum();
             anyhow::ensure!(
-                end["rows"].as_u64() == Some(self.read),
-                "the file ends after {} rows but says it has {}",
-                self.read,
+                end["rows"].as_u64() == Some(read),
+                "the file ends after {read} rows but says it has {}",
                 end["rows"]
             );
             return Ok(None);
@@ -383,61 +284,24 @@ impl<'a> Rows<'a> {
         let Some(Value::Object(row)) = value.get_mut("row").map(Value::take) else {
             anyhow::bail!("line {number}: no \"row\" object");
         };
-        if let Some(extra) = row.keys().find(|k| !TABLES[t].columns.iter().any(|(c, _)| c == k)) {
+        let table = &TABLES[t];
+        if let Some(extra) = row.keys().find(|k| !table.columns.iter().any(|(c, _)| c == k)) {
             anyhow::bail!("line {number}: table `{name}` has no column `{extra}`");
         }
-        self.read += 1;
-        Ok(Some((t, row)))
+        let cells = table
+            .columns
+            .iter()
+            .map(|(column, kind)| cell(table, column, *kind, row.get(*column).unwrap_or(&Value::Null)))
+            .collect::<anyhow::Result<_>>()
+            .with_context(|| format!("line {number}"))?;
+        self.counts[t].1 += 1;
+        Ok(Some((t, cells)))
     }
-}
 
-/// One query per table that says whether it has a row (the dispatcher's cursor is
-/// there in every store).
-fn emptiness_checks() -> impl Iterator<Item = String> {
-    TABLES
-        .iter()
-        .filter(|t| t.name != "dispatch")
-        .map(|t| format!("SELECT EXISTS (SELECT 1 FROM {})", t.name))
-}
-
-fn not_empty(to: &Location) -> String {
-    format!("{to} is not empty: an import goes into an empty store only (nothing was loaded)")
-}
-
-fn sqlite_value(row: &rusqlite::Row<'_>, i: usize, kind: Kind) -> rusqlite::Result<Value> {
-    Ok(match kind {
-        Text => row.get::<_, Option<String>>(i)?.map_or(Value::Null, Value::from),
-        Int => row.get::<_, Option<i64>>(i)?.map_or(Value::Null, Value::from),
-        Blob => row.get::<_, Option<Vec<u8>>>(i)?.map_or(Value::Null, |b| BASE64.encode(b).into()),
-        Bool => row.get::<_, Option<i64>>(i)?.map_or(Value::Null, |b| (b != 0).into()),
-    })
-}
-
-fn pg_value(row: &tokio_postgres::Row, i: usize, kind: Kind) -> Value {
-    match kind {
-        Text => row.get::<_, Option<String>>(i).map_or(Value::Null, Value::from),
-        Int => row.get::<_, Option<i64>>(i).map_or(Value::Null, Value::from),
-        Blob => row.get::<_, Option<Vec<u8>>>(i).map_or(Value::Null, |b| BASE64.encode(b).into()),
-        Bool => row.get::<_, Option<bool>>(i).map_or(Value::Null, Value::from),
+    /// The rows read per table.
+    pub(in crate::store) fn counts(self) -> Counts {
+        self.counts
     }
-}
-
-fn pg_type(kind: Kind) -> &'static str {
-    match kind {
-        Text => "text",
-        Int => "bigint",
-        Blob => "bytea",
-        Bool => "boolean",
-    }
-}
-
-/// A column's value from the file, as the kind it must be (or NULL).
-enum Cell {
-    Null,
-    Text(String),
-    Int(i64),
-    Blob(Vec<u8>),
-    Bool(bool),
 }
 
 fn cell(table: &Table, column: &str, kind: Kind, value: &Value) -> anyhow::Result<Cell> {
@@ -453,49 +317,19 @@ fn cell(table: &Table, column: &str, kind: Kind, value: &Value) -> anyhow::Resul
     })
 }
 
-fn sqlite_param(
-    table: &Table,
-    column: &str,
-    kind: Kind,
-    value: &Value,
-) -> anyhow::Result<rusqlite::types::Value> {
-    use rusqlite::types::Value as V;
-    Ok(match cell(table, column, kind, value)? {
-        Cell::Null => V::Null,
-        Cell::Text(s) => V::Text(s),
-        Cell::Int(n) => V::Integer(n),
-        Cell::Blob(b) => V::Blob(b),
-        Cell::Bool(b) => V::Integer(b.into()),
-    })
+/// The tables an import requires empty: all but the preset ones.
+pub(in crate::store) fn must_be_empty() -> impl Iterator<Item = &'static Table> {
+    TABLES.iter().filter(|t| !t.preset)
 }
 
-type PgParam = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
-
-fn pg_param(table: &Table, column: &str, kind: Kind, value: &Value) -> anyhow::Result<PgParam> {
-    Ok(match cell(table, column, kind, value)? {
-        Cell::Null => match kind {
-            Text => Box::new(None::<String>),
-            Int => Box::new(None::<i64>),
-            Blob => Box::new(None::<Vec<u8>>),
-            Bool => Box::new(None::<bool>),
-        },
-        Cell::Text(s) => Box::new(s),
-        Cell::Int(n) => Box::new(n),
-        Cell::Blob(b) => Box::new(b),
-        Cell::Bool(b) => Box::new(b),
-    })
+/// The columns of `table`, as a select or insert lists them.
+pub(in crate::store) fn column_list(table: &Table) -> String {
+    table.columns.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
 }
 
-async fn pg_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let config: tokio_postgres::Config = url.parse().context("not a PostgreSQL connection string")?;
-    let (client, connection) =
-        config.connect(tokio_postgres::NoTls).await.context("connecting to PostgreSQL")?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!("the export's connection ended: {error}");
-        }
-    });
-    Ok(client)
+/// Why an import into `store` (a description: "the SQLite store in …") was refused.
+pub(in crate::store) fn not_empty(store: &str) -> String {
+    format!("{store} is not empty: an import goes into an empty store only (nothing was loaded)")
 }
 
 #[cfg(test)]

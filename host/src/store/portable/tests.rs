@@ -1,7 +1,13 @@
-use super::*;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{KEPT_BACK, TABLES};
+use crate::app::Storage;
 use crate::service::PluginDigest;
 use crate::store::contract_tests::{commit_of, create_saga, outcome, saga};
-use crate::store::postgres::PgOptions;
+use crate::store::postgres::{PgOptions, PgStore};
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{
     ChangeSet, Commit, DefinitionRow, DeliveryChange, DeliveryRow, DeliveryStatus, Event, SagaStatus, Store,
     Subscriber, Transaction, TxLimits, UploadChange, UploadRow, Uploaded,
@@ -64,9 +70,17 @@ async fn fill(store: &dyn Store) {
     store.commit(rest).await.unwrap();
 }
 
-async fn export_of(from: &Location) -> Vec<u8> {
+fn sqlite(dir: &Path) -> Storage {
+    Storage::Sqlite { data: dir.into(), options: SqliteOptions::default() }
+}
+
+fn postgres(url: &str) -> Storage {
+    Storage::Postgres { url: url.into(), options: PgOptions::default() }
+}
+
+async fn export_of(from: &Storage) -> Vec<u8> {
     let mut file = Vec::new();
-    export(from, &mut file).await.unwrap();
+    from.export(&mut file).await.unwrap();
     file
 }
 
@@ -76,20 +90,20 @@ async fn export_of(from: &Location) -> Vec<u8> {
 /// above the imported ones, and a second import into a store with data is refused.
 #[tokio::test]
 async fn a_store_moves_between_backends_whole() {
-    let sqlite = tempfile::tempdir().unwrap();
+    let origin = tempfile::tempdir().unwrap();
     {
-        let store = SqliteStore::open(sqlite.path(), SqliteOptions::default()).unwrap();
+        let store = SqliteStore::open(origin.path(), SqliteOptions::default()).unwrap();
         fill(&store).await;
     }
-    let from_sqlite = export_of(&Location::Sqlite(sqlite.path().into())).await;
+    let from_sqlite = export_of(&sqlite(origin.path())).await;
     let lines = String::from_utf8(from_sqlite.clone()).unwrap();
     assert_eq!(lines.lines().count(), 1 + 10 + 1, "header, ten rows, end: {lines}");
 
     let url = crate::store::postgres::testing::scratch().await;
-    let postgres = Location::Postgres(url.clone());
-    let counts = import(&postgres, &mut from_sqlite.as_slice()).await.unwrap();
+    let target = postgres(&url);
+    let counts = target.import(&mut from_sqlite.as_slice()).await.unwrap();
     assert_eq!(counts.iter().map(|(_, n)| n).sum::<u64>(), 10);
-    let from_postgres = export_of(&postgres).await;
+    let from_postgres = export_of(&target).await;
     assert_eq!(String::from_utf8(from_postgres.clone()).unwrap(), lines, "the same file back");
 
     let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
@@ -106,12 +120,12 @@ async fn a_store_moves_between_backends_whole() {
     assert_eq!(after.len(), 1, "a new event goes on above the imported ones");
     assert!(after[0].id > events[1].id);
 
-    let again = import(&postgres, &mut from_sqlite.as_slice()).await.unwrap_err();
+    let again = target.import(&mut from_sqlite.as_slice()).await.unwrap_err();
     assert!(format!("{again:#}").contains("is not empty"), "{again:#}");
 
     let back = tempfile::tempdir().unwrap();
-    import(&Location::Sqlite(back.path().into()), &mut from_postgres.as_slice()).await.unwrap();
-    assert_eq!(export_of(&Location::Sqlite(back.path().into())).await, from_sqlite, "and back to SQLite");
+    sqlite(back.path()).import(&mut from_postgres.as_slice()).await.unwrap();
+    assert_eq!(export_of(&sqlite(back.path())).await, from_sqlite, "and back to SQLite");
 }
 
 /// A store whose every event retention forgot moves with its dispatcher's cursor,
@@ -120,9 +134,9 @@ async fn a_store_moves_between_backends_whole() {
 /// left, new events got ids at or below the cursor, never delivered.)
 #[tokio::test]
 async fn after_an_import_new_events_go_above_the_dispatcher_s_cursor() {
-    let sqlite = tempfile::tempdir().unwrap();
+    let origin = tempfile::tempdir().unwrap();
     let through = {
-        let store = SqliteStore::open(sqlite.path(), SqliteOptions::default()).unwrap();
+        let store = SqliteStore::open(origin.path(), SqliteOptions::default()).unwrap();
         for _ in 0..3 {
             let mut changes = ChangeSet::default();
             changes.events.push(Event::new("t", b"{}", None));
@@ -135,7 +149,7 @@ async fn after_an_import_new_events_go_above_the_dispatcher_s_cursor() {
         assert_eq!(store.prune(crate::store::PruneKind::Events, later, 10).await.unwrap(), 3);
         through
     };
-    let file = export_of(&Location::Sqlite(sqlite.path().into())).await;
+    let file = export_of(&sqlite(origin.path())).await;
     let publish = async |store: &dyn Store| {
         let mut changes = ChangeSet::default();
         changes.events.push(Event::new("t", b"{}", None));
@@ -145,10 +159,10 @@ async fn after_an_import_new_events_go_above_the_dispatcher_s_cursor() {
         assert_eq!(new.len(), 1, "the new event is past the cursor {through}");
     };
     let url = crate::store::postgres::testing::scratch().await;
-    import(&Location::Postgres(url.clone()), &mut file.as_slice()).await.unwrap();
+    postgres(&url).import(&mut file.as_slice()).await.unwrap();
     publish(&PgStore::connect(&url, PgOptions::default()).await.unwrap()).await;
     let back = tempfile::tempdir().unwrap();
-    import(&Location::Sqlite(back.path().into()), &mut file.as_slice()).await.unwrap();
+    sqlite(back.path()).import(&mut file.as_slice()).await.unwrap();
     publish(&SqliteStore::open(back.path(), SqliteOptions::default()).unwrap()).await;
 }
 
@@ -157,7 +171,7 @@ async fn after_an_import_new_events_go_above_the_dispatcher_s_cursor() {
 #[tokio::test]
 async fn an_export_of_no_store_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let error = export(&Location::Sqlite(dir.path().into()), &mut Vec::new()).await.unwrap_err();
+    let error = sqlite(dir.path()).export(&mut Vec::new()).await.unwrap_err();
     assert!(format!("{error:#}").contains("there is no wasaga store in"), "{error:#}");
     assert!(!dir.path().join("wasaga.db").exists());
 }
@@ -169,7 +183,7 @@ async fn a_file_from_before_a_new_column_loads() {
     let full = {
         let dir = tempfile::tempdir().unwrap();
         fill(&SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap()).await;
-        String::from_utf8(export_of(&Location::Sqlite(dir.path().into())).await).unwrap()
+        String::from_utf8(export_of(&sqlite(dir.path())).await).unwrap()
     };
     assert!(full.contains("\"traceparent\":\"00-4bf92f"), "{full}");
     let older: String = full
@@ -184,9 +198,9 @@ async fn a_file_from_before_a_new_column_loads() {
         .collect();
     assert!(!older.contains("traceparent\":\"00"), "{older}");
     let dir = tempfile::tempdir().unwrap();
-    let counts = import(&Location::Sqlite(dir.path().into()), &mut older.as_bytes()).await.unwrap();
+    let counts = sqlite(dir.path()).import(&mut older.as_bytes()).await.unwrap();
     assert_eq!(counts.iter().find(|(t, _)| *t == "outbox").unwrap().1, 2);
-    let again = String::from_utf8(export_of(&Location::Sqlite(dir.path().into())).await).unwrap();
+    let again = String::from_utf8(export_of(&sqlite(dir.path())).await).unwrap();
     assert_eq!(again.matches("\"traceparent\":null").count(), 2, "{again}");
 }
 
@@ -197,7 +211,7 @@ async fn a_bad_file_loads_nothing() {
     let full = {
         let dir = tempfile::tempdir().unwrap();
         fill(&SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap()).await;
-        String::from_utf8(export_of(&Location::Sqlite(dir.path().into())).await).unwrap()
+        String::from_utf8(export_of(&sqlite(dir.path())).await).unwrap()
     };
     let cut: String = full.lines().take(5).map(|l| format!("{l}\n")).collect();
     let extra = full.replacen("{\"row\":{", "{\"row\":{\"colour\":\"red\",", 1);
@@ -209,13 +223,62 @@ async fn a_bad_file_loads_nothing() {
     ];
     for (file, reason) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let target = Location::Sqlite(dir.path().into());
-        let error = import(&target, &mut file.as_bytes()).await.unwrap_err();
+        let target = sqlite(dir.path());
+        let error = target.import(&mut file.as_bytes()).await.unwrap_err();
         assert!(format!("{error:#}").contains(reason), "expected {reason:?}: {error:#}");
         // A file refused by its first line is refused before the store is opened.
         if dir.path().join("wasaga.db").exists() {
             let left = String::from_utf8(export_of(&target).await).unwrap();
             assert_eq!(left.lines().count(), 3, "nothing loaded (the cursor is always there): {left}");
         }
+    }
+}
+
+/// Every column of every table of both schemas is in the file, or its table is kept
+/// back by name: a column added to a schema and not to the format would be left
+/// behind, without a word, by every move between stores.
+#[tokio::test]
+async fn the_format_holds_every_column_of_both_schemas() {
+    let format: Vec<(String, String)> = TABLES
+        .iter()
+        .flat_map(|t| t.columns.iter().map(|(c, _)| (t.name.to_owned(), (*c).to_owned())))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+    let conn = rusqlite::Connection::open(sqlite.path()).unwrap();
+    let mut statement = conn
+        .prepare(
+            "SELECT m.name, c.name FROM sqlite_master m, pragma_table_info(m.name) c
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY 1, 2",
+        )
+        .unwrap();
+    let in_sqlite: Vec<(String, String)> =
+        statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().map(Result::unwrap).collect();
+    let url = crate::store::postgres::testing::scratch().await;
+    let pg = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    drop(pg);
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let in_postgres: Vec<(String, String)> = client
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema() ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    for (schema, columns) in [("SQLite", in_sqlite), ("PostgreSQL", in_postgres)] {
+        assert!(columns.len() > format.len() / 2, "{schema}'s columns were read: {columns:?}");
+        let missing: Vec<_> = columns
+            .iter()
+            .filter(|(table, _)| !KEPT_BACK.contains(&table.as_str()))
+            .filter(|column| !format.contains(column))
+            .collect();
+        assert!(missing.is_empty(), "{schema} has columns the file does not: {missing:?}");
+        let gone: Vec<_> = format.iter().filter(|column| !columns.contains(column)).collect();
+        assert!(gone.is_empty(), "the file has columns {schema} does not: {gone:?}");
     }
 }

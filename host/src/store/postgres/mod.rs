@@ -5,10 +5,11 @@
 //!   writes of those that hold, `COMMIT`).
 //! - Snapshots are read-only `REPEATABLE READ` transactions on pooled connections
 //!   (`records.rs`); invocations read through a cache of records, checked at their
-//!   commit (`cache.rs`); the other reads run on pooled connections (`queries.rs`).
+//!   commit (`cache.rs`); the other reads run on pooled connections, in each table's file (`sagas.rs`,
+//!   `events.rs`, `plugins.rs`).
 //! - Migrations run at start, one host at a time (`schema.rs`).
 //! - Several hosts may share the database: heartbeats, saga claims and the
-//!   leader come from `queries.rs` (`heartbeat`, `claim`; see `cluster.rs`); every
+//!   leader come from `sagas.rs` (`heartbeat`, `claim`; see `cluster.rs`); every
 //!   saga update is fenced by version and owner, and batches that publish take turns
 //!   so that event ids follow commit order (`writer.rs`).
 //!
@@ -16,10 +17,14 @@
 
 mod cache;
 mod conn;
+mod events;
+mod health;
 mod listen;
+mod plugins;
+pub mod portable;
 mod prune;
-mod queries;
 mod records;
+mod sagas;
 mod schema;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -165,11 +170,11 @@ impl Store for PgStore {
     }
 
     async fn saga(&self, id: &str) -> Result<Option<SagaRow>, StoreError> {
-        read!(self, conn => queries::saga(conn, id))
+        read!(self, conn => sagas::saga(conn, id))
     }
 
     async fn saga_by_key(&self, name: &str, key: &str) -> Result<Option<SagaRow>, StoreError> {
-        read!(self, conn => queries::saga_by_key(conn, name, key))
+        read!(self, conn => sagas::saga_by_key(conn, name, key))
     }
 
     async fn sagas(
@@ -180,59 +185,59 @@ impl Store for PgStore {
         newest_first: bool,
         max_bytes: usize,
     ) -> Result<SagaPage, StoreError> {
-        read!(self, conn => queries::sagas(conn, status, after, limit, newest_first, max_bytes))
+        read!(self, conn => sagas::sagas(conn, status, after, limit, newest_first, max_bytes))
     }
 
     async fn unfinished_sagas(&self) -> Result<Vec<SagaRow>, StoreError> {
-        read!(self, conn => queries::unfinished(conn))
+        read!(self, conn => sagas::unfinished(conn))
     }
 
     async fn heartbeat(&self, host: &str, now: i64, until: i64) -> Result<String, StoreError> {
-        read!(self, conn => queries::heartbeat(conn, host, now, until))
+        read!(self, conn => sagas::heartbeat(conn, host, now, until))
     }
 
     async fn claim_sagas(&self, host: &str, now: i64, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
-        read!(self, conn => queries::claim(conn, host, now, limit))
+        read!(self, conn => sagas::claim(conn, host, now, limit))
     }
 
     async fn saga_counts(&self) -> Result<Vec<(SagaStatus, u64)>, StoreError> {
-        read!(self, conn => queries::counts(conn))
+        read!(self, conn => sagas::counts(conn))
     }
 
     async fn search_sagas(&self, text: &str, limit: usize) -> Result<Vec<SagaRow>, StoreError> {
-        read!(self, conn => queries::search(conn, text, limit))
+        read!(self, conn => sagas::search(conn, text, limit))
     }
 
     async fn definition(&self, digest: &str) -> Result<Option<DefinitionRow>, StoreError> {
-        read!(self, conn => queries::definition(conn, digest))
+        read!(self, conn => sagas::definition(conn, digest))
     }
 
     async fn unfanned_events(&self, topics: &[String]) -> Result<Option<Unfanned>, StoreError> {
-        read!(self, conn => queries::unfanned(conn, topics))
+        read!(self, conn => events::unfanned(conn, topics))
     }
 
     async fn dispatched_through(&self) -> Result<i64, StoreError> {
-        read!(self, conn => queries::dispatched_through(conn))
+        read!(self, conn => events::dispatched_through(conn))
     }
 
     async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRow>, StoreError> {
-        read!(self, conn => queries::events_after(conn, after, limit))
+        read!(self, conn => events::events_after(conn, after, limit))
     }
 
     async fn event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
-        read!(self, conn => queries::event(conn, id))
+        read!(self, conn => events::event(conn, id))
     }
 
     async fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
-        read!(self, conn => queries::due_deliveries(conn, now, limit))
+        read!(self, conn => events::due_deliveries(conn, now, limit))
     }
 
     async fn delivery_counts(&self) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
-        read!(self, conn => queries::delivery_counts(conn))
+        read!(self, conn => events::delivery_counts(conn))
     }
 
     async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
-        read!(self, conn => queries::dead_deliveries(conn, limit))
+        read!(self, conn => events::dead_deliveries(conn, limit))
     }
 
     async fn chain(
@@ -242,19 +247,19 @@ impl Store for PgStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<ChainPage, StoreError> {
-        read!(self, conn => queries::chain(conn, correlation_id, after, limit, max_bytes))
+        read!(self, conn => events::chain(conn, correlation_id, after, limit, max_bytes))
     }
 
     async fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError> {
-        read!(self, conn => queries::count_of(conn, correlation_id))
+        read!(self, conn => events::count_of(conn, correlation_id))
     }
 
     async fn uploads(&self) -> Result<Vec<UploadRow>, StoreError> {
-        read!(self, conn => queries::uploads(conn))
+        read!(self, conn => plugins::uploads(conn))
     }
 
     async fn upload_stamps(&self) -> Result<Vec<UploadStamp>, StoreError> {
-        read!(self, conn => queries::upload_stamps(conn))
+        read!(self, conn => plugins::upload_stamps(conn))
     }
 
     /// Through the writer, as one job among the commits.

@@ -130,7 +130,7 @@ async fn run(
             Ok(None) => return,
             Err(_) => {
                 if health.is_failing() {
-                    probe(&mut conn, &config, &health, &cache).await;
+                    super::health::probe(&mut conn, &config, &health, &cache).await;
                 }
                 continue;
             }
@@ -164,24 +164,6 @@ async fn run(
         // Also after a failed batch, as in SQLite's writer: one whose COMMIT's answer was
         // lost may be durable, and a hint that finds nothing new costs one look.
         wakeups.wake(hints);
-    }
-}
-
-/// While the store fails, a commit of one row every second tells when it writes again.
-async fn probe(conn: &mut Conn, config: &Config, health: &Health, cache: &RecordCache) {
-    if conn.client.is_closed() {
-        match open(config).await {
-            Ok(fresh) => {
-                cache.clear();
-                *conn = fresh;
-            }
-            Err(error) => return health.failed(&error.to_string()),
-        }
-    }
-    let sql = "INSERT INTO probes (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at";
-    match conn.execute(sql, &[&crate::clock::now_ms()]).await {
-        Ok(_) => health.committed(),
-        Err(error) => health.failed(&error.to_string()),
     }
 }
 
@@ -400,10 +382,10 @@ fn fail_all(jobs: impl Iterator<Item = Job>, error: &StoreError) {
 }
 
 mod checks;
-mod plan;
+pub(super) mod plan;
 #[cfg(test)]
 mod tests;
-mod writes;
+pub(super) mod writes;
 
 use checks::{Overlay, expected, facts, prepare_checks};
 use plan::{Pipelined, pipeline, step};

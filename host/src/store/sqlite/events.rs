@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::unavailable;
+use super::conn::unavailable;
 use crate::store::{
     ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, Event, EventRow, StoreError, Subscriber,
     Unfanned, attempt_refused,

@@ -1,16 +1,21 @@
-//! The durable backend: SQLite in WAL mode.
+//! The embedded backend: SQLite in WAL mode, in one data directory.
 //!
-//! - One writer thread owns the write connection and group-commits (`writer.rs`).
-//! - Snapshots are read transactions on pooled read connections: WAL lets them see
-//!   one consistent state while the writer goes on.
-//! - Checkpoints run on a thread of their own. SQLite's automatic checkpoint would run
-//!   inside a committing transaction and stall it (14–46 ms measured here), so it is
-//!   switched off on the writer.
+//! - One writer thread owns the write connection and group-commits (`writer.rs`);
+//!   each table's reads and writes are in its own file (`records.rs`, `sagas.rs`,
+//!   `events.rs`, `plugins.rs`), as in the PostgreSQL backend.
+//! - Snapshots are read transactions on pooled read connections (`conn.rs`,
+//!   `records.rs`): WAL lets them see one consistent state while the writer goes on.
+//! - Checkpoints run on a thread of their own (`wal.rs`). SQLite's automatic
+//!   checkpoint would run inside a committing transaction and stall it (14–46 ms
+//!   measured here), so it is switched off on the writer.
+//! - Migrations run at open (`schema.rs`).
 //! - A lock file keeps a second wasaga process off the same data directory.
 
+mod conn;
 mod events;
 mod health;
 mod plugins;
+pub mod portable;
 mod prune;
 mod records;
 mod sagas;
@@ -18,6 +23,7 @@ mod schema;
 mod wal;
 mod writer;
 
+use self::conn::{BUSY_TIMEOUT, ReadPool, unavailable};
 use super::health::Health;
 
 use std::fs::File;
@@ -26,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::{
@@ -123,14 +129,14 @@ impl SqliteStore {
         };
         wal.prepare(&conn).map_err(unavailable)?;
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_checkpointer(&path, options.checkpoint_interval, checkpoints, stop.clone())?;
+        wal::spawn_checkpointer(&path, options.checkpoint_interval, checkpoints, stop.clone())?;
         let health = Arc::new(Health::default());
         let wakeups = Arc::new(Wakeups::new(true));
         let writer = writer::spawn(conn, options.max_batch, wal, health.clone(), wakeups.clone());
         Ok(SqliteStore {
             health,
             wakeups,
-            readers: Arc::new(ReadPool { path: path.clone(), idle: Mutex::default() }),
+            readers: Arc::new(ReadPool::new(path.clone())),
             path,
             writer: Mutex::new(writer),
             stop,
@@ -390,85 +396,6 @@ fn rows<T>(
     map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<Vec<T>> {
     conn.prepare_cached(sql)?.query_map(params, map)?.collect()
-}
-
-/// Idle read connections, reused across snapshots.
-#[derive(Debug)]
-struct ReadPool {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-}
-
-/// Idle connections kept beyond this are closed.
-const MAX_IDLE_READERS: usize = 128;
-
-impl ReadPool {
-    fn take(&self) -> Result<Connection, StoreError> {
-        if let Some(conn) = self.idle.lock().expect("pool mutex poisoned").pop() {
-            return Ok(conn);
-        }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&self.path, flags).map_err(unavailable)?;
-        conn.pragma_update(None, "query_only", true).map_err(unavailable)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
-        Ok(conn)
-    }
-
-    fn put(&self, conn: Connection) {
-        let mut idle = self.idle.lock().expect("pool mutex poisoned");
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
-        }
-    }
-}
-
-fn spawn_checkpointer(
-    path: &Path,
-    interval: Duration,
-    checkpoints: wal::Checkpoints,
-    stop: Arc<AtomicBool>,
-) -> Result<(), StoreError> {
-    let conn = Connection::open(path).map_err(unavailable)?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
-    std::thread::Builder::new()
-        .name("wasaga-checkpoint".into())
-        .spawn(move || {
-            let mut failing = false;
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(interval);
-                // Dropped while this slept: a temporary store's files may be gone.
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                // PASSIVE never waits for the writer or readers: it copies what it can.
-                // A failure (a full disk) is said once, not twenty times a second.
-                let passive = {
-                    let _alone = checkpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                };
-                match passive {
-                    Err(e) if !failing => {
-                        tracing::warn!("WAL checkpoint failed: {e}; the WAL grows until it can");
-                        failing = true;
-                    }
-                    Ok(()) if failing => {
-                        tracing::info!("WAL checkpoints work again");
-                        failing = false;
-                    }
-                    _ => {}
-                }
-            }
-        })
-        .map_err(|e| StoreError::Unavailable(format!("starting the checkpoint thread: {e}")))?;
-    Ok(())
-}
-
-/// How long a connection waits for a lock another holds before it reports the store
-/// busy.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub(super) fn unavailable(error: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(error.to_string())
 }
 
 fn io_error(path: &Path, error: std::io::Error) -> StoreError {

@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::unavailable;
+use super::conn::unavailable;
 use crate::service::PluginDigest;
 use crate::store::{StoreError, UploadChange, UploadRow, UploadStamp, Uploaded};
 

@@ -16,7 +16,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::unavailable;
+use super::conn::unavailable;
 use crate::store::{PruneKind, StoreError};
 
 // What each kind forgets, oldest first, `?2` at a time: each a range of an index

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{ReadPool, prune, unavailable};
+use super::conn::{ReadPool, unavailable};
+use super::prune;
 use crate::service::PluginDigest;
 use crate::store::{
     ChangeSet, Conflict, Entry, IdempotencyKey, Scanned, Slot, Snapshot, StoreError, StoredOutcome, Write,

@@ -4,7 +4,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::unavailable;
+use super::conn::unavailable;
 use crate::store::{DefinitionRow, SagaChange, SagaPage, SagaRow, SagaStatus, StoreError, saga_moved};
 
 use crate::store::{SEARCHED, SEARCHED_INPUT};

@@ -20,11 +20,15 @@
 //! grew freely (to 80 times its limit in a test, on a busy machine). The writer waits
 //! for the checkpoint thread's pass to end instead.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
+
+use super::conn::{BUSY_TIMEOUT, unavailable};
+use crate::store::StoreError;
 
 /// How long a restart waits for the readers still in the WAL: briefly while the WAL
 /// is under its limit (the next batch tries again), longer once it reached it.
@@ -106,4 +110,46 @@ impl WalPolicy {
             }
         }
     }
+}
+
+/// Starts the checkpoint thread: a `PASSIVE` checkpoint every `interval`, until `stop`.
+pub(super) fn spawn_checkpointer(
+    path: &Path,
+    interval: Duration,
+    checkpoints: Checkpoints,
+    stop: Arc<AtomicBool>,
+) -> Result<(), StoreError> {
+    let conn = Connection::open(path).map_err(unavailable)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    std::thread::Builder::new()
+        .name("wasaga-checkpoint".into())
+        .spawn(move || {
+            let mut failing = false;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(interval);
+                // Dropped while this slept: a temporary store's files may be gone.
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                // PASSIVE never waits for the writer or readers: it copies what it can.
+                // A failure (a full disk) is said once, not twenty times a second.
+                let passive = {
+                    let _alone = checkpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                };
+                match passive {
+                    Err(e) if !failing => {
+                        tracing::warn!("WAL checkpoint failed: {e}; the WAL grows until it can");
+                        failing = true;
+                    }
+                    Ok(()) if failing => {
+                        tracing::info!("WAL checkpoints work again");
+                        failing = false;
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .map_err(|e| StoreError::Unavailable(format!("starting the checkpoint thread: {e}")))?;
+    Ok(())
 }

@@ -10,10 +10,10 @@ use super::XACT_ID;
 use crate::store::StoreError;
 use crate::store::postgres::conn::{Conn, unavailable};
 
-pub(super) type Param = Box<dyn ToSql + Sync + Send>;
+pub(in crate::store::postgres) type Param = Box<dyn ToSql + Sync + Send>;
 
 /// One statement of a pipeline, and how its answer is checked.
-pub(super) struct Step {
+pub(in crate::store::postgres) struct Step {
     pub(super) sql: &'static str,
     pub(super) params: Vec<Param>,
     pub(super) guard: Guard,
@@ -21,7 +21,7 @@ pub(super) struct Step {
 
 /// What a statement must have changed, else the commit it writes for meets a change
 /// its checks did not see, and is refused.
-pub(super) enum Guard {
+pub(in crate::store::postgres) enum Guard {
     None,
     /// Exactly one row, else job `.0` is refused with `.1`.
     One(usize, StoreError),
@@ -30,11 +30,16 @@ pub(super) enum Guard {
     Rows(Vec<(String, usize, StoreError)>),
 }
 
-pub(super) fn step(sql: &'static str, params: Vec<Param>) -> Step {
+pub(in crate::store::postgres) fn step(sql: &'static str, params: Vec<Param>) -> Step {
     Step { sql, params, guard: Guard::None }
 }
 
-pub(super) fn guarded(sql: &'static str, params: Vec<Param>, job: usize, refusal: StoreError) -> Step {
+pub(in crate::store::postgres) fn guarded(
+    sql: &'static str,
+    params: Vec<Param>,
+    job: usize,
+    refusal: StoreError,
+) -> Step {
     Step { sql, params, guard: Guard::One(job, refusal) }
 }
 

@@ -1,7 +1,8 @@
 use super::super::{PgOptions, PgStore, config, testing};
 use super::checks::{FLOORS, LOCK_RECORDS, OUTCOMES_STORED, RECORD_VERSIONS, SAGA_VERSIONS, SAGAS_BY_KEY};
-use super::writes::{STORE_OUTCOMES, UPDATE_SAGAS, WRITE_RECORDS};
 use super::{Conn, Pipelined, Writes, pipeline};
+use crate::store::postgres::records::{STORE_OUTCOMES, WRITE_RECORDS};
+use crate::store::postgres::sagas::UPDATE_SAGAS;
 use crate::store::{ChangeSet, Commit, StoreError, Write};
 
 /// The writer's look-ups of rows by key are planned once per connection and the

@@ -1,164 +1,66 @@
-//! Round trip 2 of a batch: the writes of the commits that hold, one statement per
-//! table for the rows most commits make, a statement each for the rest.
+//! Round trip 2 of a batch: the writes of the commits that hold, gathered here, one
+//! statement per table for the rows most commits make (outcomes, records, saga
+//! updates), a statement each for the rest. Each table's statements and rows are in
+//! its own file (`records.rs`, `sagas.rs`, `events.rs`, `plugins.rs`), as SQLite's.
 
 use std::collections::HashMap;
 
 use tokio_postgres::types::ToSql;
 
-use super::plan::{Guard, Param, Step, guarded, step};
-use crate::store::{
-    Commit, Conflict, DeliveryChange, SagaChange, StoreError, Subscriber, UploadChange, attempt_refused,
-    saga_moved,
-};
+use super::plan::{Guard, Param, Step};
+use crate::store::postgres::records::{STORE_OUTCOMES, WRITE_RECORDS};
+use crate::store::postgres::sagas::UPDATE_SAGAS;
+use crate::store::postgres::{events, plugins, records, sagas};
+use crate::store::{Commit, StoreError};
 
 /// The batch's transaction id (assigned by this call if no step has yet).
 pub(super) const XACT_ID: &str = "SELECT pg_current_xact_id()::text";
 
-// The writes most commits make are each one statement for the whole batch, over
-// arrays of the batch's rows (`unnest`): a statement per row cost PostgreSQL more in
-// the statement's handling than in the row's (~150 statements a batch), and a
-// batch's writes took 3.4 ms, the longest of its round trips. Each returns the keys
-// of the rows it changed, which are the rows whose guard held.
-pub(super) const STORE_OUTCOMES: &str =
-    "INSERT INTO invocations (service, space, key, fingerprint, operation, ok, output,
-         digest, correlation_id, created_at, expires_at)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::bool[],
-         $7::bytea[], $8::text[], $9::text[], $10::int8[], $11::int8[])
-     ON CONFLICT (service, space, key) DO UPDATE SET
-         fingerprint = excluded.fingerprint, operation = excluded.operation,
-         ok = excluded.ok, output = excluded.output, digest = excluded.digest,
-         correlation_id = excluded.correlation_id,
-         created_at = excluded.created_at, expires_at = excluded.expires_at
-     WHERE invocations.expires_at <= excluded.created_at
-     RETURNING service, space, key";
-/// A write's version is the one it read plus one.
-pub(super) const WRITE_RECORDS: &str = "INSERT INTO records (service, key, value, version, deleted_at)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::int8[], $5::int8[])
-     ON CONFLICT (service, key) DO UPDATE SET
-         value = excluded.value, version = excluded.version, deleted_at = excluded.deleted_at
-     WHERE records.version = excluded.version - 1
-     RETURNING service, key";
-/// The owner's check is here only (the batch's checks read the version alone): a saga
-/// taken over by another host is rare, and refusing it late costs a batch's redo.
-pub(super) const UPDATE_SAGAS: &str =
-    "UPDATE sagas SET status = u.status, state = u.state, version = u.version + 1,
-         updated_at = u.at, owner = coalesce(u.by, sagas.owner)
-     FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::text[])
-         AS u (id, version, status, state, at, by)
-     WHERE sagas.id = u.id AND sagas.version = u.version
-       AND (u.by IS NULL OR sagas.owner IS NULL OR sagas.owner = u.by OR sagas.status = 'stuck')
-     RETURNING sagas.id";
-pub(super) const CREATE_SAGA: &str = "INSERT INTO sagas
-         (id, name, status, input, state, version, key, fingerprint, created_at, updated_at, owner)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-     ON CONFLICT DO NOTHING";
-pub(super) const CREATE_DELIVERY: &str =
-    "INSERT INTO deliveries (event_id, subscriber, operation, topic, correlation_id,
-         status, attempts, next_at, created_at)
-     VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6)
-     ON CONFLICT DO NOTHING";
-pub(super) const DISPATCHED: &str = "UPDATE dispatch SET through = GREATEST(through, $1) WHERE id = 1";
-pub(super) const UPDATE_DELIVERY: &str =
-    "UPDATE deliveries SET status = $3, attempts = $4, next_at = $5, outcome = $6,
-         last_error = $7, done_at = $8
-     WHERE event_id = $1 AND subscriber = $2 AND status = 'pending' AND attempts = $4 - 1";
-pub(super) const REDELIVER: &str = "UPDATE deliveries SET status = 'pending', next_at = $3
-     WHERE event_id = $1 AND subscriber = $2 AND status = 'dead'";
-pub(super) const SAVE_DEFINITION: &str = "INSERT INTO saga_definitions (digest, name, text, saved_at) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (digest) DO UPDATE SET name = excluded.name, text = excluded.text, saved_at = excluded.saved_at";
-pub(super) const KEEP_UPLOAD: &str = "INSERT INTO plugin_uploads (service, digest, base, wasm, uploaded_at)
-     VALUES ($1, $2, $3, $4, $5)
-     ON CONFLICT (service) DO UPDATE SET digest = excluded.digest, base = excluded.base,
-         wasm = excluded.wasm, uploaded_at = excluded.uploaded_at";
-pub(super) const DISCARD_UPLOAD: &str = "DELETE FROM plugin_uploads WHERE service = $1";
-pub(super) const PUBLISH: &str =
-    "INSERT INTO outbox (service, topic, payload, correlation_id, created_at, traceparent, subscribers)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
-
 /// A batch's writes: the rows most commits write, gathered per table into one
 /// statement each, and the rest, one statement per change in commit order.
 #[derive(Default)]
-pub(super) struct Writes {
-    pub(super) outcomes: Vec<Row<11>>,
-    pub(super) records: Vec<Row<5>>,
-    pub(super) sagas: Vec<Row<6>>,
-    pub(super) others: Vec<Step>,
+pub(in crate::store::postgres) struct Writes {
+    pub(in crate::store::postgres) outcomes: Vec<Batched<11>>,
+    pub(in crate::store::postgres) records: Vec<Batched<5>>,
+    pub(in crate::store::postgres) sagas: Vec<Batched<6>>,
+    pub(in crate::store::postgres) others: Vec<Step>,
 }
 
 /// One row of a multi-row write: the job it is for, its key, its columns' values, and
 /// what the job is refused with if the row's guard does not hold.
-pub(super) struct Row<const N: usize> {
-    pub(super) job: usize,
-    pub(super) key: String,
-    pub(super) values: [Param; N],
-    pub(super) refusal: StoreError,
+pub(in crate::store::postgres) struct Batched<const N: usize> {
+    pub(in crate::store::postgres) job: usize,
+    pub(in crate::store::postgres) key: String,
+    pub(in crate::store::postgres) values: [Param; N],
+    pub(in crate::store::postgres) refusal: StoreError,
 }
+
 impl Writes {
-    /// Adds the writes of checked commit `job`.
-    pub(super) fn add(&mut self, job: usize, commit: &Commit) {
-        let service = &commit.service;
-        if let Some(o) = &commit.outcome {
-            let (ok, output) = match &o.result {
-                Ok(output) => (true, output.clone()),
-                Err(reason) => (false, reason.clone().into_bytes()),
-            };
-            let k = &o.key;
-            self.outcomes.push(Row {
-                job,
-                key: format!("{}\0{}\0{}", k.service, k.space.as_str(), k.key),
-                values: [
-                    Box::new(k.service.clone()),
-                    Box::new(k.space.as_str()),
-                    Box::new(k.key.clone()),
-                    Box::new(o.fingerprint.to_vec()),
-                    Box::new(o.operation.clone()),
-                    Box::new(ok),
-                    Box::new(output),
-                    Box::new(o.digest.to_string()),
-                    Box::new(o.correlation_id.clone()),
-                    Box::new(o.created_at),
-                    Box::new(o.expires_at),
-                ],
-                refusal: StoreError::Duplicate(k.key.clone()),
-            });
+    /// Adds the writes of checked commit `job`, in the order of SQLite's `apply`
+    /// (`store/sqlite/writer.rs`), each table's by its own file.
+    pub(in crate::store::postgres) fn add(&mut self, job: usize, commit: &Commit) {
+        if let Some(outcome) = &commit.outcome {
+            records::store_outcome(job, outcome, self);
         }
-        for write in &commit.changes.writes {
-            let read = write.version - 1;
-            let deleted_at = write.value.is_none().then(crate::clock::now_ms);
-            self.records.push(Row {
-                job,
-                key: format!("{service}\0{}", write.key),
-                values: [
-                    Box::new(service.clone()),
-                    Box::new(write.key.clone()),
-                    Box::new(write.value.clone()),
-                    Box::new(write.version as i64),
-                    Box::new(deleted_at),
-                ],
-                refusal: Conflict {
-                    key: write.key.clone(),
-                    expected: (read > 0).then_some(read),
-                    actual: None,
-                }
-                .into(),
-            });
+        records::apply_changes(job, &commit.service, &commit.changes, self);
+        if let Some(saga) = &commit.saga {
+            sagas::apply(job, saga, self);
         }
-        if let Some(SagaChange::Update { id, version, status, state, at, by }) = &commit.saga {
-            self.sagas.push(Row {
-                job,
-                key: id.clone(),
-                values: [
-                    Box::new(id.clone()),
-                    Box::new(*version as i64),
-                    Box::new(status.as_str()),
-                    Box::new(state.clone()),
-                    Box::new(*at),
-                    Box::new(by.clone()),
-                ],
-                refusal: saga_moved(id, *version, None),
-            });
+        for change in &commit.deliveries {
+            events::apply(job, change, self);
         }
-        self.others.extend(others(job, commit));
+        for def in &commit.definitions {
+            sagas::save_definition(def, self);
+        }
+        for change in &commit.uploads {
+            plugins::apply(change, self);
+        }
+        if !commit.changes.events.is_empty() {
+            let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
+            let chain = commit.correlation_id.as_ref();
+            let trace = commit.traceparent.as_ref();
+            events::publish(&commit.service, &commit.changes.events, chain, trace, created_at, self);
+        }
     }
 
     /// The statements, in an order that keeps each commit's dependencies: outcomes,
@@ -176,8 +78,8 @@ impl Writes {
 /// The statements of one multi-row write: its rows as one array per column, in
 /// rounds in which no key appears twice (PostgreSQL changes a row once per statement;
 /// two commits of a batch may write one record), a key's rows in commit order.
-pub(super) fn multi_row<const N: usize>(sql: &'static str, rows: Vec<Row<N>>) -> Vec<Step> {
-    let mut rounds: Vec<Vec<Row<N>>> = Vec::new();
+pub(super) fn multi_row<const N: usize>(sql: &'static str, rows: Vec<Batched<N>>) -> Vec<Step> {
+    let mut rounds: Vec<Vec<Batched<N>>> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for row in rows {
         let round = seen.entry(row.key.clone()).or_insert(0);
@@ -195,7 +97,7 @@ pub(super) fn multi_row<const N: usize>(sql: &'static str, rows: Vec<Row<N>>) ->
             round.sort_by(|a, b| a.key.cmp(&b.key));
             let mut columns: Vec<Vec<Param>> = (0..N).map(|_| Vec::with_capacity(round.len())).collect();
             let mut expected = Vec::with_capacity(round.len());
-            for Row { job, key, values, refusal } in round {
+            for Batched { job, key, values, refusal } in round {
                 for (column, value) in columns.iter_mut().zip(values) {
                     column.push(value);
                 }
@@ -242,129 +144,4 @@ impl ToSql for Column {
     }
 
     tokio_postgres::types::to_sql_checked!();
-}
-
-/// The statements of a checked commit's changes that are not multi-row writes, in
-/// SQLite's order.
-pub(super) fn others(job: usize, commit: &Commit) -> Vec<Step> {
-    let mut steps = Vec::new();
-    let service = &commit.service;
-    match &commit.saga {
-        Some(SagaChange::Create(row)) => steps.push(guarded(
-            CREATE_SAGA,
-            vec![
-                Box::new(row.id.clone()),
-                Box::new(row.name.clone()),
-                Box::new(row.status.as_str()),
-                Box::new(row.input.clone()),
-                Box::new(row.state.clone()),
-                Box::new(row.version as i64),
-                Box::new(row.key.clone()),
-                Box::new(row.fingerprint.to_vec()),
-                Box::new(row.created_at),
-                Box::new(row.updated_at),
-                Box::new(row.owner.clone()),
-            ],
-            job,
-            StoreError::Duplicate(row.key.clone()),
-        )),
-        Some(SagaChange::Update { .. }) | None => {}
-    }
-    for change in &commit.deliveries {
-        match change {
-            DeliveryChange::Create { deliveries, through } => {
-                for d in deliveries {
-                    steps.push(step(
-                        CREATE_DELIVERY,
-                        vec![
-                            Box::new(d.event_id),
-                            Box::new(d.subscriber.clone()),
-                            Box::new(d.operation.clone()),
-                            Box::new(d.topic.clone()),
-                            Box::new(d.correlation_id.clone()),
-                            Box::new(d.created_at),
-                        ],
-                    ));
-                }
-                steps.push(step(DISPATCHED, vec![Box::new(*through)]));
-            }
-            DeliveryChange::Update {
-                event_id,
-                subscriber,
-                status,
-                attempts,
-                next_at,
-                outcome,
-                last_error,
-                done_at,
-            } => steps.push(guarded(
-                UPDATE_DELIVERY,
-                vec![
-                    Box::new(*event_id),
-                    Box::new(subscriber.clone()),
-                    Box::new(status.as_str()),
-                    Box::new(*attempts as i32),
-                    Box::new(*next_at),
-                    Box::new(outcome.clone()),
-                    Box::new(last_error.clone()),
-                    Box::new(*done_at),
-                ],
-                job,
-                attempt_refused(*event_id, subscriber, *attempts),
-            )),
-            DeliveryChange::Redeliver { event_id, subscriber, at } => steps.push(guarded(
-                REDELIVER,
-                vec![Box::new(*event_id), Box::new(subscriber.clone()), Box::new(*at)],
-                job,
-                StoreError::Invalid(format!("no dead delivery of event {event_id} to `{subscriber}`")),
-            )),
-        }
-    }
-    for def in &commit.definitions {
-        steps.push(step(
-            SAVE_DEFINITION,
-            vec![
-                Box::new(def.digest.clone()),
-                Box::new(def.name.clone()),
-                Box::new(def.text.clone()),
-                Box::new(def.saved_at),
-            ],
-        ));
-    }
-    for change in &commit.uploads {
-        match change {
-            UploadChange::Keep(u) => steps.push(step(
-                KEEP_UPLOAD,
-                vec![
-                    Box::new(u.service.clone()),
-                    Box::new(u.component.as_ref().map(|c| c.digest.to_string())),
-                    Box::new(u.base.map(|b| b.to_string())),
-                    Box::new(u.component.as_ref().map(|c| c.wasm.clone())),
-                    Box::new(u.uploaded_at),
-                ],
-            )),
-            UploadChange::Discard { service } => {
-                steps.push(step(DISCARD_UPLOAD, vec![Box::new(service.clone())]))
-            }
-        }
-    }
-    if !commit.changes.events.is_empty() {
-        let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
-        for event in &commit.changes.events {
-            let chain = event.correlation_id.as_ref().or(commit.correlation_id.as_ref()).cloned();
-            steps.push(step(
-                PUBLISH,
-                vec![
-                    Box::new(service.clone()),
-                    Box::new(event.topic.clone()),
-                    Box::new(event.payload.clone()),
-                    Box::new(chain),
-                    Box::new(created_at),
-                    Box::new(commit.traceparent.clone()),
-                    Box::new(event.subscribers.as_deref().map(Subscriber::encode)),
-                ],
-            ));
-        }
-    }
-    steps
 }
