@@ -16,7 +16,8 @@ use super::extract::{Path, Query};
 use super::services::{REPLAYED, idempotency_key};
 use super::{ApiError, AppState, body_bytes, json_value};
 use crate::config::parse_duration;
-use crate::saga::{HistoryEntry, OperatorNote, SagaRecord, SagaStatus, StepStatus};
+use crate::saga::{HistoryEntry, OperatorNote, SagaRecord, StepStatus};
+use crate::store::SagaStatus;
 
 /// The longest `?wait=` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(60);

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 use tracing::Instrument;
 
 use super::definition::SagaDef;
-use super::machine::{Action, Direction, Event, SagaState, SagaStatus, StepStatus, apply};
+use super::machine::{Action, Direction, Event, SagaState, StepStatus, apply};
+use crate::store::SagaStatus;
 use super::{EngineInner, SagaId};
 use crate::alert::Alert;
 use crate::invoke::{Attached, Caller, InvokeError, Produced, Request};

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::definition::SagaDef;
-pub use crate::store::SagaStatus;
+use crate::store::SagaStatus;
 
 /// Where one step is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -28,13 +28,13 @@ use tokio::sync::{Semaphore, watch};
 
 pub use definition::{DefinitionError, RetryPolicy, SagaDef, StepDef};
 pub use machine::{
-    Happened, HistoryEntry, OperatorAction, OperatorNote, SagaState, SagaStatus, StepState, StepStatus,
+    Happened, HistoryEntry, OperatorAction, OperatorNote, SagaState, StepState, StepStatus,
 };
 
 use crate::alert::Alerter;
 use crate::clock::Clock;
 use crate::invoke::Invoker;
-use crate::store::{Commit, PAGE_BYTES, SagaChange, SagaRow, Store, StoreError};
+use crate::store::{Commit, PAGE_BYTES, SagaChange, SagaRow, SagaStatus, Store, StoreError};
 use driver::Run;
 use machine::{Event, apply, resume};
 

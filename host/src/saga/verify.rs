@@ -25,7 +25,8 @@ use serde_json::{Map, Value};
 use super::SagaId;
 use super::definition::SagaDef;
 use super::driver::{Run, outcome_event, step_request};
-use super::machine::{Action, Direction, Event, SagaState, SagaStatus, StepStatus, apply};
+use super::machine::{Action, Direction, Event, SagaState, StepStatus, apply};
+use crate::store::SagaStatus;
 use crate::invoke::{Caller, Invoker, Produced, Request};
 use crate::store::{ChangeSet, Commit, Store, Write};
 

@@ -4,6 +4,13 @@
 use serde::{Deserialize, Serialize};
 
 /// Where a saga is.
+///
+/// The store's own type, though the saga machine moves sagas between these: the five
+/// values are the store's schema (the `status` column, the index of finished sagas,
+/// the seeded per-status counts) and its queries depend on them (the claim of a dead
+/// host's running and compensating sagas, retention of completed and compensated
+/// ones, the operators' stuck sagas). The saga layer sits above the store and imports
+/// it from here; owned there, it would make the store depend on the layer above it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaStatus {

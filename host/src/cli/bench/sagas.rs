@@ -14,7 +14,8 @@ use crate::app::{App, AppConfig, Storage};
 use crate::cli::choices::Synchronous;
 use crate::invoke::{Caller, Invoker, Request};
 use crate::runtime::Limits;
-use crate::saga::{SagaDef, SagaEngine, SagaStatus};
+use crate::saga::{SagaDef, SagaEngine};
+use crate::store::SagaStatus;
 use crate::store::sqlite::SqliteOptions;
 
 /// The demo's saga definition, built in.
