@@ -12,7 +12,7 @@ use anyhow::Context;
 use crate::alert::Alerter;
 use crate::clock::SystemClock;
 use crate::cluster::Membership;
-use crate::events::Dispatcher;
+use crate::dispatch::Dispatcher;
 use crate::http::{Access, AppState};
 use crate::invoke::{InvokeOptions, Invoker};
 use crate::lifecycle::PluginManager;

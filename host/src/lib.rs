@@ -29,7 +29,7 @@
 //!   tombstones and expired idempotency records, and the task that prunes them.
 //! - [`rates`]: per-minute counts of the last hour (sagas ended, step failures) for the
 //!   dashboard's trend.
-//! - [`events`]: choreography: the dispatcher delivering outbox events to subscribers.
+//! - [`dispatch`]: choreography: the dispatcher delivering outbox events to subscribers.
 //! - [`http`]: the axum API and its problem+json errors.
 //! - [`clock`]: wall-clock time as stored (unix ms).
 //! - [`text`]: outside text (plugins', operators') made safe for the log.
@@ -45,7 +45,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod config;
-pub mod events;
+pub mod dispatch;
 pub mod guests;
 pub mod http;
 pub mod invoke;

@@ -44,7 +44,7 @@ pub struct AppState {
     pub invoker: Invoker,
     pub sagas: SagaEngine,
     pub plugins: PluginManager,
-    pub events: crate::events::Dispatcher,
+    pub events: crate::dispatch::Dispatcher,
     /// Who may do what: the admin and API tokens.
     pub access: Access,
 }

@@ -12,12 +12,12 @@ use tracing::Instrument;
 
 use super::definition::SagaDef;
 use super::machine::{Action, Direction, Event, SagaState, StepStatus, apply};
-use crate::store::SagaStatus;
 use super::{EngineInner, SagaId};
 use crate::alert::Alert;
 use crate::invoke::{Attached, Caller, InvokeError, Produced, Request};
 use crate::metrics::{labels, metrics};
 use crate::rates::{Rate, rates};
+use crate::store::SagaStatus;
 use crate::store::{Commit, SagaChange, StoreError};
 use crate::trace::{Kind, Span, TraceContext};
 

@@ -27,9 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, watch};
 
 pub use definition::{DefinitionError, RetryPolicy, SagaDef, StepDef};
-pub use machine::{
-    Happened, HistoryEntry, OperatorAction, OperatorNote, SagaState, StepState, StepStatus,
-};
+pub use machine::{Happened, HistoryEntry, OperatorAction, OperatorNote, SagaState, StepState, StepStatus};
 
 use crate::alert::Alerter;
 use crate::clock::Clock;

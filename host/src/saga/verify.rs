@@ -26,8 +26,8 @@ use super::SagaId;
 use super::definition::SagaDef;
 use super::driver::{Run, outcome_event, step_request};
 use super::machine::{Action, Direction, Event, SagaState, StepStatus, apply};
-use crate::store::SagaStatus;
 use crate::invoke::{Caller, Invoker, Produced, Request};
+use crate::store::SagaStatus;
 use crate::store::{ChangeSet, Commit, Store, Write};
 
 /// What is done to one call.

@@ -4,7 +4,7 @@
 //!   atomic, validated [`Store::commit`] that carries records, the idempotency record,
 //!   outbox events, a saga transition, delivery changes and definition versions
 //!   together, and the queries of sagas (`sagas.rs`), events and deliveries
-//!   (`events.rs`), uploaded plugins, retention and health. Its behaviour is pinned by one test suite
+//!   (`outbox.rs`), uploaded plugins, retention and health. Its behaviour is pinned by one test suite
 //!   (`contract_tests/`) that every backend runs.
 //! - [`Transaction`] is one invocation's view: it reads from a snapshot, records every
 //!   version it read (the read set), buffers writes, and produces the [`ChangeSet`]
@@ -22,8 +22,8 @@
 
 #[cfg(test)]
 mod contract_tests;
-mod events;
 pub(crate) mod health;
+mod outbox;
 pub mod portable;
 pub mod postgres;
 mod sagas;
@@ -36,8 +36,8 @@ use std::future::Future;
 use crate::service::PluginDigest;
 use std::pin::Pin;
 
-pub use events::{ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, EventRow, Subscriber, Unfanned};
-pub(crate) use events::{attempt_refused, saga_moved};
+pub use outbox::{ChainPage, DeliveryChange, DeliveryRow, DeliveryStatus, EventRow, Subscriber, Unfanned};
+pub(crate) use outbox::{attempt_refused, saga_moved};
 pub use sagas::{DefinitionRow, SagaChange, SagaRow, SagaStatus};
 pub use transaction::{ChangeSet, Event, NUL_IN_KEY, Transaction, TxLimits, Write};
 pub use wakeups::Wakeups;

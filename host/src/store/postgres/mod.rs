@@ -6,7 +6,7 @@
 //! - Snapshots are read-only `REPEATABLE READ` transactions on pooled connections
 //!   (`records.rs`); invocations read through a cache of records, checked at their
 //!   commit (`cache.rs`); the other reads run on pooled connections, in each table's file (`sagas.rs`,
-//!   `events.rs`, `plugins.rs`).
+//!   `outbox.rs`, `plugins.rs`).
 //! - Migrations run at start, one host at a time (`schema.rs`).
 //! - Several hosts may share the database: heartbeats, saga claims and the
 //!   leader come from `sagas.rs` (`heartbeat`, `claim`; see `cluster.rs`); every
@@ -17,9 +17,9 @@
 
 mod cache;
 mod conn;
-mod events;
 mod health;
 mod listen;
+mod outbox;
 mod plugins;
 pub mod portable;
 mod prune;
@@ -213,31 +213,31 @@ impl Store for PgStore {
     }
 
     async fn unfanned_events(&self, topics: &[String]) -> Result<Option<Unfanned>, StoreError> {
-        read!(self, conn => events::unfanned(conn, topics))
+        read!(self, conn => outbox::unfanned(conn, topics))
     }
 
     async fn dispatched_through(&self) -> Result<i64, StoreError> {
-        read!(self, conn => events::dispatched_through(conn))
+        read!(self, conn => outbox::dispatched_through(conn))
     }
 
     async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRow>, StoreError> {
-        read!(self, conn => events::events_after(conn, after, limit))
+        read!(self, conn => outbox::events_after(conn, after, limit))
     }
 
     async fn event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
-        read!(self, conn => events::event(conn, id))
+        read!(self, conn => outbox::event(conn, id))
     }
 
     async fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
-        read!(self, conn => events::due_deliveries(conn, now, limit))
+        read!(self, conn => outbox::due_deliveries(conn, now, limit))
     }
 
     async fn delivery_counts(&self) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
-        read!(self, conn => events::delivery_counts(conn))
+        read!(self, conn => outbox::delivery_counts(conn))
     }
 
     async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
-        read!(self, conn => events::dead_deliveries(conn, limit))
+        read!(self, conn => outbox::dead_deliveries(conn, limit))
     }
 
     async fn chain(
@@ -247,11 +247,11 @@ impl Store for PgStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<ChainPage, StoreError> {
-        read!(self, conn => events::chain(conn, correlation_id, after, limit, max_bytes))
+        read!(self, conn => outbox::chain(conn, correlation_id, after, limit, max_bytes))
     }
 
     async fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError> {
-        read!(self, conn => events::count_of(conn, correlation_id))
+        read!(self, conn => outbox::count_of(conn, correlation_id))
     }
 
     async fn uploads(&self) -> Result<Vec<UploadRow>, StoreError> {

@@ -2,7 +2,7 @@
 //!
 //! - One writer thread owns the write connection and group-commits (`writer.rs`);
 //!   each table's reads and writes are in its own file (`records.rs`, `sagas.rs`,
-//!   `events.rs`, `plugins.rs`), as in the PostgreSQL backend.
+//!   `outbox.rs`, `plugins.rs`), as in the PostgreSQL backend.
 //! - Snapshots are read transactions on pooled read connections (`conn.rs`,
 //!   `records.rs`): WAL lets them see one consistent state while the writer goes on.
 //! - Checkpoints run on a thread of their own (`wal.rs`). SQLite's automatic
@@ -12,8 +12,8 @@
 //! - A lock file keeps a second wasaga process off the same data directory.
 
 mod conn;
-mod events;
 mod health;
+mod outbox;
 mod plugins;
 pub mod portable;
 mod prune;
@@ -304,31 +304,31 @@ impl Store for SqliteStore {
 
     async fn unfanned_events(&self, topics: &[String]) -> Result<Option<Unfanned>, StoreError> {
         let topics = serde_json::to_string(topics).expect("text serialises");
-        self.read(|conn| events::unfanned(conn, &topics))
+        self.read(|conn| outbox::unfanned(conn, &topics))
     }
 
     async fn dispatched_through(&self) -> Result<i64, StoreError> {
-        self.read(|conn| events::dispatched_through(conn))
+        self.read(|conn| outbox::dispatched_through(conn))
     }
 
     async fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRow>, StoreError> {
-        self.read(|conn| events::events_after(conn, after, limit))
+        self.read(|conn| outbox::events_after(conn, after, limit))
     }
 
     async fn event(&self, id: i64) -> Result<Option<EventRow>, StoreError> {
-        self.read(|conn| events::event(conn, id))
+        self.read(|conn| outbox::event(conn, id))
     }
 
     async fn due_deliveries(&self, now: i64, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.read(|conn| events::due_deliveries(conn, now, limit))
+        self.read(|conn| outbox::due_deliveries(conn, now, limit))
     }
 
     async fn delivery_counts(&self) -> Result<Vec<(DeliveryStatus, u64)>, StoreError> {
-        self.read(|conn| events::delivery_counts(conn))
+        self.read(|conn| outbox::delivery_counts(conn))
     }
 
     async fn dead_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.read(|conn| events::dead_deliveries(conn, limit))
+        self.read(|conn| outbox::dead_deliveries(conn, limit))
     }
 
     async fn chain(
@@ -338,11 +338,11 @@ impl Store for SqliteStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<ChainPage, StoreError> {
-        self.read(|conn| events::chain(conn, correlation_id, after, limit, max_bytes))
+        self.read(|conn| outbox::chain(conn, correlation_id, after, limit, max_bytes))
     }
 
     async fn count_events_of(&self, correlation_id: &str) -> Result<u64, StoreError> {
-        self.read(|conn| events::count_of(conn, correlation_id))
+        self.read(|conn| outbox::count_of(conn, correlation_id))
     }
 
     async fn uploads(&self) -> Result<Vec<UploadRow>, StoreError> {

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::health;
 use super::wal::WalPolicy;
-use super::{events, plugins, records, sagas, unavailable};
+use super::{outbox, plugins, records, sagas, unavailable};
 use crate::store::health::{Health, PROBE_EVERY};
 use crate::store::wakeups::{Hints, Wakeups};
 use crate::store::{Commit, StoreError};
@@ -268,7 +268,7 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
         sagas::apply(conn, saga)?;
     }
     for change in &commit.deliveries {
-        events::apply(conn, change)?;
+        outbox::apply(conn, change)?;
     }
     for def in &commit.definitions {
         sagas::save_definition(conn, def)?;
@@ -280,7 +280,7 @@ fn apply(conn: &Connection, commit: &Commit) -> Result<(), StoreError> {
         let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
         let chain = commit.correlation_id.as_ref();
         let trace = commit.traceparent.as_ref();
-        events::publish(conn, &commit.service, &commit.changes.events, chain, trace, created_at)?;
+        outbox::publish(conn, &commit.service, &commit.changes.events, chain, trace, created_at)?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Round trip 2 of a batch: the writes of the commits that hold, gathered here, one
 //! statement per table for the rows most commits make (outcomes, records, saga
 //! updates), a statement each for the rest. Each table's statements and rows are in
-//! its own file (`records.rs`, `sagas.rs`, `events.rs`, `plugins.rs`), as SQLite's.
+//! its own file (`records.rs`, `sagas.rs`, `outbox.rs`, `plugins.rs`), as SQLite's.
 
 use std::collections::HashMap;
 
@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 use super::plan::{Guard, Param, Step};
 use crate::store::postgres::records::{STORE_OUTCOMES, WRITE_RECORDS};
 use crate::store::postgres::sagas::UPDATE_SAGAS;
-use crate::store::postgres::{events, plugins, records, sagas};
+use crate::store::postgres::{outbox, plugins, records, sagas};
 use crate::store::{Commit, StoreError};
 
 /// The batch's transaction id (assigned by this call if no step has yet).
@@ -47,7 +47,7 @@ impl Writes {
             sagas::apply(job, saga, self);
         }
         for change in &commit.deliveries {
-            events::apply(job, change, self);
+            outbox::apply(job, change, self);
         }
         for def in &commit.definitions {
             sagas::save_definition(def, self);
@@ -59,7 +59,7 @@ impl Writes {
             let created_at = commit.outcome.as_ref().map_or_else(crate::clock::now_ms, |o| o.created_at);
             let chain = commit.correlation_id.as_ref();
             let trace = commit.traceparent.as_ref();
-            events::publish(&commit.service, &commit.changes.events, chain, trace, created_at, self);
+            outbox::publish(&commit.service, &commit.changes.events, chain, trace, created_at, self);
         }
     }
 

@@ -1,5 +1,5 @@
 //! The outbox and deliveries in PostgreSQL: the queries (SQLite's are in
-//! `store/sqlite/events.rs`), and the events and delivery changes a commit carries,
+//! `store/sqlite/outbox.rs`), and the events and delivery changes a commit carries,
 //! added to its batch's writes (`writer/writes.rs`).
 
 use tokio_postgres::Row;
