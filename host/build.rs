@@ -34,6 +34,8 @@ const GUESTS: &[(&str, &[&str])] = &[
             "old-inventory",
             "legacy",
             "broken-payment",
+            "caller",
+            "legacy-v2",
         ],
     ),
 ];

@@ -16,6 +16,7 @@ use crate::dispatch::Dispatcher;
 use crate::http::{Access, AppState};
 use crate::invoke::{InvokeOptions, Invoker};
 use crate::lifecycle::PluginManager;
+use crate::outbound::Outbound;
 use crate::retention::Retention;
 use crate::runtime::{CompiledCache, PluginSettings, Registry, Runtime, RuntimeOptions, Worker};
 use crate::saga::SagaEngine;
@@ -119,7 +120,10 @@ pub(crate) async fn scratch_invoker(services: &[&str]) -> (Invoker, Vec<crate::s
         manifests.push(plugin.manifest().clone());
         registry.insert(plugin);
     }
-    (Invoker::new(registry, scratch_store().unwrap(), InvokeOptions::default()), manifests)
+    (
+        Invoker::new(registry, scratch_store().unwrap(), InvokeOptions::default(), Outbound::default()),
+        manifests,
+    )
 }
 
 /// What the host is made of. [`AppConfig::new`] gives `wasaga serve`'s defaults, for
@@ -147,6 +151,8 @@ pub struct AppConfig {
     pub max_running_sagas: usize,
     /// Where alerts are POSTed, besides the log and the metrics.
     pub alert_webhook: Option<String>,
+    /// What plugins may call over HTTP (`wasaga serve --outbound`): nothing by default.
+    pub outbound: Outbound,
     /// How long this host counts as alive after each heartbeat: on a shared store, the
     /// sagas of a host that stopped are taken over this long after its last beat.
     pub host_lease: Duration,
@@ -174,6 +180,7 @@ impl AppConfig {
             retention: Retention::default(),
             max_running_sagas: 256,
             alert_webhook: None,
+            outbound: Outbound::default(),
             host_lease: crate::cluster::DEFAULT_LEASE,
         }
     }
@@ -215,7 +222,7 @@ impl App {
                 })
         });
         let registry = Registry::new(Runtime::with_cache(config.runtime, compiled)?);
-        let invoker = Invoker::new(registry.clone(), store.clone(), config.invoke);
+        let invoker = Invoker::new(registry.clone(), store.clone(), config.invoke, config.outbound.clone());
         let alerter = match &config.alert_webhook {
             Some(url) => Alerter::with_webhook(url.clone()),
             None => Alerter::none(),

@@ -24,6 +24,7 @@ use tokio::sync::{RwLock, watch};
 
 use crate::clock::now_ms;
 use crate::metrics::{labels, metrics};
+use crate::outbound::{Journal, Outbound};
 use crate::runtime::{CallError, Outcome, Plugin, Registry};
 use crate::service::{Failure, Invocation, PluginDigest, Visibility};
 use crate::store::{
@@ -225,6 +226,7 @@ struct Inner {
     registry: Registry,
     store: Arc<dyn Store>,
     options: InvokeOptions,
+    outbound: Outbound,
     /// Keys running in this process; a watcher learns when the key is released.
     running: Mutex<HashMap<IdempotencyKey, watch::Receiver<()>>>,
     /// Per service: optimistic runs share it, escalated runs take it alone.
@@ -243,12 +245,20 @@ impl std::fmt::Debug for Invoker {
 }
 
 impl Invoker {
-    pub fn new(registry: Registry, store: Arc<dyn Store>, options: InvokeOptions) -> Self {
+    /// An invoker whose plugins' HTTP requests go through `outbound`
+    /// (`Outbound::default()` grants none).
+    pub fn new(
+        registry: Registry,
+        store: Arc<dyn Store>,
+        options: InvokeOptions,
+        outbound: Outbound,
+    ) -> Self {
         Invoker {
             inner: Arc::new(Inner {
                 registry,
                 store,
                 options,
+                outbound,
                 running: Mutex::default(),
                 turns: Mutex::default(),
             }),
@@ -261,6 +271,11 @@ impl Invoker {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// What plugins may call over HTTP.
+    pub fn outbound(&self) -> &Outbound {
+        &self.inner.outbound
     }
 
     pub fn options(&self) -> &InvokeOptions {
@@ -390,6 +405,8 @@ impl Invoker {
         let options = &self.inner.options;
         let turns = self.turns(&request.service);
         let mut last_conflict = None;
+        // The plugin's HTTP exchanges, kept across its runs: a re-run replays them.
+        let journal = Arc::new(Journal::default());
         for run in 1..=options.max_runs {
             let outcome = {
                 // Held for the run and its commit, released before any backoff.
@@ -398,7 +415,7 @@ impl Invoker {
                 } else {
                     (None, Some(turns.write().await))
                 };
-                match self.run_once(&plugin, &request, fingerprint, &attach, run).await {
+                match self.run_once(&plugin, &request, fingerprint, &attach, run, &journal).await {
                     Ok(outcome) => outcome,
                     // A run that failed before its commit (transient, trapped, out of
                     // time) says nothing of an outcome stored before: for a key not
@@ -443,16 +460,17 @@ impl Invoker {
         fingerprint: [u8; 32],
         attach: &Attach,
         run: u32,
+        journal: &Arc<Journal>,
     ) -> Result<Result<Invoked, StoreError>, InvokeError> {
         let options = &self.inner.options;
         let reads = self.inner.store.invocation_reads(&request.service)?;
         let one_moment = reads.one_moment();
-        let outcome = match self.call(plugin, request, run, reads).await {
+        let outcome = match self.call(plugin, request, run, reads, journal).await {
             // A failure commits nothing, so nothing checks its reads: on reads that were
             // not one moment (PostgreSQL's cache) it may have failed on a view that never
             // existed at once. It runs again on a snapshot, and that run's answer stands.
             outcome if !one_moment && failed(&outcome) => {
-                self.call(plugin, request, run, self.inner.store.snapshot(&request.service)?).await
+                self.call(plugin, request, run, self.inner.store.snapshot(&request.service)?, journal).await
             }
             outcome => outcome,
         }?;
@@ -521,6 +539,7 @@ impl Invoker {
         request: &Request,
         run: u32,
         reads: Box<dyn Snapshot>,
+        journal: &Arc<Journal>,
     ) -> Result<Outcome, CallError> {
         let call = Invocation {
             operation: request.operation.clone(),
@@ -529,7 +548,19 @@ impl Invoker {
             correlation_id: request.correlation_id.clone(),
             attempt: request.attempt + run - 1,
         };
-        plugin.invoke(call, Transaction::new(reads, self.inner.options.tx_limits)).await
+        // The requests' idempotency keys derive from the key in its caller's space: a
+        // client's key never yields a saga step's.
+        let key = format!("{}:{}", request.caller.key_space().as_str(), request.key);
+        let deadline = Instant::now() + plugin.limits().deadline;
+        let outbound = self.inner.outbound.call(
+            plugin.service().into(),
+            plugin.destinations(),
+            key,
+            journal.clone(),
+            deadline,
+            request.trace,
+        );
+        plugin.invoke(call, Transaction::new(reads, self.inner.options.tx_limits), Some(outbound)).await
     }
 
     /// Commits a change that is not an invocation (a record written over HTTP, a saga

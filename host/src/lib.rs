@@ -20,6 +20,9 @@
 //!   sagas of a host that died.
 //! - [`trace`]: OpenTelemetry spans (requests, invocations, saga steps, deliveries),
 //!   exported over OTLP/HTTP when an endpoint is configured.
+//! - [`outbound`]: HTTP requests plugins make: the policy (declared and granted
+//!   destinations, special addresses, secrets), the journal of an invocation's
+//!   exchanges with their idempotency keys, and the bounded client that sends them.
 //! - [`invoke`]: one idempotent, optimistic invocation: replay, claim, run, commit, re-run.
 //! - [`saga`]: saga definitions, the pure state machine, its driver, the engine.
 //! - [`lifecycle`]: hot reload, uploads and removals of plugins, checked against the sagas.
@@ -51,6 +54,7 @@ pub mod http;
 pub mod invoke;
 pub mod lifecycle;
 pub mod metrics;
+pub mod outbound;
 pub mod rates;
 pub mod retention;
 pub mod runtime;

@@ -65,6 +65,11 @@ pub struct Metrics {
     /// What retention forgot, by kind (`idempotency_records`, `sagas`, `events`,
     /// `tombstones`).
     pub pruned: Family<Labels, Counter>,
+    /// Plugins' HTTP requests by service, destination (the grant's URL, `none` when no
+    /// grant matched) and result (`2xx`…`5xx`, `replayed`, `refused`, `failed`).
+    pub outbound_requests: Family<Labels, Counter>,
+    /// Plugins' HTTP requests sent, by service and destination, in seconds.
+    pub outbound_seconds: HistogramFamily,
     /// Alerts raised, by kind; and webhook deliveries that failed for good.
     pub alerts: Family<Labels, Counter>,
     pub alert_failures: Counter,
@@ -98,6 +103,8 @@ impl Metrics {
             plugin_loads: Family::default(),
             deliveries: Family::default(),
             pruned: Family::default(),
+            outbound_requests: Family::default(),
+            outbound_seconds: Family::new_with_constructor(latency_histogram),
             alerts: Family::default(),
             alert_failures: Counter::default(),
             registry: Registry::default(),
@@ -149,6 +156,16 @@ impl Metrics {
             metrics.wal_checkpoint.clone(),
         );
         registry.register("saga_step_seconds", "Saga step calls, in seconds", metrics.step_seconds.clone());
+        registry.register(
+            "outbound_requests",
+            "Plugins' HTTP requests by service, destination and result",
+            metrics.outbound_requests.clone(),
+        );
+        registry.register(
+            "outbound_request_seconds",
+            "Plugins' HTTP requests sent, by service and destination, in seconds",
+            metrics.outbound_seconds.clone(),
+        );
         registry.register(
             "saga_seconds",
             "Sagas from start to end, in seconds",

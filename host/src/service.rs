@@ -65,6 +65,17 @@ pub struct Manifest {
     pub operations: Vec<OperationInfo>,
     /// Events the service subscribes to: (topic, operation).
     pub subscriptions: Vec<(String, String)>,
+    /// The HTTP destinations it calls, as declared.
+    pub destinations: Vec<DeclaredDestination>,
+}
+
+/// An HTTP destination as a manifest declares it (see `wit/service.wit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DeclaredDestination {
+    /// `scheme://host[:port]/path-prefix`.
+    pub url: String,
+    /// Empty for every method.
+    pub methods: Vec<String>,
 }
 
 impl Manifest {
@@ -87,7 +98,18 @@ impl Manifest {
                 OperationInfo { visibility: declared.unwrap_or(default), ..op.clone() }
             })
             .collect();
-        Manifest { name, operations: resolved, subscriptions }
+        Manifest { name, operations: resolved, subscriptions, destinations: Vec::new() }
+    }
+
+    /// The declared destinations, parsed; an error names the first malformed one.
+    pub fn parsed_destinations(&self) -> Result<Vec<crate::outbound::Destination>, String> {
+        self.destinations
+            .iter()
+            .map(|d| {
+                crate::outbound::Destination::parse(&d.url, &d.methods)
+                    .map_err(|e| format!("destination {e}"))
+            })
+            .collect()
     }
 
     /// The operation called `name`, if the service has one.
@@ -138,6 +160,7 @@ impl Manifest {
                 ));
             }
         }
+        self.parsed_destinations()?;
         Ok(())
     }
 }
@@ -231,6 +254,7 @@ mod tests {
             name: "inventory".into(),
             operations: ops,
             subscriptions: subs.into_iter().map(|(t, o)| (t.into(), o.into())).collect(),
+            destinations: vec![],
         }
     }
 

@@ -69,6 +69,7 @@ impl TraceContext {
 pub enum Kind {
     Internal = 1,
     Server = 2,
+    Client = 3,
     Consumer = 5,
 }
 

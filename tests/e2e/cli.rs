@@ -31,6 +31,40 @@ fn plugin_check_prints_the_manifest_of_a_valid_plugin() {
     assert_eq!(json["manifest"]["operations"][0]["visibility"], "public");
 }
 
+/// The HTTP destinations a plugin declares, and with a grants file which of them the
+/// operator grants; a bad grants file is an error that names it.
+#[test]
+fn plugin_check_shows_the_destinations_and_what_a_grants_file_grants() {
+    let out = check(&guest("caller"), &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(stdout.contains("  http://127.0.0.1:*/ (any method)\n"), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let grants = dir.path().join("outbound.toml");
+    std::fs::write(&grants, "[[services.caller.destinations]]\nurl = \"http://localhost:8080/api/\"\n")
+        .unwrap();
+    let out = check(&guest("caller"), &["--outbound", grants.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("  http://127.0.0.1:*/ (any method) - not granted"), "{stdout}");
+    assert!(
+        stdout.contains("  http://localhost:*/ (any method) - granted by http://localhost:8080/api/"),
+        "{stdout}"
+    );
+    let out = check(&guest("caller"), &["--outbound", grants.to_str().unwrap(), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["destinations"][1]["granted_by"][0], "http://localhost:8080/api/");
+
+    std::fs::write(&grants, "[services.caller]\nmax_requests = 3\n").unwrap();
+    let out = check(&guest("caller"), &["--outbound", grants.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("outbound.toml") && text(&out.stderr).contains("max_requests"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 /// Every kind of bad file: exit 1, and stderr says what is wrong with it.
 #[test]
 fn plugin_check_refuses_bad_files_and_says_why() {
@@ -44,7 +78,7 @@ fn plugin_check_refuses_bad_files_and_says_why() {
         (core, "a core WebAssembly module, not a component: build the plugin for the wasm32-wasip2 target"),
         (
             guest("stranger"),
-            "not a plugin of the wasaga:plugin/plugin world: it does not export `wasaga:plugin/service@0.2.0` (it exports: greet)",
+            "not a plugin of the wasaga:plugin/plugin world: it does not export `wasaga:plugin/service@0.3.0` (it exports: greet)",
         ),
         (dir.path().join("missing.wasm"), "No such file"),
     ];
@@ -82,7 +116,7 @@ fn version_names_the_commit_and_the_contract() {
     assert!(out.status.success());
     let expected = format!("wasaga {} (commit ", env!("CARGO_PKG_VERSION"));
     assert!(version.starts_with(&expected), "{version}");
-    assert!(version.trim_end().ends_with("; serves plugins of wasaga:plugin@0.2.0)"), "{version}");
+    assert!(version.trim_end().ends_with("; serves plugins of wasaga:plugin@0.3.0)"), "{version}");
     let commit = version[expected.len()..].split(';').next().unwrap();
     assert!(
         commit == "unknown" || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),

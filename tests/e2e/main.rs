@@ -10,6 +10,7 @@ mod history;
 mod http_props;
 mod invocations;
 mod new_service;
+mod outbound;
 mod overload;
 mod polyglot;
 mod postgres;

@@ -45,8 +45,18 @@ fn build(out: &Path, lang: &str, name: &str, source: &str, steps: &[&str]) {
         let made = wasaga().args(["new", name, "--lang", lang, "--dir"]).arg(&project).output().unwrap();
         assert!(made.status.success(), "wasaga new: {}", String::from_utf8_lossy(&made.stderr));
     }
-    // The service, and the SDK as this wasaga's templates have it now.
+    // The service, the contract and the SDK as this wasaga has them now (a project
+    // made by an earlier build keeps its own otherwise).
     std::fs::copy(root().join("plugins").join(lang).join(name).join(source), project.join(source)).unwrap();
+    let _ = std::fs::remove_dir_all(project.join("wit"));
+    for dir in ["wit", "wit/deps"] {
+        std::fs::create_dir_all(project.join(dir)).unwrap();
+        for entry in std::fs::read_dir(root().join(dir)).unwrap().flatten() {
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), project.join(dir).join(entry.file_name())).unwrap();
+            }
+        }
+    }
     let sdk = if lang == "js" { "wasaga.js" } else { "wasaga.py" };
     std::fs::copy(root().join("host/templates").join(lang).join(sdk), project.join(sdk)).unwrap();
     for step in steps {
@@ -63,17 +73,20 @@ fn built() -> &'static Path {
         std::fs::create_dir_all(&out).unwrap();
         let npm = Command::new("npm").arg("--version").output().is_ok_and(|o| o.status.success());
         assert!(npm, "the JavaScript payment needs Node.js with npm (Debian: nodejs, npm)");
-        // Also with componentize-js's default features, whose imports wasaga does not provide.
-        let full = "node -e \"import('@bytecodealliance/componentize-js').then(async ({ componentize }) => \
-            require('fs').writeFileSync('full.wasm', (await componentize({ sourcePath: 'app.js', witPath: 'wit', \
-            worldName: 'plugin' })).component))\" && cp full.wasm ../payment-with-every-feature.wasm";
         build(
             &out,
             "js",
             "payment",
             "app.js",
-            &["test -d node_modules || npm install --no-audit --no-fund", "npm run build", full],
+            &["test -d node_modules || npm install --no-audit --no-fund", "npm run build"],
         );
+        // A world beside `plugin` that also imports what wasaga does not provide.
+        let needy = "mkdir -p wit/deps && printf 'package acme:lookup;\\ninterface dns { resolve: func(name: string) -> string; }\\n' \
+            > wit/deps/acme.wit && printf '\\nworld needy { include plugin; import acme:lookup/dns; }\\n' >> wit/world.wit && \
+            node -e \"import('@bytecodealliance/componentize-js').then(async ({ componentize }) => \
+            require('fs').writeFileSync('needy.wasm', (await componentize({ sourcePath: 'app.js', witPath: 'wit', \
+            worldName: 'needy' })).component))\"";
+        build(&out, "js", "needy", "app.js", &["ln -sfn ../js-payment/node_modules node_modules", needy]);
         build(&out, "js", "sdk-check", "app.js", &["ln -sfn ../js-payment/node_modules node_modules", "npm run build"]);
         std::fs::rename(out.join("sdk-check.wasm"), out.join("sdk-check-js.wasm")).unwrap();
         let venv = Command::new("python3").args(["-m", "venv", "--help"]).output().is_ok_and(|o| o.status.success());
@@ -196,20 +209,29 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A component that imports what the host does not provide (componentize-js's default
-/// build imports `wasi:http`) is refused, and the refusal names the import.
+/// A component that imports what the host does not provide is refused, and the
+/// refusal names the import; one built with componentize-js's default features
+/// (`fetch` through `wasi:http`, stdio, clocks, random) loads.
 #[test]
 fn plugin_check_names_an_import_the_host_does_not_provide() {
-    let out = wasaga()
-        .args(["plugin", "check"])
-        .arg(built().join("payment-with-every-feature.wasm"))
-        .env("WASAGA_COMPILE_CACHE", COMPILE_CACHE)
-        .output()
-        .unwrap();
+    let check = |file: &str| {
+        wasaga()
+            .args(["plugin", "check"])
+            .arg(built().join(file))
+            .env("WASAGA_COMPILE_CACHE", COMPILE_CACHE)
+            .output()
+            .unwrap()
+    };
+    let out = check("needy.wasm");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("it imports `wasi:http/types@0.2."), "{stderr}");
+    assert!(stderr.contains("it imports `acme:lookup/dns`"), "{stderr}");
     assert!(stderr.contains("which wasaga does not provide"), "{stderr}");
+
+    let out = check("payment.wasm");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let built = std::fs::read_to_string(root().join("host/templates/js/build.mjs")).unwrap();
+    assert!(!built.contains("disableFeatures"), "the template builds with the default features");
 }
 
 /// Every part of each SDK (`plugins/*/sdk-check`) run offline with `wasaga plugin run`:

@@ -45,21 +45,21 @@ async fn echo_is_described_at_load() {
 async fn echo_handles_calls_and_reports_failures() {
     let plugin = load(&runtime(), "echo", Limits::default()).await;
     let store = scratch();
-    let out = plugin.invoke(call("echo", "hello, wasm"), tx(&store, "echo")).await.unwrap();
+    let out = plugin.invoke(call("echo", "hello, wasm"), tx(&store, "echo"), None).await.unwrap();
     assert_eq!(out.result.unwrap(), b"hello, wasm");
 
     let out = plugin
-        .invoke(call("fail", r#"{"kind":"rejected","reason":"out of stock"}"#), tx(&store, "echo"))
+        .invoke(call("fail", r#"{"kind":"rejected","reason":"out of stock"}"#), tx(&store, "echo"), None)
         .await
         .unwrap();
     assert_eq!(out.result, Err(Failure::Rejected("out of stock".into())));
     let out = plugin
-        .invoke(call("fail", r#"{"kind":"transient","reason":"try later"}"#), tx(&store, "echo"))
+        .invoke(call("fail", r#"{"kind":"transient","reason":"try later"}"#), tx(&store, "echo"), None)
         .await
         .unwrap();
     assert_eq!(out.result, Err(Failure::Transient("try later".into())));
 
-    let err = plugin.invoke(call("nope", ""), tx(&store, "echo")).await.unwrap_err();
+    let err = plugin.invoke(call("nope", ""), tx(&store, "echo"), None).await.unwrap_err();
     assert_eq!(err.to_string(), "service `echo` has no operation `nope`");
 }
 
@@ -71,7 +71,7 @@ async fn echo_reads_and_writes_versioned_records() {
     let plugin = load(&runtime(), "echo", Limits::default()).await;
     let store = scratch();
     let run = async |op: &str, input: Value| {
-        let out = plugin.invoke(call(op, &input.to_string()), tx(&store, "echo")).await.unwrap();
+        let out = plugin.invoke(call(op, &input.to_string()), tx(&store, "echo"), None).await.unwrap();
         (out.result.map(|bytes| serde_json::from_slice::<Value>(&bytes).unwrap()), out.changes)
     };
 
@@ -113,7 +113,7 @@ async fn echo_reads_and_writes_versioned_records() {
     assert_eq!(changes.events, vec![event(Some("order-7"))], "in the chain the plugin named");
     // A chain no client could name ends the call: the event is never half-published.
     let bad = json!({"topic": "t", "payload": 1, "chain": "has space"}).to_string();
-    let error = plugin.invoke(call("publish", &bad), tx(&store, "echo")).await.unwrap_err().to_string();
+    let error = plugin.invoke(call("publish", &bad), tx(&store, "echo"), None).await.unwrap_err().to_string();
     assert!(error.contains("correlation id must be 1 to 255 visible ASCII"), "{error}");
 }
 
@@ -123,14 +123,14 @@ async fn echo_reads_and_writes_versioned_records() {
 async fn a_trap_is_a_clean_error_and_the_next_call_succeeds() {
     let plugin = load(&runtime(), "trap", Limits::default()).await;
     let store = scratch();
-    let err = plugin.invoke(call("panic", "the answer was 41"), tx(&store, "trap")).await.unwrap_err();
+    let err = plugin.invoke(call("panic", "the answer was 41"), tx(&store, "trap"), None).await.unwrap_err();
     eprintln!("trap error: {err}");
     let CallError::Trap { service, message } = &err else { panic!("expected a trap, got {err:?}") };
     assert_eq!(service, "trap");
     assert!(message.contains("the answer was 41"), "panic message missing: {message}");
     assert!(err.to_string().starts_with("plugin `trap` trapped: "), "{err}");
 
-    let out = plugin.invoke(call("ok", ""), tx(&store, "trap")).await.unwrap();
+    let out = plugin.invoke(call("ok", ""), tx(&store, "trap"), None).await.unwrap();
     assert_eq!(out.result.unwrap(), b"ok");
 }
 
@@ -151,7 +151,7 @@ async fn a_spinning_plugin_hits_its_deadline_while_others_keep_answering() {
             let (spin, tx, finished) = (spin.clone(), tx(&store, "spin"), finished.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
-                let result = spin.invoke(call("forever", ""), tx).await;
+                let result = spin.invoke(call("forever", ""), tx, None).await;
                 finished.fetch_add(1, Ordering::SeqCst);
                 (result, started.elapsed())
             })
@@ -163,7 +163,7 @@ async fn a_spinning_plugin_hits_its_deadline_while_others_keep_answering() {
         tokio::spawn(async move {
             let mut answered_meanwhile = 0;
             while finished.load(Ordering::SeqCst) == 0 {
-                let out = echo.invoke(call("echo", "still here"), tx(&store, "echo")).await.unwrap();
+                let out = echo.invoke(call("echo", "still here"), tx(&store, "echo"), None).await.unwrap();
                 assert_eq!(out.result.unwrap(), b"still here");
                 if finished.load(Ordering::SeqCst) == 0 {
                     answered_meanwhile += 1;
@@ -181,7 +181,7 @@ async fn a_spinning_plugin_hits_its_deadline_while_others_keep_answering() {
     }
     let answered = answering.await.unwrap();
     assert!(answered >= 1, "echo never answered while the spinners ran");
-    let out = spin.invoke(call("ok", ""), tx(&store, "spin")).await.unwrap();
+    let out = spin.invoke(call("ok", ""), tx(&store, "spin"), None).await.unwrap();
     assert_eq!(out.result.unwrap(), b"ok", "the plugin still serves after a deadline");
 }
 
@@ -191,14 +191,15 @@ async fn a_memory_hog_hits_its_memory_limit() {
     let limit = 16 << 20;
     let plugin = load(&runtime(), "hog", Limits { memory_bytes: limit, ..Limits::default() }).await;
     let store = scratch();
-    let err = plugin.invoke(call("grow", ""), tx(&store, "hog")).await.unwrap_err();
+    let err = plugin.invoke(call("grow", ""), tx(&store, "hog"), None).await.unwrap_err();
     assert_eq!(err, CallError::MemoryLimit { service: "hog".into(), limit });
     assert_eq!(err.to_string(), "plugin `hog` went over its memory limit of 16777216 bytes");
-    let out = plugin.invoke(call("ok", ""), tx(&store, "hog")).await.unwrap();
+    let out = plugin.invoke(call("ok", ""), tx(&store, "hog"), None).await.unwrap();
     assert_eq!(out.result.unwrap(), b"ok");
 }
 
-/// Files, environment, arguments, sockets, name lookups: every attempt is denied, and
+/// Files, environment, arguments, sockets, name lookups, an HTTP request it does not
+/// declare: every attempt is denied, and
 /// a server listening on loopback sees no connection.
 #[tokio::test]
 async fn every_escape_attempt_is_denied() {
@@ -208,7 +209,16 @@ async fn every_escape_attempt_is_denied() {
     let plugin = load(&runtime(), "escape", Limits::default()).await;
     let store = scratch();
     let input = format!(r#"{{"port":{port}}}"#);
-    let out = plugin.invoke(call("attempt", &input), tx(&store, "escape")).await.unwrap();
+    // Through the host's policy, as a served call is: nothing granted, nothing declared.
+    let outbound = wasaga::outbound::Outbound::default().call(
+        "escape".into(),
+        plugin.destinations(),
+        "key".into(),
+        Default::default(),
+        std::time::Instant::now() + std::time::Duration::from_secs(5),
+        None,
+    );
+    let out = plugin.invoke(call("attempt", &input), tx(&store, "escape"), Some(outbound)).await.unwrap();
     let accepted = listener.accept();
     assert!(
         matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
@@ -216,7 +226,8 @@ async fn every_escape_attempt_is_denied() {
     );
     let report: serde_json::Map<String, Value> = serde_json::from_slice(&out.result.unwrap()).unwrap();
     eprintln!("escape report: {report:#?}");
-    assert!(report.len() >= 12, "the plugin reported fewer attempts than it makes: {report:?}");
+    assert!(report.len() >= 13, "the plugin reported fewer attempts than it makes: {report:?}");
+    assert!(report["http request"].as_str().unwrap().contains("refused by the host's policy"), "{report:?}");
     for (attempt, outcome) in &report {
         let outcome = outcome.as_str().unwrap();
         assert!(outcome.starts_with("denied: "), "`{attempt}` was not denied: {outcome}");
@@ -239,15 +250,19 @@ async fn files_that_are_not_plugins_are_refused_with_the_reason() {
     let stranger = load(std::fs::read(guest("stranger")).unwrap()).await;
     let message = stranger.to_string();
     assert!(matches!(stranger, LoadError::WrongWorld(_)), "{stranger:?}");
-    assert!(message.contains("wasaga:plugin/service@0.2.0") && message.contains("greet"), "{message}");
+    assert!(message.contains("wasaga:plugin/service@0.3.0") && message.contains("greet"), "{message}");
 
-    // Built against the retired 0.1.0 contract: the message says so, and what to do.
-    let legacy = load(std::fs::read(guest("legacy")).unwrap()).await.to_string();
-    assert!(
-        legacy.contains("built against wasaga:plugin@0.1.0, which this wasaga no longer serves")
-            && legacy.contains("rebuild it against `wit/`"),
-        "{legacy}"
-    );
+    // Built against the retired 0.1.0 and 0.2.0 contracts: the message says so, and
+    // what to do.
+    for (fixture, version) in [("legacy", "0.1.0"), ("legacy-v2", "0.2.0")] {
+        let legacy = load(std::fs::read(guest(fixture)).unwrap()).await.to_string();
+        assert!(
+            legacy.contains(&format!(
+                "built against wasaga:plugin@{version}, which this wasaga no longer serves"
+            )) && legacy.contains("rebuild it against `wit/`"),
+            "{legacy}"
+        );
+    }
 }
 
 /// A plugin that asks more than one call may where its import has no error to return
@@ -259,7 +274,7 @@ async fn a_call_past_its_bounds_ends_with_a_clear_error() {
     let store = scratch();
     let limits = TxLimits { max_reads: 0, ..TxLimits::default() };
     let tx = Transaction::new(store.snapshot("echo").unwrap(), limits);
-    let err = plugin.invoke(call("get", r#"{"key": "k"}"#), tx).await.unwrap_err();
+    let err = plugin.invoke(call("get", r#"{"key": "k"}"#), tx, None).await.unwrap_err();
     assert!(matches!(err, CallError::OverLimit { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),

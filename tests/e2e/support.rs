@@ -125,7 +125,18 @@ impl Server {
 
     /// Like [`Server::start_in`], from a `wasaga` command prepared by the caller (its
     /// environment, say).
-    pub fn start_with(mut command: Command, plugins: &Path, data: &Path, args: &[&str]) -> Server {
+    pub fn start_with(command: Command, plugins: &Path, data: &Path, args: &[&str]) -> Server {
+        Server::start_logging(command, plugins, data, args, Stdio::inherit())
+    }
+
+    /// Like [`Server::start_with`], with the server's log (its stderr) sent to `log`.
+    pub fn start_logging(
+        mut command: Command,
+        plugins: &Path,
+        data: &Path,
+        args: &[&str],
+        log: Stdio,
+    ) -> Server {
         let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
             .arg(plugins)
@@ -133,7 +144,7 @@ impl Server {
             .arg(data)
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("starting wasaga serve");
         let mut line = String::new();

@@ -75,7 +75,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     Demo(demo::DemoArgs),
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     New(new::NewArgs),
     /// Work with plugins: check a file or run one operation of it; push, list or remove
     /// them on a running server.
@@ -133,7 +133,7 @@ impl Cli {
         runtime.block_on(async move {
             match self.command {
                 Command::Demo(args) => demo::run(args).await,
-                Command::Serve(args) => serve::run(args).await,
+                Command::Serve(args) => serve::run(*args).await,
                 Command::New(args) => new::run(args),
                 Command::Plugin(command) => plugin::run(command).await,
                 Command::Bench(command) => bench::run(command).await,

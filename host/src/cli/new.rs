@@ -43,6 +43,14 @@ const WIT: &[(&str, &str)] = &[
     ("wit/events.wit", include_str!("../../../wit/events.wit")),
     ("wit/log.wit", include_str!("../../../wit/log.wit")),
     ("wit/service.wit", include_str!("../../../wit/service.wit")),
+    // WASI's packages the world's wasi:http import needs, as wasmtime ships them.
+    ("wit/deps/http.wit", include_str!("../../../wit/deps/http.wit")),
+    ("wit/deps/io.wit", include_str!("../../../wit/deps/io.wit")),
+    ("wit/deps/clocks.wit", include_str!("../../../wit/deps/clocks.wit")),
+    ("wit/deps/random.wit", include_str!("../../../wit/deps/random.wit")),
+    ("wit/deps/cli.wit", include_str!("../../../wit/deps/cli.wit")),
+    ("wit/deps/filesystem.wit", include_str!("../../../wit/deps/filesystem.wit")),
+    ("wit/deps/sockets.wit", include_str!("../../../wit/deps/sockets.wit")),
 ];
 
 /// Every project's: the test, its records, the README, what git ignores.
@@ -61,6 +69,7 @@ const RUST: &[(&str, &str)] = &[
     ("wasaga-guest/Cargo.toml", include_str!("../../templates/rust/guest-Cargo.toml")),
     ("wasaga-guest/src/lib.rs", include_str!("../../../plugins/guest/src/lib.rs")),
     ("wasaga-guest/src/service.rs", include_str!("../../../plugins/guest/src/service.rs")),
+    ("wasaga-guest/src/http.rs", include_str!("../../../plugins/guest/src/http.rs")),
 ];
 
 const JS: &[(&str, &str)] = &[

@@ -77,6 +77,11 @@ pub struct CheckArgs {
     #[arg(long)]
     json: bool,
 
+    /// The grants file `wasaga serve --outbound` reads: for each HTTP destination the
+    /// manifest declares, say whether a grant of this file covers it.
+    #[arg(long, env = "WASAGA_OUTBOUND")]
+    outbound: Option<PathBuf>,
+
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -143,12 +148,30 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let manifest = plugin.manifest();
+    let grants = args.outbound.as_deref().map(crate::outbound::Grants::load).transpose()?;
+    // Per declared destination: the grants of the file that overlap it, if a file is given.
+    let granted: Vec<Option<Vec<String>>> = plugin
+        .destinations()
+        .iter()
+        .map(|declared| {
+            let grants = grants.as_ref()?;
+            let service = grants.of(plugin.service());
+            Some(service.map_or_else(Vec::new, |g| g.granting(declared)))
+        })
+        .collect();
     if args.json {
+        let destinations: Vec<serde_json::Value> = manifest
+            .destinations
+            .iter()
+            .zip(&granted)
+            .map(|(d, granted)| serde_json::json!({ "url": d.url, "methods": d.methods, "granted_by": granted }))
+            .collect();
         let json = serde_json::json!({
             "service": plugin.service(),
             "digest": plugin.digest().to_string(),
             "size": plugin.size(),
             "manifest": manifest,
+            "destinations": destinations,
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(ExitCode::SUCCESS);
@@ -170,6 +193,18 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         println!("subscriptions");
         for (topic, operation) in &manifest.subscriptions {
             println!("  {topic} -> {operation}");
+        }
+    }
+    if !manifest.destinations.is_empty() {
+        println!("destinations (HTTP; each needs the operator's grant too: wasaga serve --outbound)");
+        for (d, granted) in manifest.destinations.iter().zip(&granted) {
+            let methods = if d.methods.is_empty() { "any method".to_owned() } else { d.methods.join(", ") };
+            let grant = match granted {
+                None => String::new(),
+                Some(urls) if urls.is_empty() => " - not granted".to_owned(),
+                Some(urls) => format!(" - granted by {}", urls.join(", ")),
+            };
+            println!("  {} ({methods}){grant}", d.url);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -90,7 +90,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         correlation_id: "plugin-run".into(),
         attempt: 1,
     };
-    let outcome = match plugin.invoke(call, tx).await {
+    let outcome = match plugin.invoke(call, tx, None).await {
         Ok(outcome) => outcome,
         Err(error) => {
             eprintln!("{}: {error}", args.file.display());

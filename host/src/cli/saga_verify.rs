@@ -109,7 +109,12 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let def = SagaDef::parse(&file, &text, manifest).map_err(anyhow::Error::msg)?;
     let services = loaded.iter().map(|p| p.service().to_owned()).collect();
     let scratch = Box::new(move || {
-        Ok(Invoker::new(registry.clone(), crate::app::scratch_store()?, InvokeOptions::default()))
+        Ok(Invoker::new(
+            registry.clone(),
+            crate::app::scratch_store()?,
+            InvokeOptions::default(),
+            Default::default(),
+        ))
     });
     let verification = Verification { def: Arc::new(def), input, seed, services, scratch };
     let began = Instant::now();

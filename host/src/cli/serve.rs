@@ -39,6 +39,15 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "Plugins and sagas", env = "WASAGA_MAX_RUNNING_SAGAS", default_value_t = 256)]
     max_running_sagas: usize,
 
+    /// What plugins may call over HTTP: a TOML file granting each service its
+    /// destinations (`[[services.<name>.destinations]]`: url, methods, addresses,
+    /// timeout, max-response, connections, idempotency-header) and secrets
+    /// (`[services.<name>.secrets.<secret>]`: env or file, destinations). Without it no
+    /// plugin may make a request. A request must match a destination of the plugin's
+    /// manifest too. See docs/outbound.md.
+    #[arg(long, help_heading = "Plugins and sagas", env = "WASAGA_OUTBOUND")]
+    outbound: Option<PathBuf>,
+
     /// POST alerts (a saga stuck, a step out of retries) as JSON to this URL, with
     /// retries. They always go to the log (ERROR) and to /metrics.
     #[arg(long, help_heading = "Alerts", env = "WASAGA_ALERT_WEBHOOK")]
@@ -300,7 +309,11 @@ pub(super) async fn run_with(
     if let Some(otlp) = crate::trace::OtlpConfig::from_env(args.otlp_endpoint.as_deref(), &instance)? {
         crate::trace::start(otlp);
     }
-    let app = App::start(args.app_config()).await?;
+    let mut config = args.app_config();
+    if let Some(file) = &args.outbound {
+        config.outbound = crate::outbound::Outbound::new(crate::outbound::Grants::load(file)?);
+    }
+    let app = App::start(config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

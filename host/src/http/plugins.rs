@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::auth::{Operator, Reader};
 use super::extract::Path;
 use super::{ApiError, AppState};
+use crate::outbound::Outbound;
 use crate::runtime::{Plugin, Refusal, Registry};
 use crate::service::OperationInfo;
 
@@ -40,8 +41,21 @@ pub struct PluginView {
     /// `[topic, operation]` pairs.
     #[schema(value_type = Vec<Vec<String>>)]
     pub subscriptions: Vec<(String, String)>,
+    /// The HTTP destinations its manifest declares, each with the operator's grants
+    /// that cover it (none: its requests are refused).
+    pub destinations: Vec<DestinationView>,
     /// The versions it replaced, newest first.
     pub previous: Vec<PastView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DestinationView {
+    /// `scheme://host[:port]/path-prefix`, as declared.
+    pub url: String,
+    /// Empty for every method.
+    pub methods: Vec<String>,
+    /// The URLs of the grants (`wasaga serve --outbound`) that cover it.
+    pub granted_by: Vec<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -56,8 +70,20 @@ fn ms(time: SystemTime) -> u64 {
 }
 
 impl PluginView {
-    fn new(plugin: &Plugin, registry: &Registry) -> Self {
+    fn new(plugin: &Plugin, registry: &Registry, outbound: &Outbound) -> Self {
         let limits = plugin.limits();
+        let grants = outbound.grants_of(plugin.service());
+        let destinations = plugin
+            .manifest()
+            .destinations
+            .iter()
+            .zip(plugin.destinations().iter())
+            .map(|(declared, parsed)| DestinationView {
+                url: declared.url.clone(),
+                methods: declared.methods.clone(),
+                granted_by: grants.map_or_else(Vec::new, |g| g.granting(parsed)),
+            })
+            .collect();
         PluginView {
             service: plugin.service().to_owned(),
             digest: plugin.digest().to_string(),
@@ -67,6 +93,7 @@ impl PluginView {
             memory_limit_bytes: limits.memory_bytes,
             operations: plugin.manifest().operations.clone(),
             subscriptions: plugin.manifest().subscriptions.clone(),
+            destinations,
             previous: registry
                 .history(plugin.service())
                 .into_iter()
@@ -91,7 +118,8 @@ impl PluginView {
 )]
 pub async fn list(_: Reader, State(state): State<AppState>) -> Json<PluginList> {
     let registry = state.invoker.registry();
-    let plugins = registry.plugins().iter().map(|p| PluginView::new(p, registry)).collect();
+    let outbound = state.invoker.outbound();
+    let plugins = registry.plugins().iter().map(|p| PluginView::new(p, registry, outbound)).collect();
     Json(PluginList { plugins, refused: registry.refused(), reloads: registry.reloads() })
 }
 
@@ -134,7 +162,8 @@ pub async fn upload(
     })?;
     let (plugin, created) = state.plugins.upload(&service, wasm.to_vec()).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(PluginView::new(&plugin, state.invoker.registry()))).into_response())
+    Ok((status, Json(PluginView::new(&plugin, state.invoker.registry(), state.invoker.outbound())))
+        .into_response())
 }
 
 /// `DELETE /v1/plugins/{service}`: 204, or 409 naming what still needs it.

@@ -16,6 +16,13 @@ wasmtime::component::bindgen!({
         default: trappable,
     },
     exports: { default: async },
+    // wasi:http (and what its types use) is wasmtime-wasi-http's: linked by
+    // `wasmtime_wasi_http::p2::add_only_http_to_linker_async`, sent by outbound.rs.
+    with: {
+        "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+        "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+    },
 });
 
 use crate::service;
@@ -44,7 +51,12 @@ impl From<guest::Manifest> for service::Manifest {
                 (info, declared)
             })
             .collect();
-        service::Manifest::new(m.name, operations, m.subscriptions)
+        let destinations = m
+            .destinations
+            .into_iter()
+            .map(|d| service::DeclaredDestination { url: d.url, methods: d.methods })
+            .collect();
+        service::Manifest { destinations, ..service::Manifest::new(m.name, operations, m.subscriptions) }
     }
 }
 

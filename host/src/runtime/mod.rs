@@ -8,13 +8,15 @@
 //! - `limits.rs`: what each plugin may use (deadline, memory), from the command line
 //!   and its own `<name>.toml`.
 //! - `sandbox.rs` holds what a call's store contains and the walls around it;
-//!   `imports.rs` the host side of the plugin's imports; `bindings.rs` the generated
+//!   `imports.rs` the host side of the plugin's imports; `outbound.rs` its
+//!   `wasi:http` requests, handed to [`crate::outbound`]; `bindings.rs` the generated
 //!   code. Nothing outside this module names a wasmtime type.
 
 mod bindings;
 mod cache;
 mod imports;
 mod limits;
+mod outbound;
 mod plugin;
 mod registry;
 mod sandbox;
@@ -108,8 +110,30 @@ impl Runtime {
         // A Rust guest imports WASI (std pulls it in) even when it uses none of it; the
         // WASI context of each call grants nothing (see sandbox.rs).
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)?;
+        // wasi:http's types and outgoing-handler; each request goes through the host's
+        // policy (runtime/outbound.rs, outbound/).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        // The wasaga:plugin imports, one interface at a time: the world's own
+        // add_to_linker would link wasi:http's again.
+        bindings::wasaga::plugin::store::add_to_linker::<CallState, HasSelf<CallState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(anyhow::Error::from)?;
+        bindings::wasaga::plugin::events::add_to_linker::<CallState, HasSelf<CallState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(anyhow::Error::from)?;
+        bindings::wasaga::plugin::log::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |state| {
+            state
+        })
+        .map_err(anyhow::Error::from)?;
+        bindings::wasaga::plugin::types::add_to_linker::<CallState, HasSelf<CallState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(anyhow::Error::from)?;
 
         spawn_epoch_ticker(&engine);
         Ok(Runtime { inner: Arc::new(Inner { engine, linker, options, cache }) })

@@ -15,6 +15,7 @@ use super::bindings;
 use super::cache::{self, Origin};
 use super::sandbox::{CallState, MemoryLimitExceeded};
 use super::{Limits, PluginSettings};
+use crate::outbound::Destination;
 use crate::service::{Failure, Invocation, Manifest, PluginDigest};
 use crate::store::{ChangeSet, Transaction};
 
@@ -24,7 +25,7 @@ pub const WIT_VERSION: &str = env!("WASAGA_WIT_VERSION");
 const SERVICE_EXPORT: &str = concat!("wasaga:plugin/service@", env!("WASAGA_WIT_VERSION"));
 /// The export of plugins built against earlier versions of the contract, which this
 /// host no longer serves (see docs/architecture.md, "The contract's versions").
-const RETIRED_EXPORTS: &[&str] = &["wasaga:plugin/service@0.1.0"];
+const RETIRED_EXPORTS: &[&str] = &["wasaga:plugin/service@0.1.0", "wasaga:plugin/service@0.2.0"];
 
 /// Why a file cannot serve as a plugin. Each message says what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,8 @@ pub struct Plugin {
     size: usize,
     loaded_at: SystemTime,
     manifest: Manifest,
+    /// The manifest's destinations, parsed (checked by `Manifest::validate`).
+    destinations: Arc<[Destination]>,
     limits: Limits,
     pre: bindings::PluginPre<CallState>,
     runtime: Runtime,
@@ -140,13 +143,20 @@ impl Runtime {
             digest,
             size,
             loaded_at: SystemTime::now(),
-            manifest: Manifest { name: String::new(), operations: vec![], subscriptions: vec![] },
+            manifest: Manifest {
+                name: String::new(),
+                operations: vec![],
+                subscriptions: vec![],
+                destinations: vec![],
+            },
+            destinations: Arc::from([]),
             limits,
             pre,
             runtime: self.clone(),
         };
         let manifest = plugin.describe().await.map_err(LoadError::Describe)?;
         manifest.validate().map_err(LoadError::Manifest)?;
+        plugin.destinations = manifest.parsed_destinations().map_err(LoadError::Manifest)?.into();
         plugin.service = Arc::from(manifest.name.as_str());
         plugin.manifest = manifest;
         Ok(plugin)
@@ -178,7 +188,7 @@ impl Runtime {
 }
 
 /// A component that imports what the host does not link: the import named first.
-/// (componentize-js's default build imports `wasi:http`, for its `fetch`.)
+/// (a componentize-js build with its `fetch-event` feature, say.)
 fn unprovided_import(linker_error: &str) -> LoadError {
     let named = ["imports instance `", "imports function `", "imports resource `"]
         .iter()
@@ -186,8 +196,8 @@ fn unprovided_import(linker_error: &str) -> LoadError {
     match named {
         Some(name) => LoadError::WrongWorld(format!(
             "it imports `{name}`, which wasaga does not provide (a plugin gets the wasaga:plugin \
-             imports and WASI granting nothing: no network, files or environment); build it \
-             without what needs it ({linker_error})"
+             imports, wasi:http's outgoing-handler, and WASI granting nothing: no sockets, files \
+             or environment); build it without what needs it ({linker_error})"
         )),
         None => LoadError::WrongWorld(linker_error.to_owned()),
     }
@@ -228,28 +238,46 @@ impl Plugin {
         self.limits
     }
 
+    /// The HTTP destinations its manifest declares.
+    pub fn destinations(&self) -> Arc<[Destination]> {
+        self.destinations.clone()
+    }
+
     /// Runs one operation in a fresh instance, inside the plugin's limits. The
-    /// transaction gives the plugin its records; the returned [`Outcome`] carries what
-    /// it wants committed. The caller commits, or not.
-    pub async fn invoke(&self, call: Invocation, tx: Transaction) -> Result<Outcome, CallError> {
+    /// transaction gives the plugin its records, `outbound` its HTTP requests (none
+    /// without it); the returned [`Outcome`] carries what it wants committed. The
+    /// caller commits, or not.
+    pub async fn invoke(
+        &self,
+        call: Invocation,
+        tx: Transaction,
+        outbound: Option<crate::outbound::Call>,
+    ) -> Result<Outcome, CallError> {
         if self.manifest.operation(&call.operation).is_none() {
             return Err(CallError::UnknownOperation {
                 service: self.service.to_string(),
                 operation: call.operation,
             });
         }
-        let state = CallState::new(self.service.clone(), call.operation.clone(), &self.limits, Some(tx));
+        let diverged = outbound.clone();
+        let state =
+            CallState::new(self.service.clone(), call.operation.clone(), &self.limits, Some(tx), outbound);
         let (result, mut store) = self
             .run(state, async |instance, store| {
                 instance.wasaga_plugin_service().call_handle(store, &call.into()).await
             })
             .await?;
+        // A run that did not make the requests an earlier run made is not a run of the
+        // same invocation: its outcome cannot stand, whatever the plugin made of it.
+        if let Some(why) = diverged.and_then(|call| call.diverged()) {
+            return Err(CallError::Trap { service: self.service.to_string(), message: why });
+        }
         let tx = store.data_mut().tx.take().expect("the transaction stays in the store");
         Ok(Outcome { result: result.map_err(Failure::from), changes: tx.into_changes() })
     }
 
     async fn describe(&self) -> Result<Manifest, CallError> {
-        let state = CallState::new(self.service.clone(), "describe".into(), &self.limits, None);
+        let state = CallState::new(self.service.clone(), "describe".into(), &self.limits, None, None);
         let (manifest, _) = self
             .run(state, async |instance, store| instance.wasaga_plugin_service().call_describe(store).await)
             .await?;

@@ -1,6 +1,6 @@
 //! What one call's `Store` holds, and the walls around it: an empty WASI context (no
-//! files, environment, arguments, sockets or name lookups), captured stdout/stderr,
-//! and the memory cap.
+//! files, environment, arguments, sockets or name lookups), `wasi:http` through the
+//! host's policy (`outbound.rs`), captured stdout/stderr, and the memory cap.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,8 +10,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::Limits;
+use super::outbound::HttpHooks;
 use crate::store::Transaction;
 
 /// How much of a call's stdout and of its stderr is kept for the log; the rest is
@@ -25,6 +27,8 @@ pub(crate) const LOG_CAP: usize = 64 << 10;
 /// The data of one call's `Store`.
 pub(crate) struct CallState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: HttpHooks,
     table: ResourceTable,
     pub(crate) limiter: MemoryCap,
     pub(crate) stdout: Captured,
@@ -46,6 +50,7 @@ impl CallState {
         operation: String,
         limits: &Limits,
         tx: Option<Transaction>,
+        outbound: Option<crate::outbound::Call>,
     ) -> Self {
         let stdout = Captured::default();
         let stderr = Captured::default();
@@ -61,6 +66,8 @@ impl CallState {
             .build();
         CallState {
             wasi,
+            http: WasiHttpCtx::new(),
+            hooks: HttpHooks { call: outbound },
             table: ResourceTable::new(),
             limiter: MemoryCap { limit: limits.memory_bytes, exceeded: false },
             stdout,
@@ -95,6 +102,12 @@ impl CallState {
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
     }
 }
 

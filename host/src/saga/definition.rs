@@ -350,6 +350,7 @@ mod tests {
                 })
                 .collect(),
             subscriptions: vec![],
+            destinations: vec![],
         };
         vec![m("inventory", &["reserve", "release"]), m("order", &["create", "cancel", "complete"])]
     }

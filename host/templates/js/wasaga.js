@@ -12,9 +12,9 @@
 // nothing kept, retried). Any other exception traps the call: the host reports it and
 // keeps nothing of it.
 
-import * as store from 'wasaga:plugin/store@0.2.0';
-import * as events from 'wasaga:plugin/events@0.2.0';
-import * as hostLog from 'wasaga:plugin/log@0.2.0';
+import * as store from 'wasaga:plugin/store@0.3.0';
+import * as events from 'wasaga:plugin/events@0.3.0';
+import * as hostLog from 'wasaga:plugin/log@0.3.0';
 
 /** A business refusal (out of stock, card declined): final, and a saga compensates. */
 export class Rejected extends Error {}
@@ -80,11 +80,12 @@ export const log = Object.fromEntries(
   ['debug', 'info', 'warn', 'error'].map((level) => [level, (message) => hostLog.log(level, String(message))]),
 );
 
-/** A service's operations and subscriptions. */
+/** A service's operations, subscriptions and HTTP destinations. */
 export class Service {
   #operations = new Map();
   #infos = [];
   #subscriptions = [];
+  #destinations = [];
 
   constructor(name) {
     this.name = name;
@@ -107,10 +108,24 @@ export class Service {
     return this;
   }
 
+  /**
+   * Declares an HTTP destination the service calls with `fetch`: `scheme://host[:port]/prefix`
+   * (`:*` for a port the operator chooses) and its methods (none: all). The operator grants it too.
+   */
+  destination(url, methods = []) {
+    this.#destinations.push({ url, methods });
+    return this;
+  }
+
   /** What the component exports as `wasaga:plugin/service`. */
   component() {
     return {
-      describe: () => ({ name: this.name, operations: this.#infos, subscriptions: this.#subscriptions }),
+      describe: () => ({
+        name: this.name,
+        operations: this.#infos,
+        subscriptions: this.#subscriptions,
+        destinations: this.#destinations,
+      }),
       handle: (call) => {
         const handler = this.#operations.get(call.operation);
         if (!handler) throw { tag: 'rejected', val: `no operation \`${call.operation}\`` };

@@ -28,7 +28,9 @@ from wit_world.exports import service as wit
 from wit_world.imports import events as wit_events
 from wit_world.imports import log as wit_log
 from wit_world.imports import store as wit_store
-from wit_world.imports import types as wit_types
+# Two interfaces are called `types` (wasaga:plugin and wasi:http): componentize-py
+# names each after its package.
+from wit_world.imports import wasaga_plugin_types as wit_types
 
 
 class Rejected(Exception):
@@ -115,13 +117,14 @@ class log:
 
 
 class Service:
-    """A service's operations and subscriptions."""
+    """A service's operations, subscriptions and HTTP destinations."""
 
     def __init__(self, name: str):
         self.name = name
         self._operations: dict = {}
         self._infos: list = []
         self._subscriptions: list = []
+        self._destinations: list = []
 
     def operation(self, name: str, description: str = "", compensated_by: Optional[str] = None,
                   internal: Optional[bool] = None):
@@ -140,13 +143,19 @@ class Service:
         """Delivers each event published on `topic` to `operation`."""
         self._subscriptions.append((topic, operation))
 
+    def destination(self, url: str, methods: Optional[list] = None) -> None:
+        """Declares an HTTP destination the service calls (through wasi:http):
+        `scheme://host[:port]/prefix` (`:*` for a port the operator chooses) and its
+        methods (none: all). The operator grants it too."""
+        self._destinations.append(wit.Destination(url, list(methods or [])))
+
     def component(self):
         """The class componentize-py exports (name it `Service` in the app module)."""
         declared = self
 
         class Component(exports.Service):
             def describe(self) -> wit.Manifest:
-                return wit.Manifest(declared.name, declared._infos, declared._subscriptions)
+                return wit.Manifest(declared.name, declared._infos, declared._subscriptions, declared._destinations)
 
             def handle(self, call: wit.Invocation) -> bytes:
                 handler = declared._operations.get(call.operation)

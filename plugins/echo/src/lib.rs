@@ -50,6 +50,7 @@ impl Guest for Echo {
                 op("append", "On `journal` events: appends the input's `n` to journal/<correlation id>."),
             ],
             subscriptions: vec![("journal".into(), "append".into())],
+            destinations: vec![],
         }
     }
 

@@ -10,8 +10,10 @@
 //! The raw world stays usable: implement [`Guest`] (`describe` and `handle`) and export
 //! it with `wasaga_guest::export!(MyService with_types_in wasaga_guest)`. The imports
 //! are here too: [`wasaga::plugin::store`], [`wasaga::plugin::events`],
-//! [`wasaga::plugin::log`]; [`json`] reads and writes JSON records.
+//! [`wasaga::plugin::log`], `wasi:http`'s outgoing handler ([`wasi::http`]); [`json`]
+//! reads and writes JSON records, [`http`] makes HTTP requests.
 
+pub mod http;
 mod service;
 
 wit_bindgen::generate!({
@@ -19,9 +21,13 @@ wit_bindgen::generate!({
     path: "../../wit",
     pub_export_macro: true,
     default_bindings_module: "wasaga_guest",
+    // wasi:http and what its types use (wasi:io, wasi:clocks).
+    generate_all,
 });
 
-pub use exports::wasaga::plugin::service::{Guest, Invocation, Manifest, OperationInfo, Visibility};
+pub use exports::wasaga::plugin::service::{
+    Destination, Guest, Invocation, Manifest, OperationInfo, Visibility,
+};
 pub use service::Service;
 pub use wasaga::plugin::types::Failure;
 

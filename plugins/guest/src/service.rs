@@ -13,7 +13,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Failure, Invocation, Manifest, OperationInfo, json};
+use crate::{Destination, Failure, Invocation, Manifest, OperationInfo, json};
 
 type Handler = Box<dyn Fn(&Invocation) -> Result<Vec<u8>, Failure> + Send + Sync>;
 
@@ -22,11 +22,17 @@ pub struct Service {
     name: String,
     operations: Vec<(OperationInfo, Handler)>,
     subscriptions: Vec<(String, String)>,
+    destinations: Vec<Destination>,
 }
 
 impl Service {
     pub fn new(name: &str) -> Self {
-        Service { name: name.into(), operations: Vec::new(), subscriptions: Vec::new() }
+        Service {
+            name: name.into(),
+            operations: Vec::new(),
+            subscriptions: Vec::new(),
+            destinations: Vec::new(),
+        }
     }
 
     /// Declares an operation. `handler` gets the call's JSON input, parsed (a malformed
@@ -52,12 +58,22 @@ impl Service {
         self
     }
 
+    /// Declares an HTTP destination the service calls with [`crate::http`]:
+    /// `scheme://host[:port]/path-prefix` (`:*` for a port the operator chooses) and
+    /// the methods (none for all). The operator must grant it too.
+    pub fn destination(mut self, url: &str, methods: &[&str]) -> Self {
+        let methods = methods.iter().map(|m| (*m).to_owned()).collect();
+        self.destinations.push(Destination { url: url.into(), methods });
+        self
+    }
+
     /// What `describe` answers.
     pub fn manifest(&self) -> Manifest {
         Manifest {
             name: self.name.clone(),
             operations: self.operations.iter().map(|(info, _)| info.clone()).collect(),
             subscriptions: self.subscriptions.clone(),
+            destinations: self.destinations.clone(),
         }
     }
 

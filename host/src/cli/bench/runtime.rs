@@ -115,7 +115,7 @@ async fn measure(
                 };
                 let started = Instant::now();
                 let tx = Transaction::new(store.snapshot(plugin.service())?, TxLimits::default());
-                let outcome = plugin.invoke(call, tx).await?;
+                let outcome = plugin.invoke(call, tx, None).await?;
                 latencies.push(started.elapsed());
                 anyhow::ensure!(outcome.result.is_ok(), "the call failed: {:?}", outcome.result);
             }
