@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 
 use crate::support::{Server, wasaga};
 
-/// The demo on a free port with its data in `data`; killed when dropped.
-pub struct Demo(Child, pub String);
+/// The demo on a free port with its data in `data`, and the URL of its card processor
+/// (none with `--no-provider`); killed when dropped.
+pub struct Demo(Child, pub String, pub Option<String>);
 
 impl Demo {
     pub fn start(data: &Path, extra: &[&str]) -> Demo {
@@ -20,10 +21,18 @@ impl Demo {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next().unwrap().unwrap();
         let url = line.trim().strip_prefix("listening on ").unwrap().to_owned();
-        Demo(child, url)
+        // The welcome's `payments` line names the processor.
+        let processor = lines
+            .map_while(Result::ok)
+            .take(10)
+            .find_map(|l| l.trim().strip_prefix("payments")?.trim().to_owned().into())
+            .and_then(|l: String| {
+                Some(l.strip_prefix("a card processor at ")?.split(' ').next()?.to_owned())
+            });
+        Demo(child, url, processor)
     }
 }
 
@@ -66,18 +75,15 @@ async fn the_demo_runs_the_store_and_resumes_on_its_data() {
     {
         let demo = Demo::start(data.path(), &[]);
         let url = &demo.1;
-        // The seed opens the last customer's account last.
+        let processor = demo.2.clone().expect("the demo runs a card processor");
+        // The seed opens the last customer's account last, at the processor.
         for _ in 0..200 {
-            let response = client
-                .get(format!("{url}/v1/services/payment/records/account/poor-paul"))
-                .send()
-                .await
-                .unwrap();
-            if response.status() == 200 {
+            if ledger(&processor).await["customers"]["poor-paul"] == 500 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        assert_eq!(ledger(&processor).await["customers"]["poor-paul"], 500, "seeded at the processor");
         assert_eq!(stock(url).await, json!({"available": 500, "reserved": 0}), "seeded");
 
         let ok = place(
@@ -97,6 +103,12 @@ async fn the_demo_runs_the_store_and_resumes_on_its_data() {
         .await;
         assert_eq!(declined["status"], "compensated", "{declined}");
         assert_eq!(stock(url).await, json!({"available": 498, "reserved": 2}));
+        // The money moved at the processor: one charge, for the completed order.
+        let money = ledger(&processor).await;
+        let charges = money["charges"].as_array().unwrap();
+        assert_eq!(charges.len(), 1, "{money}");
+        assert_eq!((&charges[0]["order"], &charges[0]["amount"]), (&json!("o-1"), &json!(2500)));
+        assert_eq!(money["customers"]["ada"], 10_000_000 - 2500);
 
         let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
         assert!(metrics.contains("wasaga_sagas{status=\"completed\"} 1"), "{metrics}");
@@ -115,6 +127,22 @@ async fn the_demo_runs_the_store_and_resumes_on_its_data() {
     assert_eq!(overview["sagas"]["completed"], 1, "the sagas of the first run are still there");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(stock(&demo.1).await, json!({"available": 498, "reserved": 2}), "not seeded twice");
+    // The processor's ledger is kept in the data directory too, whatever its new port.
+    let money = ledger(demo.2.as_deref().unwrap()).await;
+    assert_eq!(money["charges"].as_array().unwrap().len(), 1, "{money}");
+    assert_eq!(money["customers"]["ada"], 10_000_000 - 2500);
+    let ok = place(
+        &client,
+        &demo.1,
+        "o-3",
+        json!({"order": "o-3", "customer": "ada", "sku": "lamp", "qty": 1, "amount": 100}),
+    )
+    .await;
+    assert_eq!(ok["status"], "completed", "charged through the processor's new address: {ok}");
+}
+
+async fn ledger(processor: &str) -> Value {
+    reqwest::get(format!("{processor}/v1/ledger")).await.unwrap().json().await.unwrap()
 }
 
 /// `--traffic` generates orders; both outcomes appear.
@@ -154,7 +182,7 @@ async fn the_demo_makes_up_an_admin_token_and_prints_it() {
         .map(Result::unwrap)
         .find_map(|line| line.trim().strip_prefix("admin token").map(|t| t.trim().to_owned()))
         .expect("the welcome prints the admin token");
-    let demo = Demo(child, url.clone());
+    let demo = Demo(child, url.clone(), None);
     assert_eq!(token.len(), 64, "{token}");
     let record = format!("{url}/v1/services/inventory/records/note/from-demo-test");
     let put = |token: Option<&str>| {
@@ -202,4 +230,31 @@ async fn the_demo_runs_on_postgres_and_resumes_on_it() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let stock = record(&demo.1, "inventory/records/stock/lamp").await.1;
     assert_eq!(stock, json!({"available": 498, "reserved": 2}), "not seeded twice");
+}
+
+/// With `--no-provider` the demo runs no card processor: the money is the payment
+/// service's own records, and orders still complete.
+#[tokio::test]
+async fn without_a_provider_the_money_stays_in_the_payment_service() {
+    let data = tempfile::tempdir().unwrap();
+    let demo = Demo::start(data.path(), &["--no-provider"]);
+    assert_eq!(demo.2, None, "no processor is announced");
+    let client = Server::client();
+    let account = async |customer: &str| -> Option<Value> {
+        let response = client
+            .get(format!("{}/v1/services/payment/records/account/{customer}", demo.1))
+            .send()
+            .await
+            .unwrap();
+        (response.status() == 200).then_some(response.json().await.unwrap())
+    };
+    for _ in 0..200 {
+        if account("poor-paul").await.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let order = json!({"order": "o-1", "customer": "ada", "sku": "lamp", "qty": 1, "amount": 2500});
+    assert_eq!(place(&client, &demo.1, "o-1", order).await["status"], "completed");
+    assert_eq!(account("ada").await, Some(json!({"balance": 10_000_000 - 2500})));
 }

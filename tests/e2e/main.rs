@@ -14,6 +14,7 @@ mod outbound;
 mod overload;
 mod polyglot;
 mod postgres;
+mod provider;
 mod readme;
 mod reload;
 mod retention;

@@ -330,3 +330,38 @@ pub async fn alert_receiver() -> (String, Alerts) {
     tokio::spawn(async move { axum::serve(listener, app).await });
     (hook, received)
 }
+
+/// A `wasaga provider` (the card processor of the demo) on a free loopback port, with
+/// `api_key` and `delay`; killed when dropped.
+pub struct Provider {
+    child: Child,
+    pub url: String,
+}
+
+impl Provider {
+    pub fn start(api_key: &str, delay: &str) -> Provider {
+        let mut child = wasaga()
+            .args(["provider", "--delay", delay])
+            .env("WASAGA_PROVIDER_KEY", api_key)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting wasaga provider");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url =
+            line.trim().strip_prefix("listening on ").expect("the provider says where it listens").to_owned();
+        Provider { child, url }
+    }
+
+    /// Everything it did: customers, charges, refunds, requests.
+    pub async fn ledger(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/v1/ledger", self.url)).await.unwrap().json().await.unwrap()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

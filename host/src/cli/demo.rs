@@ -79,6 +79,13 @@ pub struct DemoArgs {
     #[arg(long = "service", value_name = "NAME=FILE", value_parser = parse_service)]
     services: Vec<(String, PathBuf)>,
 
+    /// Keep the money in the payment service itself, instead of charging a card
+    /// processor (by default the demo runs one, `wasaga provider`, as a process of its
+    /// own on loopback, its ledger in the data directory; the payment service calls it
+    /// over HTTP through the host's policy). Implied by `--service payment=...`.
+    #[arg(long)]
+    no_provider: bool,
+
     /// POST alerts (a saga stuck, a step out of retries) as JSON to this URL.
     #[arg(long, env = "WASAGA_ALERT_WEBHOOK")]
     alert_webhook: Option<String>,
@@ -117,6 +124,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
         write_if_changed(&plugins.join(format!("{service}.wasm")), &wasm)
             .with_context(|| format!("writing the demo's plugins under {}", data.display()))?;
     }
+    // The card processor, unless the money stays in the payment service (a payment
+    // of one's own may not speak to it).
+    let own_payment = args.services.iter().any(|(service, _)| service == "payment");
+    let processor = match args.no_provider || own_payment {
+        true => None,
+        false => Some(super::provider::Processor::start(Some(&data.join("demo").join("provider.json")))?),
+    };
+    let granted = processor.as_ref().map(super::provider::Processor::grants).transpose()?;
+    let provider_url = processor.as_ref().map(|p| p.url.clone());
     let (traffic, declined, flaky) = (args.traffic, args.declined_share, args.flaky_share);
     let stored_in = match &args.database {
         Some(_) => "PostgreSQL (--database)".to_owned(),
@@ -124,12 +140,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
     };
     let server = ServeArgs::demo(plugins, sagas, data.clone(), args.database, args.listen, args.runtime)?
         .alert_webhook(args.alert_webhook)
-        .otlp_endpoint(args.otlp_endpoint);
-    run_with(server, tokens, move |state, addr| {
-        print_welcome(addr, &stored_in, &admin_token);
+        .otlp_endpoint(args.otlp_endpoint)
+        .granted(granted);
+    let shown_provider = provider_url.clone();
+    let served = run_with(server, tokens, move |state, addr| {
+        print_welcome(addr, &stored_in, &admin_token, shown_provider.as_deref());
         tokio::spawn(async move {
             let mut tries = 0;
-            while let Err(error) = seed(&state).await {
+            while let Err(error) = seed(&state, provider_url.as_deref()).await {
                 tries += 1;
                 tracing::error!("seeding the demo failed ({tries} of 10): {error:#}");
                 if tries == 10 {
@@ -142,7 +160,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<std::process::ExitCode> {
             }
         });
     })
-    .await
+    .await;
+    drop(processor);
+    served
 }
 
 /// Writes the built-in plugins and saga definition where the server loads them (only
@@ -173,13 +193,9 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Stock and accounts, once per store: the last account opened says it was done.
-async fn seed(state: &AppState) -> anyhow::Result<()> {
-    let (last, _) = CUSTOMERS[CUSTOMERS.len() - 1];
-    if state.store.snapshot("payment")?.get(&format!("account/{last}")).await?.value.is_some() {
-        tracing::info!("demo data already seeded");
-        return Ok(());
-    }
+/// Where payment keeps the money (at every start: the processor's port changes), then
+/// stock and accounts, once per store: the last product stocked says it was done.
+async fn seed(state: &AppState, provider: Option<&str>) -> anyhow::Result<()> {
     let call = async |service: &str, operation: &str, key: String, input: Value| -> anyhow::Result<()> {
         let request = Request::new(Caller::Operator, service, operation, input.to_string().into_bytes(), key);
         let invoked = state.invoker.invoke(request).await?;
@@ -188,6 +204,16 @@ async fn seed(state: &AppState) -> anyhow::Result<()> {
             .map(|_| ())
             .map_err(|reason| anyhow::anyhow!("{service}.{operation} refused: {reason}"))
     };
+    if state.invoker.registry().get("payment").is_some_and(|p| p.manifest().operation("configure").is_some())
+    {
+        let key = format!("demo-configure-{}", provider.unwrap_or("here"));
+        call("payment", "configure", key, json!({ "provider": provider })).await?;
+    }
+    let (last, _) = PRODUCTS[PRODUCTS.len() - 1];
+    if state.store.snapshot("inventory")?.get(&format!("stock/{last}")).await?.value.is_some() {
+        tracing::info!("demo data already seeded");
+        return Ok(());
+    }
     for (sku, qty) in PRODUCTS {
         call("inventory", "restock", format!("demo-restock-{sku}"), json!({"sku": sku, "qty": qty})).await?;
     }
@@ -255,8 +281,14 @@ async fn generate(state: AppState, rate: f64, declined: f64, flaky: f64) {
     }
 }
 
-fn print_welcome(addr: SocketAddr, data: &str, admin_token: &str) {
+fn print_welcome(addr: SocketAddr, data: &str, admin_token: &str, provider: Option<&str>) {
     let url = format!("http://{addr}");
+    let money = match provider {
+        Some(processor) => {
+            format!("a card processor at {processor} (wasaga provider; its ledger: {processor}/v1/ledger)")
+        }
+        None => "the payment service's own records (--no-provider)".to_owned(),
+    };
     super::say(&format!("listening on {url}"));
     super::say(&format!(
         r#"
@@ -264,6 +296,7 @@ wasaga demo: an online store (order, inventory, payment, notification + the plac
 
   dashboard    {url}/
   data         {}
+  payments     {money}
   metrics      {url}/metrics
   admin token  {admin_token}
                (operator actions need it: the dashboard asks for it; for the CLI and curl:

@@ -8,6 +8,7 @@ mod new;
 mod plugin;
 mod plugin_run;
 mod print;
+mod provider;
 mod saga;
 mod saga_verify;
 mod serve;
@@ -94,6 +95,7 @@ enum Command {
     /// Measure wasaga on this machine (reports figures; see docs/benchmarks.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    Provider(provider::ProviderArgs),
     #[command(hide = true)]
     CompileWorker(CompileWorkerArgs),
 }
@@ -137,6 +139,7 @@ impl Cli {
                 Command::New(args) => new::run(args),
                 Command::Plugin(command) => plugin::run(command).await,
                 Command::Bench(command) => bench::run(command).await,
+                Command::Provider(args) => provider::run(args).await,
                 Command::Saga(command) => saga::run(command).await,
                 Command::Events(command) => events::run(command).await,
                 Command::Export(args) => store::export(args).await,

@@ -48,6 +48,11 @@ pub struct ServeArgs {
     #[arg(long, help_heading = "Plugins and sagas", env = "WASAGA_OUTBOUND")]
     outbound: Option<PathBuf>,
 
+    /// Grants made by the caller in code (the demo's, for its card processor), used
+    /// when --outbound is not given.
+    #[arg(skip)]
+    granted: Option<crate::outbound::Outbound>,
+
     /// POST alerts (a saga stuck, a step out of retries) as JSON to this URL, with
     /// retries. They always go to the log (ERROR) and to /metrics.
     #[arg(long, help_heading = "Alerts", env = "WASAGA_ALERT_WEBHOOK")]
@@ -223,6 +228,12 @@ impl ServeArgs {
         Ok(args)
     }
 
+    /// What plugins may call, unless --outbound names a file.
+    pub(super) fn granted(mut self, outbound: Option<crate::outbound::Outbound>) -> Self {
+        self.granted = outbound;
+        self
+    }
+
     pub(super) fn alert_webhook(mut self, url: Option<String>) -> Self {
         self.alert_webhook = url;
         self
@@ -312,6 +323,8 @@ pub(super) async fn run_with(
     let mut config = args.app_config();
     if let Some(file) = &args.outbound {
         config.outbound = crate::outbound::Outbound::new(crate::outbound::Grants::load(file)?);
+    } else if let Some(granted) = &args.granted {
+        config.outbound = granted.clone();
     }
     let app = App::start(config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)

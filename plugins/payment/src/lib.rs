@@ -6,6 +6,14 @@
 //! - `charge {customer, amount, order}` → `{order, charged}`; rejected
 //!   `declined: insufficient funds`
 //! - `refund {order}` → `{order, refunded}` (0 if there was no charge)
+//! - `configure {provider}` → `{provider}`: where the money is (a URL, or null: here)
+//!
+//! Two modes. Without a `settings` record the money is kept here, in `account/*`. With
+//! `settings` = `{"provider": "http://127.0.0.1:PORT"}` (the demo's, a card processor
+//! `wasaga provider` runs), accounts, charges and refunds are the processor's: `POST
+//! /v1/customers`, `/v1/charges` (402 is a decline), `/v1/refunds`, with the API key
+//! the operator grants as the secret `provider-key`, and the idempotency key the host
+//! adds; `charge/<order>` then also holds the processor's charge id.
 //!
 //! An order is charged at most once and refunded at most once, whatever the keys.
 //! Every operation is internal: accounts are opened by operators, charges and refunds
@@ -19,7 +27,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use wasaga_guest::wasaga::plugin::events;
-use wasaga_guest::{Failure, Invocation, OperationInfo, Service, json};
+use wasaga_guest::{Failure, Invocation, OperationInfo, Service, http, json};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Account {
@@ -31,6 +39,51 @@ struct Charge {
     customer: String,
     amount: i64,
     refunded: bool,
+    /// The processor's charge, in its mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+}
+
+/// Where the money is: the processor's URL, or here.
+#[derive(Debug, Deserialize)]
+struct Settings {
+    provider: String,
+}
+
+#[derive(Deserialize)]
+struct Configure {
+    provider: Option<String>,
+}
+
+fn configure(input: Configure) -> Result<Value, Failure> {
+    match &input.provider {
+        Some(url) => {
+            json::set("settings", &serde_json::json!({"provider": url}))?;
+        }
+        None => wasaga_guest::wasaga::plugin::store::delete("settings", None).map_err(json::store_failure)?,
+    }
+    Ok(serde_json::json!({"provider": input.provider}))
+}
+
+fn provider() -> Result<Option<String>, Failure> {
+    Ok(json::get::<Settings>("settings")?.map(|(s, _)| s.provider.trim_end_matches('/').to_owned()))
+}
+
+/// A call of the processor: its answer's status and JSON body.
+fn processor(url: &str, body: Value) -> Result<(u16, Value), Failure> {
+    let response = http::Request::post(url)
+        .header("authorization", "Bearer {{secret.provider-key}}")
+        .json(&body)?
+        .send()?;
+    let answer = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    match response.status {
+        200..=299 | 400..=499 => Ok((response.status, answer)),
+        status => Err(Failure::Transient(format!("the card processor answered {status}: {answer}"))),
+    }
+}
+
+fn reason(answer: &Value) -> String {
+    answer["error"]["message"].as_str().unwrap_or("refused").to_owned()
 }
 
 #[derive(Deserialize)]
@@ -111,7 +164,14 @@ wasaga_guest::service!(
             OperationInfo::new("charge-placed", "On stock-reserved: charges, says if it could."),
             charge_placed
         )
+        .operation(
+            OperationInfo::new("configure", "Sets where the money is: a card processor's URL, or here.")
+                .internal(),
+            |input, _| configure(input)
+        )
         .subscribe("stock-reserved", "charge-placed")
+        .destination("http://127.0.0.1:*/v1/", &["POST"])
+        .destination("http://localhost:*/v1/", &["POST"])
 );
 
 fn account_key(customer: &str) -> String {
@@ -121,6 +181,19 @@ fn account_key(customer: &str) -> String {
 fn open_account(input: OpenAccount) -> Result<Value, Failure> {
     if input.balance < 0 {
         return Err(Failure::Rejected("an opening balance cannot be negative".into()));
+    }
+    if let Some(url) = provider()? {
+        let (status, answer) = processor(
+            &format!("{url}/v1/customers"),
+            serde_json::json!({"id": input.customer, "balance": input.balance}),
+        )?;
+        if status != 200 {
+            return Err(Failure::Rejected(format!(
+                "the card processor refused the account: {}",
+                reason(&answer)
+            )));
+        }
+        return Ok(serde_json::json!({"customer": input.customer, "balance": input.balance}));
     }
     let key = account_key(&input.customer);
     if json::get::<Account>(&key)?.is_some() {
@@ -141,6 +214,24 @@ fn charge(input: ChargeInput) -> Result<Value, Failure> {
     if input.amount <= 0 {
         return Err(Failure::Rejected("the amount must be positive".into()));
     }
+    if let Some(url) = provider()? {
+        let body =
+            serde_json::json!({"customer": input.customer, "amount": input.amount, "order": input.order});
+        let (status, answer) = processor(&format!("{url}/v1/charges"), body)?;
+        if status == 402 {
+            return Err(Failure::Rejected(format!("declined: {}", reason(&answer))));
+        }
+        let Some(id) = answer["id"].as_str().filter(|_| status == 200) else {
+            return Err(Failure::Rejected(format!(
+                "the card processor refused the charge: {}",
+                reason(&answer)
+            )));
+        };
+        let charge =
+            Charge { customer: input.customer, amount: input.amount, refunded: false, id: Some(id.into()) };
+        json::set(&charge_key, &charge)?;
+        return Ok(serde_json::json!({"order": input.order, "charged": input.amount}));
+    }
     let key = account_key(&input.customer);
     let Some((mut account, _)) = json::get::<Account>(&key)? else {
         return Err(Failure::Rejected(format!("declined: customer `{}` has no account", input.customer)));
@@ -150,7 +241,10 @@ fn charge(input: ChargeInput) -> Result<Value, Failure> {
     }
     account.balance -= input.amount;
     json::set(&key, &account)?;
-    json::set(&charge_key, &Charge { customer: input.customer, amount: input.amount, refunded: false })?;
+    json::set(
+        &charge_key,
+        &Charge { customer: input.customer, amount: input.amount, refunded: false, id: None },
+    )?;
     Ok(serde_json::json!({"order": input.order, "charged": input.amount}))
 }
 
@@ -159,6 +253,19 @@ fn refund(input: Refund) -> Result<Value, Failure> {
     let Some((mut charge, _)) = json::get::<Charge>(&charge_key)?.filter(|(c, _)| !c.refunded) else {
         return Ok(serde_json::json!({"order": input.order, "refunded": 0}));
     };
+    if let (Some(url), Some(id)) = (provider()?, &charge.id) {
+        let (status, answer) = processor(&format!("{url}/v1/refunds"), serde_json::json!({"charge": id}))?;
+        let done = status == 200 || answer["error"]["code"] == "charge_already_refunded";
+        if !done {
+            return Err(Failure::Transient(format!(
+                "the card processor did not refund: {}",
+                reason(&answer)
+            )));
+        }
+        charge.refunded = true;
+        json::set(&charge_key, &charge)?;
+        return Ok(serde_json::json!({"order": input.order, "refunded": charge.amount}));
+    }
     let key = account_key(&charge.customer);
     let (mut account, _) = json::get::<Account>(&key)?.unwrap_or((Account { balance: 0 }, 0));
     account.balance = account.balance.checked_add(charge.amount).ok_or_else(|| {

@@ -60,6 +60,11 @@ fn cpu_time() -> Duration {
     cpu_time_of("self")
 }
 
+/// CPU time of process `pid` so far (another process of this one: the card processor).
+pub(super) fn process_cpu_time(pid: u32) -> Duration {
+    cpu_time_of(&pid.to_string())
+}
+
 /// CPU time of process `pid` (a number, or `self`) so far, from /proc; zero once it is gone.
 fn cpu_time_of(pid: &str) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

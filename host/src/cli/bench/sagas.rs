@@ -37,23 +37,38 @@ pub struct Args {
 
     #[arg(long, value_enum, default_value_t = Synchronous::Full)]
     synchronous: Synchronous,
+
+    /// Charge through a card processor (`wasaga provider`, a process of its own on
+    /// loopback, answering over HTTP) instead of the payment service's own records:
+    /// one outbound request per saga. Its CPU is reported apart.
+    #[arg(long)]
+    provider: bool,
 }
 
 const SKUS: u64 = 1000;
 const CUSTOMERS: u64 = 1000;
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    println!("place-order sagas, synchronous={:?}, {}s per run", args.synchronous, args.seconds);
-    println!("| concurrent sagas | completed sagas/s | p50 | p99 | CPU per saga |");
-    println!("|---|---|---|---|---|");
+    let payments = if args.provider { "through a card processor" } else { "in the payment service" };
+    println!(
+        "place-order sagas, synchronous={:?}, {}s per run, payments {payments}",
+        args.synchronous, args.seconds
+    );
+    println!(
+        "| concurrent sagas | completed sagas/s | p50 | p99 | CPU per saga | processor's CPU per saga |"
+    );
+    println!("|---|---|---|---|---|---|");
     for &concurrency in &args.concurrency {
         let dir = tempfile::tempdir()?;
+        let processor = args.provider.then(|| super::super::provider::Processor::start(None)).transpose()?;
+        let outbound = processor.as_ref().map(|p| p.grants()).transpose()?.unwrap_or_default();
         let app = App::start(AppConfig {
             storage: Storage::Sqlite {
                 data: dir.path().into(),
                 options: SqliteOptions { synchronous: args.synchronous.into(), ..SqliteOptions::default() },
             },
             max_running_sagas: concurrency.max(1) * 2,
+            outbound,
             ..AppConfig::new(dir.path())
         })
         .await?;
@@ -67,17 +82,28 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let manifest = |service: &str| plugins.iter().find(|p| p.service() == service).map(|p| p.manifest());
         let def = SagaDef::parse("place-order.toml".as_ref(), PLACE_ORDER, manifest)?;
         engine.add_definition(def).await?;
+        if let Some(processor) = &processor {
+            let input = json!({"provider": processor.url}).to_string().into_bytes();
+            let configure = Request::new(Caller::Operator, "payment", "configure", input, "configure".into());
+            anyhow::ensure!(invoker.invoke(configure).await?.result.is_ok(), "payment refused its processor");
+        }
         seed(invoker).await?;
 
         let length = Duration::from_secs_f64(args.seconds);
         measure(engine, concurrency, length / 5).await?;
         let cpu = cpu_time();
+        let processor_cpu = processor.as_ref().map(|p| p.cpu_time());
         let (mut latencies, elapsed) = measure(engine, concurrency, length).await?;
         let cpu = cpu_time().saturating_sub(cpu);
+        let processor_cpu = processor.as_ref().zip(processor_cpu).map(|(p, before)| p.cpu_time() - before);
         latencies.sort();
         let count = latencies.len() as f64;
+        let processor_cpu = match processor_cpu {
+            Some(cpu) => format!("{:.2} ms", cpu.as_secs_f64() * 1e3 / count),
+            None => "-".into(),
+        };
         println!(
-            "| {concurrency} | {:.0} | {} | {} | {:.2} ms |",
+            "| {concurrency} | {:.0} | {} | {} | {:.2} ms | {processor_cpu} |",
             count / elapsed.as_secs_f64(),
             millis(percentile(&latencies, 0.50)),
             millis(percentile(&latencies, 0.99)),
