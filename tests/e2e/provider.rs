@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::support::{Provider, SAGAS, Server, plugins_dir, wasaga};
+use crate::support::{Provider, SAGAS, Server, plugins_dir, settled_sagas, start_until_accepted, wasaga};
 
 const SAGAS_TO_RUN: usize = 150;
 const CLIENTS: usize = 12;
@@ -91,22 +91,8 @@ async fn every_order_is_charged_once_or_not_at_all_across_sigkills() {
             tokio::spawn(async move {
                 let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
                 for i in (worker..SAGAS_TO_RUN).step_by(CLIENTS) {
-                    loop {
-                        let base = url.read().unwrap().clone();
-                        let sent = client
-                            .post(format!("{base}/v1/sagas/place-order"))
-                            .header("Idempotency-Key", format!("order-{i}"))
-                            .json(&order(i))
-                            .send()
-                            .await;
-                        match sent {
-                            Ok(response) if response.status().is_success() => break,
-                            Ok(response) if response.status().is_server_error() => {}
-                            Ok(response) => panic!("order-{i}: {}", response.text().await.unwrap()),
-                            Err(_) => {}
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    let base = || url.read().unwrap().clone();
+                    start_until_accepted(&client, base, &format!("order-{i}"), &order(i)).await;
                 }
             })
         })
@@ -122,22 +108,7 @@ async fn every_order_is_charged_once_or_not_at_all_across_sigkills() {
         client.await.unwrap();
     }
 
-    let mut sagas: Vec<Value> = Vec::new();
-    for _ in 0..600 {
-        let list: Value = client
-            .get(format!("{}/v1/sagas?limit=1000", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        sagas = list["sagas"].as_array().unwrap().clone();
-        if sagas.iter().all(|s| s["status"] == "completed" || s["status"] == "compensated") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let sagas = settled_sagas(&server, &client).await;
     assert_eq!(sagas.len(), SAGAS_TO_RUN, "one saga per key");
 
     // The processor's ledger, against what each saga says.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::support::{SAGAS, Server, plugins_dir};
+use crate::support::{SAGAS, Server, plugins_dir, settled_sagas, start_until_accepted};
 
 const SAGAS_TO_RUN: usize = 300;
 const CLIENTS: usize = 12;
@@ -108,27 +108,11 @@ pub(crate) async fn run_with_kills(hosts: usize, kills: usize, start: impl Fn(us
             tokio::spawn(async move {
                 let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
                 for i in (worker..SAGAS_TO_RUN).step_by(CLIENTS) {
-                    // Retried with the same key until the server answers: the same
-                    // key always means the same saga.
-                    loop {
-                        let base = {
-                            let urls = urls.read().unwrap();
-                            urls[(worker + i) % urls.len()].clone()
-                        };
-                        let sent = client
-                            .post(format!("{base}/v1/sagas/place-order"))
-                            .header("Idempotency-Key", format!("order-{i}"))
-                            .json(&order(i))
-                            .send()
-                            .await;
-                        match sent {
-                            Ok(response) if response.status().is_success() => break,
-                            Ok(response) if response.status().is_server_error() => {}
-                            Ok(response) => panic!("order-{i}: {}", response.text().await.unwrap()),
-                            Err(_) => {}
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    let base = || {
+                        let urls = urls.read().unwrap();
+                        urls[(worker + i) % urls.len()].clone()
+                    };
+                    start_until_accepted(&client, base, &format!("order-{i}"), &order(i)).await;
                 }
             })
         })
@@ -147,22 +131,7 @@ pub(crate) async fn run_with_kills(hosts: usize, kills: usize, start: impl Fn(us
     }
 
     // Every saga finishes.
-    let mut sagas: Vec<Value> = Vec::new();
-    for _ in 0..600 {
-        let list: Value = client
-            .get(format!("{}/v1/sagas?limit=1000", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        sagas = list["sagas"].as_array().unwrap().clone();
-        if sagas.iter().all(|s| s["status"] == "completed" || s["status"] == "compensated") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let sagas = settled_sagas(server, &client).await;
     assert_eq!(sagas.len(), SAGAS_TO_RUN, "one saga per key");
     let unfinished: Vec<String> = sagas
         .iter()

@@ -272,6 +272,54 @@ pub async fn start_saga(
     saga["id"].as_str().unwrap().to_owned()
 }
 
+/// Starts `place-order` with `input` under `key` at the server `base()` names, again and
+/// again with the same key until one answers (servers are killed meanwhile): the same
+/// key always means the same saga.
+pub async fn start_until_accepted(
+    client: &reqwest::Client,
+    base: impl Fn() -> String,
+    key: &str,
+    input: &serde_json::Value,
+) {
+    loop {
+        let sent = client
+            .post(format!("{}/v1/sagas/place-order", base()))
+            .header("Idempotency-Key", key)
+            .json(input)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) if response.status().is_server_error() => {}
+            Ok(response) => panic!("{key}: {}", response.text().await.unwrap()),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sagas `server` lists (up to 1,000), once every one is completed or compensated,
+/// or as they are after a minute.
+pub async fn settled_sagas(server: &Server, client: &reqwest::Client) -> Vec<serde_json::Value> {
+    let mut sagas = Vec::new();
+    for _ in 0..600 {
+        let list: serde_json::Value = client
+            .get(format!("{}/v1/sagas?limit=1000", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        sagas = list["sagas"].as_array().unwrap().clone();
+        if sagas.iter().all(|s| s["status"] == "completed" || s["status"] == "compensated") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sagas
+}
+
 /// Polls the saga until it is finished or stuck (at most 20 s); returns it.
 pub async fn wait_settled(server: &Server, client: &reqwest::Client, id: &str) -> serde_json::Value {
     for _ in 0..400 {
