@@ -281,3 +281,46 @@ async fn a_plugin_waiting_for_an_answer_holds_no_thread() {
     let most = p.most_in_flight.load(Ordering::SeqCst);
     assert!(most > 8, "only {most} requests were in flight at once");
 }
+
+/// A JavaScript plugin's `fetch` (componentize-js with its default features, an async
+/// handler in wasaga's SDK) goes through the host: the grant, the idempotency key.
+#[tokio::test]
+async fn a_javascript_plugin_fetches_through_the_host() {
+    let p = provider(Duration::ZERO).await;
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::copy(crate::polyglot::built().join("sdk-check-js.wasm"), plugins.path().join("sdk-check.wasm"))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let grants = dir.path().join("outbound.toml");
+    std::fs::write(
+        &grants,
+        format!("[[services.sdk-check.destinations]]\nurl = \"http://127.0.0.1:{}/v1/\"\n", p.port),
+    )
+    .unwrap();
+    let mut server = Server::start_in(plugins.path(), dir.path(), &["--outbound", grants.to_str().unwrap()]);
+    let client = Server::client();
+    let url = format!("http://127.0.0.1:{}/v1/js", p.port);
+    let response =
+        server.invoke(&client, "sdk-check/fetch", "js-1", &json!({ "url": url })).send().await.unwrap();
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], 200, "{answer}");
+    let seen = p.requests.lock().await.clone();
+    assert_eq!(seen.len(), 1);
+    let key = wasaga::outbound::idempotency_key("sdk-check", "client:js-1", 0);
+    assert!(
+        seen[0].contains(&format!("idempotency-key: {key}")) && seen[0].ends_with("from js"),
+        "{}",
+        seen[0]
+    );
+    assert!(answer["body"].as_str().unwrap().contains("POST /v1/js"), "{answer}");
+
+    // Not granted: fetch rejects, and the handler's failure says so.
+    let elsewhere = format!("http://127.0.0.1:{}/v2/", p.port);
+    let response =
+        server.invoke(&client, "sdk-check/fetch", "js-2", &json!({ "url": elsewhere })).send().await.unwrap();
+    assert!(!response.status().is_success(), "{}", response.text().await.unwrap());
+    assert_eq!(p.requests.lock().await.len(), 1);
+    server.kill();
+}

@@ -66,7 +66,7 @@ fn build(out: &Path, lang: &str, name: &str, source: &str, steps: &[&str]) {
 }
 
 /// The directory holding the JavaScript `payment.wasm` and the Python `notification.wasm`.
-fn built() -> &'static Path {
+pub(crate) fn built() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("polyglot");

@@ -13,5 +13,20 @@ app.operation('greet', 'Greets someone, and counts how often', (input) => {
   return { greeting: `Hello, ${name}!`, count };
 });
 
+// Calling another system over HTTP: declare where, and the operator grants it too
+// (`wasaga serve --outbound`, see wasaga's docs/outbound.md). The host adds an
+// idempotency key that stays the same when the call runs again, and fills in secrets:
+//
+//   app.destination('https://api.example.com/v1/', ['POST']);
+//   app.operation('charge', 'Charges a card', async (input) => {
+//     const response = await fetch('https://api.example.com/v1/charges', {
+//       method: 'POST',
+//       headers: { authorization: 'Bearer {{secret.api-key}}', 'content-type': 'application/json' },
+//       body: JSON.stringify(input),
+//     });
+//     if (!response.ok) throw new Rejected(`declined: ${response.status}`);
+//     return await response.json();
+//   });
+
 // What the component exports as `wasaga:plugin/service`.
 export const service = app.component();

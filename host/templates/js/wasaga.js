@@ -135,13 +135,25 @@ export class Service {
         } catch (e) {
           throw { tag: 'rejected', val: `invalid input: ${e.message}` };
         }
+        const failure = (e) => {
+          if (e instanceof Transient) return { tag: 'transient', val: e.message };
+          if (e instanceof Rejected) return { tag: 'rejected', val: e.message };
+          return e;
+        };
+        let output;
         try {
-          return encode(handler(input, call));
+          output = handler(input, call);
         } catch (e) {
-          if (e instanceof Transient) throw { tag: 'transient', val: e.message };
-          if (e instanceof Rejected) throw { tag: 'rejected', val: e.message };
-          throw e;
+          throw failure(e);
         }
+        // An async handler (one that awaits `fetch`): componentize-js runs the event
+        // loop until the promise it returns settles.
+        if (output instanceof Promise) {
+          return output.then(encode, (e) => {
+            throw failure(e);
+          });
+        }
+        return encode(output);
       },
     };
   }

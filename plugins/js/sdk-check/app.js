@@ -1,5 +1,6 @@
 // Every part of wasaga's JavaScript SDK in one operation, for tests/e2e/polyglot.rs:
-// versioned writes, a delete, a compare-and-set that fails, a scan, an event, a log.
+// versioned writes, a delete, a compare-and-set that fails, a scan, an event, a log;
+// and `fetch`.
 import { Conflict, Service, publish, records, log } from './wasaga.js';
 const app = new Service('sdk-check');
 app.operation('all', 'exercises the SDK', (input) => {
@@ -13,4 +14,10 @@ app.operation('all', 'exercises the SDK', (input) => {
   log.info('hello');
   return { v1, v2, conflict, listed, got: records.get('x') ?? null };
 });
+// `fetch` through the host's wasi:http (tests/e2e/outbound.rs serves this with a grant).
+app.operation('fetch', 'fetches a URL', async ({ url }) => {
+  const response = await fetch(url, { method: 'POST', body: 'from js' });
+  return { status: response.status, body: await response.text() };
+});
+app.destination('http://127.0.0.1:*/');
 export const service = app.component();

@@ -23,6 +23,18 @@ fn greet(input: Greet, _call: &Invocation) -> Result<Greeting, Failure> {
     Ok(Greeting { greeting: format!("Hello, {}!", input.name), count })
 }
 
+// Calling another system over HTTP: declare where with
+// `.destination("https://api.example.com/v1/", &["POST"])` below, and the operator
+// grants it too (`wasaga serve --outbound`, see wasaga's docs/outbound.md). The host
+// adds an idempotency key that stays the same when the call runs again:
+//
+//     let charged: serde_json::Value = wasaga_guest::http::Request::post("https://api.example.com/v1/charges")
+//         .header("authorization", "Bearer {{secret.api-key}}")
+//         .json(&input)?
+//         .send()?
+//         .ok()?
+//         .json()?;
+
 wasaga_guest::service!(
     Service::new("{{name}}").operation(OperationInfo::new("greet", "Greets someone, and counts how often"), greet)
 );
