@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::clock::now_ms;
 use crate::config::parse_duration;
 
 /// Run a card processor on loopback, Stripe-like, for the demo and the tests.
@@ -236,8 +237,11 @@ async fn idempotent(
             Ok(input) => operate(&mut ledger, input),
             Err(e) => error(StatusCode::BAD_REQUEST, "invalid_json", &e.to_string()),
         };
-        let done = Key::Done { fingerprint, status: status.as_u16(), body: body.clone(), at: now_ms() };
+        let now = now_ms();
+        let done = Key::Done { fingerprint, status: status.as_u16(), body: body.clone(), at: now };
         ledger.keys.insert(key, done);
+        // Keys past the window are answered anew: forgotten, so that they hold no memory.
+        ledger.keys.retain(|_, key| !matches!(key, Key::Done { at, .. } if now - *at >= window));
         provider.save(&ledger);
         (status, body)
     });
@@ -253,10 +257,6 @@ fn die_with_parent() -> anyhow::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent() -> anyhow::Result<()> {
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    crate::clock::now_ms()
 }
 
 fn answer((status, body): (StatusCode, Value), replayed: bool) -> Response {

@@ -72,27 +72,15 @@ impl ServiceGrants {
 }
 
 /// One granted destination and how requests to it are sent.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug)]
 pub struct Grant {
-    #[serde(flatten)]
     pub destination: Destination,
     /// Special addresses (loopback, private, link-local…) this destination may reach.
-    #[serde(skip)]
     pub addresses: Vec<Block>,
-    #[serde(serialize_with = "header_name")]
     pub idempotency_header: Option<http::HeaderName>,
-    #[serde(serialize_with = "millis")]
     pub timeout: Duration,
     pub max_response: u64,
     pub connections: usize,
-}
-
-fn header_name<S: serde::Serializer>(name: &Option<http::HeaderName>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(name.as_ref().map(|n| n.as_str()).unwrap_or(""))
-}
-
-fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_millis() as u64)
 }
 
 impl Grant {

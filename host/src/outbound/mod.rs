@@ -183,8 +183,12 @@ impl Call {
                 400..=499 => "4xx",
                 _ => "5xx",
             },
-            Err(SendError::Refused(_) | SendError::AddressProhibited(_) | SendError::TooMany(_)) => "refused",
-            Err(SendError::Diverged(_)) => "refused",
+            Err(
+                SendError::Refused(_)
+                | SendError::AddressProhibited(_)
+                | SendError::TooMany(_)
+                | SendError::Diverged(_),
+            ) => "refused",
             Err(_) => "failed",
         };
         let destination = seen.destination.as_deref().unwrap_or("none");
@@ -260,14 +264,12 @@ impl Call {
 
         let mut headers = request.headers.clone();
         let used = substitute_secrets(&mut headers, grants, method, &target)?;
-        let key = grant.idempotency_header.as_ref().map(|name| {
+        if let Some(name) = &grant.idempotency_header
+            && !headers.contains_key(name)
+        {
             let key = idempotency_key(&self.service, &self.key, position);
-            if !headers.contains_key(name) {
-                headers
-                    .insert(name.clone(), http::HeaderValue::from_str(&key).expect("hex is a header value"));
-            }
-            key
-        });
+            headers.insert(name.clone(), http::HeaderValue::from_str(&key).expect("hex is a header value"));
+        }
         let host = http::HeaderValue::from_str(request.uri.authority().map_or("", |a| a.as_str()))
             .map_err(|_| SendError::Refused("the host cannot go in a header".into()))?;
         headers.insert(http::header::HOST, host);
@@ -302,7 +304,6 @@ impl Call {
             fingerprint,
             method: method.to_owned(),
             url,
-            idempotency_key: key,
             status: answer.status.as_u16(),
             headers: answer.headers.clone(),
             body: answer.body.clone(),

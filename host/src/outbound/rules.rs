@@ -6,8 +6,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `http` or `https`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scheme {
     Http,
     Https,
@@ -157,21 +156,17 @@ fn check_path(path: &str) -> Result<(), String> {
 
 /// A destination: requests to one scheme, host (or `*.` and a domain, for its
 /// subdomains) and port, under one path prefix, with some methods.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Destination {
     /// As written, for people.
     pub url: String,
     /// Upper case; empty admits every method.
     pub methods: Vec<String>,
-    #[serde(skip)]
     scheme: Scheme,
-    #[serde(skip)]
     host: HostPattern,
     /// `None` for `:*`, any port.
-    #[serde(skip)]
     port: Option<u16>,
     /// Without its trailing `/`: `/v1` admits `/v1` and `/v1/…`; empty admits all.
-    #[serde(skip)]
     prefix: String,
 }
 
@@ -386,7 +381,7 @@ mod tests {
             ["/v1/../admin", "/v1/./x", "/v1/%2e%2e/admin", "/v1%2Fadmin", "/v1/%5cadmin", "/v1\\admin"]
         {
             let url = format!("https://api.example.com{path}");
-            assert!(target(&url).is_err() || check_path(path).is_err(), "{path} should be refused");
+            assert!(target(&url).is_err(), "{path} should be refused");
         }
         assert!(target("https://user:pw@api.example.com/").unwrap_err().contains("password"));
         assert!(target("ftp://api.example.com/").is_err());

@@ -188,7 +188,7 @@ impl Runtime {
 }
 
 /// A component that imports what the host does not link: the import named first.
-/// (a componentize-js build with its `fetch-event` feature, say.)
+/// (a component built for a world of its own, beside wasaga's: `plugins/js/needy`.)
 fn unprovided_import(linker_error: &str) -> LoadError {
     let named = ["imports instance `", "imports function `", "imports resource `"]
         .iter()
@@ -259,7 +259,6 @@ impl Plugin {
                 operation: call.operation,
             });
         }
-        let diverged = outbound.clone();
         let state =
             CallState::new(self.service.clone(), call.operation.clone(), &self.limits, Some(tx), outbound);
         let (result, mut store) = self
@@ -269,7 +268,7 @@ impl Plugin {
             .await?;
         // A run that did not make the requests an earlier run made is not a run of the
         // same invocation: its outcome cannot stand, whatever the plugin made of it.
-        if let Some(why) = diverged.and_then(|call| call.diverged()) {
+        if let Some(why) = store.data().diverged() {
             return Err(CallError::Trap { service: self.service.to_string(), message: why });
         }
         let tx = store.data_mut().tx.take().expect("the transaction stays in the store");

@@ -80,6 +80,12 @@ impl CallState {
         }
     }
 
+    /// Why this run's HTTP requests are not the ones an earlier run of its invocation
+    /// made, if they are not.
+    pub(crate) fn diverged(&self) -> Option<String> {
+        self.hooks.call.as_ref()?.diverged()
+    }
+
     /// Sends what the plugin printed to the host log, tagged with the service.
     pub(crate) fn flush_output(&self) {
         for (stream, captured) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
